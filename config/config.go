@@ -1,0 +1,164 @@
+// Package config reads snug's policy file, a TOML document at
+// /etc/snug/config.toml by default.
+//
+// Every key has a default, so snug runs with no file at all. Decoding is
+// strict: an unknown key, a value of the wrong type or a value out of range is
+// an error that names the key and its line, and nothing of a bad file is used.
+//
+//	cfg, err := config.Load("/etc/snug/config.toml")
+//	if err != nil { ... } // e.g. `line 7: window.headroom: invalid size "lots"`
+//
+// The main type is [Config]; [Default] returns the built-in policy.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where snug looks for its policy file.
+const DefaultPath = "/etc/snug/config.toml"
+
+// Config is snug's whole policy. Field comments are the reference the README
+// repeats; keep them in step.
+type Config struct {
+	// Root is the state directory: images, metadata, mount points.
+	Root string `toml:"root"`
+	// Address is the Unix socket of the containerd snapshotter (proxy plugin).
+	Address string `toml:"address"`
+	// ControlAddress is the Unix socket of snug's own control API.
+	ControlAddress string `toml:"control_address"`
+
+	Image  ImagePolicy  `toml:"image"`
+	Window WindowPolicy `toml:"window"`
+	Fsck   FsckPolicy   `toml:"fsck"`
+}
+
+// ImagePolicy shapes new thin images and how they are attached.
+type ImagePolicy struct {
+	// Quota is the size of a new image: the most a container can store.
+	Quota Size `toml:"quota"`
+	// JournalSize is the ext4 journal of a new image. Every journal block is
+	// written sooner or later, so it is a fixed cost on the host.
+	JournalSize Size `toml:"journal_size"`
+	// BytesPerInode is mkfs.ext4's -i: one inode per this many bytes.
+	BytesPerInode Size `toml:"bytes_per_inode"`
+	// DirectIO attaches loop devices with direct I/O, so image data is not
+	// cached twice (in the container's and in the host's page cache).
+	DirectIO bool `toml:"direct_io"`
+	// Discard mounts images with ext4's online discard, so freed blocks turn
+	// into holes in the image file shortly after each journal commit.
+	Discard bool `toml:"discard"`
+}
+
+// WindowPolicy sizes the packing window: the front part of an image where
+// ext4 may allocate. Everything beyond it is held by the balloon.
+type WindowPolicy struct {
+	// Initial is the window of a new image.
+	Initial Size `toml:"initial"`
+	// Headroom is the free space kept available inside the window; the window
+	// grows when less is left and shrinks back to it on reclaim.
+	Headroom Size `toml:"headroom"`
+	// HeadroomRatio raises the headroom to this fraction of the used space
+	// when that is larger than Headroom.
+	HeadroomRatio float64 `toml:"headroom_ratio"`
+	// CheckInterval is how often a mounted image's free window is checked.
+	CheckInterval time.Duration `toml:"check_interval"`
+}
+
+// FsckPolicy says how images are checked and repaired.
+type FsckPolicy struct {
+	// Repair is how e2fsck repairs: "yes" (-y, fix everything) or "preen"
+	// (-p, fix only what is safe without a human, fail otherwise).
+	Repair string `toml:"repair"`
+	// Timeout bounds one e2fsck run.
+	Timeout time.Duration `toml:"timeout"`
+}
+
+// Default returns the built-in policy, used for every key a file leaves out.
+func Default() Config {
+	return Config{
+		Root:           "/var/lib/snug",
+		Address:        "/run/snug/snapshotter.sock",
+		ControlAddress: "/run/snug/control.sock",
+		Image: ImagePolicy{
+			Quota:         10 * GiB,
+			JournalSize:   4 * MiB,
+			BytesPerInode: 16 * KiB,
+			DirectIO:      true,
+			Discard:       false,
+		},
+		Window: WindowPolicy{
+			Initial:       256 * MiB,
+			Headroom:      256 * MiB,
+			HeadroomRatio: 0.10,
+			CheckInterval: 100 * time.Millisecond,
+		},
+		Fsck: FsckPolicy{
+			Repair:  "yes",
+			Timeout: 10 * time.Minute,
+		},
+	}
+}
+
+// ErrInvalid is returned when a policy file cannot be used: bad syntax, an
+// unknown key, a wrong type or a value out of range.
+var ErrInvalid = errors.New("invalid policy")
+
+// Load reads the policy at path over the defaults. A missing file at the
+// default path is not an error (snug runs on defaults); a missing file that
+// was named explicitly is.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && path == DefaultPath {
+		return Default(), nil
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("read policy: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes a policy document over the defaults and validates it.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	md, err := toml.Decode(string(data), &cfg)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			if pe.LastKey != "" {
+				return Config{}, fmt.Errorf("%w: line %d: %s: %s", ErrInvalid, pe.Position.Line, pe.LastKey, pe.Message)
+			}
+			return Config{}, fmt.Errorf("%w: line %d: %s", ErrInvalid, pe.Position.Line, pe.Message)
+		}
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		k := undecoded[0].String()
+		return Config{}, fmt.Errorf("%w: %sunknown key %q", ErrInvalid, linePrefix(data, k), k)
+	}
+	if err := cfg.validate(); err != nil {
+		var fe fieldError
+		if errors.As(err, &fe) {
+			return Config{}, fmt.Errorf("%w: %s%s: %s", ErrInvalid, linePrefix(data, fe.key), fe.key, fe.msg)
+		}
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return cfg, nil
+}
+
+func linePrefix(data []byte, key string) string {
+	if n := keyLine(data, key); n > 0 {
+		return fmt.Sprintf("line %d: ", n)
+	}
+	return ""
+}

@@ -1,0 +1,156 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseOverridesDefaults(t *testing.T) {
+	cfg, err := Parse([]byte(`
+root = "/srv/snug"
+
+[image]
+quota = "20GiB"
+journal_size = 8388608
+direct_io = false
+
+[window]
+headroom = "1GiB"
+check_interval = "50ms"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.Root = "/srv/snug"
+	want.Image.Quota = 20 * GiB
+	want.Image.JournalSize = 8 * MiB
+	want.Image.DirectIO = false
+	want.Window.Headroom = GiB
+	want.Window.CheckInterval = 50 * time.Millisecond
+	if cfg != want {
+		t.Fatalf("got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestParseEmptyIsDefault(t *testing.T) {
+	cfg, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg != Default() {
+		t.Fatalf("empty document gave %+v", cfg)
+	}
+}
+
+func TestParseErrorsNameKeyAndLine(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc string
+		want      []string
+	}{
+		{"unknown top key", "root = \"/x\"\nroots = \"/y\"\n", []string{"line 2", `unknown key "roots"`}},
+		{"unknown table key", "[window]\nheadroom = \"1GiB\"\nhedroom = 3\n", []string{"line 3", `"window.hedroom"`}},
+		{"unknown table", "\n[windows]\n", []string{"line 2", `"windows"`}},
+		{"bad size", "[image]\n\nquota = \"lots\"\n", []string{"line 3", "image.quota", "invalid size"}},
+		{"negative size", "[image]\nquota = -5\n", []string{"line 2", "image.quota"}},
+		{"wrong type", "[window]\nheadroom_ratio = \"much\"\n", []string{"line 2", "window.headroom_ratio"}},
+		{"syntax", "root = \n", []string{"line 1"}},
+		{"quota too small", "[image]\nquota = \"1MiB\"\n", []string{"line 2", "image.quota", "below the minimum 32MiB"}},
+		{"relative root", "root = \"var/lib\"\n", []string{"line 1", "root", "absolute"}},
+		{"bad repair", "[fsck]\nrepair = \"maybe\"\n", []string{"line 2", "fsck.repair"}},
+		{"bad interval", "[window]\ncheck_interval = \"0s\"\n", []string{"line 2", "window.check_interval"}},
+		{"dotted key", "window.headroom = \"x\"\n", []string{"line 1", "window.headroom"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.doc))
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("err = %v, want ErrInvalid", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Load(filepath.Join(dir, "missing.toml")); err == nil {
+		t.Fatal("a missing file named explicitly must be an error")
+	}
+	p := filepath.Join(dir, "c.toml")
+	if err := os.WriteFile(p, []byte("[window]\nheadroom = 'x'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(p)
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("err = %v, want the path and line", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Size
+		ok   bool
+	}{
+		{"0", 0, true}, {"4096", 4096, true}, {"10GiB", 10 * GiB, true}, {"10G", 10 * GiB, true},
+		{"10 GiB", 10 * GiB, true}, {"1.5MiB", 1536 * KiB, true}, {"2KB", 2000, true},
+		{"512mib", 512 * MiB, true}, {"1EiB", 0, false}, {"", 0, false}, {"GiB", 0, false},
+		{"-1", 0, false}, {"1.2.3G", 0, false}, {"99999999999999999999", 0, false},
+		{"1024PiB", 0, false}, {"1023PiB", 1023 * PiB, true}, {"5 bananas", 0, false},
+	} {
+		got, err := ParseSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestFormatBytes(t *testing.T) {
+	for in, want := range map[int64]string{0: "0B", 1023: "1023B", 4096: "4KiB", 1536: "1.5KiB", 10 << 30: "10GiB", -2048: "-2KiB", 10485759999: "9.77GiB"} {
+		if got := FormatBytes(in); got != want {
+			t.Errorf("FormatBytes(%d) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// FuzzParse feeds arbitrary documents to the policy parser: it must never
+// panic, and whatever it accepts must be a valid policy.
+func FuzzParse(f *testing.F) {
+	seeds, _ := filepath.Glob("testdata/*.toml")
+	for _, s := range seeds {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		cfg, err := Parse(doc)
+		if err != nil {
+			return
+		}
+		if verr := cfg.validate(); verr != nil {
+			t.Fatalf("accepted an invalid policy: %v", verr)
+		}
+	})
+}
+
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"10GiB", "1.5M", "0", "4096", "1e3G", "  7 tib "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := ParseSize(s)
+		if err == nil && (v < 0 || v >= maxSize) {
+			t.Fatalf("ParseSize(%q) = %d out of range", s, v)
+		}
+	})
+}

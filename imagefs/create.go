@@ -1,0 +1,182 @@
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// MinQuota is the smallest image Create makes: ext4's metadata, a 4 MiB
+// journal and room for a first window.
+const MinQuota = 32 << 20
+
+// CreateOptions shape a new image.
+type CreateOptions struct {
+	// Quota is the image size: the most its container can store. It is
+	// rounded down to a multiple of 4 KiB.
+	Quota int64
+	// Window is the initial packing window (clamped to the quota).
+	Window int64
+	// JournalSize is the ext4 journal size (at least 4 MiB).
+	JournalSize int64
+	// BytesPerInode sets the inode count (mkfs.ext4 -i).
+	BytesPerInode int64
+	// DirectIO attaches the image with direct I/O while Create fills it.
+	DirectIO bool
+}
+
+func (o *CreateOptions) normalize() error {
+	o.Quota = o.Quota / loopBlockSize * loopBlockSize
+	if o.Quota < MinQuota {
+		return fmt.Errorf("%w: %d bytes is below the minimum %d (32MiB)", ErrQuotaTooSmall, o.Quota, MinQuota)
+	}
+	if o.JournalSize == 0 {
+		o.JournalSize = 4 << 20
+	}
+	if o.JournalSize < 4<<20 || o.JournalSize > o.Quota/4 {
+		return fmt.Errorf("journal size %d must be between 4MiB and a quarter of the quota", o.JournalSize)
+	}
+	if o.BytesPerInode == 0 {
+		o.BytesPerInode = 16 << 10
+	}
+	if o.Window <= 0 || o.Window > o.Quota {
+		o.Window = o.Quota
+	}
+	return nil
+}
+
+// tempSuffix marks files Create and Shrink are still building. A crash leaves
+// them behind; RemoveTemporaries deletes them.
+const tempSuffix = ".snug-tmp"
+
+// Create makes a thin image at path: a sparse file of the quota size holding
+// an ext4 filesystem made for thin use (see mkfs), with its balloon inflated
+// beyond the initial window. The image is built under a temporary name and
+// renamed into place only when complete, so a failure (a full host disk, a
+// missing mkfs) leaves nothing behind, and an existing file is never touched.
+func Create(ctx context.Context, path string, o CreateOptions) (err error) {
+	if err := o.normalize(); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("create %s: %w", path, ErrExists)
+	}
+	uuid, err := newUUID()
+	if err != nil {
+		return err
+	}
+	tmp := path + "." + uuid[:8] + tempSuffix
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, hostErr(err))
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	terr := f.Truncate(o.Quota)
+	cerr := f.Close()
+	if terr != nil || cerr != nil {
+		return fmt.Errorf("create %s: %w", path, hostErr(errors.Join(terr, cerr)))
+	}
+	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, BytesPerInode: o.BytesPerInode, UUID: uuid}); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := placeBalloon(ctx, tmp, o.Window, o.DirectIO); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := fsyncPath(tmp); err != nil {
+		return fmt.Errorf("create %s: %w", path, hostErr(err))
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("create %s: %w", path, ErrExists)
+		}
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	return fsyncPath(filepath.Dir(path))
+}
+
+// placeBalloon mounts a fresh or shrunk image privately and inflates its
+// balloon so that only the first window bytes are free.
+func placeBalloon(ctx context.Context, path string, window int64, directIO bool) error {
+	dir, err := os.MkdirTemp("", "snug-create-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(dir)
+	m, err := Mount(ctx, path, dir, MountOptions{DirectIO: directIO})
+	if err != nil {
+		return err
+	}
+	err = createBalloon(dir)
+	if err == nil {
+		err = m.resetWindow(ctx, window)
+	}
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	return errors.Join(err, m.Unmount(uctx))
+}
+
+// resetWindow inflates the balloon over all free space and releases what
+// lies below window.
+func (m *Mounted) resetWindow(ctx context.Context, window int64) error {
+	return m.withBalloon(ctx, func(b *balloon) error {
+		if err := b.inflate(); err != nil {
+			return err
+		}
+		exts, err := b.extents()
+		if err != nil {
+			return err
+		}
+		_, err = b.releaseBelow(exts, window)
+		return err
+	})
+}
+
+// RemoveTemporaries deletes what an interrupted Create or Shrink left in dir.
+func RemoveTemporaries(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), tempSuffix) || !e.Type().IsRegular() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if attached, err := IsAttached(p); err != nil || attached {
+			continue
+		}
+		if err := os.Remove(p); err != nil {
+			return removed, err
+		}
+		removed = append(removed, p)
+	}
+	return removed, nil
+}
+
+func fsyncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// hostErr marks errors that mean the host filesystem is full.
+func hostErr(err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrHostFull, err)
+	}
+	return err
+}

@@ -1,0 +1,520 @@
+package imagefs
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/snugfs/snug/internal/roottest"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	kib = int64(1) << 10
+	mib = int64(1) << 20
+	gib = int64(1) << 30
+)
+
+// newImage creates an image in a fresh directory that is swept clean (no
+// mount, no loop device left) when the test ends, pass or fail.
+func newImage(t *testing.T, quota, window int64) (path, dir string) {
+	t.Helper()
+	roottest.Require(t, "mkfs.ext4", "e2fsck", "resize2fs")
+	dir = roottest.TempDir(t)
+	path = filepath.Join(dir, "img")
+	if err := Create(context.Background(), path, CreateOptions{Quota: quota, Window: window, DirectIO: true}); err != nil {
+		t.Fatal(err)
+	}
+	return path, dir
+}
+
+func mountImage(t *testing.T, path, dir string) *Mounted {
+	t.Helper()
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Mount(context.Background(), path, mnt, MountOptions{DirectIO: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Unmount(context.Background()) })
+	return m
+}
+
+// requireClean fails the test unless e2fsck -fn finds the unmounted image clean.
+func requireClean(t *testing.T, path string) {
+	t.Helper()
+	res, err := Check(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Clean() {
+		t.Fatalf("e2fsck -fn %s: exit %d\n%s", path, res.ExitCode, res.Output)
+	}
+}
+
+func fileFootprint(t *testing.T, path string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// writeFiles writes n files of size bytes of random data under dir.
+func writeFiles(t *testing.T, dir string, n int, size int64) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, size)
+	rand.Read(buf)
+	for i := range n {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func syncfs(t *testing.T, dir string) {
+	t.Helper()
+	if err := syncDir(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCreateFootprintIsSmall(t *testing.T) {
+	path, dir := newImage(t, 10*gib, 256*mib)
+	if fp := fileFootprint(t, path); fp > 8*mib {
+		t.Fatalf("fresh 10GiB image costs %d bytes, want <= 8MiB", fp)
+	}
+	st, err := Stat(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.QuotaBytes != 10*gib || st.WindowBytes > 256*mib || st.WindowBytes < 200*mib {
+		t.Fatalf("quota %d window %d, want 10GiB and about 256MiB", st.QuotaBytes, st.WindowBytes)
+	}
+	if st.Health != "ok" || st.Errors != 0 || st.Mounted {
+		t.Fatalf("stats of a fresh image: %+v", st)
+	}
+	requireClean(t, path)
+
+	// Every image gets its own UUID: ext4's fsid, which fanotify reports,
+	// derives from it.
+	other := filepath.Join(dir, "img2")
+	if err := Create(context.Background(), other, CreateOptions{Quota: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := ReadSuperblock(path)
+	b, _ := ReadSuperblock(other)
+	if a.UUID == b.UUID {
+		t.Fatal("two images share a UUID")
+	}
+}
+
+func TestCreateRefusesBadInput(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4")
+	dir := roottest.TempDir(t)
+	ctx := context.Background()
+	existing := filepath.Join(dir, "existing")
+	os.WriteFile(existing, []byte("keep me"), 0o600)
+
+	for _, tc := range []struct {
+		name string
+		path string
+		o    CreateOptions
+		want error
+	}{
+		{"quota below minimum", filepath.Join(dir, "small"), CreateOptions{Quota: 16 * mib}, ErrQuotaTooSmall},
+		{"existing file", existing, CreateOptions{Quota: 64 * mib}, ErrExists},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := Create(ctx, tc.path, tc.o); !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(existing); string(b) != "keep me" {
+		t.Fatal("Create touched an existing file")
+	}
+	assertOnly(t, dir, "existing")
+}
+
+func TestCreateOnFullHostLeavesNothing(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4")
+	dir := roottest.TempDir(t)
+	// A host filesystem with 128 KiB: mkfs of a 10 GiB image needs more.
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=128k"); err != nil {
+		t.Fatal(err)
+	}
+	err := Create(context.Background(), filepath.Join(dir, "img"), CreateOptions{Quota: 10 * gib, JournalSize: 64 * mib})
+	if !errors.Is(err, ErrHostFull) {
+		t.Fatalf("err = %v, want ErrHostFull", err)
+	}
+	assertOnly(t, dir)
+}
+
+// assertOnly fails unless dir holds exactly the named entries.
+func assertOnly(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	if fmt.Sprint(got) != fmt.Sprint(names) && !(len(got) == 0 && len(names) == 0) {
+		t.Fatalf("%s holds %v, want %v", dir, got, names)
+	}
+}
+
+func TestNotAnImage(t *testing.T) {
+	roottest.Require(t, "e2fsck")
+	dir := roottest.TempDir(t)
+	ctx := context.Background()
+	text := filepath.Join(dir, "text")
+	os.WriteFile(text, make([]byte, 1<<20), 0o600)
+	xfsLike := filepath.Join(dir, "zeros")
+	os.WriteFile(xfsLike, nil, 0o600)
+	os.Truncate(xfsLike, 64*mib)
+	for _, p := range []string{text, xfsLike, dir, filepath.Join(dir, "missing")} {
+		if _, err := Stat(ctx, p); err == nil {
+			t.Errorf("Stat(%s) succeeded", p)
+		}
+		if _, err := Check(ctx, p); err == nil {
+			t.Errorf("Check(%s) succeeded", p)
+		}
+		if err := Shrink(ctx, p, 64*mib, true); err == nil {
+			t.Errorf("Shrink(%s) succeeded", p)
+		}
+		if err := WithMount(ctx, p, MountOptions{}, func(*Mounted) error { return nil }); err == nil {
+			t.Errorf("mount of %s succeeded", p)
+		}
+	}
+	if _, err := Stat(ctx, text); !errors.Is(err, ErrNotImage) {
+		t.Errorf("Stat(text) = %v, want ErrNotImage", err)
+	}
+	// An ext4 filesystem snug did not make has no balloon.
+	plain := filepath.Join(dir, "plain")
+	os.WriteFile(plain, nil, 0o600)
+	os.Truncate(plain, 64*mib)
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", plain).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if _, err := Stat(ctx, plain); !errors.Is(err, ErrNotSnugImage) {
+		t.Errorf("Stat(plain ext4) = %v, want ErrNotSnugImage", err)
+	}
+}
+
+func TestDataStaysInsideWindow(t *testing.T) {
+	path, dir := newImage(t, 4*gib, 256*mib)
+	m := mountImage(t, path, dir)
+	// 40 top-level directories: ext4's Orlov allocator would spread them over
+	// the whole disk.
+	for i := range 40 {
+		writeFiles(t, filepath.Join(m.Dir, fmt.Sprint("d", i)), 2, 2*mib)
+	}
+	syncfs(t, m.Dir)
+	st, err := m.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var checked int
+	filepath.Walk(m.Dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || !info.Mode().IsRegular() || filepath.Base(filepath.Dir(p)) == MetaDir {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		exts, err := fileExtents(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range exts {
+			if e.Physical+e.Length > st.WindowBytes {
+				t.Errorf("%s: extent at %d+%d ends beyond the window %d", p, e.Physical, e.Length, st.WindowBytes)
+			}
+		}
+		checked++
+		return nil
+	})
+	if checked != 80 {
+		t.Fatalf("checked %d files, want 80", checked)
+	}
+	if fp := fileFootprint(t, path); fp > st.WindowBytes+8*mib {
+		t.Fatalf("footprint %d beyond window %d", fp, st.WindowBytes)
+	}
+	if err := m.Unmount(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	requireClean(t, path)
+}
+
+func TestReclaimReturnsFootprintToUsage(t *testing.T) {
+	path, dir := newImage(t, 10*gib, 256*mib)
+	m := mountImage(t, path, dir)
+	ctx := context.Background()
+	keep := filepath.Join(m.Dir, "keep")
+	writeFiles(t, keep, 4, 8*mib)
+	// 1 GiB of files of mixed sizes (4 KiB to 8 MiB, evenly spread on a log
+	// scale, like the churn benchmark), the window growing ahead of them.
+	churn := filepath.Join(m.Dir, "churn")
+	os.Mkdir(churn, 0o755)
+	buf := make([]byte, 8*mib)
+	rand.Read(buf)
+	var total int64
+	for i := 0; total < gib; i++ {
+		if _, err := m.EnsureFree(ctx, 512*mib); err != nil {
+			t.Fatal(err)
+		}
+		size := 4 * kib << (i % 12) // 4 KiB .. 8 MiB
+		if err := os.WriteFile(filepath.Join(churn, fmt.Sprint(i)), buf[:size], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		total += int64(size)
+	}
+	syncfs(t, m.Dir)
+	if fp := fileFootprint(t, path); fp < gib {
+		t.Fatalf("footprint %d after writing 1GiB: the test wrote less than it meant", fp)
+	}
+	if err := os.RemoveAll(churn); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 { // a second Reclaim must be harmless
+		res, err := m.Reclaim(ctx, 64*mib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := m.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		limit := int64(float64(st.UsedBytes)*1.03) + 8*mib
+		t.Logf("round %d: used %d footprint %d (limit %d) window %d->%d trimmed %d in %v",
+			round, st.UsedBytes, st.FootprintBytes, limit, res.WindowBefore, res.WindowAfter, res.TrimmedBytes, res.Duration)
+		if st.FootprintBytes > limit {
+			t.Fatalf("footprint %d after reclaim, want <= %d (used %d)", st.FootprintBytes, limit, st.UsedBytes)
+		}
+		if st.FreeBytes < 64*mib || st.FreeBytes > 80*mib {
+			t.Fatalf("free in window %d after reclaim with 64MiB headroom", st.FreeBytes)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(keep, "3")); err != nil || int64(len(b)) != 8*mib {
+		t.Fatalf("kept file lost: %v", err)
+	}
+	if err := m.Unmount(ctx); err != nil {
+		t.Fatal(err)
+	}
+	requireClean(t, path)
+}
+
+func TestGrowIsIdempotentAndBounded(t *testing.T) {
+	path, dir := newImage(t, 1*gib, 64*mib)
+	m := mountImage(t, path, dir)
+	ctx := context.Background()
+	for range 2 {
+		w, err := m.Grow(ctx, 512*mib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w < 512*mib || w > 520*mib {
+			t.Fatalf("window %d after Grow(512MiB)", w)
+		}
+	}
+	if w, _ := m.Grow(ctx, 128*mib); w < 512*mib {
+		t.Fatalf("Grow to a smaller window shrank it to %d", w)
+	}
+	w, err := m.Grow(ctx, 10*gib)
+	if err != nil || w != gib {
+		t.Fatalf("Grow beyond the quota: window %d, %v; want the quota", w, err)
+	}
+	st, _ := m.Stat()
+	if st.BalloonBytes != 0 || st.FreeBytes < 900*mib {
+		t.Fatalf("at full window: %+v", st)
+	}
+	if err := m.Unmount(ctx); err != nil {
+		t.Fatal(err)
+	}
+	requireClean(t, path)
+}
+
+// TestKeepGrowsAheadOfStreamingWriter streams data at full speed into an
+// image whose window starts small; the keeper must grow it so that the writer
+// sees ENOSPC only at the quota.
+func TestKeepGrowsAheadOfStreamingWriter(t *testing.T) {
+	const quota = 3 * gib
+	path, dir := newImage(t, quota, 64*mib)
+	m := mountImage(t, path, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var grows int
+	keepErr := make(chan error, 1)
+	go func() {
+		keepErr <- Keep(ctx, m, Policy{Headroom: 64 * mib, Interval: 10 * time.Millisecond}, func(int64) { grows++ })
+	}()
+	f, err := os.Create(filepath.Join(m.Dir, "stream"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4*mib)
+	rand.Read(buf)
+	var written int64
+	start := time.Now()
+	for {
+		n, err := f.Write(buf)
+		written += int64(n)
+		if err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	elapsed := time.Since(start)
+	f.Close()
+	cancel()
+	if err := <-keepErr; err != nil {
+		t.Fatal(err)
+	}
+	st, _ := m.Stat()
+	t.Logf("wrote %d MiB in %v (%.0f MiB/s), %d grows; used %d of quota %d, balloon %d",
+		written>>20, elapsed, float64(written>>20)/elapsed.Seconds(), grows, st.UsedBytes, st.QuotaBytes, st.BalloonBytes)
+	// ENOSPC is right only when the balloon is gone: the quota is reached.
+	if st.BalloonBytes != 0 {
+		t.Fatalf("ENOSPC after %d bytes with %d bytes still in the balloon", written, st.BalloonBytes)
+	}
+	if written < quota*9/10 {
+		t.Fatalf("only %d of %d bytes written", written, quota)
+	}
+}
+
+func TestCheckAndRepairCorruption(t *testing.T) {
+	roottest.Require(t, "debugfs")
+	path, dir := newImage(t, 256*mib, 64*mib)
+	m := mountImage(t, path, dir)
+	writeFiles(t, filepath.Join(m.Dir, "data"), 3, 64*kib)
+	ctx := context.Background()
+	if err := m.Unmount(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("debugfs", "-w", "-R", "sif /data/1 block[0] 0x12345678", path).CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v %s", err, out)
+	}
+	res, err := Check(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Clean() || !res.Uncorrected() || res.Status() != "errors" {
+		t.Fatalf("check of a corrupt image: %+v", res)
+	}
+	res, err = Repair(ctx, path, RepairYes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Corrected() || res.Status() != "repaired" {
+		t.Fatalf("repair: %+v", res)
+	}
+	requireClean(t, path)
+	// Repairing a clean image changes nothing.
+	if res, err = Repair(ctx, path, RepairPreen); err != nil || !res.Clean() {
+		t.Fatalf("second repair: %+v %v", res, err)
+	}
+}
+
+func TestOfflineOperationsRefuseMountedImage(t *testing.T) {
+	path, dir := newImage(t, 128*mib, 64*mib)
+	mountImage(t, path, dir)
+	ctx := context.Background()
+	if _, err := Check(ctx, path); !errors.Is(err, ErrInUse) {
+		t.Errorf("Check of a mounted image: %v", err)
+	}
+	if _, err := Repair(ctx, path, RepairYes); !errors.Is(err, ErrInUse) {
+		t.Errorf("Repair of a mounted image: %v", err)
+	}
+	if err := Shrink(ctx, path, 64*mib, true); !errors.Is(err, ErrInUse) {
+		t.Errorf("Shrink of a mounted image: %v", err)
+	}
+}
+
+func TestFindMountAfterRestart(t *testing.T) {
+	path, dir := newImage(t, 128*mib, 64*mib)
+	m := mountImage(t, path, dir)
+	// A restarted process knows only the image path.
+	found, err := FindMount(filepath.Join(dir, ".", "img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found.Device != m.Device || found.Dir != m.Dir || found.Image != m.Image {
+		t.Fatalf("found %+v, want %+v", found, m)
+	}
+	st, err := Stat(context.Background(), path)
+	if err != nil || !st.Mounted || st.Device != m.Device {
+		t.Fatalf("Stat of a mounted image: %+v %v", st, err)
+	}
+	if err := m.Unmount(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := FindMount(path); !errors.Is(err, ErrNotMounted) {
+		t.Fatalf("FindMount after unmount: %v", err)
+	}
+	if devs, _ := FindLoops(path); len(devs) != 0 {
+		t.Fatalf("loop devices left after unmount: %v", devs)
+	}
+}
+
+func TestShrink(t *testing.T) {
+	path, dir := newImage(t, 1*gib, 128*mib)
+	ctx := context.Background()
+	m := mountImage(t, path, dir)
+	writeFiles(t, filepath.Join(m.Dir, "data"), 10, 4*mib)
+	if _, err := m.Grow(ctx, 900*mib); err != nil {
+		t.Fatal(err)
+	}
+	// Put data at the far end so resize2fs must move it.
+	far := filepath.Join(m.Dir, "far")
+	writeFiles(t, far, 1, 0)
+	if err := m.Unmount(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := Shrink(ctx, path, 16*mib, true); !errors.Is(err, ErrQuotaTooSmall) {
+		t.Fatalf("shrink below the minimum: %v", err)
+	}
+	if err := Shrink(ctx, path, 40*mib, true); !errors.Is(err, ErrQuotaTooSmall) {
+		t.Fatalf("shrink below the data: %v", err)
+	}
+	requireClean(t, path)
+	for range 2 {
+		if err := Shrink(ctx, path, 256*mib, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := Stat(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.QuotaBytes != 256*mib || st.WindowBytes > 256*mib {
+		t.Fatalf("after shrink: %+v", st)
+	}
+	if fi, _ := os.Stat(path); fi.Size() != 256*mib {
+		t.Fatalf("file size %d after shrink", fi.Size())
+	}
+	requireClean(t, path)
+	assertOnly(t, dir, "img", "mnt")
+	m = mountImage(t, path, dir)
+	for i := range 10 {
+		if fi, err := os.Stat(filepath.Join(m.Dir, "data", fmt.Sprint(i))); err != nil || fi.Size() != 4*mib {
+			t.Fatalf("data lost by shrink: %v", err)
+		}
+	}
+}

@@ -1,0 +1,182 @@
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Loop is a loop device attached to an image file.
+type Loop struct {
+	// Device is the device node, e.g. /dev/loop3.
+	Device string
+	// DirectIO reports whether the kernel accepted direct I/O to the file.
+	DirectIO bool
+	dev      *os.File
+}
+
+// AttachOptions says how an image is attached.
+type AttachOptions struct {
+	ReadOnly bool
+	// DirectIO asks the loop driver to bypass the host page cache, so image
+	// data is cached once (by the filesystem inside), not twice. The kernel
+	// falls back to buffered I/O where the backing file cannot do it.
+	DirectIO bool
+}
+
+// loopBlockSize matches ext4's block size: with direct I/O, the loop
+// device's logical block size must be at least the backing device's.
+const loopBlockSize = 4096
+
+// Attach binds the image file to a free loop device with LOOP_CONFIGURE. The
+// device is autoclear: it detaches itself when its last user goes, so a
+// crashed caller leaks no device once its mount is gone. The caller holds one
+// reference until Close; mount the device before closing it.
+func Attach(ctx context.Context, path string, o AttachOptions) (*Loop, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	flag := os.O_RDWR
+	if o.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	img, err := os.OpenFile(abs, flag|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", path, err)
+	}
+	defer img.Close()
+
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", path, err)
+	}
+	defer ctl.Close()
+
+	cfg := unix.LoopConfig{Fd: uint32(img.Fd()), Size: loopBlockSize}
+	cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+	if o.ReadOnly {
+		cfg.Info.Flags |= unix.LO_FLAGS_READ_ONLY
+	}
+	if o.DirectIO {
+		cfg.Info.Flags |= unix.LO_FLAGS_DIRECT_IO
+	}
+	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], abs)
+
+	// Another process may take the free device between GET_FREE and
+	// CONFIGURE; the loser sees EBUSY and asks again.
+	for attempt := 0; ; attempt++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("attach %s: LOOP_CTL_GET_FREE: %w", path, err)
+		}
+		devPath := "/dev/loop" + strconv.Itoa(n)
+		dev, err := openLoopNode(ctx, devPath, flag)
+		if err != nil {
+			return nil, fmt.Errorf("attach %s: %w", path, err)
+		}
+		err = unix.IoctlLoopConfigure(int(dev.Fd()), &cfg)
+		if err == nil {
+			l := &Loop{Device: devPath, dev: dev}
+			if info, err := unix.IoctlLoopGetStatus64(int(dev.Fd())); err == nil {
+				l.DirectIO = info.Flags&unix.LO_FLAGS_DIRECT_IO != 0
+			}
+			return l, nil
+		}
+		dev.Close()
+		if !errors.Is(err, unix.EBUSY) || attempt >= 32 {
+			return nil, fmt.Errorf("attach %s to %s: LOOP_CONFIGURE: %w", path, devPath, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * time.Millisecond):
+		}
+	}
+}
+
+// openLoopNode opens a loop device node, waiting briefly for devtmpfs to
+// create a node that LOOP_CTL_GET_FREE has just added.
+func openLoopNode(ctx context.Context, path string, flag int) (*os.File, error) {
+	for i := 0; ; i++ {
+		f, err := os.OpenFile(path, flag|unix.O_CLOEXEC, 0)
+		if err == nil || !errors.Is(err, os.ErrNotExist) || i >= 100 {
+			return f, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Close drops the caller's reference. If nothing else (a mount) holds the
+// device, autoclear detaches it.
+func (l *Loop) Close() error { return l.dev.Close() }
+
+// Detach clears a loop device (LOOP_CLR_FD). On a device still in use the
+// kernel only marks it autoclear, and it goes when its last user does.
+func Detach(device string) error {
+	f, err := os.OpenFile(device, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", device, err)
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("detach %s: %w", device, err)
+	}
+	return nil
+}
+
+// FindLoops returns the loop devices whose backing file is the image at
+// path, read from sysfs (/sys/block/loopN/loop/backing_file), so a
+// restarted daemon finds the attachments it made before.
+func FindLoops(path string) ([]string, error) {
+	target, err := canonical(path)
+	if err != nil {
+		return nil, err
+	}
+	want, err := os.Stat(target)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	if err != nil {
+		return nil, err
+	}
+	var devs []string
+	for _, e := range entries {
+		b, err := os.ReadFile(e)
+		if err != nil {
+			continue // detached while we looked
+		}
+		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		if backing != target {
+			continue
+		}
+		// A path can be reused by a new file: compare the inode too.
+		if st, err := os.Stat(backing); err != nil || !os.SameFile(st, want) {
+			continue
+		}
+		devs = append(devs, "/dev/"+strings.Split(e, "/")[3])
+	}
+	return devs, nil
+}
+
+// canonical returns the absolute path with symlinks resolved, as the loop
+// driver records it.
+func canonical(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}

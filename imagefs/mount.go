@@ -1,0 +1,204 @@
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// Mounted is an image attached to a loop device and mounted.
+type Mounted struct {
+	// Image is the canonical path of the image file.
+	Image string
+	// Device is the loop device, e.g. /dev/loop3.
+	Device string
+	// Dir is where the filesystem is mounted. The container's data goes in
+	// subdirectories; /.snug holds the balloon and must stay hidden from it.
+	Dir string
+	// ReadOnly reports a read-only mount.
+	ReadOnly bool
+}
+
+// MountOptions says how an image is mounted.
+type MountOptions struct {
+	ReadOnly bool
+	DirectIO bool // see AttachOptions.DirectIO
+	// Discard turns on ext4's online discard: freed blocks become holes in
+	// the image file after each journal commit, without waiting for Reclaim.
+	Discard bool
+}
+
+// mountData returns the ext4 mount options snug always uses.
+//   - noinit_itable: never zero the lazily initialised inode tables in the
+//     background; they are holes in the sparse file and stay so.
+//   - errors=remount-ro: an error stops writes to the one faulty image (the
+//     host keeps running) until snug checks and repairs it.
+func (o MountOptions) mountData() string {
+	opts := []string{"noinit_itable", "errors=remount-ro"}
+	if o.ReadOnly {
+		// Never replay a journal or write anything on a read-only mount.
+		opts = []string{"noload", "errors=continue"}
+	}
+	if o.Discard && !o.ReadOnly {
+		opts = append(opts, "discard")
+	}
+	return strings.Join(opts, ",")
+}
+
+// Mount attaches the image at path and mounts it on dir (which must exist).
+// It checks the superblock first, so a file that is not ext4 is refused
+// before the kernel sees it.
+func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, error) {
+	sb, err := ReadSuperblock(path)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", path, err)
+	}
+	if sb.BlockSize != loopBlockSize {
+		return nil, fmt.Errorf("mount %s: %w: block size %d, snug images use %d", path, ErrNotSnugImage, sb.BlockSize, loopBlockSize)
+	}
+	img, err := canonical(path)
+	if err != nil {
+		return nil, err
+	}
+	loop, err := Attach(ctx, img, AttachOptions{ReadOnly: o.ReadOnly, DirectIO: o.DirectIO})
+	if err != nil {
+		return nil, err
+	}
+	// Autoclear: once the mount holds the device, our reference can go; if
+	// the mount fails, closing it detaches the device.
+	defer loop.Close()
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+	if o.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(loop.Device, dir, "ext4", flags, o.mountData()); err != nil {
+		return nil, fmt.Errorf("mount %s (%s) on %s: %w", path, loop.Device, dir, err)
+	}
+	return &Mounted{Image: img, Device: loop.Device, Dir: dir, ReadOnly: o.ReadOnly}, nil
+}
+
+// Unmount unmounts the image; autoclear then detaches its loop device. It
+// waits (until ctx ends) for the device to go, so that an offline operation
+// may follow at once. Unmounting what is no longer mounted is not an error.
+func (m *Mounted) Unmount(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		err := unix.Unmount(m.Dir, 0)
+		if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		if !errors.Is(err, unix.EBUSY) || attempt >= 20 {
+			return fmt.Errorf("unmount %s from %s: %w", m.Image, m.Dir, err)
+		}
+		if err := sleep(ctx, 25*time.Millisecond); err != nil {
+			return fmt.Errorf("unmount %s from %s: %w", m.Image, m.Dir, err)
+		}
+	}
+	return waitDetached(ctx, m.Image, m.Device)
+}
+
+// waitDetached waits until device no longer backs the image.
+func waitDetached(ctx context.Context, image, device string) error {
+	for {
+		devs, err := FindLoops(image)
+		if err != nil || !slices.Contains(devs, device) {
+			return nil
+		}
+		if err := sleep(ctx, 5*time.Millisecond); err != nil {
+			return fmt.Errorf("%s still attached to %s: %w", image, device, err)
+		}
+	}
+}
+
+// FindMount returns where the image at path is mounted, found from the loop
+// devices backing it and the mount table: a restarted process finds the
+// mounts made before it. It returns ErrNotMounted when there is none.
+func FindMount(path string) (*Mounted, error) {
+	img, err := canonical(path)
+	if err != nil {
+		return nil, err
+	}
+	devs, err := FindLoops(img)
+	if err != nil {
+		return nil, err
+	}
+	for _, dev := range devs {
+		var st unix.Stat_t
+		if err := unix.Stat(dev, &st); err != nil {
+			continue
+		}
+		major, minor := int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev))
+		mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
+			return i.Major != major || i.Minor != minor || i.Root != "/", false
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, mi := range mounts {
+			ro := strings.Contains(","+mi.Options+",", ",ro,")
+			return &Mounted{Image: img, Device: dev, Dir: mi.Mountpoint, ReadOnly: ro}, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: %w", path, ErrNotMounted)
+}
+
+// IsAttached reports whether any loop device backs the image.
+func IsAttached(path string) (bool, error) {
+	devs, err := FindLoops(path)
+	return len(devs) > 0, err
+}
+
+// WithMount runs fn on the image mounted: where it is mounted already, there;
+// otherwise on a private temporary mount that is gone when WithMount returns.
+func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounted) error) (err error) {
+	if m, ferr := FindMount(path); ferr == nil {
+		if m.ReadOnly && !o.ReadOnly {
+			return fmt.Errorf("%s is mounted read-only on %s", path, m.Dir)
+		}
+		return fn(m)
+	} else if !errors.Is(ferr, ErrNotMounted) {
+		return ferr
+	}
+	if attached, aerr := IsAttached(path); aerr != nil {
+		return aerr
+	} else if attached {
+		return fmt.Errorf("%s: %w but not mounted", path, ErrInUse)
+	}
+	dir, err := os.MkdirTemp("", "snug-mnt-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(dir)
+	m, err := Mount(ctx, path, dir, o)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Unmount even when ctx has ended: nothing may be left mounted.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if uerr := m.Unmount(uctx); uerr != nil && err == nil {
+			err = uerr
+		}
+	}()
+	return fn(m)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// sysfsName is the name of the device under /sys/fs/ext4 ("loop3").
+func (m *Mounted) sysfsName() string { return filepath.Base(m.Device) }

@@ -1,0 +1,199 @@
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// offline locks an image that must not be attached anywhere and runs fn.
+func offline(ctx context.Context, op, path string, fn func() error) error {
+	if _, err := ReadSuperblock(path); err != nil {
+		return fmt.Errorf("%s %s: %w", op, path, err)
+	}
+	unlock, err := lockImage(ctx, path)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", op, path, err)
+	}
+	defer unlock()
+	if attached, err := IsAttached(path); err != nil {
+		return err
+	} else if attached {
+		return fmt.Errorf("%s %s: %w (unmount it first)", op, path, ErrInUse)
+	}
+	return fn()
+}
+
+// Check runs a forced read-only e2fsck (e2fsck -fn) on an unmounted image.
+// Findings are in the result (Uncorrected); the error is for a check that
+// could not run.
+func Check(ctx context.Context, path string) (FsckResult, error) {
+	var res FsckResult
+	err := offline(ctx, "check", path, func() (err error) {
+		res, err = e2fsck(ctx, path, "check", "-f", "-n")
+		return err
+	})
+	return res, err
+}
+
+// Repair runs e2fsck to fix an unmounted image: it replays the journal
+// first, then fixes what it finds (-fy, or -fp for RepairPreen).
+func Repair(ctx context.Context, path string, mode RepairMode) (FsckResult, error) {
+	var res FsckResult
+	err := offline(ctx, "repair", path, func() (err error) {
+		switch mode {
+		case RepairYes, "":
+			res, err = e2fsck(ctx, path, "repair", "-f", "-y")
+		case RepairPreen:
+			res, err = e2fsck(ctx, path, "preen", "-f", "-p")
+		default:
+			err = fmt.Errorf("unknown repair mode %q", mode)
+		}
+		return err
+	})
+	return res, err
+}
+
+// Shrink lowers the quota of an unmounted image offline: it works on a copy
+// (a reflink where the host filesystem can, else a sparse copy), drops the
+// balloon, checks the copy, resizes it with resize2fs, truncates the file,
+// puts the balloon back with the old window, checks again and renames the
+// copy over the image. Killed at any point, it leaves the image as it was (and
+// a temporary file RemoveTemporaries deletes). A quota at or above the current
+// one is a no-op.
+func Shrink(ctx context.Context, path string, quota int64, directIO bool) error {
+	quota = quota / loopBlockSize * loopBlockSize
+	if quota < MinQuota {
+		return fmt.Errorf("shrink %s: %w: %d is below the minimum %d", path, ErrQuotaTooSmall, quota, MinQuota)
+	}
+	return offline(ctx, "shrink", path, func() error {
+		sb, err := ReadSuperblock(path)
+		if err != nil {
+			return err
+		}
+		if quota >= sb.Size() {
+			return nil
+		}
+		if sb.HasErrors() || sb.NeedsRecov {
+			return fmt.Errorf("shrink %s: the image has errors or an unreplayed journal: repair it first", path)
+		}
+		st, err := Stat(ctx, path)
+		if err != nil {
+			return fmt.Errorf("shrink %s: %w", path, err)
+		}
+		tmp := path + ".shrink" + tempSuffix
+		os.Remove(tmp)
+		if err := copySparse(path, tmp); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("shrink %s: copy: %w", path, hostErr(err))
+		}
+		if err := shrinkCopy(ctx, tmp, quota, st.WindowBytes, directIO); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("shrink %s: %w", path, err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("shrink %s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+func shrinkCopy(ctx context.Context, tmp string, quota, window int64, directIO bool) error {
+	// resize2fs must move every block beyond the new end; the balloon's
+	// blocks are just free space, so it goes first.
+	if err := WithMount(ctx, tmp, MountOptions{DirectIO: directIO}, func(m *Mounted) error {
+		return os.Remove(balloonPath(m.Dir))
+	}); err != nil {
+		return err
+	}
+	res, err := e2fsck(ctx, tmp, "repair", "-f", "-y")
+	if err != nil {
+		return err
+	}
+	if res.Uncorrected() {
+		return fmt.Errorf("e2fsck before resize: %s", lastLines(res.Output, 3))
+	}
+	run, err := runTool(ctx, "resize2fs", tmp, strconv.FormatInt(quota>>10, 10)+"K")
+	if err != nil {
+		return err
+	}
+	if run.ExitCode != 0 {
+		if strings.Contains(run.Stderr, "smaller than minimum") || strings.Contains(run.Stderr, "No space left") {
+			return fmt.Errorf("%w: the data needs more than %d bytes: %s", ErrQuotaTooSmall, quota, lastLines(strings.TrimSpace(run.Stderr), 2))
+		}
+		return run.failure("resize2fs")
+	}
+	if err := os.Truncate(tmp, quota); err != nil {
+		return err
+	}
+	if err := placeBalloon(ctx, tmp, min(window, quota), directIO); err != nil {
+		return err
+	}
+	res, err = e2fsck(ctx, tmp, "check", "-f", "-n")
+	if err != nil {
+		return err
+	}
+	if !res.Clean() {
+		return fmt.Errorf("e2fsck after resize is not clean: %s", lastLines(res.Output, 3))
+	}
+	return fsyncPath(tmp)
+}
+
+// copySparse copies src to a new file dst, cheaply: a reflink (FICLONE) where
+// the host filesystem shares blocks, otherwise only the data regions
+// (SEEK_DATA/SEEK_HOLE) with copy_file_range, so holes stay holes.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
+		return out.Sync()
+	}
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		} else if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for pos := data; pos < hole; {
+			src, dst := pos, pos
+			n, err := unix.CopyFileRange(int(in.Fd()), &src, int(out.Fd()), &dst, int(hole-pos), 0)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			pos += int64(n)
+		}
+		off = hole
+	}
+	return out.Sync()
+}

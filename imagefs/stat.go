@@ -1,0 +1,167 @@
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stats describe an image: its size, its window, what it stores and what it
+// costs the host.
+type Stats struct {
+	Path       string `json:"path"`
+	UUID       string `json:"uuid"`
+	Mounted    bool   `json:"mounted"`
+	Device     string `json:"device,omitempty"`
+	Mountpoint string `json:"mountpoint,omitempty"`
+
+	// QuotaBytes is the filesystem size: the most the container can store.
+	QuotaBytes int64 `json:"quota_bytes"`
+	// WindowBytes is the end of the packing window: ext4 allocates below it.
+	WindowBytes int64 `json:"window_bytes"`
+	// UsedBytes is what df shows as used, less the balloon.
+	UsedBytes int64 `json:"used_bytes"`
+	// FreeBytes is the free space inside the window, available right now.
+	FreeBytes int64 `json:"free_bytes"`
+	// BalloonBytes is the free space held back beyond the window.
+	BalloonBytes int64 `json:"balloon_bytes"`
+	// FootprintBytes is what the image file costs the host (allocated bytes).
+	FootprintBytes int64 `json:"footprint_bytes"`
+	// Swell is FootprintBytes / UsedBytes (0 when nothing is used).
+	Swell float64 `json:"swell"`
+
+	InodesUsed  int64 `json:"inodes_used"`
+	InodesTotal int64 `json:"inodes_total"`
+
+	// Errors is ext4's error count (sysfs errors_count when mounted, the
+	// superblock's otherwise).
+	Errors int64 `json:"errors"`
+	// Health is "ok", "errors" (ext4 recorded an error) or "needs_recovery"
+	// (unmounted with a journal not yet replayed).
+	Health     string   `json:"health"`
+	FirstError *FsError `json:"first_error,omitempty"`
+	LastError  *FsError `json:"last_error,omitempty"`
+}
+
+// Stat describes the image at path. A mounted image is measured live; an
+// unmounted one through a private read-only mount that neither replays its
+// journal nor writes anything. An image whose superblock records errors is not
+// mounted at all: its figures come from the superblock and WindowBytes and
+// BalloonBytes are -1 (unknown).
+func Stat(ctx context.Context, path string) (Stats, error) {
+	sb, err := ReadSuperblock(path)
+	if err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Path: path, UUID: sb.UUIDString(), QuotaBytes: sb.Size()}
+	if m, err := FindMount(path); err == nil {
+		err = m.stat(&st, sb)
+		return st, err
+	} else if !errors.Is(err, ErrNotMounted) {
+		return st, err
+	}
+	st.Errors = sb.ErrorCount
+	st.FirstError, st.LastError = sb.FirstError, sb.LastError
+	if sb.HasErrors() || sb.NeedsRecov {
+		fromSuperblock(&st, sb)
+		return st, footprintOf(path, &st)
+	}
+	err = WithMount(ctx, path, MountOptions{ReadOnly: true}, func(m *Mounted) error {
+		if err := m.stat(&st, sb); err != nil {
+			return err
+		}
+		st.Mounted, st.Device, st.Mountpoint = false, "", ""
+		return nil
+	})
+	return st, err
+}
+
+// Stat describes the mounted image.
+func (m *Mounted) Stat() (Stats, error) {
+	sb, err := ReadSuperblock(m.Image)
+	if err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Path: m.Image, UUID: sb.UUIDString(), QuotaBytes: sb.Size()}
+	return st, m.stat(&st, sb)
+}
+
+func (m *Mounted) stat(st *Stats, sb *Superblock) error {
+	st.Mounted, st.Device, st.Mountpoint = true, m.Device, m.Dir
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(m.Dir, &sfs); err != nil {
+		return err
+	}
+	f, err := os.Open(balloonPath(m.Dir))
+	if err != nil {
+		return err
+	}
+	exts, err := fileExtents(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	bs := sfs.Bsize
+	st.BalloonBytes = sizeOf(exts)
+	st.WindowBytes = windowOf(exts, sb.Size())
+	st.UsedBytes = max(0, int64(sfs.Blocks-sfs.Bfree)*bs-st.BalloonBytes)
+	st.FreeBytes = int64(sfs.Bavail) * bs
+	st.InodesTotal, st.InodesUsed = int64(sfs.Files), int64(sfs.Files-sfs.Ffree)
+	st.FirstError, st.LastError = sb.FirstError, sb.LastError
+	m.sysfsErrors(st)
+	st.Health = health(st.Errors, false)
+	return footprintOf(m.Image, st)
+}
+
+// sysfsErrors reads ext4's live error record, which the kernel updates even
+// when it cannot write the superblock (after an I/O error).
+func (m *Mounted) sysfsErrors(st *Stats) {
+	base := filepath.Join("/sys/fs/ext4", m.sysfsName())
+	read := func(name string) string {
+		b, _ := os.ReadFile(filepath.Join(base, name))
+		return strings.TrimSpace(string(b))
+	}
+	n, err := strconv.ParseInt(read("errors_count"), 10, 64)
+	if err != nil || n < 0 {
+		return
+	}
+	st.Errors = n
+}
+
+func fromSuperblock(st *Stats, sb *Superblock) {
+	st.WindowBytes, st.BalloonBytes = -1, -1
+	st.UsedBytes = (sb.Blocks - sb.FreeBlocks) * sb.BlockSize
+	st.InodesTotal, st.InodesUsed = sb.Inodes, sb.Inodes-sb.FreeInodes
+	st.Health = health(sb.ErrorCount, sb.NeedsRecov)
+	if sb.HasErrors() {
+		st.Health = "errors"
+	}
+}
+
+func health(errs int64, needsRecovery bool) string {
+	switch {
+	case errs > 0:
+		return "errors"
+	case needsRecovery:
+		return "needs_recovery"
+	}
+	return "ok"
+}
+
+func footprintOf(path string, st *Stats) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st.FootprintBytes, err = footprint(f)
+	if st.UsedBytes > 0 {
+		st.Swell = float64(st.FootprintBytes) / float64(st.UsedBytes)
+	}
+	return err
+}

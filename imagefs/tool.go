@@ -1,0 +1,85 @@
+package imagefs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// toolPath lets tests and unusual hosts point at other e2fsprogs binaries.
+// Keys are tool names ("mkfs.ext4", "e2fsck", "resize2fs", "debugfs").
+var toolPath = map[string]string{}
+
+// toolRun is the outcome of one external tool run.
+type toolRun struct {
+	ExitCode int
+	Stdout   string
+	Stderr   string
+	Duration time.Duration
+}
+
+// runTool runs an e2fsprogs tool and returns its output and exit code. It
+// returns an error only when the tool could not run at all (missing, killed,
+// context ended); callers decide what a non-zero exit code means.
+func runTool(ctx context.Context, name string, args ...string) (toolRun, error) {
+	bin := name
+	if p, ok := toolPath[name]; ok {
+		bin = p
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		// e2fsprogs installs to /sbin, which a non-login PATH may lack.
+		for _, dir := range []string{"/usr/sbin", "/sbin"} {
+			if p, e := exec.LookPath(dir + "/" + bin); e == nil {
+				path, err = p, nil
+				break
+			}
+		}
+	}
+	if err != nil {
+		return toolRun{}, fmt.Errorf("%s: %w", name, ErrToolMissing)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	start := time.Now()
+	err = cmd.Run()
+	run := toolRun{Stdout: stdout.String(), Stderr: stderr.String(), Duration: time.Since(start)}
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+		return run, nil
+	case ctx.Err() != nil:
+		return run, fmt.Errorf("%s: %w", name, ctx.Err())
+	case errors.As(err, &exitErr) && exitErr.ExitCode() >= 0:
+		run.ExitCode = exitErr.ExitCode()
+		return run, nil
+	default:
+		return run, fmt.Errorf("%s: %w: %w", name, ErrToolFailed, err)
+	}
+}
+
+// failure turns a failed tool run into an error carrying its message.
+func (r toolRun) failure(name string) error {
+	msg := strings.TrimSpace(r.Stderr)
+	if msg == "" {
+		msg = strings.TrimSpace(r.Stdout)
+	}
+	if strings.Contains(msg, "No space left on device") || strings.Contains(msg, "Could not allocate block") {
+		return fmt.Errorf("%s: %w: %s", name, ErrHostFull, lastLines(msg, 3))
+	}
+	return fmt.Errorf("%s: %w (exit %d): %s", name, ErrToolFailed, r.ExitCode, lastLines(msg, 3))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
+}

@@ -1,0 +1,167 @@
+package imagefs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// withBalloon runs fn with the image locked and its balloon open.
+func (m *Mounted) withBalloon(ctx context.Context, fn func(b *balloon) error) error {
+	if m.ReadOnly {
+		return fmt.Errorf("%s: mounted read-only", m.Image)
+	}
+	unlock, err := lockImage(ctx, m.Image)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	sb, err := ReadSuperblock(m.Image)
+	if err != nil {
+		return err
+	}
+	b, err := openBalloon(m.Dir, m.Device, sb.Size())
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.Image, err)
+	}
+	defer b.Close()
+	return fn(b)
+}
+
+// Grow moves the end of the packing window to at least window bytes (up to
+// the quota). It never shrinks the window: that is Reclaim's job. It returns
+// the window after the call. Growing to the current window is a no-op.
+func (m *Mounted) Grow(ctx context.Context, window int64) (int64, error) {
+	var after int64
+	err := m.withBalloon(ctx, func(b *balloon) error {
+		exts, err := b.extents()
+		if err != nil {
+			return err
+		}
+		if _, err := b.releaseBelow(exts, window); err != nil {
+			return err
+		}
+		exts, err = b.extents()
+		after = windowOf(exts, b.fsSize)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("grow %s: %w", m.Image, err)
+	}
+	return after, nil
+}
+
+// EnsureFree makes sure at least free bytes are available to files inside
+// the window, growing it (lowest balloon blocks first) as needed. It returns
+// the bytes the window grew by; that is short of what was needed only when
+// the quota is reached.
+func (m *Mounted) EnsureFree(ctx context.Context, free int64) (int64, error) {
+	var grown int64
+	err := m.withBalloon(ctx, func(b *balloon) (err error) {
+		grown, err = b.ensureFree(free)
+		return err
+	})
+	if err != nil {
+		return grown, fmt.Errorf("grow %s: %w", m.Image, err)
+	}
+	return grown, nil
+}
+
+// ReclaimResult says what a Reclaim did.
+type ReclaimResult struct {
+	TrimmedBytes    int64         `json:"trimmed_bytes"`
+	FootprintBefore int64         `json:"footprint_before_bytes"`
+	FootprintAfter  int64         `json:"footprint_after_bytes"`
+	WindowBefore    int64         `json:"window_before_bytes"`
+	WindowAfter     int64         `json:"window_after_bytes"`
+	Duration        time.Duration `json:"duration_ns"`
+}
+
+// Reclaim gives the host back what the container no longer uses, online:
+// it commits the journal, trims every free block (FITRIM; the loop device
+// punches them out of the image file), re-inflates the balloon over all free
+// space and punches it out of the image file too, then releases headroom
+// bytes of balloon, lowest physical addresses first. The window ends up just
+// past the data plus headroom. While it runs the filesystem is briefly full
+// (a few milliseconds), so it is meant for stopped or idle containers.
+func (m *Mounted) Reclaim(ctx context.Context, headroom int64) (ReclaimResult, error) {
+	start := time.Now()
+	var res ReclaimResult
+	err := m.withBalloon(ctx, func(b *balloon) error {
+		img, err := os.OpenFile(m.Image, os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		res.FootprintBefore, _ = footprint(img)
+		exts, err := b.extents()
+		if err != nil {
+			return err
+		}
+		res.WindowBefore = windowOf(exts, b.fsSize)
+		// Blocks freed by deletions are free only once the journal commits.
+		if err := unix.Syncfs(int(b.f.Fd())); err != nil {
+			return fmt.Errorf("syncfs: %w", err)
+		}
+		if res.TrimmedBytes, err = fitrim(m.Dir); err != nil {
+			return err
+		}
+		if err := b.inflate(); err != nil {
+			return err
+		}
+		if exts, err = b.extents(); err != nil {
+			return err
+		}
+		if err := b.punchHost(img, exts); err != nil {
+			return err
+		}
+		if _, err := b.ensureFree(headroom); err != nil {
+			return err
+		}
+		if exts, err = b.extents(); err != nil {
+			return err
+		}
+		res.WindowAfter = windowOf(exts, b.fsSize)
+		res.FootprintAfter, err = footprint(img)
+		return err
+	})
+	res.Duration = time.Since(start)
+	if err != nil {
+		return res, fmt.Errorf("reclaim %s: %w", m.Image, err)
+	}
+	return res, nil
+}
+
+// Trim discards the free blocks of the window (FITRIM) without touching the
+// balloon: the cheap half of Reclaim, safe while the container writes.
+func (m *Mounted) Trim(ctx context.Context) (int64, error) {
+	if err := syncDir(m.Dir); err != nil {
+		return 0, err
+	}
+	n, err := fitrim(m.Dir)
+	if err != nil {
+		return 0, fmt.Errorf("trim %s: %w", m.Image, err)
+	}
+	return n, nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// footprint is what the image file costs on the host: its allocated bytes.
+func footprint(f *os.File) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
+}
