@@ -45,10 +45,10 @@ const (
 
 	stateErrors = 0x2
 
-	compatHasJournal     = 0x4
-	incompatRecover      = 0x4
-	incompat64bit        = 0x80
-	maxLogBlockSize      = 6 // 64 KiB blocks
+	compatHasJournal = 0x4
+	incompatRecover  = 0x4
+	incompat64bit    = 0x80
+	maxLogBlockSize  = 6 // 64 KiB blocks
 )
 
 // ReadSuperblock reads and validates the primary superblock of the image at

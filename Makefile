@@ -1,0 +1,48 @@
+# snug: `make demo` shows it, `make test` proves it. Both install what they
+# need on a fresh Debian 12 machine (root): e2fsprogs, util-linux.
+GO      ?= go
+BIN     := bin
+SNUG    := $(BIN)/snug
+PKGS    := ./...
+
+.PHONY: all build deps demo test test-unit test-root fuzz bench bench-imagefs vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(SNUG) ./cmd/snug
+
+# deps installs the host tools the root tests and the demo drive for real.
+deps:
+	@scripts/deps.sh
+
+demo: deps build
+	@scripts/demo.sh $(SNUG)
+
+vet:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet $(PKGS)
+
+# test: unit tests, then the root tests on the real kernel. SNUG_REQUIRE_ROOT=1
+# turns a missing dependency into a failure, never a skip.
+test: deps vet
+	SNUG_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 20m $(PKGS)
+
+# fuzz runs every fuzzer for FUZZTIME each (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./config -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzParseSuperblock$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzDecodeFiemap$$' -fuzztime $(FUZZTIME)
+
+# bench-imagefs: footprint and swell of the churn workload in three modes,
+# plus Create/Grow/Reclaim times; JSON and a table in bench/results/.
+bench-imagefs: deps
+	@mkdir -p bench/results
+	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results $(GO) test -count=1 -timeout 60m -run '^TestChurnBenchmark$$' -v ./bench
+
+bench: bench-imagefs
+
+clean:
+	rm -rf $(BIN) bench/results

@@ -1,0 +1,172 @@
+// Package cli is the snug command line: one file per verb, output through
+// the writers given to New so tests capture it.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/snugfs/snug/config"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1 // the operation failed, or a check found errors
+	exitUsage = 2
+)
+
+// CLI runs snug commands.
+type CLI struct {
+	stdout, stderr io.Writer
+	configPath     string
+}
+
+// New returns a CLI writing to stdout and stderr.
+func New(stdout, stderr io.Writer) *CLI {
+	return &CLI{stdout: stdout, stderr: stderr, configPath: config.DefaultPath}
+}
+
+const usage = `snug: thin ext4 images for containers
+
+usage: snug [--config PATH] COMMAND [ARGS]
+
+commands:
+  image create --size SIZE [--window SIZE] PATH   make a thin image
+  image inspect [--json] PATH...                  quota, window, used, footprint, swell, health
+  image grow (--window SIZE | --free SIZE) PATH   grow the packing window
+  image reclaim [--headroom SIZE] [--json] PATH   trim and repack: give space back to the host
+  image shrink --size SIZE PATH                   lower the quota of an unmounted image
+  image check [--json] PATH                       e2fsck -fn an unmounted image
+  image repair [--mode yes|preen] [--json] PATH   e2fsck to fix an unmounted image
+  image mount [--ro] PATH DIR                     attach and mount an image
+  image unmount PATH                              unmount it (its loop device goes too)
+  config check [PATH]                             validate a policy file
+  version                                         print the version
+
+SIZE is bytes or a number with a unit: 10GiB, 512MiB, 1.5G.
+The policy file (default /etc/snug/config.toml) gives the defaults.
+`
+
+// Run runs one command line and returns the process exit code.
+func (c *CLI) Run(ctx context.Context, args []string) int {
+	fs := c.flagSet("snug")
+	fs.StringVar(&c.configPath, "config", c.configPath, "policy file")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	args = fs.Args()
+	if len(args) == 0 {
+		fmt.Fprint(c.stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "image":
+		return c.image(ctx, args[1:])
+	case "config":
+		return c.configCmd(args[1:])
+	case "version", "--version":
+		return c.version(args[1:])
+	case "help", "-h", "--help":
+		fmt.Fprint(c.stdout, usage)
+		return exitOK
+	}
+	return c.usageError("unknown command %q", args[0])
+}
+
+func (c *CLI) usageError(format string, args ...any) int {
+	fmt.Fprintf(c.stderr, "snug: "+format+"\n(see `snug help`)\n", args...)
+	return exitUsage
+}
+
+// fail reports an error and returns the failure exit code.
+func (c *CLI) fail(err error) int {
+	fmt.Fprintf(c.stderr, "snug: %v\n", err)
+	return exitFail
+}
+
+func (c *CLI) flagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	return fs
+}
+
+// parse parses flags that may come before, between or after the positional
+// arguments (`snug image inspect PATH --json`) and returns the positionals.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// policy loads the policy file, reporting a bad one.
+func (c *CLI) policy() (config.Config, error) {
+	cfg, err := config.Load(c.configPath)
+	if err != nil {
+		return cfg, fmt.Errorf("policy: %w", err)
+	}
+	return cfg, nil
+}
+
+func (c *CLI) writeJSON(v any) int {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return c.fail(err)
+	}
+	return exitOK
+}
+
+// table writes rows of cells aligned in columns.
+func (c *CLI) table(rows [][]string) {
+	widths := map[int]int{}
+	for _, r := range rows {
+		for i, cell := range r {
+			widths[i] = max(widths[i], len(cell))
+		}
+	}
+	for _, r := range rows {
+		var b strings.Builder
+		for i, cell := range r {
+			if i == len(r)-1 {
+				b.WriteString(cell)
+				break
+			}
+			fmt.Fprintf(&b, "%-*s  ", widths[i], cell)
+		}
+		fmt.Fprintln(c.stdout, strings.TrimRight(b.String(), " "))
+	}
+}
+
+// sizeFlag is a config.Size flag that knows whether it was set.
+type sizeFlag struct {
+	v   config.Size
+	set bool
+}
+
+func (s *sizeFlag) String() string {
+	if !s.set {
+		return ""
+	}
+	return s.v.String()
+}
+func (s *sizeFlag) Set(v string) error {
+	s.set = true
+	return s.v.Set(v)
+}
