@@ -1,6 +1,7 @@
 package imagefs
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -515,6 +516,29 @@ func TestShrink(t *testing.T) {
 	for i := range 10 {
 		if fi, err := os.Stat(filepath.Join(m.Dir, "data", fmt.Sprint(i))); err != nil || fi.Size() != 4*mib {
 			t.Fatalf("data lost by shrink: %v", err)
+		}
+	}
+}
+
+// TestSuperblockMatchesDumpe2fs compares the parser with e2fsprogs' own.
+func TestSuperblockMatchesDumpe2fs(t *testing.T) {
+	path, _ := newImage(t, 256*mib, 64*mib)
+	sb, err := ReadSuperblock(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("dumpe2fs", "-h", path).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("Block count:              %d\n", sb.Blocks),
+		fmt.Sprintf("Free blocks:              %d\n", sb.FreeBlocks),
+		fmt.Sprintf("Inode count:              %d\n", sb.Inodes),
+		fmt.Sprintf("Filesystem UUID:          %s\n", sb.UUIDString()),
+	} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("dumpe2fs does not say %q", want)
 		}
 	}
 }
