@@ -103,4 +103,3 @@ func zeroedGroups(t *testing.T, image string) int {
 	}
 	return strings.Count(out, "ITABLE_ZEROED")
 }
-
