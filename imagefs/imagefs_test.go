@@ -459,6 +459,12 @@ func TestFindMountAfterRestart(t *testing.T) {
 	if found.Device != m.Device || found.Dir != m.Dir || found.Image != m.Image {
 		t.Fatalf("found %+v, want %+v", found, m)
 	}
+	// Mounting it a second time, anywhere, would corrupt it.
+	other := filepath.Join(dir, "other")
+	os.Mkdir(other, 0o755)
+	if _, err := Mount(context.Background(), path, other, MountOptions{}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second mount: %v, want ErrInUse", err)
+	}
 	st, err := Stat(context.Background(), path)
 	if err != nil || !st.Mounted || st.Device != m.Device {
 		t.Fatalf("Stat of a mounted image: %+v %v", st, err)

@@ -55,7 +55,8 @@ func (o MountOptions) mountData() string {
 
 // Mount attaches the image at path and mounts it on dir (which must exist).
 // It checks the superblock first, so a file that is not ext4 is refused
-// before the kernel sees it.
+// before the kernel sees it, and refuses an image attached already
+// (ErrInUse): an image is mounted once.
 func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, error) {
 	sb, err := ReadSuperblock(path)
 	if err != nil {
@@ -67,6 +68,19 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 	img, err := canonical(path)
 	if err != nil {
 		return nil, err
+	}
+	// Two loop devices on one file would give two ext4 instances writing
+	// the same blocks: refuse an image that is attached anywhere. The lock
+	// makes check and attach one step against other snug processes.
+	unlock, err := lockImage(ctx, img)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", path, err)
+	}
+	defer unlock()
+	if attached, err := IsAttached(img); err != nil {
+		return nil, err
+	} else if attached {
+		return nil, fmt.Errorf("mount %s: %w", path, ErrInUse)
 	}
 	loop, err := Attach(ctx, img, AttachOptions{ReadOnly: o.ReadOnly, DirectIO: o.DirectIO})
 	if err != nil {

@@ -72,6 +72,12 @@ func Shrink(ctx context.Context, path string, quota int64, directIO bool) error 
 	if quota < MinQuota {
 		return fmt.Errorf("shrink %s: %w: %d is below the minimum %d", path, ErrQuotaTooSmall, quota, MinQuota)
 	}
+	// The window to restore after the resize, measured before the lock is
+	// taken (Stat mounts the image read-only, which takes the lock too).
+	st, err := Stat(ctx, path)
+	if err != nil {
+		return fmt.Errorf("shrink %s: %w", path, err)
+	}
 	return offline(ctx, "shrink", path, func() error {
 		sb, err := ReadSuperblock(path)
 		if err != nil {
@@ -80,12 +86,8 @@ func Shrink(ctx context.Context, path string, quota int64, directIO bool) error 
 		if quota >= sb.Size() {
 			return nil
 		}
-		if sb.HasErrors() || sb.NeedsRecov {
+		if sb.HasErrors() || sb.NeedsRecov || st.WindowBytes < 0 {
 			return fmt.Errorf("shrink %s: the image has errors or an unreplayed journal: repair it first", path)
-		}
-		st, err := Stat(ctx, path)
-		if err != nil {
-			return fmt.Errorf("shrink %s: %w", path, err)
 		}
 		tmp := path + ".shrink" + tempSuffix
 		os.Remove(tmp)
