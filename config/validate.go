@@ -4,11 +4,15 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/snugfs/snug/imagefs"
 )
 
-// MinQuota is the smallest image snug makes: room for ext4's metadata, a
-// 4 MiB journal and a first window.
-const MinQuota = 32 * MiB
+// MinQuota and MinJournal are the engine's own limits.
+const (
+	MinQuota   = Size(imagefs.MinQuota)
+	MinJournal = Size(imagefs.MinJournal)
+)
 
 type fieldError struct{ key, msg string }
 
@@ -31,8 +35,8 @@ func (c Config) validate() error {
 	switch {
 	case im.Quota < MinQuota:
 		return bad("image.quota", "%s is below the minimum %s", im.Quota, MinQuota)
-	case im.JournalSize < 4*MiB || im.JournalSize > GiB:
-		return bad("image.journal_size", "%s is outside 4MiB..1GiB", im.JournalSize)
+	case im.JournalSize < MinJournal || im.JournalSize > GiB:
+		return bad("image.journal_size", "%s is outside %s..1GiB", im.JournalSize, MinJournal)
 	case im.JournalSize > im.Quota/4:
 		return bad("image.journal_size", "%s is more than a quarter of image.quota %s", im.JournalSize, im.Quota)
 	case im.BytesPerInode < 1024 || im.BytesPerInode > 64*MiB:

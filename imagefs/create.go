@@ -16,6 +16,9 @@ import (
 // journal and room for a first window.
 const MinQuota = 32 << 20
 
+// MinJournal is the smallest ext4 journal (1024 blocks of 4 KiB).
+const MinJournal = 4 << 20
+
 // CreateOptions shape a new image.
 type CreateOptions struct {
 	// Quota is the image size: the most its container can store. It is
@@ -37,9 +40,9 @@ func (o *CreateOptions) normalize() error {
 		return fmt.Errorf("%w: %d bytes is below the minimum %d (32MiB)", ErrQuotaTooSmall, o.Quota, MinQuota)
 	}
 	if o.JournalSize == 0 {
-		o.JournalSize = 4 << 20
+		o.JournalSize = MinJournal
 	}
-	if o.JournalSize < 4<<20 || o.JournalSize > o.Quota/4 {
+	if o.JournalSize < MinJournal || o.JournalSize > o.Quota/4 {
 		return fmt.Errorf("journal size %d must be between 4MiB and a quarter of the quota", o.JournalSize)
 	}
 	if o.BytesPerInode == 0 {
