@@ -159,7 +159,7 @@ func (c *CLI) imageGrow(ctx context.Context, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	err = imagefs.WithMount(ctx, path, imagefs.MountOptions{DirectIO: cfg.Image.DirectIO}, func(m *imagefs.Mounted) error {
+	err = imagefs.WithMount(ctx, path, mountOptions(cfg), func(m *imagefs.Mounted) error {
 		if window.set {
 			_, err := m.Grow(ctx, window.v.Bytes())
 			return err
@@ -191,7 +191,7 @@ func (c *CLI) imageReclaim(ctx context.Context, args []string) int {
 		h = headroom.v.Bytes()
 	}
 	var res imagefs.ReclaimResult
-	err = imagefs.WithMount(ctx, path, imagefs.MountOptions{DirectIO: cfg.Image.DirectIO}, func(m *imagefs.Mounted) (err error) {
+	err = imagefs.WithMount(ctx, path, mountOptions(cfg), func(m *imagefs.Mounted) (err error) {
 		res, err = m.Reclaim(ctx, h)
 		return err
 	})

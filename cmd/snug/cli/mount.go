@@ -22,9 +22,9 @@ func (c *CLI) imageMount(ctx context.Context, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	m, err := imagefs.Mount(ctx, pos[0], pos[1], imagefs.MountOptions{
-		ReadOnly: *ro, DirectIO: cfg.Image.DirectIO, Discard: cfg.Image.Discard,
-	})
+	o := mountOptions(cfg)
+	o.ReadOnly = *ro
+	m, err := imagefs.Mount(ctx, pos[0], pos[1], o)
 	if err != nil {
 		return c.fail(err)
 	}
