@@ -165,3 +165,13 @@ func footprint(f *os.File) (int64, error) {
 	}
 	return st.Blocks * 512, nil
 }
+
+// Footprint is what the image file at path costs the host: its allocated
+// bytes (one stat, no lock, safe on a mounted image).
+func Footprint(path string) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("footprint of %s: %w", path, err)
+	}
+	return st.Blocks * 512, nil
+}
