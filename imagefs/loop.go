@@ -148,25 +148,20 @@ func FindLoops(path string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	backing, err := backingFiles()
 	if err != nil {
 		return nil, err
 	}
 	var devs []string
-	for _, e := range entries {
-		b, err := os.ReadFile(e)
-		if err != nil {
-			continue // detached while we looked
-		}
-		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		if backing != target {
+	for _, b := range backing {
+		if b.file != target {
 			continue
 		}
 		// A path can be reused by a new file: compare the inode too.
-		if st, err := os.Stat(backing); err != nil || !os.SameFile(st, want) {
+		if st, err := os.Stat(b.file); err != nil || !os.SameFile(st, want) {
 			continue
 		}
-		devs = append(devs, "/dev/"+strings.Split(e, "/")[3])
+		devs = append(devs, b.device)
 	}
 	return devs, nil
 }
@@ -179,4 +174,26 @@ func canonical(path string) (string, error) {
 		return "", err
 	}
 	return filepath.EvalSymlinks(abs)
+}
+
+// loopBacking is a loop device and the file behind it.
+type loopBacking struct{ device, file string }
+
+// backingFiles lists every attached loop device with its backing file, read
+// from sysfs (a deleted file keeps its old path).
+func backingFiles() ([]loopBacking, error) {
+	entries, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	if err != nil {
+		return nil, err
+	}
+	var out []loopBacking
+	for _, e := range entries {
+		b, err := os.ReadFile(e)
+		if err != nil {
+			continue // detached while we looked
+		}
+		file := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		out = append(out, loopBacking{device: "/dev/" + strings.Split(e, "/")[3], file: file})
+	}
+	return out, nil
 }

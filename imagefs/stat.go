@@ -97,13 +97,17 @@ func (m *Mounted) stat(st *Stats, sb *Superblock) error {
 	if err := unix.Statfs(m.Dir, &sfs); err != nil {
 		return err
 	}
+	// A layer image (CreateLayer) has no balloon: its window is all of it.
+	var exts []extent
 	f, err := os.Open(balloonPath(m.Dir))
-	if err != nil {
-		return err
-	}
-	exts, err := fileExtents(f)
-	f.Close()
-	if err != nil {
+	switch {
+	case err == nil:
+		exts, err = fileExtents(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	case !errors.Is(err, os.ErrNotExist):
 		return err
 	}
 	bs := sfs.Bsize

@@ -1,0 +1,82 @@
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// UnmountBelow unmounts every filesystem mounted at or below dir, deepest
+// first, then detaches any loop device still backed by a file below dir (one
+// attached by a process that died before it mounted). Unmounts are not lazy:
+// if one stays busy (a container still uses it), UnmountBelow returns an
+// error wrapping ErrBusy and leaves the rest mounted, so the caller never
+// deletes files from under a live filesystem.
+func UnmountBelow(ctx context.Context, dir string) error {
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return err
+	}
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Mountpoint) > len(mounts[j].Mountpoint) })
+	for _, mi := range mounts {
+		if err := unmountRetry(ctx, mi.Mountpoint); err != nil {
+			return err
+		}
+	}
+	devs, err := loopsBelow(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, dev := range devs {
+		if err := Detach(dev); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unmountRetry unmounts dir, retrying a short while when it is busy.
+func unmountRetry(ctx context.Context, dir string) error {
+	for attempt := 0; ; attempt++ {
+		err := unix.Unmount(dir, 0)
+		if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("unmount %s: %w", dir, err)
+		}
+		if attempt >= 20 {
+			return fmt.Errorf("unmount %s: %w: %w", dir, ErrBusy, err)
+		}
+		if err := sleep(ctx, 25*time.Millisecond); err != nil {
+			return fmt.Errorf("unmount %s: %w", dir, err)
+		}
+	}
+}
+
+// loopsBelow lists the loop devices whose backing file lies below dir.
+func loopsBelow(dir string) ([]string, error) {
+	backing, err := backingFiles()
+	if err != nil {
+		return nil, err
+	}
+	var devs []string
+	for _, b := range backing {
+		if strings.HasPrefix(b.file, dir+"/") {
+			devs = append(devs, b.device)
+		}
+	}
+	return devs, nil
+}

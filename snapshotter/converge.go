@@ -1,0 +1,160 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/snugfs/snug/imagefs"
+)
+
+// converge makes one recorded snapshot's files and mounts match its record,
+// whatever step a crash interrupted. It is idempotent, and what start-up
+// reconcile and every operation call:
+//   - active: its rw image is mounted once on mnt with upper and work dirs,
+//     a layer image from a commit that never landed is deleted, and its
+//     window keeper runs;
+//   - committed: its layer image is mounted read-only on mnt, and the rw
+//     image it was made from (a commit that landed but was not finished) is
+//     unmounted and deleted;
+//   - view: nothing to mount.
+func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string) error {
+	dir := s.snapshotDir(id)
+	mnt := s.mountPath(id)
+	switch kind {
+	case snapshots.KindActive:
+		if err := removeIfExists(filepath.Join(dir, layerImage)); err != nil {
+			return err
+		}
+		m, err := s.ensureMounted(ctx, filepath.Join(dir, rwImage), mnt, s.pol.mount)
+		if err != nil {
+			return err
+		}
+		_, statErr := os.Lstat(filepath.Join(mnt, upperDir))
+		if err := ensureUpper(mnt); err != nil {
+			return fmt.Errorf("snapshot %s: %w", id, err)
+		}
+		if errors.Is(statErr, os.ErrNotExist) && len(parentIDs) > 0 {
+			// Like containerd's overlay: a new upper dir takes the owner of
+			// the parent's root, so the container's root keeps its owner.
+			if err := chownLike(filepath.Join(mnt, upperDir), s.layerPath(parentIDs[0])); err != nil {
+				return fmt.Errorf("snapshot %s: %w", id, err)
+			}
+		}
+		s.startKeeper(ctx, id, m)
+	case snapshots.KindCommitted:
+		rw := filepath.Join(dir, rwImage)
+		if _, err := os.Lstat(rw); err == nil {
+			s.stopKeeper(id)
+			if m, err := imagefs.FindMount(rw); err == nil {
+				if err := m.Unmount(ctx); err != nil {
+					return fmt.Errorf("snapshot %s: %w", id, err)
+				}
+			} else if !errors.Is(err, imagefs.ErrNotMounted) {
+				return fmt.Errorf("snapshot %s: %w", id, err)
+			}
+			if err := os.Remove(rw); err != nil {
+				return fmt.Errorf("snapshot %s: %w", id, err)
+			}
+		}
+		if _, err := s.ensureMounted(ctx, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.pol.mount.DirectIO}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureMounted mounts image on mnt unless it is mounted there already. An
+// image mounted somewhere else is an error: snug never mounts an image twice.
+func (s *Snapshotter) ensureMounted(ctx context.Context, image, mnt string, o imagefs.MountOptions) (*imagefs.Mounted, error) {
+	m, err := imagefs.FindMount(image)
+	switch {
+	case err == nil:
+		if want, _ := filepath.EvalSymlinks(mnt); m.Dir != mnt && m.Dir != want {
+			return nil, fmt.Errorf("%s is mounted on %s, expected %s: %w", image, m.Dir, mnt, imagefs.ErrInUse)
+		}
+		return m, nil
+	case !errors.Is(err, imagefs.ErrNotMounted):
+		return nil, err
+	}
+	// Something else on mnt (the rw image of a finished commit, say) must go.
+	if err := imagefs.UnmountBelow(ctx, mnt); err != nil {
+		return nil, err
+	}
+	return imagefs.Mount(ctx, image, mnt, o)
+}
+
+// reconcile runs at start-up, before anything is served: it deletes what
+// does not belong to a recorded snapshot and converges every recorded one.
+// Parents are converged before their children (ids grow with creation).
+func (s *Snapshotter) reconcile(ctx context.Context) error {
+	type rec struct {
+		id      string
+		kind    snapshots.Kind
+		parents []string
+	}
+	var recs []rec
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			snap, err := storage.GetSnapshot(ctx, info.Name)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, rec{snap.ID, snap.Kind, snap.ParentIDs})
+			return nil
+		})
+		if errdefs.IsNotFound(err) { // a new store has no bucket yet
+			return nil
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := s.cleanup(ctx, true); err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		if err := s.converge(ctx, r.id, r.kind, r.parents); err != nil {
+			// One broken snapshot must not keep the others from being served.
+			log.G(ctx).WithError(err).WithField("id", r.id).Error("cannot restore snapshot")
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		log.G(ctx).Errorf("%d of %d snapshots could not be restored", len(errs), len(recs))
+	}
+	return nil
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// chownLike gives dir the owner of ref.
+func chownLike(dir, ref string) error {
+	st, err := os.Stat(ref)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok || (sys.Uid == 0 && sys.Gid == 0) {
+		return nil
+	}
+	return os.Lchown(dir, int(sys.Uid), int(sys.Gid))
+}
+
+// isTemporary reports a snapshot directory still being built.
+func isTemporary(name string) bool { return strings.HasPrefix(name, newPrefix) }

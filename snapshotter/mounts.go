@@ -1,0 +1,69 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+)
+
+// Mounts returns the mounts of the active or view snapshot key, again.
+func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	var snap storage.Snapshot
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		var err error
+		snap, err = storage.GetSnapshot(ctx, key)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("mounts of %s: %w", key, err)
+	}
+	return s.mounts(snap), nil
+}
+
+// mounts is what containerd and runc mount for a snapshot. The images are
+// mounted already (by snug, once); these mounts only combine their
+// directories, the way containerd's overlayfs snapshotter does:
+//   - active without parent: a bind mount of the upper dir in its rw image;
+//   - active with parents: overlay with the parents' layers as lowerdir and
+//     upper and work dirs in the snapshot's own rw image;
+//   - view: a read-only bind of its one parent's layer (or of an empty
+//     directory), or a read-only overlay of several.
+func (s *Snapshotter) mounts(snap storage.Snapshot) []mount.Mount {
+	active := snap.Kind == snapshots.KindActive
+	switch {
+	case len(snap.ParentIDs) == 0 && active:
+		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ID), Options: []string{"rw", "rbind"}}}
+	case len(snap.ParentIDs) == 0:
+		return []mount.Mount{{Type: "bind", Source: filepath.Join(s.snapshotDir(snap.ID), emptyDir), Options: []string{"ro", "rbind"}}}
+	case !active && len(snap.ParentIDs) == 1:
+		return []mount.Mount{{Type: "bind", Source: s.layerPath(snap.ParentIDs[0]), Options: []string{"ro", "rbind"}}}
+	}
+	var options []string
+	if active {
+		options = append(options,
+			"workdir="+s.workPath(snap.ID),
+			"upperdir="+s.upperPath(snap.ID))
+	}
+	lowers := make([]string, len(snap.ParentIDs))
+	for i, p := range snap.ParentIDs {
+		lowers[i] = s.layerPath(p)
+	}
+	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
+	options = append(options, overlayOptions...)
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
+}
+
+// overlayOptions are added to every overlay mount. index=off, as containerd's
+// overlayfs snapshotter sets it: the layers are shared by many overlays, and
+// an index would tie each layer to the first overlay that used it.
+var overlayOptions = func() []string {
+	if _, err := os.Stat("/sys/module/overlay/parameters/index"); err == nil {
+		return []string{"index=off"}
+	}
+	return nil
+}()

@@ -1,0 +1,79 @@
+package snapshotter
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/imagefs"
+)
+
+// LabelMaxSize is containerd's standard per-snapshot size label, in bytes:
+// snug makes it the quota of the snapshot's thin image.
+const LabelMaxSize = "containerd.io/snapshot/max-size"
+
+// MaxQuota bounds the quota a label may ask for: ext4 on a 4 KiB-block host
+// filesystem cannot hold a larger image file.
+const MaxQuota = 16 << 40
+
+// policy is what the snapshotter takes from the TOML policy.
+type policy struct {
+	create imagefs.CreateOptions
+	mount  imagefs.MountOptions
+	window imagefs.Policy
+}
+
+func policyFrom(cfg config.Config) policy {
+	return policy{
+		create: imagefs.CreateOptions{
+			Quota:         int64(cfg.Image.Quota),
+			Window:        int64(cfg.Window.Initial),
+			JournalSize:   int64(cfg.Image.JournalSize),
+			BytesPerInode: int64(cfg.Image.BytesPerInode),
+			DirectIO:      cfg.Image.DirectIO,
+		},
+		mount: imagefs.MountOptions{DirectIO: cfg.Image.DirectIO, Discard: cfg.Image.Discard},
+		window: imagefs.Policy{
+			Headroom:      int64(cfg.Window.Headroom),
+			HeadroomRatio: cfg.Window.HeadroomRatio,
+			Interval:      cfg.Window.CheckInterval,
+		},
+	}
+}
+
+// createOptions are the image options for a snapshot with these labels:
+// the policy's, with the quota from LabelMaxSize when it is set.
+func (p policy) createOptions(labels map[string]string) (imagefs.CreateOptions, error) {
+	o := p.create
+	v, ok := labels[LabelMaxSize]
+	if !ok {
+		return o, nil
+	}
+	q, err := parseMaxSize(v)
+	if err != nil {
+		return o, err
+	}
+	o.Quota = q
+	if o.JournalSize > q/4 {
+		o.JournalSize = imagefs.MinJournal
+	}
+	return o, nil
+}
+
+// parseMaxSize reads a LabelMaxSize value: a decimal byte count between
+// imagefs.MinQuota and MaxQuota. Anything else is an invalid argument that
+// names the label, so `ctr run --snapshotter-label` shows what was wrong.
+func parseMaxSize(v string) (int64, error) {
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("label %s=%q: want a size in bytes: %w", LabelMaxSize, v, errdefs.ErrInvalidArgument)
+	}
+	if n < imagefs.MinQuota || n > MaxQuota {
+		return 0, fmt.Errorf("label %s=%q: must be between %d (32MiB) and %d (16TiB): %w",
+			LabelMaxSize, v, int64(imagefs.MinQuota), int64(MaxQuota), errdefs.ErrInvalidArgument)
+	}
+	return n, nil
+}

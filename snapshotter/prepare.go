@@ -1,0 +1,125 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/log"
+
+	"github.com/snugfs/snug/imagefs"
+)
+
+// Prepare creates an active snapshot: a thin writable image of its own,
+// mounted, holding the overlay upper and work directories.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	return s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
+}
+
+// View creates a read-only snapshot of parent. It has no image: its mounts
+// are its parents' layers.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	return s.createSnapshot(ctx, snapshots.KindView, key, parent, opts)
+}
+
+// createSnapshot builds the snapshot's directory under a temporary name
+// (the slow part, no lock held), records the snapshot and renames the
+// directory to its id in one metadata transaction, then mounts its image.
+// A crash at any point leaves either a temporary directory, a directory
+// whose id is not recorded (both deleted on start-up), or a recorded
+// snapshot that start-up mounts.
+func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
+	var base snapshots.Info
+	for _, opt := range opts {
+		if err := opt(&base); err != nil {
+			return nil, err
+		}
+	}
+	create, err := s.pol.createOptions(base.Labels)
+	if err != nil {
+		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
+
+	td, err := os.MkdirTemp(filepath.Join(s.root, "snapshots"), newPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
+	defer func() {
+		if td != "" {
+			if rerr := os.RemoveAll(td); rerr != nil {
+				log.G(ctx).WithError(rerr).WithField("path", td).Warn("failed to remove temporary snapshot directory")
+			}
+		}
+	}()
+	if err := s.buildDir(ctx, td, kind, create); err != nil {
+		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
+
+	var snap storage.Snapshot
+	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		snap, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...)
+		if err != nil {
+			return err
+		}
+		dir := s.snapshotDir(snap.ID)
+		if _, err := os.Lstat(dir); err == nil {
+			// Left by a transaction that never committed; the id is free.
+			if err := s.removeDir(ctx, dir); err != nil {
+				return err
+			}
+		}
+		if err := os.Rename(td, dir); err != nil {
+			return err
+		}
+		td = ""
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
+
+	if err := s.converge(ctx, snap.ID, kind, snap.ParentIDs); err != nil {
+		// Prepare fails as a whole: forget the snapshot again.
+		if rerr := s.Remove(context.WithoutCancel(ctx), key); rerr != nil {
+			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to undo a snapshot that could not be mounted")
+		}
+		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
+	return s.mounts(snap), nil
+}
+
+// buildDir fills a new snapshot directory: the rw image and its mount point
+// for an active snapshot, an empty directory for a view.
+func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.Kind, create imagefs.CreateOptions) error {
+	if err := os.Mkdir(filepath.Join(dir, mountDir), 0o755); err != nil {
+		return err
+	}
+	switch kind {
+	case snapshots.KindActive:
+		return imagefs.Create(ctx, filepath.Join(dir, rwImage), create)
+	case snapshots.KindView:
+		return os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
+	}
+	return fmt.Errorf("cannot create a snapshot of kind %v", kind)
+}
+
+// ensureUpper makes the overlay directories in a mounted rw image. The
+// upper dir is the container's root: 0755 like any root directory.
+func ensureUpper(mnt string) error {
+	if err := imagefs.RestoreStaged(filepath.Join(mnt, upperDir)); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		name string
+		mode os.FileMode
+	}{{upperDir, 0o755}, {workDir, 0o711}} {
+		if err := os.Mkdir(filepath.Join(mnt, d.name), d.mode); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+	}
+	return nil
+}

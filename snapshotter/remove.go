@@ -1,0 +1,101 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/snugfs/snug/imagefs"
+)
+
+// Remove forgets the snapshot key, then unmounts and deletes its image. The
+// record goes first: once Remove returns, the key is free. If the image is
+// still busy (a container still has it mounted), it stays until Cleanup or
+// the next start-up deletes it; Remove does not fail for that, because the
+// snapshot is gone already.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	var id string
+	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		var err error
+		id, _, err = storage.Remove(ctx, key)
+		return err
+	}); err != nil {
+		return fmt.Errorf("remove %s: %w", key, err)
+	}
+	if err := s.removeDir(ctx, s.snapshotDir(id)); err != nil {
+		log.G(ctx).WithError(err).WithField("key", key).Warn("snapshot removed; its image is deleted later")
+	}
+	return nil
+}
+
+// Cleanup deletes the directories of snapshots that are no longer recorded
+// (removed while busy, or left by a crash). containerd's garbage collector
+// calls it.
+func (s *Snapshotter) Cleanup(ctx context.Context) error {
+	return s.cleanup(ctx, false)
+}
+
+// staleAfter is how old a temporary snapshot directory must be before
+// Cleanup takes it for a crash's leftover rather than a build in progress.
+const staleAfter = 10 * time.Minute
+
+// cleanup deletes unrecorded snapshot directories. At start-up (nothing is
+// being built yet) it deletes every temporary directory too; later only
+// those older than staleAfter.
+func (s *Snapshotter) cleanup(ctx context.Context, startup bool) error {
+	var dirs []string
+	// A write transaction keeps snapshots from being created while we look:
+	// a directory renamed to its id is recorded in the same transaction.
+	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		ids, err := storage.IDMap(ctx)
+		if err != nil && !errdefs.IsNotFound(err) { // a new store has no bucket yet
+			return err
+		}
+		entries, err := os.ReadDir(filepath.Join(s.root, "snapshots"))
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if _, ok := ids[name]; ok {
+				continue
+			}
+			if isNumericID(name) || (isTemporary(name) && (startup || olderThan(e, staleAfter))) {
+				dirs = append(dirs, filepath.Join(s.root, "snapshots", name))
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	for _, dir := range dirs {
+		if err := s.removeDir(ctx, dir); err != nil {
+			log.G(ctx).WithError(err).WithField("path", dir).Warn("cleanup: cannot delete yet")
+		} else {
+			log.G(ctx).WithField("path", dir).Debug("cleanup: deleted")
+		}
+	}
+	return nil
+}
+
+func olderThan(e os.DirEntry, d time.Duration) bool {
+	info, err := e.Info()
+	return err == nil && time.Since(info.ModTime()) > d
+}
+
+// removeDir stops the keeper of a snapshot directory, unmounts what is
+// mounted below it and deletes it. It deletes nothing while anything below
+// is still mounted.
+func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
+	s.stopKeeper(filepath.Base(dir))
+	if err := imagefs.UnmountBelow(ctx, dir); err != nil {
+		return fmt.Errorf("delete %s: %w", dir, err)
+	}
+	return os.RemoveAll(dir)
+}
