@@ -1,5 +1,5 @@
-// Command snug is snug's one binary: image tools today; later the daemon,
-// hooks and status. See `snug help`.
+// Command snug is snug's one binary: the daemon (`snug serve`), its status,
+// and the image tools. See `snug help`.
 package main
 
 import (

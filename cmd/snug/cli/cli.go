@@ -45,6 +45,8 @@ commands:
   image repair [--mode yes|preen] [--json] PATH   e2fsck to fix an unmounted image
   image mount [--ro] PATH DIR                     attach and mount an image
   image unmount PATH                              unmount it (its loop device goes too)
+  serve [--log-level LEVEL]                       run the daemon: containerd's snapshotter plugin
+  status [--json]                                 every image the daemon serves
   config check [PATH]                             validate a policy file
   version                                         print the version
 
@@ -69,6 +71,10 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 		return c.image(ctx, args[1:])
 	case "config":
 		return c.configCmd(args[1:])
+	case "serve":
+		return c.serve(ctx, args[1:])
+	case "status":
+		return c.status(ctx, args[1:])
 	case "version", "--version":
 		return c.version(args[1:])
 	case "help", "-h", "--help":

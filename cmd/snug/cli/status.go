@@ -1,0 +1,49 @@
+package cli
+
+import (
+	"context"
+
+	"github.com/snugfs/snug/control"
+	"github.com/snugfs/snug/snapshotter"
+)
+
+// status lists the images the daemon serves: one row per image.
+func (c *CLI) status(ctx context.Context, args []string) int {
+	fs := c.flagSet("status")
+	asJSON := fs.Bool("json", false, "print a JSON array")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return exitUsage
+	}
+	if len(pos) != 0 {
+		return c.usageError("status takes no arguments")
+	}
+	cfg, err := c.policy()
+	if err != nil {
+		return c.fail(err)
+	}
+	images, err := control.NewClient(cfg.ControlAddress).Status(ctx)
+	if err != nil {
+		return c.fail(err)
+	}
+	if *asJSON {
+		if images == nil {
+			images = []snapshotter.ImageStatus{}
+		}
+		return c.writeJSON(images)
+	}
+	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "WINDOW", "USED", "FOOTPRINT", "SWELL", "HEALTH"}}
+	for _, im := range images {
+		h := health(im.Stats)
+		if im.Problem != "" {
+			h = im.Problem
+		}
+		rows = append(rows, []string{
+			im.Kind, im.Snapshot,
+			size(im.QuotaBytes), size(im.WindowBytes), size(im.UsedBytes),
+			size(im.FootprintBytes), swell(im.Stats), h,
+		})
+	}
+	c.table(rows)
+	return exitOK
+}

@@ -1,0 +1,148 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	snugBin   string
+	buildErr  error
+)
+
+// snugBinary builds cmd/snug once per test binary and returns its path.
+func snugBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "snug-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		snugBin = filepath.Join(dir, "snug")
+		out, err := exec.Command("go", "build", "-o", snugBin, "github.com/snugfs/snug/cmd/snug").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build snug: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return snugBin
+}
+
+// daemon is a `snug serve` process started by a test.
+type daemon struct {
+	t       testing.TB
+	cmd     *exec.Cmd
+	Config  string // its policy file
+	Root    string
+	Address string // snapshotter socket
+	Control string // control socket
+	log     string
+	done    chan struct{}
+}
+
+// startDaemon writes a policy file in dir (extra TOML appended) and starts
+// `snug serve` on it; it waits until the snapshotter socket answers. The
+// process is stopped when the test ends.
+func startDaemon(t testing.TB, dir, extra string) *daemon {
+	t.Helper()
+	d := &daemon{
+		t:       t,
+		Config:  filepath.Join(dir, "snug.toml"),
+		Root:    filepath.Join(dir, "state"),
+		Address: filepath.Join(dir, "run", "snug.sock"),
+		Control: filepath.Join(dir, "run", "control.sock"),
+		log:     filepath.Join(dir, "snug.log"),
+	}
+	policy := fmt.Sprintf("root = %q\naddress = %q\ncontrol_address = %q\n%s", d.Root, d.Address, d.Control, extra)
+	if err := os.WriteFile(d.Config, []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	t.Cleanup(func() { d.Stop(syscall.SIGTERM) })
+	return d
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd = exec.Command(snugBinary(d.t), "--config", d.Config, "serve", "--log-level", "debug")
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		logf.Close()
+		d.t.Fatal(err)
+	}
+	logf.Close()
+	d.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", d.Address); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-d.done:
+			d.t.Fatalf("snug serve exited at start:\n%s", d.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("snug serve did not answer in 30s:\n%s", d.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop sends sig and waits for the process to end (SIGKILL after 30 s).
+func (d *daemon) Stop(sig syscall.Signal) {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(sig)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+		d.t.Errorf("snug serve ignored %v for 30s", sig)
+	}
+}
+
+// Restart stops the daemon with sig and starts it again on the same state.
+func (d *daemon) Restart(sig syscall.Signal) {
+	d.t.Helper()
+	d.Stop(sig)
+	d.start()
+}
+
+// Log is what the daemon printed so far.
+func (d *daemon) Log() string {
+	b, _ := os.ReadFile(d.log)
+	return string(b)
+}
+
+// Snug runs the snug CLI against this daemon's policy.
+func (d *daemon) Snug(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, snugBinary(d.t), append([]string{"--config", d.Config}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
