@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Installs the host tools snug drives: e2fsprogs (mkfs.ext4, e2fsck,
-# resize2fs, debugfs) and util-linux (losetup, used by the demo to show the
-# loop devices). Idempotent: does nothing when they are present.
+# Installs what snug's tests and demo drive for real, idempotently:
+#   - e2fsprogs (mkfs.ext4, e2fsck, resize2fs, debugfs) and util-linux
+#     (losetup), which snug itself uses;
+#   - runc, umoci and busybox-static from Debian, to build test images and
+#     run containers;
+#   - containerd v2.4.2 (containerd, ctr, containerd-shim-runc-v2), built
+#     from the Go module proxy once (about 2 minutes) into $SNUG_CACHE
+#     (default /var/cache/snug), then reused.
+# Prints nothing when everything is in place.
 set -euo pipefail
+CONTAINERD_VERSION=v2.4.2
+cache=${SNUG_CACHE:-/var/cache/snug}
+ctrbin=$cache/containerd-$CONTAINERD_VERSION/bin
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 missing=()
-for tool in mkfs.ext4 e2fsck resize2fs debugfs; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=(e2fsprogs)
-done
-command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || missing+=(util-linux)
+for tool in mkfs.ext4 e2fsck resize2fs debugfs; do have "$tool" || missing+=(e2fsprogs); done
+have losetup || missing+=(util-linux)
+have runc || missing+=(runc)
+have umoci || missing+=(umoci)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need ${missing[*]}; run as root or install them" >&2
@@ -17,4 +29,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+fi
+
+if ! [ -x "$ctrbin/containerd" ] || ! [ -x "$ctrbin/ctr" ] || ! [ -x "$ctrbin/containerd-shim-runc-v2" ]; then
+  echo "deps: building containerd $CONTAINERD_VERSION into $ctrbin (about 2 minutes, once)"
+  mkdir -p "$ctrbin"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  # Outside the snug module, so its go.mod does not pin containerd's deps.
+  (cd "$tmp" && GOBIN=$ctrbin GOFLAGS=-mod=mod go install -tags "no_btrfs no_devmapper no_zfs" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION")
 fi

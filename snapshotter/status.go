@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -39,7 +40,7 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 			if err != nil {
 				return err
 			}
-			out = append(out, ImageStatus{Snapshot: info.Name, Kind: info.Kind.String(), ID: id})
+			out = append(out, ImageStatus{Snapshot: info.Name, Kind: strings.ToLower(info.Kind.String()), ID: id})
 			return nil
 		})
 		if errdefs.IsNotFound(err) {
