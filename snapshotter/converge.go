@@ -39,6 +39,11 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 		if err != nil {
 			return err
 		}
+		// The window starts with its headroom free, whatever ext4's own
+		// metadata took of the initial window; the keeper takes over after.
+		if _, err := m.EnsureFree(ctx, s.pol.window.Headroom); err != nil {
+			return fmt.Errorf("snapshot %s: %w", id, err)
+		}
 		_, statErr := os.Lstat(filepath.Join(mnt, upperDir))
 		if err := ensureUpper(mnt); err != nil {
 			return fmt.Errorf("snapshot %s: %w", id, err)
@@ -105,6 +110,11 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 	var recs []rec
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			if info.Kind == snapshots.KindCommitted { // GetSnapshot is for active and view
+				id, _, _, err := storage.GetInfo(ctx, info.Name)
+				recs = append(recs, rec{id: id, kind: info.Kind})
+				return err
+			}
 			snap, err := storage.GetSnapshot(ctx, info.Name)
 			if err != nil {
 				return err

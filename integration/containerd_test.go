@@ -1,0 +1,229 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/snugfs/snug/internal/roottest"
+	"github.com/snugfs/snug/snapshotter"
+)
+
+// containerdBin is where scripts/deps.sh (make deps) builds containerd.
+func containerdBin() string {
+	cache := os.Getenv("SNUG_CACHE")
+	if cache == "" {
+		cache = "/var/cache/snug"
+	}
+	return filepath.Join(cache, "containerd-v2.4.2", "bin")
+}
+
+// requireStack skips (or fails, under make test) unless everything the real
+// stack needs is installed.
+func requireStack(t *testing.T) {
+	t.Helper()
+	roottest.Require(t, "mkfs.ext4", "e2fsck", "runc", "umoci")
+	for _, b := range []string{"containerd", "ctr", "containerd-shim-runc-v2"} {
+		if _, err := os.Stat(filepath.Join(containerdBin(), b)); err != nil {
+			if os.Getenv("SNUG_REQUIRE_ROOT") == "1" {
+				t.Fatalf("needs %s from `make deps` (SNUG_REQUIRE_ROOT=1): %v", b, err)
+			}
+			t.Skipf("needs %s from `make deps`", b)
+		}
+	}
+}
+
+var (
+	imageOnce sync.Once
+	imageTar  string
+	imageErr  error
+)
+
+// testImage is the local test image's OCI archive (scripts/testimage.sh).
+const testImageRef = "localhost/snug-test:latest"
+
+func testImage(t *testing.T) string {
+	t.Helper()
+	imageOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "snug-image-")
+		if err != nil {
+			imageErr = err
+			return
+		}
+		imageTar = filepath.Join(dir, "image.tar")
+		out, err := exec.Command("bash", repoPath("scripts/testimage.sh"), imageTar, testImageRef).CombinedOutput()
+		if err != nil {
+			imageErr = fmt.Errorf("testimage.sh: %v\n%s", err, out)
+		}
+	})
+	if imageErr != nil {
+		t.Fatal(imageErr)
+	}
+	return imageTar
+}
+
+func repoPath(rel string) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", rel)
+}
+
+// stack is a throw-away containerd with a snug daemon as its proxy
+// snapshotter, both started by the test and stopped when it ends.
+type stack struct {
+	t    *testing.T
+	dir  string
+	snug *daemon
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startStack(t *testing.T, policy string) *stack {
+	t.Helper()
+	requireStack(t)
+	dir := roottest.TempDir(t)
+	s := &stack{t: t, dir: dir}
+	s.snug = startDaemon(t, dir, policy)
+	tmpl, err := os.ReadFile(repoPath("scripts/containerd.toml.in"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.NewReplacer("@DIR@", dir, "@SNUG_SOCKET@", s.snug.Address, "@EXTRA_UNPACK@", "").Replace(string(tmpl))
+	if err := os.WriteFile(filepath.Join(dir, "containerd.toml"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command(filepath.Join(containerdBin(), "containerd"), "--config", filepath.Join(dir, "containerd.toml"))
+	s.cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin")
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	s.done = make(chan struct{})
+	go func() { s.cmd.Wait(); close(s.done) }()
+	// Registered after the daemon's and TempDir's cleanups, so it runs
+	// before them: containers and containerd go first.
+	t.Cleanup(s.stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", s.socket()); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-s.done:
+			t.Fatalf("containerd exited at start:\n%s", s.containerdLog())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd did not start:\n%s", s.containerdLog())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return s
+}
+
+func (s *stack) socket() string { return filepath.Join(s.dir, "containerd.sock") }
+
+func (s *stack) containerdLog() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "containerd.log"))
+	return string(b)
+}
+
+// stop kills every task, then stops containerd.
+func (s *stack) stop() {
+	if out, err := s.ctrErr("tasks", "ls", "-q"); err == nil {
+		for _, id := range strings.Fields(out) {
+			s.ctrErr("tasks", "kill", "-s", "KILL", id)
+			s.ctrErr("tasks", "delete", "-f", id)
+		}
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(20 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+	if s.t.Failed() {
+		s.t.Logf("snug log:\n%s", lastLines(s.snug.Log(), 40))
+		s.t.Logf("containerd log:\n%s", lastLines(s.containerdLog(), 40))
+	}
+}
+
+// ctr runs ctr against this containerd and fails the test on error.
+func (s *stack) ctr(args ...string) string {
+	s.t.Helper()
+	out, err := s.ctrErr(args...)
+	if err != nil {
+		s.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (s *stack) ctrErr(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(containerdBin(), "ctr"), append([]string{"-a", s.socket()}, args...)...)
+	cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return stdout.String(), nil
+}
+
+func (s *stack) importImage() {
+	s.t.Helper()
+	s.ctr("images", "import", "--snapshotter", "snug", "--base-name", strings.Split(testImageRef, ":")[0], testImage(s.t))
+}
+
+// status is `snug status --json` of the stack's daemon.
+func (s *stack) status() []snapshotter.ImageStatus {
+	s.t.Helper()
+	out, err := s.snug.Snug(context.Background(), "status", "--json")
+	if err != nil {
+		s.t.Fatalf("snug status: %v\n%s", err, out)
+	}
+	var images []snapshotter.ImageStatus
+	if err := json.Unmarshal([]byte(out), &images); err != nil {
+		s.t.Fatalf("snug status --json: %v\n%s", err, out)
+	}
+	return images
+}
+
+// activeImage is the status of the active snapshot of a container.
+func (s *stack) activeImage(container string) snapshotter.ImageStatus {
+	s.t.Helper()
+	for _, im := range s.status() {
+		if im.Kind == "active" && strings.HasSuffix(im.Snapshot, "/"+container) {
+			return im
+		}
+	}
+	s.t.Fatalf("no active image for container %s in snug status", container)
+	return snapshotter.ImageStatus{}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
