@@ -1,49 +1,46 @@
 #!/usr/bin/env bash
-# make demo: a thin image through its life, with its host footprint shown at
-# each step. Everything lives in a temporary directory that is cleaned up,
-# mounts and loop devices included, however the script ends.
+# make demo: a throw-away containerd with snug as its snapshotter, the test
+# image imported through snug, a container writing data on its own thin
+# image, and `snug status` showing what each image costs the host.
+# Everything is torn down at the end, also on failure or Ctrl-C.
 set -euo pipefail
-SNUG=${1:-bin/snug}
-SNUG=$(readlink -f "$SNUG")
-work=$(mktemp -d /tmp/snug-demo.XXXXXX)
-img=$work/demo.img
-mnt=$work/mnt
-cleanup() {
-  "$SNUG" image unmount "$img" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$mnt"
-cfg=$work/config.toml   # the demo's own policy: defaults, 64 MiB headroom
-printf '[window]\nheadroom = "64MiB"\n' > "$cfg"
-snug() { "$SNUG" --config "$cfg" "$@"; }
+snug=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+export PATH=${SNUG_CACHE:-/var/cache/snug}/containerd-v2.4.2/bin:/usr/sbin:/sbin:$PATH
+dir=$(mktemp -d /tmp/snug-demo.XXXXXX)
+trap '"$here/stack.sh" down "$dir"; rm -rf "$dir"' EXIT
+ctr() { command ctr -a "$dir/containerd.sock" "$@" 2> >(grep -v DEPRECATION >&2); }
 step() { printf '\n== %s\n' "$*"; }
-foot() { du -h --apparent-size "$img" | cut -f1 | tr -d '\n'; printf ' apparent, '; du -h "$img" | cut -f1 | tr -d '\n'; echo ' on the host'; }
 
-step "create a 10 GiB thin image"
-snug image create --size 10GiB --window 256MiB "$img"
-foot
+step "starting snug serve and containerd in $dir"
+SNUG_EXTRA_POLICY=$'[window]\ninitial = "64MiB"\nheadroom = "64MiB"' "$here/stack.sh" up "$dir" "$snug"
+"$here/testimage.sh" "$dir/image.tar" localhost/snug-test:latest >/dev/null
 
-step "mount it and write 1 GiB in 32 top-level directories (ext4 would spread them over the disk)"
-snug image mount "$img" "$mnt"
-for d in $(seq 1 32); do
-  snug image grow --free 96MiB "$img" >/dev/null   # the daemon's watcher will do this
-  mkdir "$mnt/dir$d"
-  for f in 1 2 3 4; do head -c 8M /dev/urandom > "$mnt/dir$d/f$f"; done
+step "ctr images import --snapshotter snug (3 layers)"
+ctr images import --snapshotter snug --base-name localhost/snug-test "$dir/image.tar" >/dev/null
+ctr snapshots --snapshotter snug ls
+
+step "ctr run --rm --snapshotter snug ... echo ok"
+ctr run --rm --snapshotter snug localhost/snug-test:latest hello /bin/sh -c 'echo ok; cat /data/keep'
+
+step "a container with a 1 GiB quota writes 100 MiB, deletes 60 MiB and keeps running"
+ctr run -d --snapshotter snug --snapshotter-label containerd.io/snapshot/max-size=1073741824 \
+  localhost/snug-test:latest writer /bin/sh -c \
+  'mkdir /out && for i in $(seq 1 10); do dd if=/dev/urandom of=/out/$i bs=1M count=10 2>/dev/null; done;
+   rm /out/[1-6]; sync; touch /done; sleep 3600' >/dev/null
+for _ in $(seq 1 100); do
+  ctr tasks exec --exec-id probe writer test -e /done 2>/dev/null && break
+  sleep 0.1
 done
-sync -f "$mnt"
-snug image inspect "$img"
+ctr tasks exec --exec-id df writer df -h /
 
-step "delete 7/8 of it: ext4 frees the blocks, the image file keeps them"
-for d in $(seq 1 28); do rm -rf "$mnt/dir$d"; done
-sync -f "$mnt"
-snug image inspect "$img"
+step "snug status"
+"$snug" --config "$dir/snug.toml" status
 
-step "reclaim: trim freed blocks out of the image and shrink the window back to data + headroom"
-snug image reclaim "$img"
-snug image inspect "$img"
+step "ctr snapshots --snapshotter snug usage"
+ctr snapshots --snapshotter snug usage
 
-step "unmount and check it with e2fsck -fn"
-snug image unmount "$img"
-snug image check "$img" | tail -1
-snug image inspect --json "$img"
+step "loop devices and mounts of this snug"
+losetup -l -O NAME,BACK-FILE,RO,DIO | grep -E "NAME|$dir" || true
+grep -c " $dir/snug/snapshots/" /proc/self/mountinfo | sed 's/$/ image mounts/'
+step "tearing down"
