@@ -90,6 +90,13 @@ type stack struct {
 
 func startStack(t *testing.T, policy string) *stack {
 	t.Helper()
+	return startStackWith(t, policy, "", "")
+}
+
+// startStackWith also adds unpack_config entries (extraUnpack) and TOML
+// (extraConfig) to containerd's config: other snapshotters to compare with.
+func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stack {
+	t.Helper()
 	requireStack(t)
 	dir := roottest.TempDir(t)
 	s := &stack{t: t, dir: dir}
@@ -98,7 +105,7 @@ func startStack(t *testing.T, policy string) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.NewReplacer("@DIR@", dir, "@SNUG_SOCKET@", s.snug.Address, "@EXTRA_UNPACK@", "").Replace(string(tmpl))
+	conf := strings.NewReplacer("@DIR@", dir, "@SNUG_SOCKET@", s.snug.Address, "@EXTRA_UNPACK@", extraUnpack).Replace(string(tmpl)) + extraConfig
 	if err := os.WriteFile(filepath.Join(dir, "containerd.toml"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,7 @@
 #   - e2fsprogs (mkfs.ext4, e2fsck, resize2fs, debugfs) and util-linux
 #     (losetup), which snug itself uses;
 #   - runc, umoci and busybox-static from Debian, to build test images and
-#     run containers;
+#     run containers; erofs-utils for the erofs snapshotter make bench compares;
 #   - containerd v2.4.2 (containerd, ctr, containerd-shim-runc-v2), built
 #     from the Go module proxy once (about 2 minutes) into $SNUG_CACHE
 #     (default /var/cache/snug), then reused.
@@ -20,6 +20,7 @@ have losetup || missing+=(util-linux)
 have runc || missing+=(runc)
 have umoci || missing+=(umoci)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+have mkfs.erofs || missing+=(erofs-utils) # the erofs snapshotter, compared in make bench
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need ${missing[*]}; run as root or install them" >&2

@@ -1,0 +1,162 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// TestContainerdBenchmark compares snug with containerd's own snapshotters
+// in one containerd, in one run: the time to import an image with a ~200 MiB
+// layer of ~10,000 files, and the latency of `ctr run --rm ... true`. The
+// snapshotters take turns (round robin) so that the machine's noise hits
+// them alike; the report gives medians and ratios to overlayfs, as JSON and
+// a table in $SNUG_BENCH_OUT. It runs under `make bench` only.
+func TestContainerdBenchmark(t *testing.T) {
+	out := os.Getenv("SNUG_BENCH_OUT")
+	if out == "" {
+		t.Skip("benchmark: run with make bench (SNUG_BENCH_OUT)")
+	}
+	requireStack(t)
+	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+		t.Fatal("needs mkfs.erofs (erofs-utils, make deps)")
+	}
+	imports := envInt(t, "SNUG_BENCH_IMPORTS", 3)
+	runs := envInt(t, "SNUG_BENCH_RUNS", 15)
+
+	dir := roottest.TempDir(t)
+	image := filepath.Join(dir, "big.tar")
+	build := exec.Command("bash", repoPath("scripts/testimage.sh"), image, "localhost/snug-big:latest")
+	build.Env = append(os.Environ(), "SNUG_BIGLAYER=1")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("testimage.sh: %v\n%s", err, b)
+	}
+	// blockfile copies a formatted scratch image per snapshot: give it an
+	// ext4 scratch of snug's quota.
+	scratch := filepath.Join(dir, "scratch.img")
+	if b, err := exec.Command("truncate", "-s", "1G", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, b)
+	}
+	if b, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, b)
+	}
+	snapshotters := []string{"overlayfs", "snug", "erofs", "blockfile"}
+	s := startStackWith(t, "[image]\nquota = \"1GiB\"\n",
+		"    { platform = \"linux/amd64\", snapshotter = \"erofs\" },\n"+
+			"    { platform = \"linux/amd64\", snapshotter = \"blockfile\" },\n",
+		fmt.Sprintf("\n[plugins.\"io.containerd.snapshotter.v1.blockfile\"]\n  scratch_file = %q\n  fs_type = \"ext4\"\n", scratch))
+
+	res := map[string]*benchResult{}
+	for _, sn := range snapshotters {
+		res[sn] = &benchResult{}
+	}
+	ref := func(sn string) string { return "localhost/big-" + sn + ":latest" }
+	for i := range imports {
+		for _, sn := range rotate(snapshotters, i) {
+			if i > 0 {
+				s.ctr("images", "rm", "--sync", ref(sn))
+			}
+			start := time.Now()
+			s.ctr("images", "import", "--snapshotter", sn, "--base-name", "localhost/big-"+sn, image)
+			res[sn].ImportSeconds = append(res[sn].ImportSeconds, time.Since(start).Seconds())
+		}
+	}
+	for i := range runs {
+		for _, sn := range rotate(snapshotters, i) {
+			id := fmt.Sprintf("bench-%s-%d", sn, i)
+			start := time.Now()
+			s.ctr("run", "--rm", "--snapshotter", sn, ref(sn), id, "/bin/true")
+			res[sn].RunMillis = append(res[sn].RunMillis, float64(time.Since(start).Microseconds())/1000)
+		}
+	}
+	report := benchReport{
+		Command:      "make bench-containerd",
+		Date:         time.Now().UTC().Format(time.RFC3339),
+		Image:        "scripts/testimage.sh with SNUG_BIGLAYER=1: 4 layers, the largest ~200 MiB in 10,000 files",
+		ErofsUtils:   erofsVersion(),
+		Snapshotters: res,
+	}
+	base := res["overlayfs"]
+	for _, sn := range snapshotters {
+		r := res[sn]
+		r.ImportMedian = median(r.ImportSeconds)
+		r.RunMedian = median(r.RunMillis)
+		r.ImportRatio = r.ImportMedian / median(base.ImportSeconds)
+		r.RunRatio = r.RunMedian / median(base.RunMillis)
+	}
+	var table strings.Builder
+	fmt.Fprintf(&table, "%-10s %12s %8s %12s %8s\n", "snapshotter", "import (s)", "ratio", "run (ms)", "ratio")
+	for _, sn := range snapshotters {
+		r := res[sn]
+		fmt.Fprintf(&table, "%-10s %12.2f %7.2fx %12.1f %7.2fx\n", sn, r.ImportMedian, r.ImportRatio, r.RunMedian, r.RunRatio)
+	}
+	fmt.Fprintf(&table, "medians of %d imports and %d runs each; erofs-utils %s\n", imports, runs, report.ErofsUtils)
+	t.Log("\n" + table.String())
+	js, _ := json.MarshalIndent(report, "", "  ")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(out, "containerd.json"), js, 0o644)
+	os.WriteFile(filepath.Join(out, "containerd.txt"), []byte(table.String()), 0o644)
+}
+
+type benchReport struct {
+	Command      string                  `json:"command"`
+	Date         string                  `json:"date"`
+	Image        string                  `json:"image"`
+	ErofsUtils   string                  `json:"erofs_utils"`
+	Snapshotters map[string]*benchResult `json:"snapshotters"`
+}
+
+type benchResult struct {
+	ImportSeconds []float64 `json:"import_seconds"`
+	ImportMedian  float64   `json:"import_median_seconds"`
+	ImportRatio   float64   `json:"import_ratio_to_overlayfs"`
+	RunMillis     []float64 `json:"run_ms"`
+	RunMedian     float64   `json:"run_median_ms"`
+	RunRatio      float64   `json:"run_ratio_to_overlayfs"`
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// rotate starts the round at a different snapshotter each time.
+func rotate(s []string, i int) []string {
+	i %= len(s)
+	return append(slices.Clone(s[i:]), s[:i]...)
+}
+
+func envInt(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive number", name, v)
+	}
+	return n
+}
+
+func erofsVersion() string {
+	out, _ := exec.Command("dpkg-query", "-W", "-f", "${Version}", "erofs-utils").Output()
+	return strings.TrimSpace(string(out))
+}
