@@ -58,7 +58,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 	defer sn.Close()
 	log.G(ctx).WithField("root", cfg.Root).WithField("took", time.Since(start)).Info("snapshots reconciled")
 
-	rpc := grpc.NewServer()
+	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
 	ctl := control.NewServer(sn)
 
@@ -99,4 +99,18 @@ func removeSocket(ctx context.Context, l net.Listener, path string) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).WithField("path", path).Warn("cannot remove socket")
 	}
+}
+
+// logCalls logs every snapshotter call with its duration at debug level,
+// and failed calls at warning level.
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	entry := log.G(ctx).WithField("method", info.FullMethod).WithField("took", time.Since(start))
+	if err != nil {
+		entry.WithError(err).Warn("call failed")
+	} else {
+		entry.Debug("call")
+	}
+	return resp, err
 }

@@ -39,23 +39,7 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 		if err != nil {
 			return err
 		}
-		// The window starts with its headroom free, whatever ext4's own
-		// metadata took of the initial window; the keeper takes over after.
-		if _, err := m.EnsureFree(ctx, s.pol.window.Headroom); err != nil {
-			return fmt.Errorf("snapshot %s: %w", id, err)
-		}
-		_, statErr := os.Lstat(filepath.Join(mnt, upperDir))
-		if err := ensureUpper(mnt); err != nil {
-			return fmt.Errorf("snapshot %s: %w", id, err)
-		}
-		if errors.Is(statErr, os.ErrNotExist) && len(parentIDs) > 0 {
-			// Like containerd's overlay: a new upper dir takes the owner of
-			// the parent's root, so the container's root keeps its owner.
-			if err := chownLike(filepath.Join(mnt, upperDir), s.layerPath(parentIDs[0])); err != nil {
-				return fmt.Errorf("snapshot %s: %w", id, err)
-			}
-		}
-		s.startKeeper(ctx, id, m)
+		return s.serveActive(ctx, id, m, parentIDs)
 	case snapshots.KindCommitted:
 		rw := filepath.Join(dir, rwImage)
 		if _, err := os.Lstat(rw); err == nil {
@@ -75,6 +59,45 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 			return err
 		}
 	}
+	return nil
+}
+
+// settle brings a snapshot created just now into service. It is converge
+// without the search for an earlier mount (sysfs and mount-table scans on
+// `ctr run`'s critical path): an image renamed into place a moment ago has
+// none.
+func (s *Snapshotter) settle(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string) error {
+	if kind != snapshots.KindActive {
+		return s.converge(ctx, id, kind, parentIDs)
+	}
+	m, err := imagefs.Mount(ctx, filepath.Join(s.snapshotDir(id), rwImage), s.mountPath(id), s.pol.mount)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	return s.serveActive(ctx, id, m, parentIDs)
+}
+
+// serveActive readies a mounted rw image: its headroom free, the overlay
+// dirs in place, its window keeper running.
+func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mounted, parentIDs []string) error {
+	mnt := s.mountPath(id)
+	// The window starts with its headroom free, whatever ext4's own
+	// metadata took of the initial window; the keeper takes over after.
+	if _, err := m.EnsureFree(ctx, s.pol.window.Headroom); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	_, statErr := os.Lstat(filepath.Join(mnt, upperDir))
+	if err := ensureUpper(mnt); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) && len(parentIDs) > 0 {
+		// Like containerd's overlay: a new upper dir takes the owner of
+		// the parent's root, so the container's root keeps its owner.
+		if err := chownLike(filepath.Join(mnt, upperDir), s.layerPath(parentIDs[0])); err != nil {
+			return fmt.Errorf("snapshot %s: %w", id, err)
+		}
+	}
+	s.startKeeper(ctx, id, m)
 	return nil
 }
 

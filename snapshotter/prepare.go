@@ -82,7 +82,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
 
-	if err := s.converge(ctx, snap.ID, kind, snap.ParentIDs); err != nil {
+	if err := s.settle(ctx, snap.ID, kind, snap.ParentIDs); err != nil {
 		// Prepare fails as a whole: forget the snapshot again.
 		if rerr := s.Remove(context.WithoutCancel(ctx), key); rerr != nil {
 			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to undo a snapshot that could not be mounted")
@@ -100,7 +100,11 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 	}
 	switch kind {
 	case snapshots.KindActive:
-		return imagefs.Create(ctx, filepath.Join(dir, rwImage), create)
+		img := filepath.Join(dir, rwImage)
+		if s.pool.take(s.keepCtx, img, create) {
+			return nil
+		}
+		return imagefs.Create(ctx, img, create)
 	case snapshots.KindView:
 		return os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
 	}

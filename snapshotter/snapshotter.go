@@ -34,6 +34,7 @@ type Snapshotter struct {
 	root string
 	ms   *storage.MetaStore
 	pol  policy
+	pool *pool
 
 	// keepCtx ends every window keeper when the snapshotter closes.
 	keepCtx  context.Context
@@ -63,11 +64,18 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
 	}
+	pol := policyFrom(cfg)
+	pl, err := newPool(root, pol.create)
+	if err != nil {
+		ms.Close()
+		return nil, fmt.Errorf("image pool in %s: %w", root, err)
+	}
 	keepCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Snapshotter{
 		root:     root,
 		ms:       ms,
-		pol:      policyFrom(cfg),
+		pol:      pol,
+		pool:     pl,
 		keepCtx:  keepCtx,
 		stopKeep: stop,
 		keepers:  map[string]context.CancelFunc{},
@@ -76,15 +84,18 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		s.Close()
 		return nil, fmt.Errorf("reconcile %s: %w", root, err)
 	}
+	s.pool.refill(keepCtx)
 	return s, nil
 }
 
-// Close stops the window keepers and closes the metadata store. It leaves
+// Close stops the window keepers and the pool's refill and closes the
+// metadata store. It leaves
 // every image mounted: containers keep running while snug restarts.
 func (s *Snapshotter) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.stopKeep()
+		s.pool.wait()
 		err = s.ms.Close()
 	})
 	return err
