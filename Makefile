@@ -5,7 +5,7 @@ BIN     := bin
 SNUG    := $(BIN)/snug
 PKGS    := ./...
 
-.PHONY: all build deps demo test test-unit test-root fuzz bench bench-imagefs vet clean
+.PHONY: all build deps demo test test-unit test-root fuzz bench bench-imagefs bench-containerd vet clean
 
 all: build
 
@@ -36,8 +36,9 @@ fuzz:
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzParseSuperblock$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzDecodeFiemap$$' -fuzztime $(FUZZTIME)
 
-# bench-imagefs: footprint and swell of the churn workload in three modes,
-# plus Create/Grow/Reclaim times; JSON and a table in bench/results/.
+# bench-imagefs: footprint and swell of the churn workload in four modes,
+# plus Create/Grow/Reclaim times, and the two ways to commit a layer;
+# JSON and a table in bench/results/.
 # SNUG_BENCH_QUOTA_GIB picks the image size (default: 4 and 32).
 SNUG_BENCH_QUOTA_GIB ?= 4 32
 bench-imagefs: deps
@@ -46,8 +47,19 @@ bench-imagefs: deps
 	  SNUG_BENCH_QUOTA_GIB=$$q SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
 	    $(GO) test -count=1 -timeout 60m -run '^TestChurnBenchmark$$' -v ./bench || exit 1; \
 	done
+	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
+	  $(GO) test -count=1 -timeout 10m -run '^TestCommitOptionsBenchmark$$' -v ./bench
 
-bench: bench-imagefs
+# bench-containerd: image import time and `ctr run --rm ... true` latency of
+# snug, overlayfs, erofs and blockfile in one containerd, round robin;
+# medians and ratios to overlayfs in bench/results/containerd.{json,txt}.
+# SNUG_BENCH_IMPORTS and SNUG_BENCH_RUNS set the repetitions (3 and 15).
+bench-containerd: deps
+	@mkdir -p bench/results
+	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
+	  $(GO) test -count=1 -timeout 60m -run '^TestContainerdBenchmark$$' -v ./integration
+
+bench: bench-imagefs bench-containerd
 
 clean:
 	rm -rf $(BIN) bench/results
