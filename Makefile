@@ -53,7 +53,7 @@ bench-imagefs: deps
 # bench-containerd: image import time and `ctr run --rm ... true` latency of
 # snug, overlayfs, erofs and blockfile in one containerd, round robin;
 # medians and ratios to overlayfs in bench/results/containerd.{json,txt}.
-# SNUG_BENCH_IMPORTS and SNUG_BENCH_RUNS set the repetitions (3 and 15).
+# SNUG_BENCH_IMPORTS and SNUG_BENCH_RUNS set the repetitions (4 and 15).
 bench-containerd: deps
 	@mkdir -p bench/results
 	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \

@@ -93,6 +93,11 @@ func startStack(t *testing.T, policy string) *stack {
 	return startStackWith(t, policy, "", "")
 }
 
+// noCRI disables the plugins a test does not exercise: CRI, and NRI (which
+// would also create /var/run/nri/nri.sock).
+const noCRI = `"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", ` +
+	`"io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.sandbox.controller.v1.shim", "io.containerd.nri.v1.nri"`
+
 // startStackWith also adds unpack_config entries (extraUnpack) and TOML
 // (extraConfig) to containerd's config: other snapshotters to compare with.
 func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stack {
@@ -105,15 +110,32 @@ func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stac
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.NewReplacer("@DIR@", dir, "@SNUG_SOCKET@", s.snug.Address, "@EXTRA_UNPACK@", extraUnpack).Replace(string(tmpl)) + extraConfig
+	disabled := noCRI
+	if strings.Contains(extraConfig, "io.containerd.cri.v1") {
+		disabled = `"io.containerd.nri.v1.nri"`
+	}
+	conf := strings.NewReplacer("@DIR@", dir, "@SNUG_SOCKET@", s.snug.Address, "@EXTRA_UNPACK@", extraUnpack,
+		"@DISABLED_PLUGINS@", disabled).Replace(string(tmpl)) + extraConfig
 	if err := os.WriteFile(filepath.Join(dir, "containerd.toml"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	// Registered after the daemon's and TempDir's cleanups, so it runs
+	// before them: containers and containerd go first.
+	t.Cleanup(s.stop)
+	s.startContainerd()
+	return s
+}
+
+// startContainerd starts containerd on the stack's config and waits until
+// it answers.
+func (s *stack) startContainerd() {
+	t := s.t
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(s.dir, "containerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.Command(filepath.Join(containerdBin(), "containerd"), "--config", filepath.Join(dir, "containerd.toml"))
+	s.cmd = exec.Command(filepath.Join(containerdBin(), "containerd"), "--config", filepath.Join(s.dir, "containerd.toml"))
 	s.cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
@@ -121,15 +143,12 @@ func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stac
 	}
 	logf.Close()
 	s.done = make(chan struct{})
-	go func() { s.cmd.Wait(); close(s.done) }()
-	// Registered after the daemon's and TempDir's cleanups, so it runs
-	// before them: containers and containerd go first.
-	t.Cleanup(s.stop)
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(s.cmd, s.done)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if c, err := net.Dial("unix", s.socket()); err == nil {
 			c.Close()
-			break
+			return
 		}
 		select {
 		case <-s.done:
@@ -141,7 +160,6 @@ func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stac
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return s
 }
 
 func (s *stack) socket() string { return filepath.Join(s.dir, "containerd.sock") }
@@ -153,6 +171,9 @@ func (s *stack) containerdLog() string {
 
 // stop kills every task, then stops containerd.
 func (s *stack) stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
 	if out, err := s.ctrErr("tasks", "ls", "-q"); err == nil {
 		for _, id := range strings.Fields(out) {
 			s.ctrErr("tasks", "kill", "-s", "KILL", id)

@@ -6,7 +6,8 @@
 #     run containers; erofs-utils for the erofs snapshotter make bench compares;
 #   - containerd v2.4.2 (containerd, ctr, containerd-shim-runc-v2), built
 #     from the Go module proxy once (about 2 minutes) into $SNUG_CACHE
-#     (default /var/cache/snug), then reused.
+#     (default /var/cache/snug), then reused; crictl v1.37.0 the same way, for
+#     the Kubernetes (CRI) test.
 # Prints nothing when everything is in place.
 set -euo pipefail
 CONTAINERD_VERSION=v2.4.2
@@ -42,4 +43,12 @@ if ! [ -x "$ctrbin/containerd" ] || ! [ -x "$ctrbin/ctr" ] || ! [ -x "$ctrbin/co
     "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION")
+fi
+
+if ! [ -x "$cache/crictl-v1.37.0/bin/crictl" ]; then
+  echo "deps: building crictl v1.37.0 into $cache/crictl-v1.37.0/bin (about 30 s, once)"
+  mkdir -p "$cache/crictl-v1.37.0/bin"
+  tmp2=$(mktemp -d)
+  (cd "$tmp2" && GOBIN=$cache/crictl-v1.37.0/bin GOFLAGS=-mod=mod go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0)
+  rm -rf "$tmp2"
 fi

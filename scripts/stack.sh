@@ -32,7 +32,9 @@ TOML
   "$snug" --config "$dir/snug.toml" serve > "$dir/snug.log" 2>&1 &
   echo $! > "$dir/snug.pid"
   wait_socket "$dir/run/snug.sock" "$(cat "$dir/snug.pid")" "snug serve" "$dir/snug.log"
+  local off='"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.sandbox.controller.v1.shim", "io.containerd.nri.v1.nri"'
   sed -e "s|@DIR@|$dir|g" -e "s|@SNUG_SOCKET@|$dir/run/snug.sock|g" -e "s|@EXTRA_UNPACK@|${SNUG_EXTRA_UNPACK:-}|" \
+    -e "s|@DISABLED_PLUGINS@|$off|" \
     "$here/containerd.toml.in" > "$dir/containerd.toml"
   containerd --config "$dir/containerd.toml" > "$dir/containerd.log" 2>&1 &
   echo $! > "$dir/containerd.pid"

@@ -8,6 +8,8 @@
 #   3. /data/blob: 8 MiB of pseudo-random data (its sha256 in /data/blob.sha256)
 # Usage: testimage.sh OUT.tar [REF]   (REF defaults to localhost/snug-test:latest)
 # With SNUG_BIGLAYER=1 it adds a fourth layer of ~200 MiB in ~10,000 files.
+# SNUG_IMAGE_ENTRYPOINT (e.g. "/bin/sleep 3600") sets an entrypoint: a pause
+# image for CRI's pod sandboxes.
 set -euo pipefail
 out=$1
 ref=${2:-localhost/snug-test:latest}
@@ -79,8 +81,10 @@ umoci new --image "$oci:$tag"
 for l in "${layers[@]}"; do
   umoci raw add-layer --image "$oci:$tag" "$work/$l.tar"
 done
+entrypoint=()
+for word in ${SNUG_IMAGE_ENTRYPOINT:-}; do entrypoint+=(--config.entrypoint "$word"); done
 umoci config --image "$oci:$tag" --config.cmd /bin/sh --config.workingdir / \
-  --config.env PATH=/bin --architecture amd64 --os linux
+  --config.env PATH=/bin --architecture amd64 --os linux "${entrypoint[@]}"
 tar -C "$oci" -cf "$out.tmp" .
 mv "$out.tmp" "$out"
 echo "$out: $ref, ${#layers[@]} layers"

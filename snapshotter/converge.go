@@ -18,8 +18,8 @@ import (
 )
 
 // converge makes one recorded snapshot's files and mounts match its record,
-// whatever step a crash interrupted. It is idempotent, and what start-up
-// reconcile and every operation call:
+// whatever step a crash interrupted. It is idempotent; start-up reconcile
+// runs it for every snapshot, Commit before and after recording:
 //   - active: its rw image is mounted once on mnt with upper and work dirs,
 //     a layer image from a commit that never landed is deleted, and its
 //     window keeper runs;
