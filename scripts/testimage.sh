@@ -81,10 +81,13 @@ umoci new --image "$oci:$tag"
 for l in "${layers[@]}"; do
   umoci raw add-layer --image "$oci:$tag" "$work/$l.tar"
 done
-entrypoint=()
-for word in ${SNUG_IMAGE_ENTRYPOINT:-}; do entrypoint+=(--config.entrypoint "$word"); done
 umoci config --image "$oci:$tag" --config.cmd /bin/sh --config.workingdir / \
-  --config.env PATH=/bin --architecture amd64 --os linux "${entrypoint[@]}"
+  --config.env PATH=/bin --architecture amd64 --os linux
+if [ -n "${SNUG_IMAGE_ENTRYPOINT:-}" ]; then
+  entrypoint=()
+  for word in $SNUG_IMAGE_ENTRYPOINT; do entrypoint+=(--config.entrypoint "$word"); done
+  umoci config --image "$oci:$tag" --clear=config.cmd "${entrypoint[@]}"
+fi
 tar -C "$oci" -cf "$out.tmp" .
 mv "$out.tmp" "$out"
 echo "$out: $ref, ${#layers[@]} layers"
