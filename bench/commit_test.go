@@ -53,7 +53,10 @@ func TestCommitOptionsBenchmark(t *testing.T) {
 	defer m.Unmount(ctx)
 	stop := make(chan struct{})
 	kctx, cancel := context.WithCancel(ctx)
-	go func() { imagefs.Keep(kctx, m, imagefs.Policy{Headroom: 128 << 20, Interval: 10 * time.Millisecond}, nil); close(stop) }()
+	go func() {
+		imagefs.Keep(kctx, m, imagefs.Policy{Headroom: 128 << 20, Interval: 10 * time.Millisecond}, nil)
+		close(stop)
+	}()
 	upper := filepath.Join(mnt, "upper")
 	content := writeLayer(t, upper)
 	cancel()
