@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/imagefs"
 )
@@ -61,7 +62,10 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
 	if err := s.converge(ctx, id, snapshots.KindCommitted, snap.ParentIDs); err != nil {
-		return fmt.Errorf("commit %s as %s (recorded; the swap to the layer image is retried on use and at start-up): %w", key, name, err)
+		// The commit stands (the layer is complete and recorded); only the
+		// swap to it failed. It is retried when a child is prepared and at
+		// start-up, so the caller must not see a failed commit.
+		log.G(ctx).WithError(err).WithField("name", name).Error("committed; mounting the layer failed and will be retried")
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/imagefs"
 )
@@ -82,6 +83,12 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
 
+	if err := s.ensureLayersMounted(ctx, snap.ParentIDs); err != nil {
+		if rerr := s.Remove(context.WithoutCancel(ctx), key); rerr != nil {
+			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to undo a snapshot whose parents could not be mounted")
+		}
+		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
 	if err := s.settle(ctx, snap.ID, kind, snap.ParentIDs); err != nil {
 		// Prepare fails as a whole: forget the snapshot again.
 		if rerr := s.Remove(context.WithoutCancel(ctx), key); rerr != nil {
@@ -126,4 +133,27 @@ func ensureUpper(mnt string) error {
 		}
 	}
 	return nil
+}
+
+// ensureLayersMounted mounts any parent layer that is not mounted (a commit
+// whose swap failed, or an unmount by hand). The check is one stat pair per
+// parent: a mount point has another device than its directory's parent.
+func (s *Snapshotter) ensureLayersMounted(ctx context.Context, parentIDs []string) error {
+	for _, p := range parentIDs {
+		if isMountPoint(s.mountPath(p)) {
+			continue
+		}
+		if err := s.converge(ctx, p, snapshots.KindCommitted, nil); err != nil {
+			return fmt.Errorf("parent layer %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func isMountPoint(dir string) bool {
+	var st, parent unix.Stat_t
+	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
 }

@@ -185,3 +185,25 @@ func mustStatus(t *testing.T, sn *Snapshotter) []ImageStatus {
 	}
 	return st
 }
+
+// TestPrepareMountsUnmountedParent: a parent layer that is not mounted (a
+// commit whose swap failed) is mounted when a child is prepared.
+func TestPrepareMountsUnmountedParent(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	ctx := context.Background()
+	root := roottest.TempDir(t)
+	sn, err := New(ctx, testConfig(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	writeVia(t, sn, "base-active", "", "base.txt", "base")
+	if err := sn.Commit(ctx, "base", "base-active"); err != nil {
+		t.Fatal(err)
+	}
+	id := idOf(t, sn, "base")
+	if err := imagefs.UnmountBelow(ctx, sn.mountPath(id)); err != nil {
+		t.Fatal(err)
+	}
+	readVia(t, sn, "v", "base", map[string]string{"base.txt": "base"}, false)
+}
