@@ -83,13 +83,11 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
 
-	if err := s.ensureLayersMounted(ctx, snap.ParentIDs); err != nil {
-		if rerr := s.Remove(context.WithoutCancel(ctx), key); rerr != nil {
-			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to undo a snapshot whose parents could not be mounted")
-		}
-		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	err = s.ensureLayersMounted(ctx, snap.ParentIDs)
+	if err == nil {
+		err = s.settle(ctx, snap.ID, kind, snap.ParentIDs)
 	}
-	if err := s.settle(ctx, snap.ID, kind, snap.ParentIDs); err != nil {
+	if err != nil {
 		// Prepare fails as a whole: forget the snapshot again.
 		if rerr := s.Remove(context.WithoutCancel(ctx), key); rerr != nil {
 			log.G(ctx).WithError(rerr).WithField("key", key).Warn("failed to undo a snapshot that could not be mounted")
