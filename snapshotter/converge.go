@@ -30,6 +30,10 @@ import (
 func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string) error {
 	dir := s.snapshotDir(id)
 	mnt := s.mountPath(id)
+	// A half-made layer image from a commit a crash interrupted.
+	if _, err := imagefs.RemoveTemporaries(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
 	switch kind {
 	case snapshots.KindActive:
 		if err := removeIfExists(filepath.Join(dir, layerImage)); err != nil {

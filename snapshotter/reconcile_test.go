@@ -60,6 +60,8 @@ func TestReconcileAfterCrash(t *testing.T) {
 	// 2. Commit not recorded: a stray layer image, the upper dir staged.
 	workMnt := filepath.Join(dirs, workID, mountDir)
 	os.WriteFile(filepath.Join(dirs, workID, layerImage), []byte("partial"), 0o600)
+	halfMade := filepath.Join(dirs, workID, layerImage+".0badc0de.snug-tmp")
+	os.WriteFile(halfMade, []byte("partial"), 0o600)
 	// (imagefs.CreateLayer stages its source as .snug-layer-stage/fs.)
 	stage := filepath.Join(workMnt, ".snug-layer-stage")
 	os.Mkdir(stage, 0o700)
@@ -87,7 +89,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sn.Close()
-	for _, gone := range []string{ghost, filepath.Join(dirs, "new-123"), filepath.Join(dirs, workID, layerImage), filepath.Join(dirs, halfID, rwImage)} {
+	for _, gone := range []string{ghost, filepath.Join(dirs, "new-123"), halfMade, filepath.Join(dirs, workID, layerImage), filepath.Join(dirs, halfID, rwImage)} {
 		if _, err := os.Lstat(gone); !os.IsNotExist(err) {
 			t.Errorf("%s left after reconcile: %v", gone, err)
 		}
