@@ -18,7 +18,9 @@ type fakeSource struct {
 	err    error
 }
 
-func (f fakeSource) Status(context.Context) ([]snapshotter.ImageStatus, error) { return f.images, f.err }
+func (f fakeSource) Status(context.Context) ([]snapshotter.ImageStatus, error) {
+	return f.images, f.err
+}
 
 func serve(t *testing.T, src Source) string {
 	t.Helper()
