@@ -20,14 +20,16 @@ import (
 	"github.com/snugfs/snug/snapshotter"
 )
 
-// containerdBin is where scripts/deps.sh (make deps) builds containerd.
-func containerdBin() string {
-	cache := os.Getenv("SNUG_CACHE")
-	if cache == "" {
-		cache = "/var/cache/snug"
+// cacheDir is where scripts/deps.sh (make deps) builds containerd and
+// crictl: $SNUG_CACHE, by default /var/cache/snug.
+func cacheDir() string {
+	if cache := os.Getenv("SNUG_CACHE"); cache != "" {
+		return cache
 	}
-	return filepath.Join(cache, "containerd-v2.4.2", "bin")
+	return "/var/cache/snug"
 }
+
+func containerdBin() string { return filepath.Join(cacheDir(), "containerd-v2.4.2", "bin") }
 
 // requireStack skips (or fails, under make test) unless everything the real
 // stack needs is installed.

@@ -17,7 +17,7 @@ import (
 // crictlBin is where scripts/deps.sh builds crictl.
 func crictlBin(t *testing.T) string {
 	t.Helper()
-	p := filepath.Join(filepath.Dir(containerdBin()), "..", "crictl-v1.37.0", "bin", "crictl")
+	p := filepath.Join(cacheDir(), "crictl-v1.37.0", "bin", "crictl")
 	if _, err := os.Stat(p); err != nil {
 		if os.Getenv("SNUG_REQUIRE_ROOT") == "1" {
 			t.Fatalf("needs crictl from `make deps` (SNUG_REQUIRE_ROOT=1): %v", err)

@@ -263,24 +263,20 @@ func TestDaemonRestartKeepsContainers(t *testing.T) {
 // device exactly one mount.
 func requireMountedOnce(t *testing.T, image string) {
 	t.Helper()
-	var devs []string
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		if strings.TrimSpace(string(b)) == image {
-			devs = append(devs, strings.Split(f, "/")[3])
-		}
+	devs, err := imagefs.FindLoops(image)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if len(devs) != 1 {
 		t.Errorf("%s: %d loop devices %v, want 1", image, len(devs), devs)
 		return
 	}
-	all, err := mountinfo.GetMounts(func(i *mountinfo.Info) (bool, bool) { return i.Source != "/dev/"+devs[0], false })
+	all, err := mountinfo.GetMounts(func(i *mountinfo.Info) (bool, bool) { return i.Source != devs[0], false })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(all) != 1 {
-		t.Errorf("%s on /dev/%s: %d mounts, want 1", image, devs[0], len(all))
+		t.Errorf("%s on %s: %d mounts, want 1", image, devs[0], len(all))
 	}
 }
 
