@@ -145,18 +145,18 @@ func runMode(t *testing.T, ctx context.Context, dir string, quota int64, md mode
 			t.Fatal(err)
 		}
 		res.GrowTime = time.Since(start)
-		if _, err := m.Reclaim(ctx, 256*mib); err != nil {
+		if _, err := m.Reclaim(ctx, imagefs.ReclaimOptions{Headroom: 256 * mib}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	kctx, cancel := context.WithCancel(ctx)
-	keepDone := make(chan error, 1)
+	keepDone := make(chan struct{})
 	if md.Keep {
-		go func() {
-			keepDone <- imagefs.Keep(kctx, m, imagefs.Policy{Headroom: 256 * mib, HeadroomRatio: 0.1, Interval: 10 * time.Millisecond}, nil)
-		}()
+		w := imagefs.NewWatcher(10*time.Millisecond, imagefs.Observer{Failed: func(_ string, err error) { t.Error(err) }})
+		w.Add("churn", m, imagefs.Policy{Headroom: 256 * mib, HeadroomRatio: 0.1, Burst: 500 * time.Millisecond})
+		go func() { w.Run(kctx); close(keepDone) }()
 	} else {
-		keepDone <- nil
+		close(keepDone)
 	}
 	rng := rand.New(rand.NewPCG(1, 2)) // the same files in every mode
 	buf := make([]byte, 8*mib)
@@ -193,15 +193,13 @@ func runMode(t *testing.T, ctx context.Context, dir string, quota int64, md mode
 	}
 	r.Duration = time.Since(start)
 	cancel()
-	if err := <-keepDone; err != nil {
-		t.Fatal(err)
-	}
+	<-keepDone
 	last := r.Rounds[len(r.Rounds)-1]
 	r.FinalUsed, r.FinalFoot = last.Used, last.Footprint
 	r.FinalSwell = float64(last.Footprint) / float64(last.Used)
 	if md.ReclaimAt {
 		start := time.Now()
-		rr, err := m.Reclaim(ctx, 256*mib)
+		rr, err := m.Reclaim(ctx, imagefs.ReclaimOptions{Headroom: 256 * mib})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -54,7 +54,9 @@ func TestCommitOptionsBenchmark(t *testing.T) {
 	stop := make(chan struct{})
 	kctx, cancel := context.WithCancel(ctx)
 	go func() {
-		imagefs.Keep(kctx, m, imagefs.Policy{Headroom: 128 << 20, Interval: 10 * time.Millisecond}, nil)
+		w := imagefs.NewWatcher(10*time.Millisecond, imagefs.Observer{})
+		w.Add("commit", m, imagefs.Policy{Headroom: 128 << 20})
+		w.Run(kctx)
 		close(stop)
 	}()
 	upper := filepath.Join(mnt, "upper")
@@ -72,7 +74,7 @@ func TestCommitOptionsBenchmark(t *testing.T) {
 	opts = append(opts, measured("pack (mkfs.ext4 -d, snug's choice)", time.Since(start), layer))
 
 	start = time.Now()
-	if _, err := m.Reclaim(ctx, 0); err != nil {
+	if _, err := m.Reclaim(ctx, imagefs.ReclaimOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Unmount(ctx); err != nil {

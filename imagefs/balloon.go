@@ -124,6 +124,52 @@ func (b *balloon) inflate() error {
 	return nil
 }
 
+// inflateLeaving gives the balloon all free blocks but margin bytes, filling
+// the holes of its logical range in order, so a running container keeps
+// margin bytes to write into while the balloon is re-inflated.
+func (b *balloon) inflateLeaving(margin int64) error {
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(int(b.f.Fd()), &sfs); err != nil {
+		return err
+	}
+	want := int64(sfs.Bavail)*sfs.Bsize - margin
+	if want <= 0 {
+		return nil
+	}
+	if err := b.f.Truncate(b.fsSize); err != nil {
+		return fmt.Errorf("size balloon: %w", err)
+	}
+	exts, err := b.extents()
+	if err != nil {
+		return err
+	}
+	sort.Slice(exts, func(i, j int) bool { return exts[i].Logical < exts[j].Logical })
+	var at int64
+	fill := func(end int64) error {
+		for at < end && want > 0 {
+			n := min(end-at, b.roundUp(want))
+			err := unix.Fallocate(int(b.f.Fd()), 0, at, n)
+			if errors.Is(err, unix.ENOSPC) {
+				want = 0
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("inflate balloon: %w", err)
+			}
+			at += n
+			want -= n
+		}
+		return nil
+	}
+	for _, e := range exts {
+		if err := fill(e.Logical); err != nil {
+			return err
+		}
+		at = max(at, e.Logical+e.Length)
+	}
+	return fill(b.fsSize)
+}
+
 // punchHost punches the balloon's extents out of the image file itself. The
 // balloon's blocks are unwritten, so ext4 never reads them; blocks it took
 // over from deleted files may still hold old data on the host, and this makes

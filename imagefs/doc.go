@@ -8,7 +8,7 @@
 //	})
 //	m, err := imagefs.Mount(ctx, path, dir, imagefs.MountOptions{DirectIO: true})
 //	st, err := m.Stat()           // quota, window, used, footprint, swell, errors
-//	res, err := m.Reclaim(ctx, 256<<20)
+//	res, err := m.Reclaim(ctx, imagefs.ReclaimOptions{Headroom: 256 << 20})
 //
 // # The packing window
 //

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,7 +88,12 @@ func writeFiles(t *testing.T, dir string, n int, size int64) {
 
 func syncfs(t *testing.T, dir string) {
 	t.Helper()
-	if err := syncDir(dir); err != nil {
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -293,7 +299,7 @@ func TestReclaimReturnsFootprintToUsage(t *testing.T) {
 		t.Fatal(err)
 	}
 	for round := range 2 { // a second Reclaim must be harmless
-		res, err := m.Reclaim(ctx, 64*mib)
+		res, err := m.Reclaim(ctx, ReclaimOptions{Headroom: 64 * mib})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -350,20 +356,23 @@ func TestGrowIsIdempotentAndBounded(t *testing.T) {
 	requireClean(t, path)
 }
 
-// TestKeepGrowsAheadOfStreamingWriter streams data at full speed into an
-// image whose window starts small; the keeper must grow it so that the writer
+// TestWatcherGrowsAheadOfStreamingWriter streams data at full speed into an
+// image whose window starts small; the watcher must grow it so that the writer
 // sees ENOSPC only at the quota.
-func TestKeepGrowsAheadOfStreamingWriter(t *testing.T) {
+func TestWatcherGrowsAheadOfStreamingWriter(t *testing.T) {
 	const quota = 3 * gib
 	path, dir := newImage(t, quota, 64*mib)
 	m := mountImage(t, path, dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var grows int
-	keepErr := make(chan error, 1)
-	go func() {
-		keepErr <- Keep(ctx, m, Policy{Headroom: 64 * mib, Interval: 10 * time.Millisecond}, func(int64) { grows++ })
-	}()
+	var grows atomic.Int64
+	w := NewWatcher(10*time.Millisecond, Observer{
+		Grew:   func(string, int64) { grows.Add(1) },
+		Failed: func(_ string, err error) { t.Error(err) },
+	})
+	w.Add("stream", m, Policy{Headroom: 64 * mib, Burst: 30 * time.Millisecond})
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
 	f, err := os.Create(filepath.Join(m.Dir, "stream"))
 	if err != nil {
 		t.Fatal(err)
@@ -385,12 +394,10 @@ func TestKeepGrowsAheadOfStreamingWriter(t *testing.T) {
 	elapsed := time.Since(start)
 	f.Close()
 	cancel()
-	if err := <-keepErr; err != nil {
-		t.Fatal(err)
-	}
+	<-done
 	st, _ := m.Stat()
 	t.Logf("wrote %d MiB in %v (%.0f MiB/s), %d grows; used %d of quota %d, balloon %d",
-		written>>20, elapsed, float64(written>>20)/elapsed.Seconds(), grows, st.UsedBytes, st.QuotaBytes, st.BalloonBytes)
+		written>>20, elapsed, float64(written>>20)/elapsed.Seconds(), grows.Load(), st.UsedBytes, st.QuotaBytes, st.BalloonBytes)
 	// ENOSPC is right only when the balloon is gone: the quota is reached.
 	if st.BalloonBytes != 0 {
 		t.Fatalf("ENOSPC after %d bytes with %d bytes still in the balloon", written, st.BalloonBytes)

@@ -80,14 +80,28 @@ type ReclaimResult struct {
 	Duration        time.Duration `json:"duration_ns"`
 }
 
+// Gain is the host space the reclaim gave back.
+func (r ReclaimResult) Gain() int64 { return r.FootprintBefore - r.FootprintAfter }
+
+// ReclaimOptions say how far a Reclaim repacks.
+type ReclaimOptions struct {
+	// Headroom is the free space the window keeps after the repack.
+	Headroom int64
+	// Margin is free space the balloon leaves alone while it re-inflates.
+	// 0 (a stopped container) packs tightest but leaves the filesystem full
+	// for a few milliseconds; a running container needs a margin at least
+	// as large as what it may write meanwhile, or it can see ENOSPC. Free
+	// space the margin keeps may lie beyond the new window end.
+	Margin int64
+}
+
 // Reclaim gives the host back what the container no longer uses, online:
 // it commits the journal, trims every free block (FITRIM; the loop device
-// punches them out of the image file), re-inflates the balloon over all free
-// space and punches it out of the image file too, then releases headroom
-// bytes of balloon, lowest physical addresses first. The window ends up just
-// past the data plus headroom. While it runs the filesystem is briefly full
-// (a few milliseconds), so it is meant for stopped or idle containers.
-func (m *Mounted) Reclaim(ctx context.Context, headroom int64) (ReclaimResult, error) {
+// punches them out of the image file), re-inflates the balloon over the free
+// space (all of it, or all but the margin) and punches it out of the image
+// file too, then releases headroom bytes of balloon, lowest physical
+// addresses first. The window ends up just past the data plus headroom.
+func (m *Mounted) Reclaim(ctx context.Context, o ReclaimOptions) (ReclaimResult, error) {
 	start := time.Now()
 	var res ReclaimResult
 	err := m.withBalloon(ctx, func(b *balloon) error {
@@ -109,7 +123,12 @@ func (m *Mounted) Reclaim(ctx context.Context, headroom int64) (ReclaimResult, e
 		if res.TrimmedBytes, err = fitrim(m.Dir); err != nil {
 			return err
 		}
-		if err := b.inflate(); err != nil {
+		if o.Margin > 0 {
+			err = b.inflateLeaving(o.Margin)
+		} else {
+			err = b.inflate()
+		}
+		if err != nil {
 			return err
 		}
 		if exts, err = b.extents(); err != nil {
@@ -118,7 +137,7 @@ func (m *Mounted) Reclaim(ctx context.Context, headroom int64) (ReclaimResult, e
 		if err := b.punchHost(img, exts); err != nil {
 			return err
 		}
-		if _, err := b.ensureFree(headroom); err != nil {
+		if _, err := b.ensureFree(o.Headroom); err != nil {
 			return err
 		}
 		if exts, err = b.extents(); err != nil {
@@ -136,25 +155,22 @@ func (m *Mounted) Reclaim(ctx context.Context, headroom int64) (ReclaimResult, e
 }
 
 // Trim discards the free blocks of the window (FITRIM) without touching the
-// balloon: the cheap half of Reclaim, safe while the container writes.
+// balloon: the cheap half of Reclaim, safe while the container writes. It
+// does not sync: blocks freed in a journal transaction that has not
+// committed yet are trimmed by a later call (ext4 commits every 5 s, and a
+// sync commits at once). ext4 skips block groups that had no frees since
+// their last trim, so a repeated Trim costs little.
 func (m *Mounted) Trim(ctx context.Context) (int64, error) {
-	if err := syncDir(m.Dir); err != nil {
-		return 0, err
+	unlock, err := lockImage(ctx, m.Image)
+	if err != nil {
+		return 0, fmt.Errorf("trim %s: %w", m.Image, err)
 	}
+	defer unlock()
 	n, err := fitrim(m.Dir)
 	if err != nil {
 		return 0, fmt.Errorf("trim %s: %w", m.Image, err)
 	}
 	return n, nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
 }
 
 // footprint is what the image file costs on the host: its allocated bytes.

@@ -192,7 +192,7 @@ func (c *CLI) imageReclaim(ctx context.Context, args []string) int {
 	}
 	var res imagefs.ReclaimResult
 	err = imagefs.WithMount(ctx, path, mountOptions(cfg), func(m *imagefs.Mounted) (err error) {
-		res, err = m.Reclaim(ctx, h)
+		res, err = m.Reclaim(ctx, imagefs.ReclaimOptions{Headroom: h})
 		return err
 	})
 	if err != nil {

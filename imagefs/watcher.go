@@ -1,0 +1,270 @@
+package imagefs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Observer is told what a Watcher did or saw, by image key. Every field is
+// optional. Calls come from the watcher's goroutines: keep them short.
+type Observer struct {
+	// Grew: the window grew by bytes.
+	Grew func(key string, bytes int64)
+	// Trimmed: bytes freed inside the image went back to the host.
+	Trimmed func(key string, bytes int64)
+	// Full: a check found no free space left in the window while the
+	// balloon still held some: a writer may have seen ENOSPC before the
+	// quota. Reported once per episode.
+	Full func(key string)
+	// Idle: the image's used space and inode count have not changed for
+	// its policy's IdleAfter. Reported once per idle period.
+	Idle func(key string)
+	// Failed: a check, grow or trim failed.
+	Failed func(key string, err error)
+}
+
+// Watcher keeps the windows of many mounted images ahead of their data from
+// one goroutine: every interval it reads each image's free space (a statfs
+// and a stat of its balloon, a few microseconds) and grows a window whose
+// free space fell below its policy's headroom. Grows and trims run in their
+// own goroutine, at most one at a time per image, so a slow image never
+// delays the others' checks.
+type Watcher struct {
+	interval atomic.Int64 // time.Duration
+	obs      Observer
+	opCtx    context.Context // ends when Run returns
+
+	mu     sync.Mutex
+	images map[string]*watched
+	wg     sync.WaitGroup
+}
+
+// watched is one image's state between checks. Only the Run goroutine
+// touches it, except busy.
+type watched struct {
+	m   *Mounted
+	pol atomic.Pointer[Policy]
+
+	busy atomic.Bool // a grow or trim is running
+
+	seen      bool
+	lastAt    time.Time
+	lastFree  int64
+	lastUsed  int64
+	lastFiles uint64
+	rate      float64 // bytes/s: recent fastest fall of free space
+	changedAt time.Time
+	idleSent  bool
+	full      bool
+	failing   bool
+	freed     int64     // freed inside the image since the last trim
+	followUp  time.Time // a trim after the next journal commit
+}
+
+// fullBelow is the free space under which a window counts as full: less
+// than one ordinary write() can use.
+const fullBelow = 1 << 20
+
+// trimFollowUp is how long after a trim a second one catches blocks freed
+// in a transaction that had not committed yet (ext4 commits every 5 s).
+const trimFollowUp = 6 * time.Second
+
+// NewWatcher returns a watcher checking every interval. Run starts it.
+func NewWatcher(interval time.Duration, obs Observer) *Watcher {
+	w := &Watcher{obs: obs, images: map[string]*watched{}, opCtx: context.Background()}
+	w.SetInterval(interval)
+	return w
+}
+
+// SetInterval changes the check interval from the next check on.
+func (w *Watcher) SetInterval(d time.Duration) {
+	if d <= 0 {
+		d = 100 * time.Millisecond
+	}
+	w.interval.Store(int64(d))
+}
+
+// Add watches the image mounted as m under key with policy p, or changes
+// the policy of an image watched under key already.
+func (w *Watcher) Add(key string, m *Mounted, p Policy) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	iw, ok := w.images[key]
+	if !ok {
+		iw = &watched{m: m}
+		w.images[key] = iw
+	}
+	iw.pol.Store(&p)
+}
+
+// SetPolicy changes the policy of the image watched under key, if any.
+func (w *Watcher) SetPolicy(key string, p Policy) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if iw, ok := w.images[key]; ok {
+		iw.pol.Store(&p)
+	}
+}
+
+// Remove stops watching key. A grow or trim already running finishes.
+func (w *Watcher) Remove(key string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.images, key)
+}
+
+// Len is the number of images watched.
+func (w *Watcher) Len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.images)
+}
+
+// Run checks every image each interval until ctx ends, then waits for the
+// grows and trims it started.
+func (w *Watcher) Run(ctx context.Context) {
+	w.opCtx = ctx
+	defer w.wg.Wait()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			w.checkAll(now)
+			t.Reset(time.Duration(w.interval.Load()))
+		}
+	}
+}
+
+func (w *Watcher) checkAll(now time.Time) {
+	w.mu.Lock()
+	keys := make([]string, 0, len(w.images))
+	list := make([]*watched, 0, len(w.images))
+	for k, iw := range w.images {
+		keys = append(keys, k)
+		list = append(list, iw)
+	}
+	w.mu.Unlock()
+	for i, iw := range list {
+		w.check(keys[i], iw, now)
+	}
+}
+
+// check reads one image's free space and starts what it needs.
+func (w *Watcher) check(key string, iw *watched, now time.Time) {
+	var sfs unix.Statfs_t
+	err := unix.Statfs(iw.m.Dir, &sfs)
+	var bst unix.Stat_t
+	if err == nil {
+		err = unix.Stat(balloonPath(iw.m.Dir), &bst)
+	}
+	if err != nil {
+		// Once per episode: an image unmounted by hand fails every check.
+		if !iw.failing {
+			w.failed(key, fmt.Errorf("check %s: %w", iw.m.Image, err))
+		}
+		iw.failing = true
+		return
+	}
+	iw.failing = false
+	bsize := sfs.Bsize
+	balloon := bst.Blocks * 512
+	free := int64(sfs.Bavail) * bsize
+	used := int64(sfs.Blocks-sfs.Bfree)*bsize - balloon
+	pol := *iw.pol.Load()
+
+	if iw.seen {
+		dt := now.Sub(iw.lastAt).Seconds()
+		if drop := iw.lastFree - free; drop > 0 && dt > 0 {
+			iw.rate = max(float64(drop)/dt, iw.rate*0.5) // follow bursts at once, forget them slowly
+		} else {
+			iw.rate *= 0.5
+		}
+		if d := iw.lastUsed - used; d > 0 {
+			iw.freed += d
+		}
+		if used != iw.lastUsed || sfs.Ffree != iw.lastFiles {
+			iw.changedAt, iw.idleSent = now, false
+		}
+	} else {
+		iw.seen, iw.changedAt = true, now
+	}
+	iw.lastAt, iw.lastFree, iw.lastUsed, iw.lastFiles = now, free, used, sfs.Ffree
+
+	if free < fullBelow && balloon > 0 {
+		if !iw.full && w.obs.Full != nil {
+			w.obs.Full(key)
+		}
+		iw.full = true
+	} else {
+		iw.full = false
+	}
+	if pol.IdleAfter > 0 && !iw.idleSent && now.Sub(iw.changedAt) >= pol.IdleAfter {
+		iw.idleSent = true
+		if w.obs.Idle != nil {
+			w.obs.Idle(key)
+		}
+	}
+
+	if want := pol.headroomFor(used, iw.rate); free < want && balloon > 0 {
+		w.start(key, iw, func(ctx context.Context) {
+			grown, err := iw.m.EnsureFree(ctx, want)
+			if grown > 0 && w.obs.Grew != nil {
+				w.obs.Grew(key, grown)
+			}
+			if err != nil {
+				w.failed(key, err)
+			}
+		})
+		return
+	}
+	trimNow := pol.TrimAfter > 0 && iw.freed >= pol.TrimAfter
+	followUp := !iw.followUp.IsZero() && now.After(iw.followUp)
+	if trimNow || followUp {
+		if w.start(key, iw, func(ctx context.Context) {
+			n, err := iw.m.Trim(ctx)
+			if n > 0 && w.obs.Trimmed != nil {
+				w.obs.Trimmed(key, n)
+			}
+			if err != nil {
+				w.failed(key, err)
+			}
+		}) {
+			iw.freed = 0
+			iw.followUp = time.Time{}
+			if trimNow {
+				iw.followUp = now.Add(trimFollowUp)
+			}
+		}
+	}
+}
+
+// start runs op for iw in its own goroutine unless one runs already.
+func (w *Watcher) start(key string, iw *watched, op func(ctx context.Context)) bool {
+	if !iw.busy.CompareAndSwap(false, true) {
+		return false
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer iw.busy.Store(false)
+		// Bounded: an image locked by a long repack is retried next check.
+		ctx, cancel := context.WithTimeout(w.opCtx, 5*time.Second)
+		defer cancel()
+		op(ctx)
+	}()
+	return true
+}
+
+func (w *Watcher) failed(key string, err error) {
+	if w.obs.Failed != nil {
+		w.obs.Failed(key, err)
+	}
+}

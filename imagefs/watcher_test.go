@@ -1,0 +1,195 @@
+package imagefs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// events records what a watcher reports, for tests.
+type events struct {
+	mu                 sync.Mutex
+	grown, trimmed     int64
+	idle, full, failed int
+}
+
+func (e *events) observer(t *testing.T) Observer {
+	return Observer{
+		Grew:    func(_ string, n int64) { e.mu.Lock(); e.grown += n; e.mu.Unlock() },
+		Trimmed: func(_ string, n int64) { e.mu.Lock(); e.trimmed += n; e.mu.Unlock() },
+		Idle:    func(string) { e.mu.Lock(); e.idle++; e.mu.Unlock() },
+		Full:    func(string) { e.mu.Lock(); e.full++; e.mu.Unlock() },
+		Failed: func(_ string, err error) {
+			e.mu.Lock()
+			e.failed++
+			e.mu.Unlock()
+			t.Logf("watcher: %v", err)
+		},
+	}
+}
+
+func (e *events) get() events {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return events{grown: e.grown, trimmed: e.trimmed, idle: e.idle, full: e.full, failed: e.failed}
+}
+
+func runWatcher(t *testing.T, w *Watcher) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitFor polls cond for up to d.
+func waitFor(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// TestWatcherTrimsWhatARunningContainerDeletes: deleted files go back to the
+// host while the image stays mounted and in use, without a Reclaim.
+func TestWatcherTrimsWhatARunningContainerDeletes(t *testing.T) {
+	path, dir := newImage(t, gib, 256*mib)
+	m := mountImage(t, path, dir)
+	var ev events
+	w := NewWatcher(20*time.Millisecond, ev.observer(t))
+	w.Add("img", m, Policy{Headroom: 64 * mib, TrimAfter: 8 * mib})
+	runWatcher(t, w)
+
+	data := filepath.Join(m.Dir, "data")
+	writeFiles(t, data, 20, 5*mib)
+	syncfs(t, m.Dir)
+	full := fileFootprint(t, path)
+	if err := os.RemoveAll(data); err != nil {
+		t.Fatal(err)
+	}
+	syncfs(t, m.Dir) // commits the frees, as ext4 does by itself within 5 s
+	t.Logf("footprint %d MiB with 100 MiB of files", full>>20)
+	// The Trimmed report comes after FITRIM returns, a moment after the
+	// footprint drops.
+	if !waitFor(3*time.Second, func() bool { return fileFootprint(t, path) < full-90*mib && ev.get().trimmed > 0 }) {
+		t.Fatalf("footprint %d MiB three seconds after deleting 100 MiB (was %d MiB); events %+v",
+			fileFootprint(t, path)>>20, full>>20, ev.get())
+	}
+	if got := ev.get(); got.trimmed < 90*mib || got.failed != 0 {
+		t.Fatalf("events %+v: want at least 90 MiB trimmed and no failure", got)
+	}
+}
+
+// TestWatcherReportsIdleOncePerPeriod: an image that does not change is
+// reported idle once; a change starts a new period.
+func TestWatcherReportsIdleOncePerPeriod(t *testing.T) {
+	path, dir := newImage(t, 256*mib, 64*mib)
+	m := mountImage(t, path, dir)
+	var ev events
+	w := NewWatcher(10*time.Millisecond, ev.observer(t))
+	w.Add("img", m, Policy{Headroom: 16 * mib, IdleAfter: 150 * time.Millisecond})
+	runWatcher(t, w)
+	if !waitFor(2*time.Second, func() bool { return ev.get().idle == 1 }) {
+		t.Fatalf("events %+v: want one idle report", ev.get())
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := ev.get().idle; got != 1 {
+		t.Fatalf("%d idle reports without a change, want 1", got)
+	}
+	writeFiles(t, filepath.Join(m.Dir, "data"), 4, mib)
+	syncfs(t, m.Dir)
+	if !waitFor(2*time.Second, func() bool { return ev.get().idle == 2 }) {
+		t.Fatalf("events %+v: want a second idle report after a write", ev.get())
+	}
+}
+
+// TestWatcherReportsAFullWindow: a writer that exhausts the window faster
+// than the policy allows for is reported, once per episode.
+func TestWatcherReportsAFullWindow(t *testing.T) {
+	path, dir := newImage(t, gib, 64*mib)
+	m := mountImage(t, path, dir)
+	st, err := m.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the window before the watcher starts: it then finds it full.
+	f, err := os.Create(filepath.Join(m.Dir, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, mib)
+	for range st.FreeBytes / mib {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Close()
+	syncfs(t, m.Dir)
+	var ev events
+	w := NewWatcher(10*time.Millisecond, ev.observer(t))
+	w.Add("img", m, Policy{Headroom: 32 * mib})
+	runWatcher(t, w)
+	if !waitFor(2*time.Second, func() bool { g := ev.get(); return g.full == 1 && g.grown > 0 }) {
+		t.Fatalf("events %+v: want one full report and a grow", ev.get())
+	}
+}
+
+// TestReclaimWithMarginLeavesRoomToWrite: a reclaim of a running image keeps
+// its margin free throughout, and still gives the deleted space back.
+func TestReclaimWithMarginLeavesRoomToWrite(t *testing.T) {
+	path, dir := newImage(t, gib, 256*mib)
+	m := mountImage(t, path, dir)
+	writeFiles(t, filepath.Join(m.Dir, "keep"), 4, 5*mib)
+	writeFiles(t, filepath.Join(m.Dir, "gone"), 30, 5*mib)
+	syncfs(t, m.Dir)
+	if err := os.RemoveAll(filepath.Join(m.Dir, "gone")); err != nil {
+		t.Fatal(err)
+	}
+	// A writer during the reclaim must never see ENOSPC.
+	stop := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64*kib)
+		f, err := os.Create(filepath.Join(m.Dir, "during"))
+		if err != nil {
+			werr <- err
+			return
+		}
+		defer f.Close()
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				werr <- nil
+				return
+			default:
+			}
+			if _, err := f.WriteAt(buf, int64(n%64)*int64(len(buf))); err != nil {
+				werr <- err
+				return
+			}
+		}
+	}()
+	res, err := m.Reclaim(context.Background(), ReclaimOptions{Headroom: 16 * mib, Margin: 64 * mib})
+	close(stop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("writer during a reclaim with margin: %v", err)
+	}
+	st, err := m.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("reclaim: %+v; after: free %d MiB, window %d MiB", res, st.FreeBytes>>20, st.WindowBytes>>20)
+	if res.Gain() < 100*mib {
+		t.Fatalf("gave back %d MiB, want at least 100 (150 MiB were deleted)", res.Gain()>>20)
+	}
+	if st.FreeBytes < 60*mib {
+		t.Fatalf("free after reclaim %d MiB, want at least the 64 MiB margin (less ext4's reserve)", st.FreeBytes>>20)
+	}
+}
