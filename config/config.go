@@ -33,10 +33,55 @@ type Config struct {
 	Address string `toml:"address"`
 	// ControlAddress is the Unix socket of snug's own control API.
 	ControlAddress string `toml:"control_address"`
+	// MetricsAddress is where Prometheus metrics are served over HTTP, as
+	// host:port (e.g. "127.0.0.1:9477"); empty turns them off.
+	MetricsAddress string `toml:"metrics_address"`
+	// ContainerdAddress is containerd's socket. snug follows its task exit
+	// events, so a container whose poststop hook did not run is still
+	// reclaimed when it stops; empty turns this off.
+	ContainerdAddress string `toml:"containerd_address"`
 
-	Image  ImagePolicy  `toml:"image"`
-	Window WindowPolicy `toml:"window"`
-	Fsck   FsckPolicy   `toml:"fsck"`
+	Image   ImagePolicy   `toml:"image"`
+	Window  WindowPolicy  `toml:"window"`
+	Reclaim ReclaimPolicy `toml:"reclaim"`
+	Fsck    FsckPolicy    `toml:"fsck"`
+
+	// Classes are named overrides of [window] and [reclaim], from
+	// [policies.NAME] tables; a container picks one with the snapshot label
+	// LabelClass or the OCI annotation AnnotationClass.
+	Classes map[string]Class `toml:"-"`
+}
+
+// Class is a named policy: the [window] and [reclaim] keys a [policies.NAME]
+// table sets, over the file's own.
+type Class struct {
+	Window  WindowPolicy  `toml:"window"`
+	Reclaim ReclaimPolicy `toml:"reclaim"`
+}
+
+// How a container picks a policy class.
+const (
+	// LabelClass is the snapshot label (`ctr run --snapshotter-label`).
+	LabelClass = "containerd.io/snapshot/snug.policy"
+	// AnnotationClass is the OCI annotation (a Kubernetes pod or container
+	// annotation, passed on by containerd's pod_annotations setting).
+	AnnotationClass = "io.snugfs.policy"
+)
+
+// Base is the class of a container that picks none: [window] and [reclaim].
+func (c Config) Base() Class { return Class{Window: c.Window, Reclaim: c.Reclaim} }
+
+// Class returns the named class, or Base for "" . ok is false for a name the
+// policy does not define (the caller then uses Base and says so).
+func (c Config) Class(name string) (cl Class, ok bool) {
+	if name == "" {
+		return c.Base(), true
+	}
+	cl, ok = c.Classes[name]
+	if !ok {
+		return c.Base(), false
+	}
+	return cl, true
 }
 
 // ImagePolicy shapes new thin images and how they are attached.
@@ -67,8 +112,28 @@ type WindowPolicy struct {
 	// HeadroomRatio raises the headroom to this fraction of the used space
 	// when that is larger than Headroom.
 	HeadroomRatio float64 `toml:"headroom_ratio"`
-	// CheckInterval is how often a mounted image's free window is checked.
+	// CheckInterval is how often every mounted image's free window is
+	// checked (one statfs each). It is global: a class cannot change it.
 	CheckInterval time.Duration `toml:"check_interval"`
+	// Burst raises the headroom to what the fastest recent writer could
+	// write in this long, so a burst at page-cache speed finds room.
+	Burst time.Duration `toml:"burst"`
+}
+
+// ReclaimPolicy says when a container's image gives space back to the host.
+type ReclaimPolicy struct {
+	// OnStop trims and repacks an image when its container stops.
+	OnStop bool `toml:"on_stop"`
+	// IdleAfter reclaims an image whose used space has not changed for this
+	// long ("0s" turns it off). A running container's image is repacked
+	// with a margin of one headroom, so it never sees ENOSPC meanwhile.
+	IdleAfter time.Duration `toml:"idle_after"`
+	// MinGain skips an idle repack that would give back less than this.
+	MinGain Size `toml:"min_gain"`
+	// TrimAfter trims a running container's image once this much was freed
+	// in it since the last trim ("0" turns it off): freed blocks become
+	// holes in the image file, so the footprint follows deletions.
+	TrimAfter Size `toml:"trim_after"`
 }
 
 // FsckPolicy says how images are checked and repaired.
@@ -85,7 +150,8 @@ func Default() Config {
 	return Config{
 		Root:           "/var/lib/snug",
 		Address:        "/run/snug/snapshotter.sock",
-		ControlAddress: "/run/snug/control.sock",
+		ControlAddress:    "/run/snug/control.sock",
+		ContainerdAddress: "/run/containerd/containerd.sock",
 		Image: ImagePolicy{
 			Quota:         10 * GiB,
 			JournalSize:   4 * MiB,
@@ -98,6 +164,13 @@ func Default() Config {
 			Headroom:      256 * MiB,
 			HeadroomRatio: 0.10,
 			CheckInterval: 100 * time.Millisecond,
+			Burst:         500 * time.Millisecond,
+		},
+		Reclaim: ReclaimPolicy{
+			OnStop:    true,
+			IdleAfter: 10 * time.Minute,
+			MinGain:   16 * MiB,
+			TrimAfter: 16 * MiB,
 		},
 		Fsck: FsckPolicy{
 			Repair:  "yes",
@@ -130,17 +203,21 @@ func Load(path string) (Config, error) {
 
 // Parse decodes a policy document over the defaults and validates it.
 func Parse(data []byte) (Config, error) {
-	cfg := Default()
-	md, err := toml.Decode(string(data), &cfg)
+	doc := document{Config: Default()}
+	md, err := toml.Decode(string(data), &doc)
 	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			if pe.LastKey != "" {
-				return Config{}, fmt.Errorf("%w: line %d: %s: %s", ErrInvalid, pe.Position.Line, pe.LastKey, pe.Message)
-			}
-			return Config{}, fmt.Errorf("%w: line %d: %s", ErrInvalid, pe.Position.Line, pe.Message)
+		return Config{}, decodeError(err)
+	}
+	cfg := doc.Config
+	for name, prim := range doc.Policies {
+		cl := cfg.Base()
+		if err := md.PrimitiveDecode(prim, &cl); err != nil {
+			return Config{}, decodeError(err)
 		}
-		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		if cfg.Classes == nil {
+			cfg.Classes = map[string]Class{}
+		}
+		cfg.Classes[name] = cl
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		k := undecoded[0].String()
@@ -154,6 +231,25 @@ func Parse(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return cfg, nil
+}
+
+// decodeError names the line and key of a TOML decoding error.
+func decodeError(err error) error {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		if pe.LastKey != "" {
+			return fmt.Errorf("%w: line %d: %s: %s", ErrInvalid, pe.Position.Line, pe.LastKey, pe.Message)
+		}
+		return fmt.Errorf("%w: line %d: %s", ErrInvalid, pe.Position.Line, pe.Message)
+	}
+	return fmt.Errorf("%w: %w", ErrInvalid, err)
+}
+
+// document is the policy file's shape: the Config, and the [policies.NAME]
+// tables decoded over it once it is known.
+type document struct {
+	Config
+	Policies map[string]toml.Primitive `toml:"policies"`
 }
 
 func linePrefix(data []byte, key string) string {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"reflect"
 	"errors"
 	"os"
 	"path/filepath"
@@ -32,8 +33,50 @@ check_interval = "50ms"
 	want.Image.DirectIO = false
 	want.Window.Headroom = GiB
 	want.Window.CheckInterval = 50 * time.Millisecond
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
+	}
+}
+
+// TestClassesInheritWhatTheyLeaveOut: a [policies.NAME] class starts from
+// the file's [window] and [reclaim], whatever order the tables come in.
+func TestClassesInheritWhatTheyLeaveOut(t *testing.T) {
+	cfg, err := Parse([]byte(`
+[policies.db.window]
+headroom = "1GiB"
+[policies.db.reclaim]
+on_stop = false
+
+[window]
+headroom_ratio = 0.25
+[reclaim]
+min_gain = "64MiB"
+
+[policies.batch]
+reclaim.idle_after = "0s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := cfg.Base()
+	if base.Window.HeadroomRatio != 0.25 || base.Reclaim.MinGain != 64*MiB {
+		t.Fatalf("base %+v", base)
+	}
+	db, ok := cfg.Class("db")
+	want := base
+	want.Window.Headroom = GiB
+	want.Reclaim.OnStop = false
+	if !ok || db != want {
+		t.Fatalf("class db = %+v, %v\nwant %+v", db, ok, want)
+	}
+	batch, ok := cfg.Class("batch")
+	want = base
+	want.Reclaim.IdleAfter = 0
+	if !ok || batch != want {
+		t.Fatalf("class batch = %+v, %v\nwant %+v", batch, ok, want)
+	}
+	if got, ok := cfg.Class("nope"); ok || got != base {
+		t.Fatalf("unknown class = %+v, %v; want the base, false", got, ok)
 	}
 }
 
@@ -42,7 +85,7 @@ func TestParseEmptyIsDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg != Default() {
+	if !reflect.DeepEqual(cfg, Default()) {
 		t.Fatalf("empty document gave %+v", cfg)
 	}
 }
@@ -64,6 +107,14 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"bad repair", "[fsck]\nrepair = \"maybe\"\n", []string{"line 2", "fsck.repair"}},
 		{"bad interval", "[window]\ncheck_interval = \"0s\"\n", []string{"line 2", "window.check_interval"}},
 		{"dotted key", "window.headroom = \"x\"\n", []string{"line 1", "window.headroom"}},
+		{"unknown class key", "[policies.db.window]\nheadroom = \"1GiB\"\nhedroom = 1\n", []string{"line 3", "policies.db.window.hedroom"}},
+		{"bad class size", "[policies.db.reclaim]\n\nmin_gain = \"some\"\n", []string{"line 3", "policies.db.reclaim.min_gain", "invalid size"}},
+		{"class out of range", "[policies.db.window]\nheadroom_ratio = 11.0\n", []string{"line 2", "policies.db.window.headroom_ratio"}},
+		{"class interval", "[policies.db.window]\ncheck_interval = \"1s\"\n", []string{"line 2", "policies.db.window.check_interval", "global"}},
+		{"class name", "[policies.\"d b\".window]\nheadroom = 1\n", []string{"policies.d b", "class name"}},
+		{"idle too short", "[reclaim]\nidle_after = \"10ms\"\n", []string{"line 2", "reclaim.idle_after"}},
+		{"metrics address", "metrics_address = \"9477\"\n", []string{"line 1", "metrics_address", "host:port"}},
+		{"containerd address", "containerd_address = \"run/c.sock\"\n", []string{"line 1", "containerd_address"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.doc))

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"time"
 
@@ -31,7 +32,30 @@ func (c Config) validate() error {
 			return bad(p.key, "must be an absolute path, got %q", p.path)
 		}
 	}
-	im, w := c.Image, c.Window
+	if c.ContainerdAddress != "" && !filepath.IsAbs(c.ContainerdAddress) {
+		return bad("containerd_address", "must be an absolute path or empty, got %q", c.ContainerdAddress)
+	}
+	if c.MetricsAddress != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddress); err != nil || port == "" {
+			return bad("metrics_address", "want host:port (e.g. \"127.0.0.1:9477\") or empty, got %q", c.MetricsAddress)
+		}
+	}
+	if err := c.Base().validate(""); err != nil {
+		return err
+	}
+	for name, cl := range c.Classes {
+		key := "policies." + name
+		if !validClassName(name) {
+			return bad(key, "a class name is letters, digits, '.', '_' and '-', at most 63")
+		}
+		if err := cl.validate(key + "."); err != nil {
+			return err
+		}
+		if cl.Window.CheckInterval != c.Window.CheckInterval {
+			return bad(key+".window.check_interval", "is global: set it in [window]")
+		}
+	}
+	im := c.Image
 	switch {
 	case im.Quota < MinQuota:
 		return bad("image.quota", "%s is below the minimum %s", im.Quota, MinQuota)
@@ -41,18 +65,50 @@ func (c Config) validate() error {
 		return bad("image.journal_size", "%s is more than a quarter of image.quota %s", im.JournalSize, im.Quota)
 	case im.BytesPerInode < 1024 || im.BytesPerInode > 64*MiB:
 		return bad("image.bytes_per_inode", "%s is outside 1KiB..64MiB", im.BytesPerInode)
-	case w.Initial <= 0:
-		return bad("window.initial", "must be positive")
-	case w.Headroom <= 0:
-		return bad("window.headroom", "must be positive")
-	case w.HeadroomRatio < 0 || w.HeadroomRatio > 10:
-		return bad("window.headroom_ratio", "%g is outside 0..10", w.HeadroomRatio)
-	case w.CheckInterval < time.Millisecond || w.CheckInterval > time.Hour:
-		return bad("window.check_interval", "%s is outside 1ms..1h", w.CheckInterval)
 	case c.Fsck.Repair != "yes" && c.Fsck.Repair != "preen":
 		return bad("fsck.repair", "must be \"yes\" or \"preen\", got %q", c.Fsck.Repair)
 	case c.Fsck.Timeout < time.Second:
 		return bad("fsck.timeout", "%s is below 1s", c.Fsck.Timeout)
 	}
 	return nil
+}
+
+// validate checks a class's keys; prefix is "" for [window] and [reclaim]
+// themselves, "policies.NAME." for a class.
+func (cl Class) validate(prefix string) error {
+	w, r := cl.Window, cl.Reclaim
+	switch {
+	case w.Initial <= 0:
+		return bad(prefix+"window.initial", "must be positive")
+	case w.Headroom <= 0:
+		return bad(prefix+"window.headroom", "must be positive")
+	case w.HeadroomRatio < 0 || w.HeadroomRatio > 10:
+		return bad(prefix+"window.headroom_ratio", "%g is outside 0..10", w.HeadroomRatio)
+	case w.CheckInterval < time.Millisecond || w.CheckInterval > time.Hour:
+		return bad(prefix+"window.check_interval", "%s is outside 1ms..1h", w.CheckInterval)
+	case w.Burst < 0 || w.Burst > time.Minute:
+		return bad(prefix+"window.burst", "%s is outside 0s..1m", w.Burst)
+	case r.IdleAfter < 0:
+		return bad(prefix+"reclaim.idle_after", "must not be negative")
+	case r.IdleAfter > 0 && r.IdleAfter < time.Second:
+		return bad(prefix+"reclaim.idle_after", "%s is below 1s (use \"0s\" to turn it off)", r.IdleAfter)
+	case r.MinGain < 0:
+		return bad(prefix+"reclaim.min_gain", "must not be negative")
+	case r.TrimAfter < 0:
+		return bad(prefix+"reclaim.trim_after", "must not be negative")
+	}
+	return nil
+}
+
+func validClassName(name string) bool {
+	if name == "" || len(name) > 63 {
+		return false
+	}
+	for _, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
