@@ -54,10 +54,9 @@ type watched struct {
 
 	seen      bool
 	lastAt    time.Time
-	lastFree  int64
 	lastUsed  int64
 	lastFiles uint64
-	rate      float64 // bytes/s: recent fastest fall of free space
+	rate      float64 // bytes/s: recent fastest growth of used space
 	changedAt time.Time
 	idleSent  bool
 	full      bool
@@ -182,8 +181,11 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 
 	if iw.seen {
 		dt := now.Sub(iw.lastAt).Seconds()
-		if drop := iw.lastFree - free; drop > 0 && dt > 0 {
-			iw.rate = max(float64(drop)/dt, iw.rate*0.5) // follow bursts at once, forget them slowly
+		// The write rate is how fast used space grows (ext4 counts delayed
+		// allocations as used at write() time). Free space is no measure:
+		// a repack fills the balloon, and that is no writer.
+		if grew := used - iw.lastUsed; grew > 0 && dt > 0 {
+			iw.rate = max(float64(grew)/dt, iw.rate*0.5) // follow bursts at once, forget them slowly
 		} else {
 			iw.rate *= 0.5
 		}
@@ -196,7 +198,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	} else {
 		iw.seen, iw.changedAt = true, now
 	}
-	iw.lastAt, iw.lastFree, iw.lastUsed, iw.lastFiles = now, free, used, sfs.Ffree
+	iw.lastAt, iw.lastUsed, iw.lastFiles = now, used, sfs.Ffree
 
 	if free < fullBelow && balloon > 0 {
 		if !iw.full && w.obs.Full != nil {

@@ -9,11 +9,16 @@ import (
 	"time"
 )
 
-// events records what a watcher reports, for tests.
-type events struct {
-	mu                 sync.Mutex
+// counts are what a watcher reported.
+type counts struct {
 	grown, trimmed     int64
 	idle, full, failed int
+}
+
+// events records what a watcher reports, for tests.
+type events struct {
+	mu sync.Mutex
+	counts
 }
 
 func (e *events) observer(t *testing.T) Observer {
@@ -31,10 +36,10 @@ func (e *events) observer(t *testing.T) Observer {
 	}
 }
 
-func (e *events) get() events {
+func (e *events) get() counts {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return events{grown: e.grown, trimmed: e.trimmed, idle: e.idle, full: e.full, failed: e.failed}
+	return e.counts
 }
 
 func runWatcher(t *testing.T, w *Watcher) {

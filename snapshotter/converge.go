@@ -39,7 +39,7 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 		if err := removeIfExists(filepath.Join(dir, layerImage)); err != nil {
 			return err
 		}
-		m, err := s.ensureMounted(ctx, filepath.Join(dir, rwImage), mnt, s.pol.mount)
+		m, err := s.ensureMounted(ctx, filepath.Join(dir, rwImage), mnt, s.policy().mount)
 		if err != nil {
 			return err
 		}
@@ -47,7 +47,7 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 	case snapshots.KindCommitted:
 		rw := filepath.Join(dir, rwImage)
 		if _, err := os.Lstat(rw); err == nil {
-			s.stopKeeper(id)
+			s.untrack(id)
 			if m, err := imagefs.FindMount(rw); err == nil {
 				if err := m.Unmount(ctx); err != nil {
 					return fmt.Errorf("snapshot %s: %w", id, err)
@@ -59,7 +59,7 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 				return fmt.Errorf("snapshot %s: %w", id, err)
 			}
 		}
-		if _, err := s.ensureMounted(ctx, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.pol.mount.DirectIO}); err != nil {
+		if _, err := s.ensureMounted(ctx, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO}); err != nil {
 			return err
 		}
 	}
@@ -74,7 +74,7 @@ func (s *Snapshotter) settle(ctx context.Context, id string, kind snapshots.Kind
 	if kind != snapshots.KindActive {
 		return s.converge(ctx, id, kind, parentIDs)
 	}
-	m, err := imagefs.Mount(ctx, filepath.Join(s.snapshotDir(id), rwImage), s.mountPath(id), s.pol.mount)
+	m, err := imagefs.Mount(ctx, filepath.Join(s.snapshotDir(id), rwImage), s.mountPath(id), s.policy().mount)
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
@@ -87,7 +87,8 @@ func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mou
 	mnt := s.mountPath(id)
 	// The window starts with its headroom free, whatever ext4's own
 	// metadata took of the initial window; the keeper takes over after.
-	if _, err := m.EnsureFree(ctx, s.pol.window.Headroom); err != nil {
+	st := s.track(ctx, id, m)
+	if _, err := m.EnsureFree(ctx, int64(s.classOf(ctx, st).Window.Headroom)); err != nil {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	_, statErr := os.Lstat(filepath.Join(mnt, upperDir))
@@ -101,7 +102,6 @@ func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mou
 			return fmt.Errorf("snapshot %s: %w", id, err)
 		}
 	}
-	s.startKeeper(ctx, id, m)
 	return nil
 }
 

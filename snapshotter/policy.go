@@ -23,8 +23,10 @@ const MaxQuota = 16 << 40
 type policy struct {
 	create imagefs.CreateOptions
 	mount  imagefs.MountOptions
-	window imagefs.Policy
 }
+
+// policy is the image policy in force.
+func (s *Snapshotter) policy() policy { return policyFrom(s.config()) }
 
 func policyFrom(cfg config.Config) policy {
 	return policy{
@@ -36,11 +38,6 @@ func policyFrom(cfg config.Config) policy {
 			DirectIO:      cfg.Image.DirectIO,
 		},
 		mount: imagefs.MountOptions{DirectIO: cfg.Image.DirectIO, Discard: cfg.Image.Discard},
-		window: imagefs.Policy{
-			Headroom:      int64(cfg.Window.Headroom),
-			HeadroomRatio: cfg.Window.HeadroomRatio,
-			Interval:      cfg.Window.CheckInterval,
-		},
 	}
 }
 

@@ -10,9 +10,11 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 )
 
@@ -41,7 +43,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			return nil, err
 		}
 	}
-	create, err := s.pol.createOptions(base.Labels)
+	create, err := s.policy().createOptions(base.Labels)
 	if err != nil {
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
@@ -59,6 +61,14 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 	}()
 	if err := s.buildDir(ctx, td, kind, create); err != nil {
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
+	if class := base.Labels[config.LabelClass]; class != "" && kind == snapshots.KindActive {
+		if _, ok := s.config().Class(class); !ok {
+			return nil, fmt.Errorf("prepare %s: label %s=%q: no such class in the policy's [policies]: %w", key, config.LabelClass, class, errdefs.ErrInvalidArgument)
+		}
+		if err := writeClass(td, class); err != nil {
+			return nil, fmt.Errorf("prepare %s: %w", key, err)
+		}
 	}
 
 	var snap storage.Snapshot
@@ -106,7 +116,7 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 	switch kind {
 	case snapshots.KindActive:
 		img := filepath.Join(dir, rwImage)
-		if s.pool.take(s.keepCtx, img, create) {
+		if s.pool.take(s.bgCtx, img, create) {
 			return nil
 		}
 		return imagefs.Create(ctx, img, create)

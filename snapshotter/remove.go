@@ -93,7 +93,7 @@ func olderThan(e os.DirEntry, d time.Duration) bool {
 // mounted below it and deletes it. It deletes nothing while anything below
 // is still mounted.
 func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
-	s.stopKeeper(filepath.Base(dir))
+	s.untrack(filepath.Base(dir))
 	if err := imagefs.UnmountBelow(ctx, dir); err != nil {
 		return fmt.Errorf("delete %s: %w", dir, err)
 	}

@@ -2,16 +2,15 @@ package snapshotter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
-	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
@@ -33,17 +32,24 @@ const (
 type Snapshotter struct {
 	root string
 	ms   *storage.MetaStore
-	pol  policy
+	cfg  atomic.Pointer[config.Config]
 	pool *pool
 
-	// keepCtx ends every window keeper when the snapshotter closes.
-	keepCtx  context.Context
-	stopKeep context.CancelFunc
+	// bgCtx ends the watcher, the pool's refill and scheduled reclaims
+	// when the snapshotter closes; bg counts them.
+	bgCtx  context.Context
+	stopBg context.CancelFunc
+	bg     sync.WaitGroup
 
-	// keepersMu protects keepers: one window keeper per mounted rw image,
-	// by snapshot id. It is never held across I/O.
-	keepersMu sync.Mutex
-	keepers   map[string]context.CancelFunc
+	// watcher keeps every mounted rw image's window ahead of its data.
+	watcher *imagefs.Watcher
+	// imagesMu protects images: the state of every mounted rw image, by
+	// snapshot id. It is never held across I/O.
+	imagesMu sync.Mutex
+	images   map[string]*imageState
+	// reclaimSlots bounds the repacks running at once.
+	reclaimSlots chan struct{}
+	totals       totals
 
 	closeOnce sync.Once
 }
@@ -64,41 +70,66 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
 	}
-	pol := policyFrom(cfg)
-	pl, err := newPool(root, pol.create)
+	pl, err := newPool(root, policyFrom(cfg).create)
 	if err != nil {
 		ms.Close()
 		return nil, fmt.Errorf("image pool in %s: %w", root, err)
 	}
-	keepCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	bgCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Snapshotter{
-		root:     root,
-		ms:       ms,
-		pol:      pol,
-		pool:     pl,
-		keepCtx:  keepCtx,
-		stopKeep: stop,
-		keepers:  map[string]context.CancelFunc{},
+		root:         root,
+		ms:           ms,
+		pool:         pl,
+		bgCtx:        bgCtx,
+		stopBg:       stop,
+		images:       map[string]*imageState{},
+		reclaimSlots: make(chan struct{}, 2),
 	}
+	s.cfg.Store(&cfg)
+	s.watcher = imagefs.NewWatcher(cfg.Window.CheckInterval, s.observer())
 	if err := s.reconcile(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("reconcile %s: %w", root, err)
 	}
-	s.pool.refill(keepCtx)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.watcher.Run(bgCtx)
+	}()
+	s.pool.refill(bgCtx)
 	return s, nil
 }
 
-// Close stops the window keepers and the pool's refill and closes the
-// metadata store. It leaves
-// every image mounted: containers keep running while snug restarts.
+// Close stops the watcher, the pool's refill and scheduled reclaims (a
+// reclaim running finishes) and closes the metadata store. It leaves every
+// image mounted: containers keep running while snug restarts.
 func (s *Snapshotter) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
-		s.stopKeep()
+		s.stopBg()
+		s.bg.Wait()
 		s.pool.wait()
 		err = s.ms.Close()
 	})
 	return err
+}
+
+// config is the policy in force.
+func (s *Snapshotter) config() config.Config { return *s.cfg.Load() }
+
+// SetConfig puts a reloaded policy in force: new images use it, and every
+// mounted image's window and reclaim policy change at once. The state
+// directory cannot change while the snapshotter runs.
+func (s *Snapshotter) SetConfig(ctx context.Context, cfg config.Config) error {
+	if cfg.Root != s.root {
+		return fmt.Errorf("root %q: the state directory cannot change without a restart (it is %q)", cfg.Root, s.root)
+	}
+	s.cfg.Store(&cfg)
+	s.watcher.SetInterval(cfg.Window.CheckInterval)
+	for _, st := range s.allImages() {
+		s.watcher.SetPolicy(st.id, s.watchPolicy(ctx, st))
+	}
+	return nil
 }
 
 // Root is the state directory.
@@ -133,33 +164,6 @@ func (s *Snapshotter) imagePath(id string, kind snapshots.Kind) string {
 		return filepath.Join(s.snapshotDir(id), layerImage)
 	}
 	return ""
-}
-
-// startKeeper runs the window keeper of a mounted rw image until the image
-// is unmounted or the snapshotter closes.
-func (s *Snapshotter) startKeeper(ctx context.Context, id string, m *imagefs.Mounted) {
-	s.keepersMu.Lock()
-	defer s.keepersMu.Unlock()
-	if _, ok := s.keepers[id]; ok {
-		return
-	}
-	kctx, cancel := context.WithCancel(s.keepCtx)
-	s.keepers[id] = cancel
-	go func() {
-		err := imagefs.Keep(kctx, m, s.pol.window, nil)
-		if err != nil && !errors.Is(err, context.Canceled) {
-			log.G(ctx).WithError(err).WithField("snapshot", id).Warn("window keeper stopped")
-		}
-	}()
-}
-
-func (s *Snapshotter) stopKeeper(id string) {
-	s.keepersMu.Lock()
-	defer s.keepersMu.Unlock()
-	if cancel, ok := s.keepers[id]; ok {
-		cancel()
-		delete(s.keepers, id)
-	}
 }
 
 // isNumericID reports whether name is a snapshot id (storage's ids are

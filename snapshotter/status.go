@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -25,6 +26,50 @@ type ImageStatus struct {
 	imagefs.Stats
 	// Problem says why the image could not be measured, if it could not.
 	Problem string `json:"problem,omitempty"`
+	Activity
+}
+
+// Activity is what the daemon did to an rw image and knows of its
+// container, since the daemon started.
+type Activity struct {
+	// Class is the policy class the image follows ("" for the base).
+	Class     string `json:"class,omitempty"`
+	Container string `json:"container,omitempty"`
+	// State is "running" or "stopped" when a hook or an event said so.
+	State          string     `json:"state,omitempty"`
+	LastGrow       *time.Time `json:"last_grow,omitempty"`
+	LastReclaim    *time.Time `json:"last_reclaim,omitempty"`
+	Grows          int64      `json:"grows"`
+	GrowBytes      int64      `json:"grow_bytes"`
+	Reclaims       int64      `json:"reclaims"`
+	ReclaimedBytes int64      `json:"reclaimed_bytes"`
+	TrimmedBytes   int64      `json:"trimmed_bytes"`
+	// WindowFull counts checks that found the window full before the quota.
+	WindowFull int64 `json:"window_full"`
+}
+
+func (st *imageState) activity() Activity {
+	st.mu.Lock()
+	a := Activity{Class: st.class, Container: st.container}
+	switch {
+	case st.running:
+		a.State = "running"
+	case !st.startedAt.IsZero():
+		a.State = "stopped"
+	}
+	if !st.lastGrow.IsZero() {
+		t := st.lastGrow
+		a.LastGrow = &t
+	}
+	if !st.lastReclaim.IsZero() {
+		t := st.lastReclaim
+		a.LastReclaim = &t
+	}
+	st.mu.Unlock()
+	a.Grows, a.GrowBytes = st.grows.Load(), st.growBytes.Load()
+	a.Reclaims, a.ReclaimedBytes = st.reclaims.Load(), st.reclaimBytes.Load()
+	a.TrimmedBytes, a.WindowFull = st.trimmedBytes.Load(), st.fulls.Load()
+	return a
 }
 
 // Status describes the image of every active and committed snapshot, in
@@ -75,6 +120,9 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 		st.Stats = stats
 		if err != nil {
 			st.Problem = err.Error()
+		}
+		if is := s.image(st.ID); is != nil {
+			st.Activity = is.activity()
 		}
 	}
 	return out, nil

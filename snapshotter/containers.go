@@ -1,0 +1,178 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/moby/sys/mountinfo"
+
+	"github.com/snugfs/snug/config"
+)
+
+// Container is what a hook or an event tells about a container. Any of
+// SnapshotID, RootFS or ID identifies its image, tried in that order.
+type Container struct {
+	// ID is the container's id (the OCI state's id).
+	ID string
+	// RootFS is where its root filesystem is mounted on the host.
+	RootFS string
+	// Annotations are its OCI annotations; AnnotationClass picks a class.
+	Annotations map[string]string
+	// SnapshotID is the snapshot's id in snug's store, when known.
+	SnapshotID string
+}
+
+// ContainerImage says which image a container runs on.
+type ContainerImage struct {
+	// ID is the snapshot id; empty when the container is not on snug.
+	ID    string `json:"id,omitempty"`
+	Class string `json:"class,omitempty"`
+	// FreeBytes is the free space in the window after the call.
+	FreeBytes int64 `json:"free_bytes,omitempty"`
+}
+
+// ContainerStarting is the prestart hook: it notes the container on its
+// image, applies the class its annotation picks, and makes sure the window
+// has the class's headroom free before the process starts. A container that
+// is not on snug is not an error: it gets an empty ContainerImage.
+func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (ContainerImage, error) {
+	st, err := s.resolve(c)
+	if err != nil || st == nil {
+		return ContainerImage{}, err
+	}
+	if class, ok := c.Annotations[config.AnnotationClass]; ok {
+		if err := s.setClass(ctx, st, class); err != nil {
+			return ContainerImage{}, fmt.Errorf("snapshot %s: record class: %w", st.id, err)
+		}
+	}
+	st.mu.Lock()
+	st.container, st.running, st.startedAt = c.ID, true, time.Now()
+	class := st.class
+	st.mu.Unlock()
+	cl := s.classOf(ctx, st)
+	if _, err := st.m.EnsureFree(ctx, int64(cl.Window.Headroom)); err != nil {
+		return ContainerImage{ID: st.id, Class: class}, err
+	}
+	stats, err := st.m.Stat()
+	return ContainerImage{ID: st.id, Class: class, FreeBytes: stats.FreeBytes}, err
+}
+
+// ContainerStopped is the poststop hook and the task exit event: it notes
+// the container stopped and, if the policy says so, schedules a reclaim of
+// its image. It returns at once: the reclaim runs in the background.
+func (s *Snapshotter) ContainerStopped(ctx context.Context, c Container) (ContainerImage, error) {
+	st, err := s.resolve(c)
+	if err != nil || st == nil {
+		return ContainerImage{}, err
+	}
+	st.mu.Lock()
+	wasRunning := st.running
+	reclaimed := st.lastReclaim.After(st.startedAt) && !st.startedAt.IsZero()
+	st.running = false
+	if st.startedAt.IsZero() {
+		st.startedAt = time.Now() // seen stopping: it ran, hookless
+	}
+	class := st.class
+	st.mu.Unlock()
+	out := ContainerImage{ID: st.id, Class: class}
+	if !wasRunning && reclaimed {
+		return out, nil // the hook and the exit event both report one stop
+	}
+	if s.classOf(ctx, st).Reclaim.OnStop {
+		s.scheduleReclaim(st, reasonStop, stopDelay)
+	}
+	return out, nil
+}
+
+// resolve finds the tracked image of a container, or nil if it has none.
+func (s *Snapshotter) resolve(c Container) (*imageState, error) {
+	if c.SnapshotID != "" {
+		return s.image(c.SnapshotID), nil
+	}
+	if c.RootFS != "" {
+		id, err := s.snapshotOfRootfs(c.RootFS)
+		if err != nil {
+			return nil, err
+		}
+		if id != "" {
+			return s.image(id), nil
+		}
+	}
+	if c.ID != "" {
+		for _, st := range s.allImages() {
+			st.mu.Lock()
+			match := st.container == c.ID
+			st.mu.Unlock()
+			if match {
+				return st, nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// snapshotOfRootfs reads the mount at rootfs: an overlay whose upper dir, or
+// a bind mount whose source, is one of snug's rw images. It returns "" when
+// rootfs is not mounted or not on snug.
+func (s *Snapshotter) snapshotOfRootfs(rootfs string) (string, error) {
+	dir, err := filepath.EvalSymlinks(rootfs)
+	if err != nil {
+		return "", nil // gone already: the caller tries the container id
+	}
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
+	if err != nil {
+		return "", fmt.Errorf("read mounts of %s: %w", dir, err)
+	}
+	if len(mounts) == 0 {
+		return "", nil
+	}
+	mi := mounts[len(mounts)-1] // the top one, if mounted over
+	switch mi.FSType {
+	case "overlay":
+		for _, o := range strings.Split(mi.VFSOptions, ",") {
+			if up, ok := strings.CutPrefix(o, "upperdir="); ok {
+				return s.snapshotOfUpper(up), nil
+			}
+		}
+	case "ext4":
+		for _, st := range s.allImages() {
+			if st.m.Device == mi.Source {
+				return st.id, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// SnapshotOfMounts finds the snapshot that containerd's mounts for a
+// container refer to (an overlay's upperdir or a bind mount's source).
+func (s *Snapshotter) SnapshotOfMounts(mounts []mount.Mount) string {
+	for _, m := range mounts {
+		for _, o := range m.Options {
+			if up, ok := strings.CutPrefix(o, "upperdir="); ok {
+				return s.snapshotOfUpper(up)
+			}
+		}
+		if m.Type == "bind" {
+			return s.snapshotOfUpper(m.Source)
+		}
+	}
+	return ""
+}
+
+// snapshotOfUpper maps root/snapshots/<id>/mnt/upper to id.
+func (s *Snapshotter) snapshotOfUpper(upper string) string {
+	rel, err := filepath.Rel(filepath.Join(s.root, "snapshots"), filepath.Clean(upper))
+	if err != nil {
+		return ""
+	}
+	parts := strings.Split(rel, string(filepath.Separator))
+	if len(parts) == 3 && isNumericID(parts[0]) && parts[1] == mountDir && parts[2] == upperDir {
+		return parts[0]
+	}
+	return ""
+}

@@ -1,0 +1,223 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// mountRootfs mounts a snapshot's mounts where a runtime would.
+func mountRootfs(t *testing.T, mounts []mount.Mount) string {
+	t.Helper()
+	rootfs := filepath.Join(t.TempDir(), "rootfs")
+	os.Mkdir(rootfs, 0o755)
+	if err := mount.All(mounts, rootfs); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.UnmountAll(rootfs, 0) })
+	return rootfs
+}
+
+func statusOf(t *testing.T, sn *Snapshotter, key string) ImageStatus {
+	t.Helper()
+	for _, st := range mustStatus(t, sn) {
+		if st.Snapshot == key {
+			return st
+		}
+	}
+	t.Fatalf("no status for %s", key)
+	return ImageStatus{}
+}
+
+// TestContainerLifecycle follows a container through its hooks: prestart
+// finds its image from the rootfs mount and applies its annotation's class;
+// poststop schedules a reclaim that gives the deleted data back and packs
+// the window; status shows both.
+func TestContainerLifecycle(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	ctx := context.Background()
+	root := roottest.TempDir(t)
+	cfg := testConfig(root)
+	cfg.Reclaim.TrimAfter = 0 // leave the deleted data for the reclaim
+	roomy := cfg.Base()
+	roomy.Window.Headroom = 96 * config.MiB
+	cfg.Classes = map[string]config.Class{"roomy": roomy}
+	sn, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	writeVia(t, sn, "base-active", "", "base.txt", "base")
+	if err := sn.Commit(ctx, "base", "base-active"); err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := sn.Prepare(ctx, "c1", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := mountRootfs(t, mounts)
+
+	img, err := sn.ContainerStarting(ctx, Container{ID: "ctr-1", RootFS: rootfs, Annotations: map[string]string{config.AnnotationClass: "roomy"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.ID != idOf(t, sn, "c1") || img.Class != "roomy" || img.FreeBytes < 95*1<<20 {
+		t.Fatalf("prestart: %+v, want snapshot %s, class roomy, 96 MiB free", img, idOf(t, sn, "c1"))
+	}
+	// The container writes 120 MiB and deletes 100 MiB of it.
+	for i := range 12 {
+		buf := make([]byte, 10<<20)
+		for j := range buf {
+			buf[j] = byte(i + j)
+		}
+		if err := os.WriteFile(filepath.Join(rootfs, fmt.Sprint("f", i)), buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syncRootfs(t, rootfs)
+	for i := range 10 {
+		os.Remove(filepath.Join(rootfs, fmt.Sprint("f", i)))
+	}
+	syncRootfs(t, rootfs)
+	before := statusOf(t, sn, "c1")
+	if before.State != "running" || before.Container != "ctr-1" || before.LastGrow == nil {
+		t.Fatalf("status while running: %+v", before.Activity)
+	}
+
+	start := time.Now()
+	if _, err := sn.ContainerStopped(ctx, Container{ID: "ctr-1", RootFS: rootfs}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("poststop took %v: the reclaim must not run on the stop's path", d)
+	}
+	var after ImageStatus
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if after = statusOf(t, sn, "c1"); after.LastReclaim != nil {
+			break
+		}
+	}
+	if after.LastReclaim == nil || after.State != "stopped" || after.Reclaims != 1 {
+		t.Fatalf("no reclaim after the stop: %+v", after.Activity)
+	}
+	limit := after.UsedBytes*103/100 + 8<<20
+	t.Logf("footprint %d -> %d MiB, used %d MiB, window %d -> %d MiB", before.FootprintBytes>>20, after.FootprintBytes>>20, after.UsedBytes>>20, before.WindowBytes>>20, after.WindowBytes>>20)
+	if after.FootprintBytes > limit {
+		t.Errorf("footprint after the stop %d, want at most 1.03 x used + 8 MiB = %d", after.FootprintBytes, limit)
+	}
+	if after.WindowBytes > after.UsedBytes+roomy.Window.Headroom.Bytes()+32<<20 {
+		t.Errorf("window %d MiB after reclaim, want about used + 96 MiB headroom", after.WindowBytes>>20)
+	}
+	// The exit event after the hook is the same stop: no second reclaim.
+	if _, err := sn.ContainerStopped(ctx, Container{SnapshotID: img.ID}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(stopDelay + 300*time.Millisecond)
+	if n := statusOf(t, sn, "c1").Reclaims; n != 1 {
+		t.Errorf("%d reclaims after the hook and the exit event of one stop, want 1", n)
+	}
+	if err := sn.Remove(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRemoveCancelsAScheduledReclaim: `ctr run --rm` removes the snapshot
+// right after the stop; the reclaim scheduled by the stop never runs and
+// does not hold the removal up.
+func TestRemoveCancelsAScheduledReclaim(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	ctx := context.Background()
+	sn, err := New(ctx, testConfig(roottest.TempDir(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	mounts, err := sn.Prepare(ctx, "c1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := idOf(t, sn, "c1")
+	rootfs := mountRootfs(t, mounts)
+	if _, err := sn.ContainerStarting(ctx, Container{ID: "x", RootFS: rootfs}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.ContainerStopped(ctx, Container{ID: "x", RootFS: rootfs}); err != nil {
+		t.Fatal(err)
+	}
+	mount.UnmountAll(rootfs, 0)
+	if err := sn.Remove(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(stopDelay + 200*time.Millisecond)
+	if got := sn.Totals().Reclaims; got != 0 {
+		t.Errorf("%d reclaims of a removed snapshot", got)
+	}
+	if _, err := os.Stat(sn.snapshotDir(id)); !os.IsNotExist(err) {
+		t.Errorf("snapshot directory still there: %v", err)
+	}
+}
+
+// TestClassLabel: the snapshot label picks a class for the image from its
+// creation; a class the policy does not define is refused.
+func TestClassLabel(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	ctx := context.Background()
+	root := roottest.TempDir(t)
+	cfg := testConfig(root)
+	db := cfg.Base()
+	db.Window.Headroom = 64 * config.MiB
+	cfg.Classes = map[string]config.Class{"db": db}
+	sn, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	if _, err := sn.Prepare(ctx, "c1", "", snapshots.WithLabels(map[string]string{config.LabelClass: "db"})); err != nil {
+		t.Fatal(err)
+	}
+	st := statusOf(t, sn, "c1")
+	if st.Class != "db" || st.FreeBytes < 63<<20 {
+		t.Fatalf("labelled snapshot: class %q, free %d MiB; want db, 64 MiB", st.Class, st.FreeBytes>>20)
+	}
+	_, err = sn.Prepare(ctx, "c2", "", snapshots.WithLabels(map[string]string{config.LabelClass: "nope"}))
+	if !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("unknown class: %v, want an invalid argument", err)
+	}
+	// The class survives a restart.
+	sn.Close()
+	sn2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn2.Close()
+	if st := statusOf(t, sn2, "c1"); st.Class != "db" {
+		t.Fatalf("class after restart %q, want db", st.Class)
+	}
+}
+
+func syncRootfs(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// fsync of the overlay's root syncs only it; sync the upper fs too.
+	syncAll()
+}
+
+func syncAll() { unix.Sync() }

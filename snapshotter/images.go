@@ -1,0 +1,220 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/imagefs"
+)
+
+// classFile holds the policy class an OCI annotation picked for a
+// snapshot's image, so it survives a daemon restart.
+const classFile = "class"
+
+// imageState is what the daemon knows about one mounted rw image beyond
+// what the kernel shows: its policy class, its container, and what was done
+// to it. Counters are cumulative since the daemon started.
+type imageState struct {
+	id string
+	m  *imagefs.Mounted
+
+	// op is held while the image is repacked; Remove takes it, so an
+	// image is never unmounted under a reclaim.
+	op sync.Mutex
+
+	mu          sync.Mutex // protects the fields below
+	class       string
+	container   string // the container last seen starting on it
+	running     bool
+	startedAt   time.Time
+	lastGrow    time.Time
+	lastReclaim time.Time
+	lastResult  imagefs.ReclaimResult
+	queued      bool // a reclaim is scheduled
+	removed     bool
+
+	grows, growBytes       atomic.Int64
+	reclaims, reclaimBytes atomic.Int64
+	trimmedBytes, fulls    atomic.Int64
+}
+
+// Totals count what the daemon did to all images since it started,
+// including images removed since.
+type Totals struct {
+	Grows          int64 `json:"grows"`
+	GrowBytes      int64 `json:"grow_bytes"`
+	Reclaims       int64 `json:"reclaims"`
+	ReclaimedBytes int64 `json:"reclaimed_bytes"`
+	TrimmedBytes   int64 `json:"trimmed_bytes"`
+	WindowFull     int64 `json:"window_full"`
+}
+
+type totals struct {
+	grows, growBytes, reclaims, reclaimedBytes, trimmedBytes, windowFull atomic.Int64
+}
+
+func (t *totals) snapshot() Totals {
+	return Totals{
+		Grows: t.grows.Load(), GrowBytes: t.growBytes.Load(),
+		Reclaims: t.reclaims.Load(), ReclaimedBytes: t.reclaimedBytes.Load(),
+		TrimmedBytes: t.trimmedBytes.Load(), WindowFull: t.windowFull.Load(),
+	}
+}
+
+// Totals returns the daemon's cumulative counters.
+func (s *Snapshotter) Totals() Totals { return s.totals.snapshot() }
+
+// track starts serving a mounted rw image: its state, and the watcher. Its
+// class is in the class file: written from the snapshot label when the
+// snapshot was made, rewritten when an OCI annotation picks another.
+func (s *Snapshotter) track(ctx context.Context, id string, m *imagefs.Mounted) *imageState {
+	s.imagesMu.Lock()
+	st, ok := s.images[id]
+	if !ok {
+		st = &imageState{id: id, m: m}
+		if b, err := os.ReadFile(filepath.Join(s.snapshotDir(id), classFile)); err == nil {
+			st.class = strings.TrimSpace(string(b))
+		}
+		s.images[id] = st
+	}
+	s.imagesMu.Unlock()
+	s.watcher.Add(id, m, s.watchPolicy(ctx, st))
+	return st
+}
+
+// untrack forgets a removed image: it waits for a reclaim running on it,
+// and drops a scheduled one.
+func (s *Snapshotter) untrack(id string) {
+	s.imagesMu.Lock()
+	st := s.images[id]
+	delete(s.images, id)
+	s.imagesMu.Unlock()
+	s.watcher.Remove(id)
+	if st != nil {
+		st.mu.Lock()
+		st.removed = true
+		st.mu.Unlock()
+		st.op.Lock() // a running reclaim finishes first
+		st.op.Unlock()
+	}
+}
+
+func (s *Snapshotter) image(id string) *imageState {
+	s.imagesMu.Lock()
+	defer s.imagesMu.Unlock()
+	return s.images[id]
+}
+
+func (s *Snapshotter) allImages() []*imageState {
+	s.imagesMu.Lock()
+	defer s.imagesMu.Unlock()
+	out := make([]*imageState, 0, len(s.images))
+	for _, st := range s.images {
+		out = append(out, st)
+	}
+	return out
+}
+
+// classOf is the policy class of an image: the one it picked, or the base
+// when it picked none or one the policy does not define (logged).
+func (s *Snapshotter) classOf(ctx context.Context, st *imageState) config.Class {
+	st.mu.Lock()
+	name := st.class
+	st.mu.Unlock()
+	cl, ok := s.config().Class(name)
+	if !ok {
+		log.G(ctx).WithField("snapshot", st.id).WithField("class", name).Warn("unknown policy class; using the base policy")
+	}
+	return cl
+}
+
+func (s *Snapshotter) watchPolicy(ctx context.Context, st *imageState) imagefs.Policy {
+	return windowPolicy(s.classOf(ctx, st))
+}
+
+func windowPolicy(cl config.Class) imagefs.Policy {
+	return imagefs.Policy{
+		Headroom:      int64(cl.Window.Headroom),
+		HeadroomRatio: cl.Window.HeadroomRatio,
+		Burst:         cl.Window.Burst,
+		TrimAfter:     int64(cl.Reclaim.TrimAfter),
+		IdleAfter:     cl.Reclaim.IdleAfter,
+	}
+}
+
+// setClass records the class an OCI annotation picked for an image.
+func (s *Snapshotter) setClass(ctx context.Context, st *imageState, class string) error {
+	st.mu.Lock()
+	same := st.class == class
+	st.class = class
+	st.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := writeClass(s.snapshotDir(st.id), class); err != nil {
+		return err
+	}
+	s.watcher.SetPolicy(st.id, s.watchPolicy(ctx, st))
+	return nil
+}
+
+// writeClass records a snapshot's class in its directory, atomically.
+func writeClass(dir, class string) error {
+	path := filepath.Join(dir, classFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(class+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// observer turns what the watcher reports into counters, logs and idle
+// reclaims.
+func (s *Snapshotter) observer() imagefs.Observer {
+	return imagefs.Observer{
+		Grew: func(id string, n int64) {
+			s.totals.grows.Add(1)
+			s.totals.growBytes.Add(n)
+			if st := s.image(id); st != nil {
+				st.grows.Add(1)
+				st.growBytes.Add(n)
+				st.mu.Lock()
+				st.lastGrow = time.Now()
+				st.mu.Unlock()
+			}
+		},
+		Trimmed: func(id string, n int64) {
+			s.totals.trimmedBytes.Add(n)
+			if st := s.image(id); st != nil {
+				st.trimmedBytes.Add(n)
+			}
+		},
+		Full: func(id string) {
+			s.totals.windowFull.Add(1)
+			if st := s.image(id); st != nil {
+				st.fulls.Add(1)
+			}
+			log.G(s.bgCtx).WithField("snapshot", id).Warn("window full before the quota: a writer may have seen ENOSPC (raise window.burst or window.headroom)")
+		},
+		Idle: func(id string) {
+			if st := s.image(id); st != nil {
+				s.scheduleReclaim(st, reasonIdle, 0)
+			}
+		},
+		Failed: func(id string, err error) {
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			log.G(s.bgCtx).WithError(err).WithField("snapshot", id).Warn("window watcher")
+		},
+	}
+}

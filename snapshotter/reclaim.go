@@ -1,0 +1,185 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/imagefs"
+)
+
+// Why a reclaim runs.
+const (
+	reasonStop   = "stop"
+	reasonIdle   = "idle"
+	reasonManual = "manual"
+)
+
+// stopDelay is how long after a container stops its reclaim starts. A
+// container run with --rm is removed within this time, and its image
+// deleted whole, with no repack to wait for.
+const stopDelay = 500 * time.Millisecond
+
+// scheduleReclaim reclaims st after delay, off the caller's path, unless a
+// reclaim is scheduled already or the image is removed meanwhile.
+func (s *Snapshotter) scheduleReclaim(st *imageState, reason string, delay time.Duration) {
+	st.mu.Lock()
+	if st.queued || st.removed {
+		st.mu.Unlock()
+		return
+	}
+	st.queued = true
+	st.mu.Unlock()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-s.bgCtx.Done():
+			return
+		case <-t.C:
+		}
+		// Bound concurrent repacks: each one syncs and trims a filesystem.
+		select {
+		case <-s.bgCtx.Done():
+			return
+		case s.reclaimSlots <- struct{}{}:
+		}
+		defer func() { <-s.reclaimSlots }()
+		st.mu.Lock()
+		st.queued = false
+		st.mu.Unlock()
+		if _, err := s.reclaim(s.bgCtx, st, reason); err != nil && !errdefs.IsNotFound(err) {
+			log.G(s.bgCtx).WithError(err).WithField("snapshot", st.id).WithField("reason", reason).Warn("reclaim failed")
+		}
+	}()
+}
+
+// ReclaimOutcome is what one reclaim did, or why it did nothing.
+type ReclaimOutcome struct {
+	Snapshot string `json:"snapshot"`
+	ID       string `json:"id"`
+	Reason   string `json:"reason"`
+	// Skipped says why nothing was done ("" when the image was repacked).
+	Skipped string `json:"skipped,omitempty"`
+	imagefs.ReclaimResult
+}
+
+// reclaim trims and repacks one image now, waiting for a reclaim running on
+// it. A stopped container's image is packed tight; a running (or possibly
+// running) one keeps a margin of one headroom free, so it never sees ENOSPC
+// meanwhile. An idle reclaim is skipped when it would give back less than
+// the policy's minimum gain.
+func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string) (ReclaimOutcome, error) {
+	out := ReclaimOutcome{ID: st.id, Reason: reason}
+	st.op.Lock()
+	defer st.op.Unlock()
+	st.mu.Lock()
+	removed, running, stopped := st.removed, st.running, !st.running && !st.startedAt.IsZero()
+	st.mu.Unlock()
+	if removed {
+		return out, fmt.Errorf("snapshot %s: %w", st.id, errdefs.ErrNotFound)
+	}
+	cl := s.classOf(ctx, st)
+	if reason == reasonIdle {
+		stats, err := st.m.Stat()
+		if err != nil {
+			return out, err
+		}
+		if gain := stats.FootprintBytes - stats.UsedBytes; gain < int64(cl.Reclaim.MinGain) {
+			out.Skipped = fmt.Sprintf("would give back at most %s, less than reclaim.min_gain", config.FormatBytes(gain))
+			return out, nil
+		}
+	}
+	o := imagefs.ReclaimOptions{Headroom: int64(cl.Window.Headroom)}
+	if running || !stopped {
+		o.Margin = int64(cl.Window.Headroom)
+	}
+	res, err := st.m.Reclaim(ctx, o)
+	out.ReclaimResult = res
+	if err != nil {
+		return out, err
+	}
+	gain := max(res.Gain(), 0)
+	st.mu.Lock()
+	st.lastReclaim, st.lastResult = time.Now(), res
+	st.mu.Unlock()
+	st.reclaims.Add(1)
+	st.reclaimBytes.Add(gain)
+	s.totals.reclaims.Add(1)
+	s.totals.reclaimedBytes.Add(gain)
+	log.G(ctx).WithFields(log.Fields{
+		"snapshot": st.id, "reason": reason, "gain": config.FormatBytes(gain),
+		"footprint": config.FormatBytes(res.FootprintAfter), "window": config.FormatBytes(res.WindowAfter),
+		"margin": config.FormatBytes(o.Margin), "duration": res.Duration,
+	}).Info("reclaimed")
+	return out, nil
+}
+
+// Reclaim repacks the image of the snapshot named key now (`snug reclaim`),
+// or of every active snapshot when key is empty.
+func (s *Snapshotter) Reclaim(ctx context.Context, key string) ([]ReclaimOutcome, error) {
+	var targets []*imageState
+	if key == "" {
+		targets = s.allImages()
+	} else {
+		id, err := s.idOf(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("reclaim %s: %w", key, err)
+		}
+		st := s.image(id)
+		if st == nil {
+			return nil, fmt.Errorf("reclaim %s: not an active snapshot with a mounted image: %w", key, errdefs.ErrFailedPrecondition)
+		}
+		targets = append(targets, st)
+	}
+	names, err := s.namesByID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []ReclaimOutcome
+	for _, st := range targets {
+		o, err := s.reclaim(ctx, st, reasonManual)
+		o.Snapshot = names[st.id]
+		if err != nil {
+			return out, fmt.Errorf("reclaim %s: %w", o.Snapshot, err)
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// idOf is the id of the snapshot named key.
+func (s *Snapshotter) idOf(ctx context.Context, key string) (id string, err error) {
+	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		id, _, _, err = storage.GetInfo(ctx, key)
+		return err
+	})
+	return id, err
+}
+
+// namesByID maps the id of every snapshot to its name.
+func (s *Snapshotter) namesByID(ctx context.Context) (map[string]string, error) {
+	names := map[string]string{}
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			id, _, _, err := storage.GetInfo(ctx, info.Name)
+			if err == nil {
+				names[id] = info.Name
+			}
+			return err
+		})
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return err
+	})
+	return names, err
+}
