@@ -1,7 +1,7 @@
 // Package control is snug's control API: HTTP with JSON bodies on a
 // root-only Unix socket (config control_address), served by `snug serve`,
-// and Client, the one typed client through which the CLI (and later the OCI
-// hooks) reach the daemon.
+// and Client, the one typed client through which the CLI and the OCI hooks
+// reach the daemon.
 //
 // The socket is created 0600 in a 0700 directory, and every connection's
 // peer credentials are checked as well: only root (uid 0) is answered.
@@ -11,6 +11,7 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/snapshotter"
@@ -27,12 +29,32 @@ import (
 
 // Paths of the API.
 const (
-	PathStatus = "/v1/status"
+	PathStatus         = "/v1/status"
+	PathContainerStart = "/v1/containers/start"
+	PathContainerStop  = "/v1/containers/stop"
+	PathReclaim        = "/v1/reclaim"
 )
 
-// Source is what the control API reports on: the snapshotter.
+// Source is what the control API reports on and acts on: the snapshotter.
 type Source interface {
 	Status(ctx context.Context) ([]snapshotter.ImageStatus, error)
+	ContainerStarting(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
+	ContainerStopped(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
+	Reclaim(ctx context.Context, key string) ([]snapshotter.ReclaimOutcome, error)
+}
+
+// Container is the body of the container start and stop calls: what an OCI
+// hook knows of the container.
+type Container struct {
+	ID          string            `json:"id"`
+	RootFS      string            `json:"rootfs,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// ReclaimRequest is the body of a reclaim call: one snapshot by its key in
+// snug's store, or every active snapshot when Snapshot is empty.
+type ReclaimRequest struct {
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // ErrDaemonDown is returned by the Client when nothing answers on the socket.
@@ -54,6 +76,43 @@ func NewServer(src Source) *http.Server {
 			images = []snapshotter.ImageStatus{}
 		}
 		writeJSON(w, images)
+	})
+	container := func(call func(context.Context, snapshotter.Container) (snapshotter.ContainerImage, error)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			var c Container
+			if !readJSON(w, r, &c) {
+				return
+			}
+			img, err := call(r.Context(), snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations})
+			if err != nil {
+				writeError(w, http.StatusInternalServerError, err)
+				return
+			}
+			writeJSON(w, img)
+		}
+	}
+	mux.HandleFunc("POST "+PathContainerStart, container(src.ContainerStarting))
+	mux.HandleFunc("POST "+PathContainerStop, container(src.ContainerStopped))
+	mux.HandleFunc("POST "+PathReclaim, func(w http.ResponseWriter, r *http.Request) {
+		var req ReclaimRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		out, err := src.Reclaim(r.Context(), req.Snapshot)
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errdefs.IsNotFound(err) {
+				code = http.StatusNotFound
+			} else if errdefs.IsFailedPrecondition(err) {
+				code = http.StatusConflict
+			}
+			writeError(w, code, err)
+			return
+		}
+		if out == nil {
+			out = []snapshotter.ReclaimOutcome{}
+		}
+		writeJSON(w, out)
 	})
 	return &http.Server{
 		Handler:           rootOnly(mux),
@@ -103,6 +162,18 @@ func writeError(w http.ResponseWriter, code int, err error) {
 	json.NewEncoder(w).Encode(errorBody{Error: err.Error()})
 }
 
+// readJSON decodes a request body of at most 1 MiB into v, answering 400
+// when it cannot.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("bad request body: %w", err))
+		return false
+	}
+	return true
+}
+
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(v)
@@ -130,11 +201,39 @@ func NewClient(address string) *Client {
 // Status returns every image the daemon serves.
 func (c *Client) Status(ctx context.Context) ([]snapshotter.ImageStatus, error) {
 	var out []snapshotter.ImageStatus
-	return out, c.get(ctx, PathStatus, &out)
+	return out, c.call(ctx, http.MethodGet, PathStatus, nil, &out)
 }
 
-func (c *Client) get(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://snug"+path, nil)
+// ContainerStarting tells the daemon a container is about to start (the
+// prestart hook): its window gets its headroom before the call returns.
+func (c *Client) ContainerStarting(ctx context.Context, ct Container) (snapshotter.ContainerImage, error) {
+	var out snapshotter.ContainerImage
+	return out, c.call(ctx, http.MethodPost, PathContainerStart, ct, &out)
+}
+
+// ContainerStopped tells the daemon a container stopped (the poststop
+// hook). It returns at once; the reclaim runs in the background.
+func (c *Client) ContainerStopped(ctx context.Context, ct Container) (snapshotter.ContainerImage, error) {
+	var out snapshotter.ContainerImage
+	return out, c.call(ctx, http.MethodPost, PathContainerStop, ct, &out)
+}
+
+// Reclaim repacks one snapshot's image now, or every one for "".
+func (c *Client) Reclaim(ctx context.Context, snapshot string) ([]snapshotter.ReclaimOutcome, error) {
+	var out []snapshotter.ReclaimOutcome
+	return out, c.call(ctx, http.MethodPost, PathReclaim, ReclaimRequest{Snapshot: snapshot}, &out)
+}
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://snug"+path, reqBody)
 	if err != nil {
 		return err
 	}

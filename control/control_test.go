@@ -3,23 +3,48 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 	"github.com/snugfs/snug/snapshotter"
 )
 
+// fakeSource stands in for the snapshotter: these tests are about the
+// wire (encoding, errors, peer check); the real snapshotter behind the
+// socket is tested in integration/.
 type fakeSource struct {
 	images []snapshotter.ImageStatus
 	err    error
+	seen   *snapshotter.Container
 }
 
 func (f fakeSource) Status(context.Context) ([]snapshotter.ImageStatus, error) {
 	return f.images, f.err
+}
+
+func (f fakeSource) ContainerStarting(_ context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error) {
+	*f.seen = c
+	return snapshotter.ContainerImage{ID: "7", Class: c.Annotations["io.snugfs.policy"], FreeBytes: 42}, f.err
+}
+
+func (f fakeSource) ContainerStopped(_ context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error) {
+	*f.seen = c
+	return snapshotter.ContainerImage{ID: "7"}, f.err
+}
+
+func (f fakeSource) Reclaim(_ context.Context, key string) ([]snapshotter.ReclaimOutcome, error) {
+	if key == "missing" {
+		return nil, fmt.Errorf("reclaim %s: %w", key, errdefs.ErrNotFound)
+	}
+	return []snapshotter.ReclaimOutcome{{Snapshot: key, ID: "7", Reason: "manual"}}, f.err
 }
 
 func serve(t *testing.T, src Source) string {
@@ -60,5 +85,51 @@ func TestDaemonDown(t *testing.T) {
 	_, err := NewClient(filepath.Join(t.TempDir(), "none.sock")).Status(context.Background())
 	if !errors.Is(err, ErrDaemonDown) {
 		t.Errorf("error = %v, want ErrDaemonDown", err)
+	}
+}
+
+func TestContainerCallsRoundTrip(t *testing.T) {
+	roottest.Require(t)
+	var seen snapshotter.Container
+	c := NewClient(serve(t, fakeSource{seen: &seen}))
+	ctx := context.Background()
+	img, err := c.ContainerStarting(ctx, Container{ID: "web", RootFS: "/run/x/rootfs", Annotations: map[string]string{"io.snugfs.policy": "db"}})
+	if err != nil || img.ID != "7" || img.Class != "db" || img.FreeBytes != 42 {
+		t.Fatalf("start: %+v, %v", img, err)
+	}
+	if seen.ID != "web" || seen.RootFS != "/run/x/rootfs" {
+		t.Fatalf("daemon saw %+v", seen)
+	}
+	if _, err := c.ContainerStopped(ctx, Container{ID: "web"}); err != nil || seen.ID != "web" {
+		t.Fatalf("stop: %v, saw %+v", err, seen)
+	}
+	out, err := c.Reclaim(ctx, "k")
+	if err != nil || len(out) != 1 || out[0].Snapshot != "k" {
+		t.Fatalf("reclaim: %+v, %v", out, err)
+	}
+	if _, err := c.Reclaim(ctx, "missing"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("reclaim of a missing snapshot: %v", err)
+	}
+}
+
+func TestBadBodyIsRefused(t *testing.T) {
+	roottest.Require(t)
+	var seen snapshotter.Container
+	sock := serve(t, fakeSource{seen: &seen})
+	hc := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", sock)
+	}}}
+	for _, body := range []string{"garbage", `{"id":"x","bogus":1}`, `{"id":` + strings.Repeat(" ", 2<<20) + `"x"}`} {
+		resp, err := hc.Post("http://snug"+PathContainerStart, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("body %.20q: status %d, want 400", body, resp.StatusCode)
+		}
+	}
+	if seen.ID != "" {
+		t.Errorf("a bad body reached the snapshotter: %+v", seen)
 	}
 }

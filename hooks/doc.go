@@ -1,4 +1,20 @@
-// Package hooks will hold snug's OCI prestart and poststop hooks (grow on
-// demand before a container starts, reclaim when it stops) and the runc
-// wrapper that adds them. Not built yet: see the policy issue.
+// Package hooks is snug's side of a container's life: the OCI hooks and
+// the runc wrapper that installs them.
+//
+//   - Hook runs `snug hook <stage>` with the OCI state (runtime-spec
+//     specs.State) on stdin. createRuntime or prestart: the daemon gives the
+//     container's window its headroom before the process starts (and applies
+//     the class its io.snugfs.policy annotation picks). poststop: the daemon
+//     schedules a reclaim of its image and returns at once.
+//   - Wrap is the runc wrapper, in the pattern of nvidia-container-runtime:
+//     snug run as `snug-runc` (a symlink to snug) adds both hooks to the
+//     bundle's config.json on `create` and `run`, then execs the real runc.
+//     It is what `ctr run --runc-binary` and a containerd runtime's
+//     BinaryName option (CRI included) point at.
+//
+// A hook fails safe. Garbage on stdin is a usage error (exit 2, with a
+// message): a runtime never sends it, so it is loud. A daemon that is down or
+// that fails is only a warning (exit 0): the container starts and stops as
+// it would without snug's hooks, the watcher still grows its window, and the
+// daemon's task exit events still reclaim it.
 package hooks

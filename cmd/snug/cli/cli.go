@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/snugfs/snug/config"
@@ -22,13 +23,20 @@ const (
 
 // CLI runs snug commands.
 type CLI struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	configPath     string
 }
 
 // New returns a CLI writing to stdout and stderr.
 func New(stdout, stderr io.Writer) *CLI {
-	return &CLI{stdout: stdout, stderr: stderr, configPath: config.DefaultPath}
+	return &CLI{stdin: os.Stdin, stdout: stdout, stderr: stderr, configPath: config.DefaultPath}
+}
+
+// WithStdin sets what commands read as standard input (`snug hook`).
+func (c *CLI) WithStdin(r io.Reader) *CLI {
+	c.stdin = r
+	return c
 }
 
 const usage = `snug: thin ext4 images for containers
@@ -47,10 +55,14 @@ commands:
   image unmount PATH                              unmount it (its loop device goes too)
   serve [--log-level LEVEL]                       run the daemon: containerd's snapshotter plugin
   status [--json]                                 every image the daemon serves
+  reclaim [--json] [SNAPSHOT]                     repack one snapshot's image now, or all
+  hook createRuntime|prestart|poststop            the OCI hook (state on stdin)
   config check [PATH]                             validate a policy file
   version                                         print the version
 
 SIZE is bytes or a number with a unit: 10GiB, 512MiB, 1.5G.
+Run as snug-runc (a symlink to snug), it is the runc wrapper that adds the
+hooks to each container's config.json; $SNUG_RUNC names the real runc.
 The policy file (default /etc/snug/config.toml) gives the defaults.
 `
 
@@ -75,6 +87,10 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 		return c.serve(ctx, args[1:])
 	case "status":
 		return c.status(ctx, args[1:])
+	case "reclaim":
+		return c.reclaim(ctx, args[1:])
+	case "hook":
+		return c.hook(ctx, args[1:])
 	case "version", "--version":
 		return c.version(args[1:])
 	case "help", "-h", "--help":

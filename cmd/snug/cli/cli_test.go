@@ -98,3 +98,27 @@ func TestImageLifecycle(t *testing.T) {
 		t.Fatalf("inspect junk: %d %q", code, stderr)
 	}
 }
+
+// TestHookExitCodes: garbage on stdin exits 2 with a message; a daemon that
+// is down exits 0 with a warning, so the container is not held up.
+func TestHookExitCodes(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.toml")
+	os.WriteFile(cfg, []byte(`control_address = "`+filepath.Join(t.TempDir(), "none.sock")+`"`+"\n"), 0o600)
+	for _, tc := range []struct {
+		stage, stdin string
+		code         int
+		says         string
+	}{
+		{"prestart", "garbage", exitUsage, "bad OCI state"},
+		{"poststop", "", exitUsage, "bad OCI state"},
+		{"poststart", `{"id":"x","bundle":"/b"}`, exitUsage, "unknown hook stage"},
+		{"prestart", `{"id":"x","bundle":"/b"}`, exitOK, "not running"},
+		{"poststop", `{"id":"x","bundle":"/b"}`, exitOK, "not running"},
+	} {
+		var out, errb bytes.Buffer
+		code := New(&out, &errb).WithStdin(strings.NewReader(tc.stdin)).Run(context.Background(), []string{"--config", cfg, "hook", tc.stage})
+		if code != tc.code || !strings.Contains(errb.String(), tc.says) {
+			t.Errorf("hook %s <%q: exit %d, stderr %q; want %d saying %q", tc.stage, tc.stdin, code, errb.String(), tc.code, tc.says)
+		}
+	}
+}

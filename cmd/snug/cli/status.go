@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"time"
 
 	"github.com/snugfs/snug/control"
 	"github.com/snugfs/snug/snapshotter"
@@ -32,7 +33,8 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 		}
 		return c.writeJSON(images)
 	}
-	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "WINDOW", "USED", "FOOTPRINT", "SWELL", "HEALTH"}}
+	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "WINDOW", "USED", "FOOTPRINT", "SWELL", "LAST GROW", "LAST RECLAIM", "HEALTH"}}
+	now := time.Now()
 	for _, im := range images {
 		h := health(im.Stats)
 		if im.Problem != "" {
@@ -41,9 +43,24 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 		rows = append(rows, []string{
 			im.Kind, im.Snapshot,
 			size(im.QuotaBytes), size(im.WindowBytes), size(im.UsedBytes),
-			size(im.FootprintBytes), swell(im.Stats), h,
+			size(im.FootprintBytes), swell(im.Stats), ago(now, im.LastGrow), ago(now, im.LastReclaim), h,
 		})
 	}
 	c.table(rows)
 	return exitOK
+}
+
+// ago is how long before now t was, shortly ("-" for never).
+func ago(now time.Time, t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	d := now.Sub(*t)
+	switch {
+	case d < time.Minute:
+		return d.Round(100*time.Millisecond).String() + " ago"
+	case d < time.Hour:
+		return d.Round(time.Second).String() + " ago"
+	}
+	return d.Round(time.Minute).String() + " ago"
 }

@@ -1,0 +1,79 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/snugfs/snug/control"
+)
+
+// Stages snug has a hook for.
+const (
+	StageCreateRuntime = "createRuntime"
+	StagePrestart      = "prestart"
+	StagePoststop      = "poststop"
+)
+
+// Timeout bounds one hook call to the daemon. A prestart grow takes well
+// under a millisecond; this only matters when the daemon hangs.
+const Timeout = 5 * time.Second
+
+// Result is what a hook did, for its one line of output.
+type Result struct {
+	Stage     string
+	Container string
+	Image     string // the snapshot id; "" when the container is not on snug
+	Class     string
+	FreeBytes int64
+	// Warning is set when the hook could not do its job but let the
+	// container go on (the daemon is down or failed).
+	Warning error
+}
+
+// ErrUnknownStage is returned for a stage snug has no hook for.
+var ErrUnknownStage = errors.New("unknown hook stage")
+
+// Hook runs the hook for stage: it reads the OCI state from stdin and tells
+// the daemon through client. Only bad input is an error (ErrBadState,
+// ErrUnknownStage); a daemon that is down or fails is a Result.Warning, so
+// the container's start or stop never waits on snug.
+func Hook(ctx context.Context, stage string, stdin io.Reader, client *control.Client) (Result, error) {
+	res := Result{Stage: stage}
+	var call func(context.Context, control.Container) (imageOut, error)
+	switch stage {
+	case StageCreateRuntime, StagePrestart:
+		call = func(ctx context.Context, c control.Container) (imageOut, error) {
+			img, err := client.ContainerStarting(ctx, c)
+			return imageOut{img.ID, img.Class, img.FreeBytes}, err
+		}
+	case StagePoststop:
+		call = func(ctx context.Context, c control.Container) (imageOut, error) {
+			img, err := client.ContainerStopped(ctx, c)
+			return imageOut{img.ID, img.Class, img.FreeBytes}, err
+		}
+	default:
+		return res, fmt.Errorf("%w %q: want %s, %s or %s", ErrUnknownStage, stage, StageCreateRuntime, StagePrestart, StagePoststop)
+	}
+	st, err := ReadState(stdin)
+	if err != nil {
+		return res, err
+	}
+	res.Container = st.ID
+	rootfs, annotations := rootfsOf(st)
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	out, err := call(ctx, control.Container{ID: st.ID, RootFS: rootfs, Annotations: annotations})
+	res.Image, res.Class, res.FreeBytes = out.id, out.class, out.free
+	if err != nil {
+		res.Warning = err
+	}
+	return res, nil
+}
+
+type imageOut struct {
+	id, class string
+	free      int64
+}

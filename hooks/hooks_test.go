@@ -1,0 +1,162 @@
+package hooks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/snugfs/snug/control"
+)
+
+func TestReadState(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		ok       bool
+	}{
+		{"runc state", `{"ociVersion":"1.0.2","id":"web","status":"created","pid":42,"bundle":"/run/b/web","annotations":{"a":"b"}}`, true},
+		{"empty", ``, false},
+		{"garbage", `hello`, false},
+		{"array", `[]`, false},
+		{"no id", `{"bundle":"/b"}`, false},
+		{"relative bundle", `{"id":"x","bundle":"b"}`, false},
+		{"wrong type", `{"id":5,"bundle":"/b"}`, false},
+		{"huge", `{"id":"x","bundle":"/b","annotations":{"a":"` + strings.Repeat("x", maxState) + `"}}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := ReadState(strings.NewReader(tc.in))
+			if tc.ok != (err == nil) {
+				t.Fatalf("ReadState: %+v, %v", st, err)
+			}
+			if err != nil && !errors.Is(err, ErrBadState) {
+				t.Fatalf("error %v is not ErrBadState", err)
+			}
+		})
+	}
+}
+
+func FuzzReadState(f *testing.F) {
+	f.Add([]byte(`{"ociVersion":"1.0.2","id":"web","status":"created","bundle":"/run/b"}`))
+	f.Add([]byte(`{"id":"","bundle":""}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		st, err := ReadState(strings.NewReader(string(in)))
+		if err == nil && (st.ID == "" || !filepath.IsAbs(st.Bundle)) {
+			t.Fatalf("accepted %+v", st)
+		}
+		if err != nil && !errors.Is(err, ErrBadState) {
+			t.Fatalf("error %v is not ErrBadState", err)
+		}
+	})
+}
+
+func TestParseRuncArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args            []string
+		command, bundle string
+	}{
+		{[]string{"--root", "/run/containerd/runc/default", "--log", "/x/log.json", "--log-format", "json", "create", "--bundle", "/b/c1", "--pid-file", "/b/c1/init.pid", "c1"}, "create", "/b/c1"},
+		{[]string{"create", "-b", "/b/c2", "c2"}, "create", "/b/c2"},
+		{[]string{"--systemd-cgroup", "run", "--bundle=/b/c3", "c3"}, "run", "/b/c3"},
+		{[]string{"create", "c4"}, "create", "."},
+		{[]string{"--root", "/r", "start", "c1"}, "start", ""},
+		{[]string{"--root", "/r", "delete", "--force", "c1"}, "delete", ""},
+		{[]string{"--version"}, "", ""},
+		{nil, "", ""},
+	} {
+		cmd, bundle := ParseRuncArgs(tc.args)
+		if cmd != tc.command || bundle != tc.bundle {
+			t.Errorf("%q: %q %q, want %q %q", tc.args, cmd, bundle, tc.command, tc.bundle)
+		}
+	}
+}
+
+// TestAddHooksKeepsTheRestAndIsIdempotent: the wrapper adds its two hooks
+// after the ones there, once, and leaves every other field as it was,
+// fields this runtime-spec version does not know included.
+func TestAddHooksKeepsTheRestAndIsIdempotent(t *testing.T) {
+	bundle := t.TempDir()
+	orig := `{"ociVersion":"1.1.0","root":{"path":"rootfs"},"process":{"args":["sh"],"cwd":"/"},
+"hooks":{"poststop":[{"path":"/bin/other","args":["other"]}]},"linux":{"futureField":{"x":[1,2]}},"vendor.ext":true}`
+	path := filepath.Join(bundle, "config.json")
+	if err := os.WriteFile(path, []byte(orig), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	c := Command{Path: "/usr/local/bin/snug", Args: []string{"snug", "--config", "/etc/x.toml", "hook"}}
+	for range 2 {
+		if err := AddHooks(bundle, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, _ := os.ReadFile(path)
+	var got, want map[string]any
+	json.Unmarshal(data, &got)
+	json.Unmarshal([]byte(orig), &want)
+	for _, k := range []string{"ociVersion", "root", "process", "linux", "vendor.ext"} {
+		if !reflect.DeepEqual(got[k], want[k]) {
+			t.Errorf("%s changed: %v -> %v", k, want[k], got[k])
+		}
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(spec.Hooks.CreateRuntime); n != 1 || spec.Hooks.CreateRuntime[0].Args[4] != StageCreateRuntime {
+		t.Errorf("createRuntime hooks: %+v", spec.Hooks.CreateRuntime)
+	}
+	if n := len(spec.Hooks.Poststop); n != 2 || spec.Hooks.Poststop[0].Path != "/bin/other" || spec.Hooks.Poststop[1].Args[4] != StagePoststop {
+		t.Errorf("poststop hooks: %+v", spec.Hooks.Poststop)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", fi.Mode().Perm())
+	}
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddHooks(bundle, c); err == nil {
+		t.Error("AddHooks accepted a broken config.json")
+	}
+	if b, _ := os.ReadFile(path); string(b) != "{not json" {
+		t.Error("a config.json AddHooks could not read was changed")
+	}
+}
+
+// TestHookFailsSafe: garbage is an error; a daemon that is down is only a
+// warning.
+func TestHookFailsSafe(t *testing.T) {
+	client := control.NewClient(filepath.Join(t.TempDir(), "none.sock"))
+	ctx := context.Background()
+	if _, err := Hook(ctx, StagePrestart, strings.NewReader("garbage"), client); !errors.Is(err, ErrBadState) {
+		t.Errorf("garbage: %v, want ErrBadState", err)
+	}
+	if _, err := Hook(ctx, "poststart", strings.NewReader(`{"id":"x","bundle":"/b"}`), client); !errors.Is(err, ErrUnknownStage) {
+		t.Errorf("unknown stage: %v", err)
+	}
+	res, err := Hook(ctx, StagePoststop, strings.NewReader(`{"id":"x","bundle":"/b"}`), client)
+	if err != nil || !errors.Is(res.Warning, control.ErrDaemonDown) {
+		t.Errorf("daemon down: %+v, %v; want a warning", res, err)
+	}
+}
+
+func TestRootfsOf(t *testing.T) {
+	bundle := t.TempDir()
+	st := specs.State{ID: "x", Bundle: bundle}
+	if r, _ := rootfsOf(st); r != filepath.Join(bundle, "rootfs") {
+		t.Errorf("no config.json: %s", r)
+	}
+	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"root":{"path":"/abs/root"},"annotations":{"io.snugfs.policy":"db"}}`), 0o600)
+	r, ann := rootfsOf(st)
+	if r != "/abs/root" || ann["io.snugfs.policy"] != "db" {
+		t.Errorf("absolute root: %s %v", r, ann)
+	}
+	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"root":{"path":"rfs"}}`), 0o600)
+	if r, _ := rootfsOf(st); r != filepath.Join(bundle, "rfs") {
+		t.Errorf("relative root: %s", r)
+	}
+}

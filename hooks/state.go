@@ -1,0 +1,76 @@
+package hooks
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ErrBadState is returned for hook input that is not an OCI state.
+var ErrBadState = errors.New("bad OCI state on stdin")
+
+// maxState bounds what a hook reads from stdin: a state is a few hundred
+// bytes, its annotations a few KiB.
+const maxState = 1 << 20
+
+// ReadState decodes the OCI state a runtime gives a hook on stdin. It needs
+// an id and an absolute bundle path; anything else is ErrBadState.
+func ReadState(r io.Reader) (specs.State, error) {
+	var st specs.State
+	data, err := io.ReadAll(io.LimitReader(r, maxState+1))
+	if err != nil {
+		return st, fmt.Errorf("%w: %w", ErrBadState, err)
+	}
+	if len(data) > maxState {
+		return st, fmt.Errorf("%w: more than %d bytes", ErrBadState, maxState)
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		return st, fmt.Errorf("%w: %w", ErrBadState, err)
+	}
+	switch {
+	case st.ID == "":
+		return st, fmt.Errorf("%w: no container id", ErrBadState)
+	case !filepath.IsAbs(st.Bundle):
+		return st, fmt.Errorf("%w: bundle %q is not an absolute path", ErrBadState, st.Bundle)
+	}
+	return st, nil
+}
+
+// bundleSpec is the part of a bundle's config.json a hook needs.
+type bundleSpec struct {
+	Root        *specs.Root       `json:"root"`
+	Annotations map[string]string `json:"annotations"`
+}
+
+// rootfsOf is the host path of a container's root filesystem: config.json's
+// root.path, relative to the bundle unless absolute; bundle/rootfs when the
+// file cannot be read (the hook still tries: the daemon also knows the
+// container by id). Annotations come from the state, or config.json.
+func rootfsOf(st specs.State) (rootfs string, annotations map[string]string) {
+	rootfs = filepath.Join(st.Bundle, "rootfs")
+	annotations = st.Annotations
+	f, err := os.Open(filepath.Join(st.Bundle, "config.json"))
+	if err != nil {
+		return rootfs, annotations
+	}
+	defer f.Close()
+	var spec bundleSpec
+	if json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&spec) != nil {
+		return rootfs, annotations
+	}
+	if spec.Root != nil && spec.Root.Path != "" {
+		rootfs = spec.Root.Path
+		if !filepath.IsAbs(rootfs) {
+			rootfs = filepath.Join(st.Bundle, rootfs)
+		}
+	}
+	if annotations == nil {
+		annotations = spec.Annotations
+	}
+	return rootfs, annotations
+}
