@@ -148,8 +148,8 @@ type FsckPolicy struct {
 // Default returns the built-in policy, used for every key a file leaves out.
 func Default() Config {
 	return Config{
-		Root:           "/var/lib/snug",
-		Address:        "/run/snug/snapshotter.sock",
+		Root:              "/var/lib/snug",
+		Address:           "/run/snug/snapshotter.sock",
 		ControlAddress:    "/run/snug/control.sock",
 		ContainerdAddress: "/run/containerd/containerd.sock",
 		Image: ImagePolicy{

@@ -1,10 +1,10 @@
 package config
 
 import (
-	"reflect"
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
