@@ -3,6 +3,10 @@
 // snapshotter plugin over gRPC on config address, and serves the control API
 // (package control) on config control_address. Both sockets are root-only.
 //
+// It also follows containerd's task exit events (config containerd_address),
+// serves Prometheus metrics (config metrics_address), and reloads its policy
+// on SIGHUP.
+//
 // Stopping (ctx ends, on SIGTERM) drains the gRPC calls in flight, then
 // closes the snapshotter; images stay mounted, so running containers are
 // not affected and the next start serves them again.
@@ -17,6 +21,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -34,8 +40,10 @@ import (
 const drainTimeout = 30 * time.Second
 
 // Run serves until ctx ends, then stops cleanly. It returns an error if it
-// could not start, or if serving failed.
-func Run(ctx context.Context, cfg config.Config) error {
+// could not start, or if serving failed. On SIGHUP it calls load and puts
+// the policy it returns in force; a policy load refuses is logged and the
+// one in force stays.
+func Run(ctx context.Context, cfg config.Config, load func() (config.Config, error)) error {
 	// Sockets first: a second daemon on the same sockets must fail at once,
 	// before it touches the state a live one is using.
 	grpcL, err := listenUnix(cfg.Address)
@@ -49,6 +57,13 @@ func Run(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	defer removeSocket(ctx, ctlL, cfg.ControlAddress)
+	var metricsL net.Listener
+	if cfg.MetricsAddress != "" {
+		if metricsL, err = net.Listen("tcp", cfg.MetricsAddress); err != nil {
+			return fmt.Errorf("metrics_address: %w", err)
+		}
+		defer metricsL.Close()
+	}
 
 	start := time.Now()
 	sn, err := snapshotter.New(ctx, cfg)
@@ -62,8 +77,21 @@ func Run(ctx context.Context, cfg config.Config) error {
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
 	ctl := control.NewServer(sn)
 
-	errc := make(chan error, 2)
+	bgCtx, stopBg := context.WithCancel(ctx)
+	defer stopBg()
+	errc := make(chan error, 3)
 	go func() { errc <- rpc.Serve(grpcL) }()
+	if metricsL != nil {
+		go func() {
+			if err := serveMetrics(bgCtx, metricsL, sn); err != nil {
+				errc <- fmt.Errorf("metrics: %w", err)
+			}
+		}()
+	}
+	if cfg.ContainerdAddress != "" {
+		go followExits(bgCtx, cfg.ContainerdAddress, sn)
+	}
+	go reloadOnHangup(bgCtx, cfg, load, sn)
 	go func() {
 		if err := ctl.Serve(ctlL); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -92,6 +120,52 @@ func Run(ctx context.Context, cfg config.Config) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
+}
+
+// reloadOnHangup puts a new policy in force on each SIGHUP.
+func reloadOnHangup(ctx context.Context, cfg config.Config, load func() (config.Config, error), sn *snapshotter.Snapshotter) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		next, err := load()
+		if err == nil {
+			err = sn.SetConfig(ctx, next)
+		}
+		if err != nil {
+			log.G(ctx).WithError(err).Error("policy reload refused; the policy in force stays")
+			continue
+		}
+		for _, k := range restartOnly(cfg, next) {
+			log.G(ctx).WithField("key", k).Warn("policy reloaded, but this key changes only at a restart")
+		}
+		log.G(ctx).Info("policy reloaded")
+	}
+}
+
+// restartOnly lists the keys that differ between old and next and that a
+// reload cannot change: the sockets and addresses the daemon opened.
+func restartOnly(old, next config.Config) []string {
+	var keys []string
+	for _, k := range []struct {
+		key  string
+		a, b string
+	}{
+		{"address", old.Address, next.Address},
+		{"control_address", old.ControlAddress, next.ControlAddress},
+		{"metrics_address", old.MetricsAddress, next.MetricsAddress},
+		{"containerd_address", old.ContainerdAddress, next.ContainerdAddress},
+	} {
+		if k.a != k.b {
+			keys = append(keys, k.key)
+		}
+	}
+	return keys
 }
 
 func removeSocket(ctx context.Context, l net.Listener, path string) {

@@ -41,6 +41,11 @@ type Stats struct {
 	// Errors is ext4's error count (sysfs errors_count when mounted, the
 	// superblock's otherwise).
 	Errors int64 `json:"errors"`
+	// ENOSPCRetriesExceeded counts allocations ext4 gave up on after its
+	// retries (sysfs sra_exceeded_retry_limit, mounted images only): each
+	// is an ENOSPC some writer saw. ext4 does not count an ENOSPC it
+	// returns without retrying, so this is a lower bound.
+	ENOSPCRetriesExceeded int64 `json:"enospc_retries_exceeded"`
 	// Health is "ok", "errors" (ext4 recorded an error) or "needs_recovery"
 	// (unmounted with a journal not yet replayed).
 	Health     string   `json:"health"`
@@ -129,6 +134,9 @@ func (m *Mounted) sysfsErrors(st *Stats) {
 	read := func(name string) string {
 		b, _ := os.ReadFile(filepath.Join(base, name))
 		return strings.TrimSpace(string(b))
+	}
+	if n, err := strconv.ParseInt(read("sra_exceeded_retry_limit"), 10, 64); err == nil && n >= 0 {
+		st.ENOSPCRetriesExceeded = n
 	}
 	n, err := strconv.ParseInt(read("errors_count"), 10, 64)
 	if err != nil || n < 0 {

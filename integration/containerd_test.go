@@ -107,7 +107,8 @@ func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stac
 	requireStack(t)
 	dir := roottest.TempDir(t)
 	s := &stack{t: t, dir: dir}
-	s.snug = startDaemon(t, dir, policy)
+	// snug follows this containerd's task exits.
+	s.snug = startDaemon(t, dir, fmt.Sprintf("containerd_address = %q\n", filepath.Join(dir, "containerd.sock"))+policy)
 	tmpl, err := os.ReadFile(repoPath("scripts/containerd.toml.in"))
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +139,9 @@ func (s *stack) startContainerd() {
 		t.Fatal(err)
 	}
 	s.cmd = exec.Command(filepath.Join(containerdBin(), "containerd"), "--config", filepath.Join(s.dir, "containerd.toml"))
-	s.cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin")
+	// SNUG_CONFIG reaches snug-runc through the shim: its hooks then use
+	// this stack's daemon.
+	s.cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin", "SNUG_CONFIG="+s.snug.Config)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -162,6 +165,31 @@ func (s *stack) startContainerd() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// runcWrapper is snug-runc for this stack: a symlink to the snug binary.
+func (s *stack) runcWrapper() string {
+	s.t.Helper()
+	p := filepath.Join(s.dir, "bin", "snug-runc")
+	if _, err := os.Lstat(p); err == nil {
+		return p
+	}
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.Symlink(snugBinary(s.t), p); err != nil {
+		s.t.Fatal(err)
+	}
+	return p
+}
+
+// waitFollowing waits until snug follows containerd's task exits.
+func (s *stack) waitFollowing() {
+	s.t.Helper()
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if strings.Contains(s.snug.Log(), "following containerd's task exits") {
+			return
+		}
+	}
+	s.t.Fatalf("snug does not follow containerd's task exits:\n%s", lastLines(s.snug.Log(), 20))
 }
 
 func (s *stack) socket() string { return filepath.Join(s.dir, "containerd.sock") }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -64,6 +65,10 @@ func startDaemon(t testing.TB, dir, extra string) *daemon {
 		Address: filepath.Join(dir, "run", "snug.sock"),
 		Control: filepath.Join(dir, "run", "control.sock"),
 		log:     filepath.Join(dir, "snug.log"),
+	}
+	// No containerd to follow unless the test runs one (startStackWith).
+	if !strings.Contains(extra, "containerd_address") {
+		extra = "containerd_address = \"\"\n" + extra
 	}
 	policy := fmt.Sprintf("root = %q\naddress = %q\ncontrol_address = %q\n%s", d.Root, d.Address, d.Control, extra)
 	if err := os.WriteFile(d.Config, []byte(policy), 0o600); err != nil {

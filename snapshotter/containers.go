@@ -73,6 +73,9 @@ func (s *Snapshotter) ContainerStopped(ctx context.Context, c Container) (Contai
 	wasRunning := st.running
 	reclaimed := st.lastReclaim.After(st.startedAt) && !st.startedAt.IsZero()
 	st.running = false
+	if c.ID != "" {
+		st.container = c.ID
+	}
 	if st.startedAt.IsZero() {
 		st.startedAt = time.Now() // seen stopping: it ran, hookless
 	}

@@ -102,7 +102,9 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 	if running || !stopped {
 		o.Margin = int64(cl.Window.Headroom)
 	}
+	st.reclaiming.Store(true)
 	res, err := st.m.Reclaim(ctx, o)
+	st.reclaiming.Store(false)
 	out.ReclaimResult = res
 	if err != nil {
 		return out, err

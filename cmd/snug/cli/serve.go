@@ -27,7 +27,7 @@ func (c *CLI) serve(ctx context.Context, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	if err := daemon.Run(ctx, cfg); err != nil {
+	if err := daemon.Run(ctx, cfg, c.policy); err != nil {
 		return c.fail(err)
 	}
 	return exitOK

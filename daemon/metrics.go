@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/snugfs/snug/snapshotter"
+)
+
+// metricsSource is what the metrics are read from at each scrape.
+type metricsSource interface {
+	Status(ctx context.Context) ([]snapshotter.ImageStatus, error)
+	Totals() snapshotter.Totals
+}
+
+// collector reads the snapshotter at each scrape: nothing is kept between
+// scrapes, so a removed image's series disappear with it.
+type collector struct {
+	src metricsSource
+}
+
+var (
+	imageLabels = []string{"snapshot", "id", "kind"}
+	descQuota   = prometheus.NewDesc("snug_image_quota_bytes", "Size of the image's filesystem: the most its container can store.", imageLabels, nil)
+	descWindow  = prometheus.NewDesc("snug_image_window_bytes", "End of the image's packing window.", imageLabels, nil)
+	descUsed    = prometheus.NewDesc("snug_image_used_bytes", "Bytes the container stores in the image.", imageLabels, nil)
+	descFoot    = prometheus.NewDesc("snug_image_footprint_bytes", "Bytes the image file takes on the host.", imageLabels, nil)
+	descErrors  = prometheus.NewDesc("snug_image_fs_errors", "ext4 errors recorded in the image.", imageLabels, nil)
+	descENOSPC  = prometheus.NewDesc("snug_image_enospc_retries_exceeded", "Allocations ext4 gave up on after retrying (an ENOSPC a writer saw; a lower bound).", imageLabels, nil)
+	descIGrows  = prometheus.NewDesc("snug_image_grows_total", "Window grows of the image since the daemon started.", imageLabels, nil)
+	descIRecl   = prometheus.NewDesc("snug_image_reclaimed_bytes_total", "Host bytes the image's reclaims gave back since the daemon started.", imageLabels, nil)
+	descIFull   = prometheus.NewDesc("snug_image_window_full_total", "Checks that found the image's window full before its quota.", imageLabels, nil)
+
+	descGrows     = prometheus.NewDesc("snug_grows_total", "Window grows since the daemon started.", nil, nil)
+	descGrowBytes = prometheus.NewDesc("snug_grow_bytes_total", "Bytes windows grew by since the daemon started.", nil, nil)
+	descReclaims  = prometheus.NewDesc("snug_reclaims_total", "Reclaims (trim and repack) since the daemon started.", nil, nil)
+	descReclaimed = prometheus.NewDesc("snug_reclaimed_bytes_total", "Host bytes reclaims gave back since the daemon started.", nil, nil)
+	descTrimmed   = prometheus.NewDesc("snug_trimmed_bytes_total", "Bytes trimmed from running containers' images since the daemon started.", nil, nil)
+	descFull      = prometheus.NewDesc("snug_window_full_total", "Checks that found a window full before its quota: writers may have seen ENOSPC.", nil, nil)
+	descImages    = prometheus.NewDesc("snug_images", "Images served, by kind.", []string{"kind"}, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descQuota, descWindow, descUsed, descFoot, descErrors, descENOSPC, descIGrows, descIRecl, descIFull,
+		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	images, err := c.src.Status(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descImages, err)
+		return
+	}
+	kinds := map[string]int{}
+	for _, im := range images {
+		kinds[im.Kind]++
+		if im.Problem != "" {
+			continue
+		}
+		l := []string{im.Snapshot, im.ID, im.Kind}
+		gauge := func(d *prometheus.Desc, v int64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), l...)
+		}
+		gauge(descQuota, im.QuotaBytes)
+		gauge(descWindow, im.WindowBytes)
+		gauge(descUsed, im.UsedBytes)
+		gauge(descFoot, im.FootprintBytes)
+		gauge(descErrors, im.Errors)
+		if im.Kind != "active" {
+			continue
+		}
+		counter := func(d *prometheus.Desc, v int64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
+		}
+		counter(descENOSPC, im.ENOSPCRetriesExceeded)
+		counter(descIGrows, im.Grows)
+		counter(descIRecl, im.ReclaimedBytes)
+		counter(descIFull, im.WindowFull)
+	}
+	for k, n := range kinds {
+		ch <- prometheus.MustNewConstMetric(descImages, prometheus.GaugeValue, float64(n), k)
+	}
+	t := c.src.Totals()
+	for _, m := range []struct {
+		d *prometheus.Desc
+		v int64
+	}{{descGrows, t.Grows}, {descGrowBytes, t.GrowBytes}, {descReclaims, t.Reclaims}, {descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}} {
+		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v))
+	}
+}
+
+// serveMetrics serves /metrics on l until ctx ends. The daemon's own
+// process metrics (CPU, memory) come with it.
+func serveMetrics(ctx context.Context, l net.Listener, src metricsSource) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{src: src}, prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), prometheus.NewGoCollector())
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	log.G(ctx).WithField("address", l.Addr().String()).Info("serving metrics")
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

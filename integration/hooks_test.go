@@ -1,0 +1,119 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snugfs/snug/snapshotter"
+)
+
+// hookPolicy: trimming while running is off, so the space a container
+// frees comes back only through the reclaim its stop triggers; class "big"
+// has a larger headroom.
+const hookPolicy = containerPolicy + `
+[reclaim]
+trim_after = 0
+[policies.big.window]
+headroom = "128MiB"
+`
+
+// churnThenExit writes 150 MiB, deletes 100 MiB of it and exits: the image
+// then holds 50 MiB and the host still pays for 150 until a reclaim.
+const churnThenExit = `set -e; for i in 1 2 3; do dd if=/dev/urandom of=/f$i bs=1M count=50 2>/dev/null; done; sync; rm /f1 /f2; sync; echo done`
+
+// waitReclaimed waits until the stopped container's image has been
+// reclaimed and its footprint is within 1.03 x used + 8 MiB, and returns
+// its status and how long that took.
+func (s *stack) waitReclaimed(container string, limit time.Duration) (snapshotter.ImageStatus, time.Duration) {
+	s.t.Helper()
+	start := time.Now()
+	var im snapshotter.ImageStatus
+	for time.Since(start) < limit {
+		im = s.activeImage(container)
+		if im.LastReclaim != nil && im.FootprintBytes <= im.UsedBytes*103/100+8<<20 {
+			return im, time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("%s not reclaimed %v after its stop: footprint %d MiB, used %d MiB, %+v",
+		container, limit, im.FootprintBytes>>20, im.UsedBytes>>20, im.Activity)
+	return im, 0
+}
+
+// TestHooksThroughRuncWrapper: `ctr run --runc-binary snug-runc` puts
+// snug's hooks in the container: createRuntime gives the window its class's
+// headroom before the process starts (the class from an OCI annotation),
+// and poststop has the image reclaimed within seconds of the stop.
+func TestHooksThroughRuncWrapper(t *testing.T) {
+	s := startStack(t, hookPolicy)
+	s.importImage()
+	wrapper := s.runcWrapper()
+
+	s.ctr("run", "-d", "--runc-binary", wrapper, "--annotation", "io.snugfs.policy=big",
+		"--snapshotter", "snug", testImageRef, "hooked-sleeper", "/bin/sleep", "600")
+	im := s.activeImage("hooked-sleeper")
+	if im.State != "running" || im.Container != "hooked-sleeper" || im.Class != "big" || im.FreeBytes < 127<<20 {
+		t.Fatalf("after createRuntime: state %q, container %q, class %q, free %d MiB; want running, hooked-sleeper, big, 128 MiB",
+			im.State, im.Container, im.Class, im.FreeBytes>>20)
+	}
+
+	out := s.ctr("run", "--runc-binary", wrapper, "--snapshotter", "snug", testImageRef, "hooked-churn", "/bin/sh", "-c", churnThenExit)
+	if !strings.Contains(out, "done") {
+		t.Fatalf("container output %q", out)
+	}
+	im, took := s.waitReclaimed("hooked-churn", 5*time.Second)
+	t.Logf("reclaimed %v after the stop: footprint %d MiB for %d MiB used", took, im.FootprintBytes>>20, im.UsedBytes>>20)
+	if im.State != "stopped" || im.Reclaims != 1 {
+		t.Errorf("after poststop: %+v", im.Activity)
+	}
+	// The hooks are in the bundle's config.json, once each.
+	spec := s.bundleConfig("hooked-sleeper")
+	if n := strings.Count(spec, `"hook","createRuntime"`); n != 1 {
+		t.Errorf("createRuntime hook %d times in config.json:\n%s", n, spec)
+	}
+	if n := strings.Count(spec, `"hook","poststop"`); n != 1 {
+		t.Errorf("poststop hook %d times in config.json", n)
+	}
+}
+
+// TestTaskExitReclaimsWithoutHooks: a container started without snug's
+// hooks is still reclaimed when it stops, through containerd's task exit
+// event.
+func TestTaskExitReclaimsWithoutHooks(t *testing.T) {
+	s := startStack(t, hookPolicy)
+	s.importImage()
+	s.waitFollowing()
+	out := s.ctr("run", "--snapshotter", "snug", testImageRef, "plain-churn", "/bin/sh", "-c", churnThenExit)
+	if !strings.Contains(out, "done") {
+		t.Fatalf("container output %q", out)
+	}
+	im, took := s.waitReclaimed("plain-churn", 5*time.Second)
+	t.Logf("reclaimed %v after the exit event: footprint %d MiB for %d MiB used", took, im.FootprintBytes>>20, im.UsedBytes>>20)
+	if im.State != "stopped" || im.Container != "plain-churn" || im.Reclaims != 1 {
+		t.Errorf("after the exit event: %+v", im.Activity)
+	}
+	// An exec'd process exiting is not the container stopping.
+	s.ctr("run", "-d", "--snapshotter", "snug", testImageRef, "plain-sleeper", "/bin/sleep", "600")
+	s.ctr("tasks", "exec", "--exec-id", "e1", "plain-sleeper", "/bin/true")
+	time.Sleep(time.Second)
+	if im := s.activeImage("plain-sleeper"); im.State != "" || im.Reclaims != 0 {
+		t.Errorf("an exec's exit was taken for the container's: %+v", im.Activity)
+	}
+}
+
+// bundleConfig is the config.json of a running container's bundle.
+func (s *stack) bundleConfig(container string) string {
+	s.t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(s.dir, "containerd", "state", "io.containerd.runtime.v2.task", "*", container, "config.json"))
+	if len(matches) == 0 {
+		s.t.Fatalf("no bundle for %s under %s", container, s.dir)
+	}
+	b, err := os.ReadFile(matches[0])
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return string(b)
+}
