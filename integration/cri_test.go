@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/snugfs/snug/internal/roottest"
+	"github.com/snugfs/snug/snapshotter"
 )
 
 // crictlBin is where scripts/deps.sh builds crictl.
@@ -40,7 +41,13 @@ func TestKubernetesCRI(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("pause image: %v\n%s", err, out)
 	}
-	cri := `
+	// snug's hooks come in through the runc wrapper, as the runtime's
+	// BinaryName; the class annotation is passed on to the OCI spec.
+	wrapper := filepath.Join(dir, "snug-runc")
+	if err := os.Symlink(snugBinary(t), wrapper); err != nil {
+		t.Fatal(err)
+	}
+	cri := fmt.Sprintf(`
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "snug"
 [plugins."io.containerd.cri.v1.images".pinned_images]
@@ -48,8 +55,13 @@ func TestKubernetesCRI(t *testing.T) {
 [plugins."io.containerd.cri.v1.runtime"]
   # Lowering oom_score_adj needs CAP_SYS_RESOURCE, which this host lacks.
   restrict_oom_score_adj = true
-`
-	s := startStackWith(t, containerPolicy, "", cri)
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  container_annotations = ["io.snugfs.*"]
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+  BinaryName = %q
+`, wrapper)
+	s := startStackWith(t, hookPolicy, "", cri)
 	s.ctr("-n", "k8s.io", "images", "import", "--snapshotter", "snug", "--base-name", "localhost/snug-test", testImage(t))
 	s.ctr("-n", "k8s.io", "images", "import", "--snapshotter", "snug", "--base-name", "localhost/snug-pause", pause)
 	// CRI's image cache reads images at start-up: restart containerd.
@@ -79,6 +91,7 @@ func TestKubernetesCRI(t *testing.T) {
   "metadata": {"name": "app"},
   "image": {"image": "localhost/snug-test:latest"},
   "command": ["/bin/sleep", "600"],
+  "annotations": {"io.snugfs.policy": "big"},
   "log_path": "app.log",
   "linux": {}
 }`)
@@ -107,7 +120,30 @@ func TestKubernetesCRI(t *testing.T) {
 	if !strings.Contains(joined, cid) || !strings.Contains(joined, pod) {
 		t.Errorf("snug serves %v; want the container %s and the sandbox %s", found, cid, pod)
 	}
+	// The hooks ran: the container's image follows class big, and its
+	// stop has it reclaimed.
+	for _, im := range s.status() {
+		if strings.HasSuffix(im.Snapshot, "/"+cid) {
+			if im.State != "running" || im.Class != "big" || im.Container != cid || im.FreeBytes < 127<<20 {
+				t.Errorf("container image after createRuntime: %+v, free %d MiB; want running, class big, 128 MiB free", im.Activity, im.FreeBytes>>20)
+			}
+		}
+	}
 	run("stop", cid)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var im snapshotter.ImageStatus
+		for _, x := range s.status() {
+			if strings.HasSuffix(x.Snapshot, "/"+cid) {
+				im = x
+			}
+		}
+		if im.State == "stopped" && im.LastReclaim != nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("container image 5 s after crictl stop: %+v", im.Activity)
+		}
+	}
 	run("rm", cid)
 }
 

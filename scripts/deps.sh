@@ -3,7 +3,8 @@
 #   - e2fsprogs (mkfs.ext4, e2fsck, resize2fs, debugfs) and util-linux
 #     (losetup), which snug itself uses;
 #   - runc, umoci and busybox-static from Debian, to build test images and
-#     run containers; erofs-utils for the erofs snapshotter make bench compares;
+#     run containers; erofs-utils for the erofs snapshotter make bench
+#     compares; podman, which runs snug's hooks from a hooks.d directory;
 #   - containerd v2.4.2 (containerd, ctr, containerd-shim-runc-v2), built
 #     from the Go module proxy once (about 2 minutes) into $SNUG_CACHE
 #     (default /var/cache/snug), then reused; crictl v1.37.0 the same way, for
@@ -22,6 +23,7 @@ have runc || missing+=(runc)
 have umoci || missing+=(umoci)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 have mkfs.erofs || missing+=(erofs-utils) # the erofs snapshotter, compared in make bench
+have podman || missing+=(podman)          # runs snug's hooks.d files in a test
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need ${missing[*]}; run as root or install them" >&2
@@ -30,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
 
 if ! [ -x "$ctrbin/containerd" ] || ! [ -x "$ctrbin/ctr" ] || ! [ -x "$ctrbin/containerd-shim-runc-v2" ]; then
