@@ -1,0 +1,127 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/snugfs/snug/internal/roottest"
+	"github.com/snugfs/snug/snapshotter"
+)
+
+// freePort is a TCP port nothing listens on right now.
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitLog waits until the daemon's log contains want n times.
+func waitLog(t *testing.T, d *daemon, want string, n int) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if strings.Count(d.Log(), want) >= n {
+			return
+		}
+	}
+	t.Fatalf("daemon log lacks %q (x%d):\n%s", want, n, lastLines(d.Log(), 20))
+}
+
+// TestReloadAndMetrics: SIGHUP puts an edited policy in force (a new class
+// becomes usable), a broken file is refused with its line and the policy in
+// force stays, and the metrics endpoint serves per-image gauges and totals.
+func TestReloadAndMetrics(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	dir := roottest.TempDir(t)
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	base := fmt.Sprintf("metrics_address = %q\n[image]\nquota = \"256MiB\"\n[window]\ninitial = \"32MiB\"\nheadroom = \"32MiB\"\n", metrics)
+	d := startDaemon(t, dir, base)
+	conn, err := grpc.NewClient("unix://"+d.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "snug")
+	ctx := context.Background()
+	label := snapshots.WithLabels(map[string]string{"containerd.io/snapshot/snug.policy": "wide"})
+	if _, err := sn.Prepare(ctx, "before", "", label); err == nil || !strings.Contains(err.Error(), "no such class") {
+		t.Fatalf("class before it is defined: %v", err)
+	}
+
+	policy, err := os.ReadFile(d.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(d.Config, append(policy, "[policies.wide.window]\nheadroom = \"96MiB\"\n"...), 0o600)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "policy reloaded", 1)
+	if _, err := sn.Prepare(ctx, "after", "", label); err != nil {
+		t.Fatalf("class after the reload: %v", err)
+	}
+	if st := statusByName(t, d, "after"); st.Class != "wide" || st.FreeBytes < 95<<20 {
+		t.Errorf("new snapshot: class %q, free %d MiB; want wide, 96 MiB", st.Class, st.FreeBytes>>20)
+	}
+
+	os.WriteFile(d.Config, append(policy, "[window]\nheadroom = \"lots\"\n"...), 0o600)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "policy reload refused", 1)
+	if !strings.Contains(lastLines(d.Log(), 5), "line") {
+		t.Errorf("refused reload does not name the line:\n%s", lastLines(d.Log(), 5))
+	}
+	if _, err := sn.Prepare(ctx, "still", "", label); err != nil {
+		t.Fatalf("the policy in force was lost by a bad reload: %v", err)
+	}
+
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`snug_image_footprint_bytes{id="`, `snug_image_window_bytes{`, `snug_image_used_bytes{`, `snug_image_quota_bytes{`,
+		`snug_images{kind="active"} 2`, "snug_grows_total ", "snug_reclaimed_bytes_total ", "snug_window_full_total ",
+		"process_resident_memory_bytes ",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+// statusByName is the status of the snapshot whose name ends with name.
+func statusByName(t *testing.T, d *daemon, name string) snapshotter.ImageStatus {
+	t.Helper()
+	out, err := d.Snug(context.Background(), "status", "--json")
+	if err != nil {
+		t.Fatalf("snug status: %v %s", err, out)
+	}
+	var images []snapshotter.ImageStatus
+	if err := json.Unmarshal([]byte(out), &images); err != nil {
+		t.Fatalf("snug status --json: %v\n%s", err, out)
+	}
+	for _, im := range images {
+		if strings.HasSuffix(im.Snapshot, name) {
+			return im
+		}
+	}
+	t.Fatalf("no status for %s: %s", name, out)
+	return snapshotter.ImageStatus{}
+}
