@@ -5,12 +5,14 @@ BIN     := bin
 SNUG    := $(BIN)/snug
 PKGS    := ./...
 
-.PHONY: all build deps demo test test-unit test-root fuzz bench bench-imagefs bench-containerd vet clean
+.PHONY: all build deps demo test test-unit test-root fuzz bench bench-imagefs bench-containerd bench-churn bench-daemon vet clean
 
 all: build
 
 build:
 	$(GO) build -o $(SNUG) ./cmd/snug
+	$(GO) build -ldflags="-s -w" -o $(BIN)/snug-hook ./cmd/snug-hook
+	ln -sf snug-hook $(BIN)/snug-runc
 
 # deps installs the host tools the root tests and the demo drive for real.
 deps:
@@ -61,7 +63,23 @@ bench-containerd: deps
 	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
 	  $(GO) test -count=1 -timeout 60m -run '^TestContainerdBenchmark$$' -v ./integration
 
-bench: bench-imagefs bench-containerd
+# bench-churn: the churn workload in a real container on snug, blockfile
+# (scratch image of the same quota) and overlayfs: footprint and used after
+# every round and after the stop; bench/results/churn-container.{json,txt,png}.
+bench-churn: deps
+	@mkdir -p bench/results
+	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
+	  $(GO) test -count=1 -timeout 60m -run '^TestChurnInContainerBenchmark$$' -v ./integration
+
+# bench-daemon: the daemon's cost with 200 idle mounted images, and the
+# latency the hooks add to `ctr run` and `ctr task kill`;
+# bench/results/daemon.{json,txt}.
+bench-daemon: deps
+	@mkdir -p bench/results
+	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
+	  $(GO) test -count=1 -timeout 60m -run '^(TestIdleDaemonBenchmark|TestHookLatencyBenchmark)$$' -v ./integration
+
+bench: bench-imagefs bench-containerd bench-churn bench-daemon
 
 clean:
 	rm -rf $(BIN) bench/results

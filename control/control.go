@@ -11,12 +11,10 @@
 package control
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"time"
@@ -24,15 +22,17 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/control/wire"
+
 	"github.com/snugfs/snug/snapshotter"
 )
 
-// Paths of the API.
+// Paths of the API (package wire has the protocol).
 const (
-	PathStatus         = "/v1/status"
-	PathContainerStart = "/v1/containers/start"
-	PathContainerStop  = "/v1/containers/stop"
-	PathReclaim        = "/v1/reclaim"
+	PathStatus         = wire.PathStatus
+	PathContainerStart = wire.PathContainerStart
+	PathContainerStop  = wire.PathContainerStop
+	PathReclaim        = wire.PathReclaim
 )
 
 // Source is what the control API reports on and acts on: the snapshotter.
@@ -43,13 +43,8 @@ type Source interface {
 	Reclaim(ctx context.Context, key string) ([]snapshotter.ReclaimOutcome, error)
 }
 
-// Container is the body of the container start and stop calls: what an OCI
-// hook knows of the container.
-type Container struct {
-	ID          string            `json:"id"`
-	RootFS      string            `json:"rootfs,omitempty"`
-	Annotations map[string]string `json:"annotations,omitempty"`
-}
+// Container is the body of the container start and stop calls.
+type Container = wire.Container
 
 // ReclaimRequest is the body of a reclaim call: one snapshot by its key in
 // snug's store, or every active snapshot when Snapshot is empty.
@@ -58,7 +53,7 @@ type ReclaimRequest struct {
 }
 
 // ErrDaemonDown is returned by the Client when nothing answers on the socket.
-var ErrDaemonDown = errors.New("snug daemon is not running")
+var ErrDaemonDown = wire.ErrDaemonDown
 
 // peerKey carries a connection's peer credentials into its requests.
 type peerKey struct{}
@@ -88,7 +83,7 @@ func NewServer(src Source) *http.Server {
 				writeError(w, http.StatusInternalServerError, err)
 				return
 			}
-			writeJSON(w, img)
+			writeJSON(w, wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes})
 		}
 	}
 	mux.HandleFunc("POST "+PathContainerStart, container(src.ContainerStarting))
@@ -152,14 +147,10 @@ func peerCred(c net.Conn) *unix.Ucred {
 	return cred
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeError(w http.ResponseWriter, code int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(errorBody{Error: err.Error()})
+	json.NewEncoder(w).Encode(wire.ErrorBody{Error: err.Error()})
 }
 
 // readJSON decodes a request body of at most 1 MiB into v, answering 400
@@ -179,85 +170,25 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// Client talks to the daemon's control socket.
+// Client talks to the daemon's control socket: the hooks' calls from
+// wire.Client, and the CLI's.
 type Client struct {
-	address string
-	http    *http.Client
+	*wire.Client
 }
 
 // NewClient returns a client for the control socket at address.
 func NewClient(address string) *Client {
-	dialer := net.Dialer{Timeout: 2 * time.Second}
-	return &Client{
-		address: address,
-		http: &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return dialer.DialContext(ctx, "unix", address)
-			},
-		}},
-	}
+	return &Client{wire.NewClient(address)}
 }
 
 // Status returns every image the daemon serves.
 func (c *Client) Status(ctx context.Context) ([]snapshotter.ImageStatus, error) {
 	var out []snapshotter.ImageStatus
-	return out, c.call(ctx, http.MethodGet, PathStatus, nil, &out)
-}
-
-// ContainerStarting tells the daemon a container is about to start (the
-// prestart hook): its window gets its headroom before the call returns.
-func (c *Client) ContainerStarting(ctx context.Context, ct Container) (snapshotter.ContainerImage, error) {
-	var out snapshotter.ContainerImage
-	return out, c.call(ctx, http.MethodPost, PathContainerStart, ct, &out)
-}
-
-// ContainerStopped tells the daemon a container stopped (the poststop
-// hook). It returns at once; the reclaim runs in the background.
-func (c *Client) ContainerStopped(ctx context.Context, ct Container) (snapshotter.ContainerImage, error) {
-	var out snapshotter.ContainerImage
-	return out, c.call(ctx, http.MethodPost, PathContainerStop, ct, &out)
+	return out, c.Call(ctx, http.MethodGet, PathStatus, nil, &out)
 }
 
 // Reclaim repacks one snapshot's image now, or every one for "".
 func (c *Client) Reclaim(ctx context.Context, snapshot string) ([]snapshotter.ReclaimOutcome, error) {
 	var out []snapshotter.ReclaimOutcome
-	return out, c.call(ctx, http.MethodPost, PathReclaim, ReclaimRequest{Snapshot: snapshot}, &out)
-}
-
-func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
-	var reqBody io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		reqBody = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://snug"+path, reqBody)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
-			return fmt.Errorf("%w (no answer on %s)", ErrDaemonDown, c.address)
-		}
-		return fmt.Errorf("control %s: %w", c.address, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("control %s: %w", c.address, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e errorBody
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("snug daemon: %s", e.Error)
-		}
-		return fmt.Errorf("snug daemon: %s", resp.Status)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("control %s: bad answer: %w", c.address, err)
-	}
-	return nil
+	return out, c.Call(ctx, http.MethodPost, PathReclaim, ReclaimRequest{Snapshot: snapshot}, &out)
 }

@@ -1,16 +1,21 @@
 // Package hooks is snug's side of a container's life: the OCI hooks and
 // the runc wrapper that installs them.
 //
-//   - Hook runs `snug hook <stage>` with the OCI state (runtime-spec
+//   - Hook runs `snug-hook hook <stage>` (or `snug hook <stage>`) with the OCI state (runtime-spec
 //     specs.State) on stdin. createRuntime or prestart: the daemon gives the
 //     container's window its headroom before the process starts (and applies
 //     the class its io.snugfs.policy annotation picks). poststop: the daemon
 //     schedules a reclaim of its image and returns at once.
 //   - Wrap is the runc wrapper, in the pattern of nvidia-container-runtime:
-//     snug run as `snug-runc` (a symlink to snug) adds both hooks to the
+//     snug-hook run as `snug-runc` (a symlink to it) adds both hooks to the
 //     bundle's config.json on `create` and `run`, then execs the real runc.
 //     It is what `ctr run --runc-binary` and a containerd runtime's
 //     BinaryName option (CRI included) point at.
+//
+// Both run in cmd/snug-hook, a small binary (the standard library, the
+// runtime-spec types, the policy file reader) that starts in a few
+// milliseconds, since every runc call and every container start and stop
+// goes through it.
 //
 // A hook fails safe. Garbage on stdin is a usage error (exit 2, with a
 // message): a runtime never sends it, so it is loud. A daemon that is down or

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/snugfs/snug/control"
+	"github.com/snugfs/snug/control/wire"
 )
 
 // Stages snug has a hook for.
@@ -40,20 +40,14 @@ var ErrUnknownStage = errors.New("unknown hook stage")
 // the daemon through client. Only bad input is an error (ErrBadState,
 // ErrUnknownStage); a daemon that is down or fails is a Result.Warning, so
 // the container's start or stop never waits on snug.
-func Hook(ctx context.Context, stage string, stdin io.Reader, client *control.Client) (Result, error) {
+func Hook(ctx context.Context, stage string, stdin io.Reader, client *wire.Client) (Result, error) {
 	res := Result{Stage: stage}
-	var call func(context.Context, control.Container) (imageOut, error)
+	var call func(context.Context, wire.Container) (wire.ContainerImage, error)
 	switch stage {
 	case StageCreateRuntime, StagePrestart:
-		call = func(ctx context.Context, c control.Container) (imageOut, error) {
-			img, err := client.ContainerStarting(ctx, c)
-			return imageOut{img.ID, img.Class, img.FreeBytes}, err
-		}
+		call = client.ContainerStarting
 	case StagePoststop:
-		call = func(ctx context.Context, c control.Container) (imageOut, error) {
-			img, err := client.ContainerStopped(ctx, c)
-			return imageOut{img.ID, img.Class, img.FreeBytes}, err
-		}
+		call = client.ContainerStopped
 	default:
 		return res, fmt.Errorf("%w %q: want %s, %s or %s", ErrUnknownStage, stage, StageCreateRuntime, StagePrestart, StagePoststop)
 	}
@@ -65,15 +59,10 @@ func Hook(ctx context.Context, stage string, stdin io.Reader, client *control.Cl
 	rootfs, annotations := rootfsOf(st)
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
-	out, err := call(ctx, control.Container{ID: st.ID, RootFS: rootfs, Annotations: annotations})
-	res.Image, res.Class, res.FreeBytes = out.id, out.class, out.free
+	out, err := call(ctx, wire.Container{ID: st.ID, RootFS: rootfs, Annotations: annotations})
+	res.Image, res.Class, res.FreeBytes = out.ID, out.Class, out.FreeBytes
 	if err != nil {
 		res.Warning = err
 	}
 	return res, nil
-}
-
-type imageOut struct {
-	id, class string
-	free      int64
 }

@@ -12,7 +12,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/snugfs/snug/control"
+	"github.com/snugfs/snug/control/wire"
 )
 
 func TestReadState(t *testing.T) {
@@ -130,7 +130,7 @@ func TestAddHooksKeepsTheRestAndIsIdempotent(t *testing.T) {
 // TestHookFailsSafe: garbage is an error; a daemon that is down is only a
 // warning.
 func TestHookFailsSafe(t *testing.T) {
-	client := control.NewClient(filepath.Join(t.TempDir(), "none.sock"))
+	client := wire.NewClient(filepath.Join(t.TempDir(), "none.sock"))
 	ctx := context.Background()
 	if _, err := Hook(ctx, StagePrestart, strings.NewReader("garbage"), client); !errors.Is(err, ErrBadState) {
 		t.Errorf("garbage: %v, want ErrBadState", err)
@@ -139,7 +139,7 @@ func TestHookFailsSafe(t *testing.T) {
 		t.Errorf("unknown stage: %v", err)
 	}
 	res, err := Hook(ctx, StagePoststop, strings.NewReader(`{"id":"x","bundle":"/b"}`), client)
-	if err != nil || !errors.Is(res.Warning, control.ErrDaemonDown) {
+	if err != nil || !errors.Is(res.Warning, wire.ErrDaemonDown) {
 		t.Errorf("daemon down: %+v, %v; want a warning", res, err)
 	}
 }

@@ -14,8 +14,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// WrapperName is the name snug answers to as the runc wrapper: a symlink
-// snug-runc -> snug.
+// WrapperName is the name cmd/snug-hook answers to as the runc wrapper: a
+// symlink snug-runc -> snug-hook.
 const WrapperName = "snug-runc"
 
 // Environment the wrapper reads.
@@ -43,14 +43,14 @@ func (c Command) HookFor(stage string) specs.Hook {
 	return specs.Hook{Path: c.Path, Args: append(slices.Clone(c.Args), stage), Timeout: &t}
 }
 
-// SelfCommand is the Command of the running snug binary, with the policy
-// file from EnvConfig.
+// SelfCommand is the Command of the running binary (snug-hook, which the
+// snug-runc symlink runs), with the policy file from EnvConfig.
 func SelfCommand() (Command, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return Command{}, err
 	}
-	args := []string{"snug"}
+	args := []string{filepath.Base(exe)}
 	if cfg := os.Getenv(EnvConfig); cfg != "" {
 		args = append(args, "--config", cfg)
 	}

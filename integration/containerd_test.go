@@ -175,7 +175,7 @@ func (s *stack) runcWrapper() string {
 		return p
 	}
 	os.MkdirAll(filepath.Dir(p), 0o755)
-	if err := os.Symlink(snugBinary(s.t), p); err != nil {
+	if err := os.Symlink(hookBinary(s.t), p); err != nil {
 		s.t.Fatal(err)
 	}
 	return p

@@ -44,7 +44,7 @@ func TestKubernetesCRI(t *testing.T) {
 	// snug's hooks come in through the runc wrapper, as the runtime's
 	// BinaryName; the class annotation is passed on to the OCI spec.
 	wrapper := filepath.Join(dir, "snug-runc")
-	if err := os.Symlink(snugBinary(t), wrapper); err != nil {
+	if err := os.Symlink(hookBinary(t), wrapper); err != nil {
 		t.Fatal(err)
 	}
 	cri := fmt.Sprintf(`

@@ -20,7 +20,8 @@ var (
 	buildErr  error
 )
 
-// snugBinary builds cmd/snug once per test binary and returns its path.
+// snugBinary builds cmd/snug and cmd/snug-hook once per test binary and
+// returns the path of snug.
 func snugBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -30,15 +31,23 @@ func snugBinary(t testing.TB) string {
 			return
 		}
 		snugBin = filepath.Join(dir, "snug")
-		out, err := exec.Command("go", "build", "-o", snugBin, "github.com/snugfs/snug/cmd/snug").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build snug: %v\n%s", err, out)
+		for _, cmd := range []string{"snug", "snug-hook"} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/snugfs/snug/cmd/"+cmd).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", cmd, err, out)
+				return
+			}
 		}
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	return snugBin
+}
+
+// hookBinary is cmd/snug-hook, built with snugBinary.
+func hookBinary(t testing.TB) string {
+	return filepath.Join(filepath.Dir(snugBinary(t)), "snug-hook")
 }
 
 // daemon is a `snug serve` process started by a test.

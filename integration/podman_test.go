@@ -39,8 +39,8 @@ func TestHooksDirWithPodman(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		js := strings.Replace(string(b), `"/usr/local/bin/snug"`, `"`+snugBinary(t)+`"`, 1)
-		js = strings.Replace(js, `["snug", "hook",`, `["snug", "--config", "`+s.snug.Config+`", "hook",`, 1)
+		js := strings.Replace(string(b), `"/usr/local/bin/snug-hook"`, `"`+hookBinary(t)+`"`, 1)
+		js = strings.Replace(js, `["snug-hook", "hook",`, `["snug-hook", "--config", "`+s.snug.Config+`", "hook",`, 1)
 		if js == string(b) {
 			t.Fatalf("%s: unexpected layout", f)
 		}

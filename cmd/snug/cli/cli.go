@@ -61,8 +61,8 @@ commands:
   version                                         print the version
 
 SIZE is bytes or a number with a unit: 10GiB, 512MiB, 1.5G.
-Run as snug-runc (a symlink to snug), it is the runc wrapper that adds the
-hooks to each container's config.json; $SNUG_RUNC names the real runc.
+The runc wrapper that adds the hooks to each container is snug-runc, a
+symlink to snug-hook; $SNUG_RUNC names the real runc.
 The policy file (default /etc/snug/config.toml) gives the defaults.
 `
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/snugfs/snug/config"
-	"github.com/snugfs/snug/control"
+	"github.com/snugfs/snug/control/wire"
 	"github.com/snugfs/snug/hooks"
 )
 
@@ -24,7 +24,7 @@ func (c *CLI) hook(ctx context.Context, args []string) int {
 		cfg = config.Default()
 	}
 	address := cfg.ControlAddress
-	res, err := hooks.Hook(ctx, stage, c.stdin, control.NewClient(address))
+	res, err := hooks.Hook(ctx, stage, c.stdin, wire.NewClient(address))
 	if err != nil {
 		fmt.Fprintf(c.stderr, "snug hook %s: %v\n", stage, err)
 		if errors.Is(err, hooks.ErrBadState) || errors.Is(err, hooks.ErrUnknownStage) {
@@ -36,12 +36,4 @@ func (c *CLI) hook(ctx context.Context, args []string) int {
 		fmt.Fprintf(c.stderr, "snug hook %s: container %s: warning: %v (the container goes on without it)\n", stage, res.Container, res.Warning)
 	}
 	return exitOK
-}
-
-// RuncWrapper is snug run as snug-runc: see hooks.Wrap. It returns only
-// when it cannot exec runc.
-func (c *CLI) RuncWrapper(args []string) int {
-	err := hooks.Wrap(args, c.stderr)
-	fmt.Fprintf(c.stderr, "%s: %v\n", hooks.WrapperName, err)
-	return exitFail
 }

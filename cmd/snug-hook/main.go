@@ -1,0 +1,61 @@
+// Command snug-hook is snug's OCI hook and runc wrapper in a small binary
+// that starts in about a millisecond, for the container's critical path:
+//
+//	snug-hook [--config PATH] hook createRuntime|prestart|poststop   (state on stdin)
+//	snug-runc ARGS...   (a symlink to snug-hook: add the hooks, exec runc)
+//
+// It reads control_address from the policy file (default
+// /etc/snug/config.toml) and behaves as `snug hook`: bad input exits 2
+// with a message; a daemon that is down or fails is a warning, exit 0.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/control/wire"
+	"github.com/snugfs/snug/hooks"
+)
+
+func main() {
+	if filepath.Base(os.Args[0]) == hooks.WrapperName {
+		err := hooks.Wrap(os.Args[1:], os.Stderr)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", hooks.WrapperName, err)
+		os.Exit(1)
+	}
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	// The same arguments as `snug [--config PATH] hook STAGE`.
+	path := config.DefaultPath
+	if len(args) > 2 && args[0] == "--config" {
+		path, args = args[1], args[2:]
+	}
+	if len(args) != 2 || args[0] != "hook" {
+		fmt.Fprintf(os.Stderr, "usage: snug-hook [--config PATH] hook %s|%s|%s < state.json\n", hooks.StageCreateRuntime, hooks.StagePrestart, hooks.StagePoststop)
+		return 2
+	}
+	stage := args[1]
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "snug hook %s: warning: %v; using the default control socket\n", stage, err)
+		cfg = config.Default()
+	}
+	res, err := hooks.Hook(context.Background(), stage, os.Stdin, wire.NewClient(cfg.ControlAddress))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "snug hook %s: %v\n", stage, err)
+		if errors.Is(err, hooks.ErrBadState) || errors.Is(err, hooks.ErrUnknownStage) {
+			return 2
+		}
+		return 1
+	}
+	if res.Warning != nil {
+		fmt.Fprintf(os.Stderr, "snug hook %s: container %s: warning: %v (the container goes on without it)\n", stage, res.Container, res.Warning)
+	}
+	return 0
+}

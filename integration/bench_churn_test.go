@@ -1,0 +1,221 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// churnScript is the churn workload inside the container: 30 rounds of
+// writing ~200 MiB in files of 4 KiB to 8 MiB (log-uniform sizes, random
+// data) in a new directory, deleting the previous round's, and syncing.
+// After each round it prints "round N USED_KIB" and waits until the host
+// has measured (it creates /churn-go-N in the container's root).
+const churnScript = `set -eu
+dd if=/dev/urandom of=/seed bs=1M count=8 2>/dev/null
+r=1
+while [ $r -le 30 ]; do
+  mkdir /churn$r
+  w=0; n=0
+  while [ $w -lt 204800 ]; do
+    k=$(( 4 << (n * 7 % 12) ))   # 4 KiB .. 8 MiB
+    head -c $((k * 1024)) /seed > /churn$r/f$n
+    w=$((w + k)); n=$((n + 1))
+  done
+  rm -rf /churn$((r - 1))
+  sync
+  echo "round $r $(du -sk /churn$r /seed | awk '{ s += $1 } END { print s }')"
+  while [ ! -e /churn-go-$r ]; do sleep 0.05; done
+  r=$((r + 1))
+done
+echo finished
+`
+
+type churnPoint struct {
+	Round     int   `json:"round"`
+	Used      int64 `json:"used_bytes"`
+	Footprint int64 `json:"footprint_bytes"`
+}
+
+type churnSeries struct {
+	Snapshotter    string       `json:"snapshotter"`
+	Rounds         []churnPoint `json:"rounds"`
+	AfterStop      churnPoint   `json:"after_stop"`
+	MaxRatio       float64      `json:"max_footprint_to_used"`
+	AfterStopRatio float64      `json:"after_stop_footprint_to_used"`
+}
+
+// TestChurnInContainerBenchmark runs the churn workload in a real
+// container on snug, blockfile (a scratch image of the same 4 GiB quota)
+// and overlayfs, in one containerd, and records after every round the
+// container's used bytes and what its writable layer costs the host, and
+// the same 5 s after the container stopped. Footprints are measured 1 s
+// after each round's sync, for every snapshotter alike. Output: JSON, a
+// table and a PNG plot in $SNUG_BENCH_OUT. It runs under `make bench` only.
+func TestChurnInContainerBenchmark(t *testing.T) {
+	out := os.Getenv("SNUG_BENCH_OUT")
+	if out == "" {
+		t.Skip("benchmark: run with make bench (SNUG_BENCH_OUT)")
+	}
+	requireStack(t)
+	dir := roottest.TempDir(t)
+	const quota = 4 << 30
+	scratch := filepath.Join(dir, "scratch.img")
+	if b, err := exec.Command("truncate", "-s", fmt.Sprint(quota), scratch).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, b)
+	}
+	if b, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, b)
+	}
+	s := startStackWith(t, "[image]\nquota = \"4GiB\"\n",
+		"    { platform = \"linux/amd64\", snapshotter = \"blockfile\" },\n",
+		fmt.Sprintf("\n[plugins.\"io.containerd.snapshotter.v1.blockfile\"]\n  scratch_file = %q\n  fs_type = \"ext4\"\n", scratch))
+	var series []churnSeries
+	for _, sn := range []string{"snug", "blockfile", "overlayfs"} {
+		s.ctr("images", "import", "--snapshotter", sn, "--base-name", "localhost/churn-"+sn, testImage(t))
+		series = append(series, s.churn(sn, "localhost/churn-"+sn+":latest"))
+	}
+	writeChurnReport(t, out, series)
+	snug := series[0]
+	for _, p := range snug.Rounds {
+		if limit := p.Used*110/100 + 16<<20; p.Footprint > limit {
+			t.Errorf("snug round %d: footprint %d MiB > 1.10 x used + 16 MiB = %d MiB", p.Round, p.Footprint>>20, limit>>20)
+		}
+	}
+	if p := snug.AfterStop; p.Footprint > p.Used*103/100+8<<20 {
+		t.Errorf("snug after stop: footprint %d MiB > 1.03 x used + 8 MiB", p.Footprint>>20)
+	}
+}
+
+// churn runs the workload on snapshotter sn and measures it.
+func (s *stack) churn(sn, ref string) churnSeries {
+	t := s.t
+	id := "churn-" + sn
+	cmd := exec.Command(filepath.Join(containerdBin(), "ctr"), "-a", s.socket(), "run", "--snapshotter", sn, ref, id, "/bin/sh", "-c", churnScript)
+	cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	res := churnSeries{Snapshotter: sn}
+	rootfs := filepath.Join(s.dir, "containerd", "state", "io.containerd.runtime.v2.task", "default", id, "rootfs")
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 3 || f[0] != "round" {
+			continue
+		}
+		round, _ := strconv.Atoi(f[1])
+		kib, _ := strconv.ParseInt(f[2], 10, 64)
+		time.Sleep(time.Second)
+		p := churnPoint{Round: round, Used: kib << 10, Footprint: s.layerFootprint(sn, id)}
+		res.Rounds = append(res.Rounds, p)
+		res.MaxRatio = max(res.MaxRatio, float64(p.Footprint)/float64(p.Used))
+		t.Logf("%s round %d: used %d MiB, footprint %d MiB", sn, round, p.Used>>20, p.Footprint>>20)
+		if err := os.WriteFile(filepath.Join(rootfs, fmt.Sprint("churn-go-", round)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil || len(res.Rounds) != 30 {
+		t.Fatalf("%s churn: %v after %d rounds", sn, err, len(res.Rounds))
+	}
+	time.Sleep(5 * time.Second)
+	last := res.Rounds[len(res.Rounds)-1]
+	res.AfterStop = churnPoint{Round: last.Round, Used: last.Used, Footprint: s.layerFootprint(sn, id)}
+	res.AfterStopRatio = float64(res.AfterStop.Footprint) / float64(res.AfterStop.Used)
+	t.Logf("%s after stop: footprint %d MiB", sn, res.AfterStop.Footprint>>20)
+	s.ctr("containers", "rm", id)
+	return res
+}
+
+// layerFootprint is what the writable layer of container id costs the
+// host: the allocated bytes of its image file (snug, blockfile) or of its
+// overlay upper directory (overlayfs).
+func (s *stack) layerFootprint(sn, id string) int64 {
+	t := s.t
+	out := s.ctr("snapshots", "--snapshotter", sn, "mounts", "/x", id)
+	for _, opt := range strings.FieldsFunc(out, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
+		if up, ok := strings.CutPrefix(opt, "upperdir="); ok {
+			if img := filepath.Join(filepath.Dir(filepath.Dir(up)), "rw.img"); sn == "snug" {
+				return allocated(t, img)
+			}
+			return duAllocated(t, up)
+		}
+	}
+	// blockfile: mount -t ext4 -o loop,... FILE /x
+	f := strings.Fields(out)
+	for i, w := range f {
+		if w == "/x" && i > 0 {
+			return allocated(t, f[i-1])
+		}
+	}
+	t.Fatalf("cannot tell the writable layer of %s on %s from:\n%s", id, sn, out)
+	return 0
+}
+
+func allocated(t *testing.T, path string) int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+func duAllocated(t *testing.T, dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			if st, ok := fi.Sys().(*unix.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+func writeChurnReport(t *testing.T, out string, series []churnSeries) {
+	report := map[string]any{
+		"command":  "make bench-churn",
+		"date":     time.Now().UTC().Format(time.RFC3339),
+		"workload": "30 rounds of ~200 MiB in files of 4 KiB-8 MiB, previous round deleted, sync; 4 GiB quota; footprint measured 1 s after each round's sync and 5 s after the container stopped",
+		"series":   series,
+	}
+	js, _ := json.MarshalIndent(report, "", "  ")
+	var table strings.Builder
+	fmt.Fprintf(&table, "%-10s %10s %14s %10s %16s %12s\n", "snapshotter", "used MiB", "footprint MiB", "max ratio", "after stop MiB", "after ratio")
+	for _, sr := range series {
+		last := sr.Rounds[len(sr.Rounds)-1]
+		fmt.Fprintf(&table, "%-10s %10d %14d %9.2fx %16d %11.2fx\n", sr.Snapshotter, last.Used>>20, last.Footprint>>20, sr.MaxRatio, sr.AfterStop.Footprint>>20, sr.AfterStopRatio)
+	}
+	fmt.Fprintf(&table, "used and footprint at round 30; max ratio: highest footprint/used over the 30 rounds\nreproduce: make bench-churn\n")
+	t.Log("\n" + table.String())
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"churn-container.json": js, "churn-container.txt": []byte(table.String())} {
+		if err := os.WriteFile(filepath.Join(out, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := plotChurn(filepath.Join(out, "churn-container.png"), series); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,47 @@
+package integration
+
+import (
+	"image/color"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// plotChurn draws footprint (solid) and used (dashed) over the rounds for
+// each snapshotter, after-stop points at round 31.
+func plotChurn(path string, series []churnSeries) error {
+	p := plot.New()
+	p.Title.Text = "Churn in a container: host footprint vs used (4 GiB quota)"
+	p.X.Label.Text = "round (31 = 5 s after the container stopped)"
+	p.Y.Label.Text = "MiB"
+	p.Legend.Top = true
+	p.Legend.Left = true
+	colors := []color.Color{color.RGBA{0x1f, 0x77, 0xb4, 0xff}, color.RGBA{0xd6, 0x27, 0x28, 0xff}, color.RGBA{0x2c, 0xa0, 0x2c, 0xff}}
+	for i, sr := range series {
+		foot, used := make(plotter.XYs, 0, len(sr.Rounds)+1), make(plotter.XYs, 0, len(sr.Rounds)+1)
+		for _, r := range sr.Rounds {
+			foot = append(foot, plotter.XY{X: float64(r.Round), Y: float64(r.Footprint) / (1 << 20)})
+			used = append(used, plotter.XY{X: float64(r.Round), Y: float64(r.Used) / (1 << 20)})
+		}
+		foot = append(foot, plotter.XY{X: 31, Y: float64(sr.AfterStop.Footprint) / (1 << 20)})
+		used = append(used, plotter.XY{X: 31, Y: float64(sr.AfterStop.Used) / (1 << 20)})
+		fl, err := plotter.NewLine(foot)
+		if err != nil {
+			return err
+		}
+		fl.Color, fl.Width = colors[i%len(colors)], vg.Points(2)
+		ul, err := plotter.NewLine(used)
+		if err != nil {
+			return err
+		}
+		ul.Color, ul.Width, ul.Dashes = colors[i%len(colors)], vg.Points(1), []vg.Length{vg.Points(4), vg.Points(3)}
+		p.Add(fl, ul)
+		p.Legend.Add(sr.Snapshotter+" footprint", fl)
+		p.Legend.Add(sr.Snapshotter+" used", ul)
+	}
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Legend.TextStyle.Font.Size = vg.Points(9)
+	return p.Save(10*vg.Inch, 6*vg.Inch, path)
+}
