@@ -1,0 +1,188 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
+const clockTick = 100
+
+// cpuSeconds is the user+system CPU time process pid used so far.
+func cpuSeconds(t *testing.T, pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / clockTick
+}
+
+// rssBytes is the resident set of process pid.
+func rssBytes(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestIdleDaemonBenchmark measures what snug serve costs with 200 mounted,
+// idle rw images under the default policy (one check of each every 100 ms):
+// CPU over 60 s, as a share of one core, and its resident memory. Goals:
+// at most 1% of a core and 150 MB.
+func TestIdleDaemonBenchmark(t *testing.T) {
+	out := os.Getenv("SNUG_BENCH_OUT")
+	if out == "" {
+		t.Skip("benchmark: run with make bench (SNUG_BENCH_OUT)")
+	}
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	n := envInt(t, "SNUG_BENCH_IDLE_IMAGES", 200)
+	window := time.Duration(envInt(t, "SNUG_BENCH_IDLE_SECONDS", 60)) * time.Second
+	d := startDaemon(t, roottest.TempDir(t), "")
+	conn, err := grpc.NewClient("unix://"+d.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "snug")
+	ctx := context.Background()
+	start := time.Now()
+	for i := range n {
+		if _, err := sn.Prepare(ctx, fmt.Sprint("idle-", i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prepared := time.Since(start)
+	defer func() {
+		for i := range n {
+			sn.Remove(ctx, fmt.Sprint("idle-", i))
+		}
+	}()
+	time.Sleep(5 * time.Second) // the pool refills, the first checks settle
+	pid := d.cmd.Process.Pid
+	cpu0, t0 := cpuSeconds(t, pid), time.Now()
+	time.Sleep(window)
+	cpu := (cpuSeconds(t, pid) - cpu0) / time.Since(t0).Seconds()
+	rss := rssBytes(t, pid)
+	report := map[string]any{
+		"command":          "make bench-daemon",
+		"date":             time.Now().UTC().Format(time.RFC3339),
+		"images":           n,
+		"policy":           "default (window.check_interval 100ms, 10 GiB quota)",
+		"prepare_seconds":  prepared.Seconds(),
+		"measured_seconds": window.Seconds(),
+		"cpu_core_share":   cpu,
+		"rss_bytes":        rss,
+	}
+	table := fmt.Sprintf("snug serve with %d idle mounted images, default policy (each checked every 100 ms), over %v:\n"+
+		"  CPU %.2f%% of one core (goal <= 1%%)\n  RSS %.1f MB (goal <= 150 MB)\n  preparing them took %v (%.1f ms each)\nreproduce: make bench-daemon\n",
+		n, window, 100*cpu, float64(rss)/1e6, prepared.Round(time.Millisecond), float64(prepared.Milliseconds())/float64(n))
+	t.Log("\n" + table)
+	writeBench(t, out, "daemon-idle", report, table)
+	if cpu > 0.01 {
+		t.Errorf("CPU %.2f%% of a core with %d idle images, goal 1%%", 100*cpu, n)
+	}
+	if rss > 150e6 {
+		t.Errorf("RSS %d MB with %d idle images, goal 150", rss/1e6, n)
+	}
+}
+
+// TestHookLatencyBenchmark measures what snug's hooks add to `ctr run --rm
+// ... /bin/true` and to `ctr task kill`: the same container with and without
+// --runc-binary snug-runc, round robin. Goal: at most 5% more.
+func TestHookLatencyBenchmark(t *testing.T) {
+	out := os.Getenv("SNUG_BENCH_OUT")
+	if out == "" {
+		t.Skip("benchmark: run with make bench (SNUG_BENCH_OUT)")
+	}
+	runs := envInt(t, "SNUG_BENCH_RUNS", 30)
+	s := startStack(t, "")
+	s.importImage()
+	wrapper := s.runcWrapper()
+	variants := []string{"plain", "hooks"}
+	args := func(v string) []string {
+		if v == "hooks" {
+			return []string{"--runc-binary", wrapper}
+		}
+		return nil
+	}
+	runMs := map[string][]float64{}
+	killMs := map[string][]float64{}
+	for i := range runs {
+		for _, v := range rotate(variants, i) {
+			id := fmt.Sprintf("lat-%s-%d", v, i)
+			start := time.Now()
+			s.ctr(append(append([]string{"run", "--rm"}, args(v)...), "--snapshotter", "snug", testImageRef, id, "/bin/true")...)
+			runMs[v] = append(runMs[v], float64(time.Since(start).Microseconds())/1000)
+
+			id += "-k"
+			s.ctr(append(append([]string{"run", "-d"}, args(v)...), "--snapshotter", "snug", testImageRef, id, "/bin/sleep", "600")...)
+			start = time.Now()
+			s.ctr("tasks", "kill", "-s", "KILL", id)
+			killMs[v] = append(killMs[v], float64(time.Since(start).Microseconds())/1000)
+			for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+				if out, _ := s.ctrErr("tasks", "ls"); !strings.Contains(out, id+" ") || strings.Contains(out, "STOPPED") {
+					break
+				}
+			}
+			s.ctr("tasks", "delete", id)
+			s.ctr("containers", "rm", id)
+		}
+	}
+	report := map[string]any{
+		"command": "make bench-daemon", "date": time.Now().UTC().Format(time.RFC3339), "runs": runs,
+		"run_ms": runMs, "kill_ms": killMs,
+		"run_median_ms":  map[string]float64{"plain": median(runMs["plain"]), "hooks": median(runMs["hooks"])},
+		"kill_median_ms": map[string]float64{"plain": median(killMs["plain"]), "hooks": median(killMs["hooks"])},
+	}
+	runRatio := median(runMs["hooks"]) / median(runMs["plain"])
+	killRatio := median(killMs["hooks"]) / median(killMs["plain"])
+	table := fmt.Sprintf("%-28s %10s %10s %8s\n%-28s %10.1f %10.1f %7.3fx\n%-28s %10.1f %10.1f %7.3fx\nmedians of %d each, round robin; hooks = ctr run --runc-binary snug-runc\nreproduce: make bench-daemon\n",
+		"latency (ms)", "plain", "hooks", "ratio",
+		"ctr run --rm ... /bin/true", median(runMs["plain"]), median(runMs["hooks"]), runRatio,
+		"ctr task kill -s KILL", median(killMs["plain"]), median(killMs["hooks"]), killRatio, runs)
+	t.Log("\n" + table)
+	writeBench(t, out, "hook-latency", report, table)
+	if runRatio > 1.05 || killRatio > 1.05 {
+		t.Errorf("hooks add more than 5%%: run %.3fx, kill %.3fx", runRatio, killRatio)
+	}
+}
+
+// writeBench writes name.json and name.txt into out.
+func writeBench(t *testing.T, out, name string, report any, table string) {
+	t.Helper()
+	js, _ := json.MarshalIndent(report, "", "  ")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for file, data := range map[string][]byte{name + ".json": js, name + ".txt": []byte(table)} {
+		if err := os.WriteFile(filepath.Join(out, file), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
