@@ -23,8 +23,8 @@ ctr snapshots --snapshotter snug ls
 step "ctr run --rm --snapshotter snug ... echo ok"
 ctr run --rm --snapshotter snug localhost/snug-test:latest hello /bin/sh -c 'echo ok; cat /data/keep'
 
-step "a container with a 1 GiB quota writes 100 MiB, deletes 60 MiB and keeps running"
-ctr run -d --snapshotter snug --snapshotter-label containerd.io/snapshot/max-size=1073741824 \
+step "a container with a 1 GiB quota, snug's hooks (snug-runc), writes 100 MiB, deletes 60 MiB and keeps running"
+ctr run -d --runc-binary "$(dirname "$snug")/snug-runc" --snapshotter snug --snapshotter-label containerd.io/snapshot/max-size=1073741824 \
   localhost/snug-test:latest writer /bin/sh -c \
   'mkdir /out && for i in $(seq 1 10); do dd if=/dev/urandom of=/out/$i bs=1M count=10 2>/dev/null; done;
    rm /out/[1-6]; sync; touch /done; sleep 3600' >/dev/null
@@ -34,7 +34,18 @@ for _ in $(seq 1 100); do
 done
 ctr tasks exec --exec-id df writer df -h /
 
-step "snug status"
+step "snug status (the watcher already trimmed what the writer deleted)"
+sleep 1
+"$snug" --config "$dir/snug.toml" status
+
+step "the writer stops: its poststop hook has the image reclaimed"
+ctr tasks kill -s KILL writer
+for _ in $(seq 1 50); do
+  ctr tasks ls | grep -q 'writer.*STOPPED' && break
+  sleep 0.1
+done
+ctr tasks delete writer >/dev/null
+sleep 2
 "$snug" --config "$dir/snug.toml" status
 
 step "ctr snapshots --snapshotter snug usage"

@@ -27,6 +27,7 @@ up() {
 root = "$dir/snug"
 address = "$dir/run/snug.sock"
 control_address = "$dir/run/control.sock"
+containerd_address = "$dir/containerd.sock"
 ${SNUG_EXTRA_POLICY:-}
 TOML
   "$snug" --config "$dir/snug.toml" serve > "$dir/snug.log" 2>&1 &
@@ -36,7 +37,8 @@ TOML
   sed -e "s|@DIR@|$dir|g" -e "s|@SNUG_SOCKET@|$dir/run/snug.sock|g" -e "s|@EXTRA_UNPACK@|${SNUG_EXTRA_UNPACK:-}|" \
     -e "s|@DISABLED_PLUGINS@|$off|" \
     "$here/containerd.toml.in" > "$dir/containerd.toml"
-  containerd --config "$dir/containerd.toml" > "$dir/containerd.log" 2>&1 &
+  # SNUG_CONFIG: snug-runc's hooks (run by the shim) use this stack's daemon.
+  SNUG_CONFIG="$dir/snug.toml" containerd --config "$dir/containerd.toml" > "$dir/containerd.log" 2>&1 &
   echo $! > "$dir/containerd.pid"
   wait_socket "$dir/containerd.sock" "$(cat "$dir/containerd.pid")" containerd "$dir/containerd.log"
 }
