@@ -41,16 +41,32 @@ type Watcher struct {
 
 	mu     sync.Mutex
 	images map[string]*watched
+	list   []*watched // images' values; nil when it must be rebuilt
 	wg     sync.WaitGroup
+	tick   uint64 // Run's goroutine only
 }
+
+const (
+	// quietAfter is how long an image's used space must stay unchanged
+	// before it is checked every other tick only.
+	quietAfter = 10 * time.Second
+	// balloonEvery is how many checks reuse the balloon size read last.
+	balloonEvery = 16
+)
 
 // watched is one image's state between checks. Only the Run goroutine
 // touches it, except busy.
 type watched struct {
-	m   *Mounted
-	pol atomic.Pointer[Policy]
+	key   string
+	m     *Mounted
+	pol   atomic.Pointer[Policy]
+	phase uint64 // spreads the checks of quiet images over two ticks
 
-	busy atomic.Bool // a grow or trim is running
+	busy         atomic.Bool // a grow or trim is running
+	balloonStale atomic.Bool // the balloon changed since it was read
+
+	checks  uint64
+	balloon int64 // bytes, as last read
 
 	seen      bool
 	lastAt    time.Time
@@ -95,8 +111,10 @@ func (w *Watcher) Add(key string, m *Mounted, p Policy) {
 	defer w.mu.Unlock()
 	iw, ok := w.images[key]
 	if !ok {
-		iw = &watched{m: m}
+		iw = &watched{key: key, m: m, phase: uint64(len(w.images))}
+		iw.balloonStale.Store(true)
 		w.images[key] = iw
+		w.list = nil
 	}
 	iw.pol.Store(&p)
 }
@@ -110,11 +128,23 @@ func (w *Watcher) SetPolicy(key string, p Policy) {
 	}
 }
 
+// Changed tells the watcher that the image under key had its balloon
+// changed by someone else (a repack): the next checks read it again.
+func (w *Watcher) Changed(key string) {
+	w.mu.Lock()
+	iw := w.images[key]
+	w.mu.Unlock()
+	if iw != nil {
+		iw.balloonStale.Store(true)
+	}
+}
+
 // Remove stops watching key. A grow or trim already running finishes.
 func (w *Watcher) Remove(key string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.images, key)
+	w.list = nil
 }
 
 // Len is the number of images watched.
@@ -144,15 +174,23 @@ func (w *Watcher) Run(ctx context.Context) {
 
 func (w *Watcher) checkAll(now time.Time) {
 	w.mu.Lock()
-	keys := make([]string, 0, len(w.images))
-	list := make([]*watched, 0, len(w.images))
-	for k, iw := range w.images {
-		keys = append(keys, k)
-		list = append(list, iw)
+	if w.list == nil {
+		w.list = make([]*watched, 0, len(w.images))
+		for _, iw := range w.images {
+			w.list = append(w.list, iw)
+		}
 	}
+	list := w.list
 	w.mu.Unlock()
-	for i, iw := range list {
-		w.check(keys[i], iw, now)
+	w.tick++
+	for _, iw := range list {
+		// An image quiet for a while is checked every other tick: half
+		// the cost with hundreds of idle images, and a writer waking up
+		// is still seen within two intervals.
+		if now.Sub(iw.changedAt) >= quietAfter && (w.tick+iw.phase)%2 != 0 {
+			continue
+		}
+		w.check(iw.key, iw, now)
 	}
 }
 
@@ -160,10 +198,18 @@ func (w *Watcher) checkAll(now time.Time) {
 func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	var sfs unix.Statfs_t
 	err := unix.Statfs(iw.m.Dir, &sfs)
-	var bst unix.Stat_t
-	if err == nil {
-		err = unix.Stat(balloonPath(iw.m.Dir), &bst)
+	// The balloon changes only by a grow or a repack: its size is read
+	// again after one of the watcher's own operations, and every
+	// balloonEvery checks for the others (a repack by the snapshotter or
+	// the CLI).
+	if err == nil && (iw.balloonStale.Load() || iw.checks%balloonEvery == 0) {
+		var bst unix.Stat_t
+		if err = unix.Stat(balloonPath(iw.m.Dir), &bst); err == nil {
+			iw.balloon = bst.Blocks * 512
+			iw.balloonStale.Store(false)
+		}
 	}
+	iw.checks++
 	if err != nil {
 		// Once per episode: an image unmounted by hand fails every check.
 		if !iw.failing {
@@ -174,7 +220,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	}
 	iw.failing = false
 	bsize := sfs.Bsize
-	balloon := bst.Blocks * 512
+	balloon := iw.balloon
 	free := int64(sfs.Bavail) * bsize
 	used := int64(sfs.Blocks-sfs.Bfree)*bsize - balloon
 	pol := *iw.pol.Load()
@@ -257,6 +303,7 @@ func (w *Watcher) start(key string, iw *watched, op func(ctx context.Context)) b
 	go func() {
 		defer w.wg.Done()
 		defer iw.busy.Store(false)
+		defer iw.balloonStale.Store(true)
 		// Bounded: an image locked by a long repack is retried next check.
 		ctx, cancel := context.WithTimeout(w.opCtx, 5*time.Second)
 		defer cancel()

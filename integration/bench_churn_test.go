@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,7 +183,7 @@ func duAllocated(t *testing.T, dir string) int64 {
 	var n int64
 	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
 		if err == nil {
-			if st, ok := fi.Sys().(*unix.Stat_t); ok {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 				n += st.Blocks * 512
 			}
 		}

@@ -32,7 +32,14 @@ func snugBinary(t testing.TB) string {
 		}
 		snugBin = filepath.Join(dir, "snug")
 		for _, cmd := range []string{"snug", "snug-hook"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/snugfs/snug/cmd/"+cmd).CombinedOutput()
+			// As the Makefile builds them: snug-hook static and stripped,
+			// it is on every container's start and stop.
+			build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/snugfs/snug/cmd/"+cmd)
+			if cmd == "snug-hook" {
+				build.Args = []string{"go", "build", "-ldflags=-s -w", "-o", filepath.Join(dir, cmd), "github.com/snugfs/snug/cmd/" + cmd}
+				build.Env = append(os.Environ(), "CGO_ENABLED=0")
+			}
+			out, err := build.CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", cmd, err, out)
 				return

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/config"
 )
@@ -40,13 +41,20 @@ type ContainerImage struct {
 // has the class's headroom free before the process starts. A container that
 // is not on snug is not an error: it gets an empty ContainerImage.
 func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (ContainerImage, error) {
-	st, err := s.resolve(c)
+	st, err := s.resolve(c, false)
 	if err != nil || st == nil {
 		return ContainerImage{}, err
 	}
 	if class, ok := c.Annotations[config.AnnotationClass]; ok {
 		if err := s.setClass(ctx, st, class); err != nil {
 			return ContainerImage{}, fmt.Errorf("snapshot %s: record class: %w", st.id, err)
+		}
+	}
+	if c.ID != "" {
+		if old := s.byContainer(c.ID); old != nil && old != st {
+			old.mu.Lock()
+			old.container = "" // the id now runs on another image
+			old.mu.Unlock()
 		}
 	}
 	st.mu.Lock()
@@ -57,15 +65,18 @@ func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (Conta
 	if _, err := st.m.EnsureFree(ctx, int64(cl.Window.Headroom)); err != nil {
 		return ContainerImage{ID: st.id, Class: class}, err
 	}
-	stats, err := st.m.Stat()
-	return ContainerImage{ID: st.id, Class: class, FreeBytes: stats.FreeBytes}, err
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(st.m.Dir, &sfs); err != nil {
+		return ContainerImage{ID: st.id, Class: class}, err
+	}
+	return ContainerImage{ID: st.id, Class: class, FreeBytes: int64(sfs.Bavail) * sfs.Bsize}, nil
 }
 
 // ContainerStopped is the poststop hook and the task exit event: it notes
 // the container stopped and, if the policy says so, schedules a reclaim of
 // its image. It returns at once: the reclaim runs in the background.
 func (s *Snapshotter) ContainerStopped(ctx context.Context, c Container) (ContainerImage, error) {
-	st, err := s.resolve(c)
+	st, err := s.resolve(c, true)
 	if err != nil || st == nil {
 		return ContainerImage{}, err
 	}
@@ -91,10 +102,18 @@ func (s *Snapshotter) ContainerStopped(ctx context.Context, c Container) (Contai
 	return out, nil
 }
 
-// resolve finds the tracked image of a container, or nil if it has none.
-func (s *Snapshotter) resolve(c Container) (*imageState, error) {
+// resolve finds the tracked image of a container, or nil if it has none:
+// by snapshot id, then (a stop) by the container id its start recorded, a
+// map walk with no mount table read, then by its rootfs mount. A start
+// always reads the mount: it records which image the id runs on.
+func (s *Snapshotter) resolve(c Container, stopping bool) (*imageState, error) {
 	if c.SnapshotID != "" {
 		return s.image(c.SnapshotID), nil
+	}
+	if stopping && c.ID != "" {
+		if st := s.byContainer(c.ID); st != nil {
+			return st, nil
+		}
 	}
 	if c.RootFS != "" {
 		id, err := s.snapshotOfRootfs(c.RootFS)
@@ -105,17 +124,23 @@ func (s *Snapshotter) resolve(c Container) (*imageState, error) {
 			return s.image(id), nil
 		}
 	}
-	if c.ID != "" {
-		for _, st := range s.allImages() {
-			st.mu.Lock()
-			match := st.container == c.ID
-			st.mu.Unlock()
-			if match {
-				return st, nil
-			}
-		}
+	if c.ID != "" && stopping {
+		return s.byContainer(c.ID), nil
 	}
 	return nil, nil
+}
+
+// byContainer is the image a start recorded for container id, or nil.
+func (s *Snapshotter) byContainer(id string) *imageState {
+	for _, st := range s.allImages() {
+		st.mu.Lock()
+		match := st.container == id
+		st.mu.Unlock()
+		if match {
+			return st
+		}
+	}
+	return nil
 }
 
 // snapshotOfRootfs reads the mount at rootfs: an overlay whose upper dir, or

@@ -103,8 +103,10 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 		o.Margin = int64(cl.Window.Headroom)
 	}
 	st.reclaiming.Store(true)
+	s.watcher.Changed(st.id)
 	res, err := st.m.Reclaim(ctx, o)
 	st.reclaiming.Store(false)
+	s.watcher.Changed(st.id)
 	out.ReclaimResult = res
 	if err != nil {
 		return out, err
