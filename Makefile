@@ -12,7 +12,7 @@ all: build
 build:
 	$(GO) build -o $(SNUG) ./cmd/snug
 	CGO_ENABLED=0 $(GO) build -ldflags="-s -w" -o $(BIN)/snug-hook ./cmd/snug-hook
-	ln -sf snug-hook $(BIN)/snug-runc
+	install -m 0755 cmd/snug-hook/snug-runc $(BIN)/snug-runc
 
 # deps installs the host tools the root tests and the demo drive for real.
 deps:

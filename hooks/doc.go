@@ -7,7 +7,8 @@
 //     the class its io.snugfs.policy annotation picks). poststop: the daemon
 //     schedules a reclaim of its image and returns at once.
 //   - Wrap is the runc wrapper, in the pattern of nvidia-container-runtime:
-//     snug-hook run as `snug-runc` (a symlink to it) adds both hooks to the
+//     `snug-hook wrap`, which the snug-runc script calls for create and run
+//     (it execs runc directly for every other call), adds both hooks to the
 //     bundle's config.json on `create` and `run`, then execs the real runc.
 //     It is what `ctr run --runc-binary` and a containerd runtime's
 //     BinaryName option (CRI included) point at.

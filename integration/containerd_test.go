@@ -167,16 +167,30 @@ func (s *stack) startContainerd() {
 	}
 }
 
-// runcWrapper is snug-runc for this stack: a symlink to the snug binary.
+// runcWrapper is snug-runc for this stack, installed as `make install`
+// does: the script next to snug-hook.
 func (s *stack) runcWrapper() string {
 	s.t.Helper()
-	p := filepath.Join(s.dir, "bin", "snug-runc")
+	return installWrapper(s.t, filepath.Join(s.dir, "bin"))
+}
+
+// installWrapper puts snug-hook and the snug-runc script in dir.
+func installWrapper(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "snug-runc")
 	if _, err := os.Lstat(p); err == nil {
 		return p
 	}
-	os.MkdirAll(filepath.Dir(p), 0o755)
-	if err := os.Symlink(hookBinary(s.t), p); err != nil {
-		s.t.Fatal(err)
+	os.MkdirAll(dir, 0o755)
+	if err := os.Symlink(hookBinary(t), filepath.Join(dir, "snug-hook")); err != nil {
+		t.Fatal(err)
+	}
+	script, err := os.ReadFile(repoPath("cmd/snug-hook/snug-runc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, script, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	return p
 }

@@ -43,10 +43,7 @@ func TestKubernetesCRI(t *testing.T) {
 	}
 	// snug's hooks come in through the runc wrapper, as the runtime's
 	// BinaryName; the class annotation is passed on to the OCI spec.
-	wrapper := filepath.Join(dir, "snug-runc")
-	if err := os.Symlink(hookBinary(t), wrapper); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := installWrapper(t, filepath.Join(dir, "bin"))
 	cri := fmt.Sprintf(`
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "snug"

@@ -2,7 +2,12 @@
 // that starts in about a millisecond, for the container's critical path:
 //
 //	snug-hook [--config PATH] hook createRuntime|prestart|poststop   (state on stdin)
-//	snug-runc ARGS...   (a symlink to snug-hook: add the hooks, exec runc)
+//	snug-hook wrap RUNC-ARGS...   (add the hooks, exec runc)
+//
+// snug-runc, the runc wrapper, is the shell script next to this file: it
+// sends create and run here and execs runc for every other call, so those
+// do not pay for a Go process. A symlink snug-runc -> snug-hook also works
+// (every call then goes through snug-hook).
 //
 // It reads control_address from the policy file (default
 // /etc/snug/config.toml) and behaves as `snug hook`: bad input exits 2
@@ -22,12 +27,16 @@ import (
 )
 
 func main() {
-	if filepath.Base(os.Args[0]) == hooks.WrapperName {
-		err := hooks.Wrap(os.Args[1:], os.Stderr)
+	args := os.Args[1:]
+	if filepath.Base(os.Args[0]) == hooks.WrapperName || (len(args) > 0 && args[0] == "wrap") {
+		if len(args) > 0 && args[0] == "wrap" {
+			args = args[1:]
+		}
+		err := hooks.Wrap(args, os.Stderr)
 		fmt.Fprintf(os.Stderr, "%s: %v\n", hooks.WrapperName, err)
 		os.Exit(1)
 	}
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(args))
 }
 
 func run(args []string) int {
