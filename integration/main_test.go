@@ -6,11 +6,14 @@ import (
 	"testing"
 )
 
-// TestMain removes the binaries snugBinary built once the tests are done.
+// TestMain removes what the tests built once (the binaries, the test
+// image) when they are done.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if snugBin != "" {
-		os.RemoveAll(filepath.Dir(snugBin))
+	for _, p := range []string{snugBin, imageTar} {
+		if p != "" {
+			os.RemoveAll(filepath.Dir(p))
+		}
 	}
 	os.Exit(code)
 }
