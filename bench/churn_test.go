@@ -115,7 +115,7 @@ func timeCreate(t *testing.T, dir string) (time.Duration, int64) {
 			t.Fatal(err)
 		}
 		total += time.Since(start)
-		foot = allocated(t, p)
+		foot = footprint(t, p)
 		os.Remove(p)
 	}
 	return total / n, foot
@@ -178,7 +178,7 @@ func runMode(t *testing.T, ctx context.Context, dir string, quota int64, md mode
 			written += size
 		}
 		os.RemoveAll(filepath.Join(mnt, fmt.Sprint("round", rd-1)))
-		syncfs(t, mnt)
+		roottest.Syncfs(t, mnt)
 		if md.TrimEach {
 			if _, err := m.Trim(ctx); err != nil {
 				t.Fatal(err)
@@ -218,25 +218,6 @@ func runMode(t *testing.T, ctx context.Context, dir string, quota int64, md mode
 	return r
 }
 
-func syncfs(t *testing.T, dir string) {
-	f, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func allocated(t *testing.T, p string) int64 {
-	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Blocks * 512
-}
-
 func writeResults(t *testing.T, dir string, res results) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -267,4 +248,12 @@ func writeResults(t *testing.T, dir string, res results) {
 		t.Fatal(err)
 	}
 	fmt.Print(s.String())
+}
+
+func footprint(t *testing.T, path string) int64 {
+	n, err := imagefs.Footprint(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

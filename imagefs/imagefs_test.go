@@ -64,11 +64,11 @@ func requireClean(t *testing.T, path string) {
 
 func fileFootprint(t *testing.T, path string) int64 {
 	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+	n, err := Footprint(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return st.Blocks * 512
+	return n
 }
 
 // writeFiles writes n files of size bytes of random data under dir.
@@ -83,18 +83,6 @@ func writeFiles(t *testing.T, dir string, n int, size int64) {
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), buf, 0o644); err != nil {
 			t.Fatal(err)
 		}
-	}
-}
-
-func syncfs(t *testing.T, dir string) {
-	t.Helper()
-	f, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -229,7 +217,7 @@ func TestDataStaysInsideWindow(t *testing.T) {
 	for i := range 40 {
 		writeFiles(t, filepath.Join(m.Dir, fmt.Sprint("d", i)), 2, 2*mib)
 	}
-	syncfs(t, m.Dir)
+	roottest.Syncfs(t, m.Dir)
 	st, err := m.Stat()
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +279,7 @@ func TestReclaimReturnsFootprintToUsage(t *testing.T) {
 		}
 		total += int64(size)
 	}
-	syncfs(t, m.Dir)
+	roottest.Syncfs(t, m.Dir)
 	if fp := fileFootprint(t, path); fp < gib {
 		t.Fatalf("footprint %d after writing 1GiB: the test wrote less than it meant", fp)
 	}

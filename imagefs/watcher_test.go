@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/snugfs/snug/internal/roottest"
 )
 
 // counts are what a watcher reported.
@@ -71,7 +73,7 @@ func TestWatcherTrimsWhatARunningContainerDeletes(t *testing.T) {
 
 	data := filepath.Join(m.Dir, "data")
 	writeFiles(t, data, 20, 5*mib)
-	syncfs(t, m.Dir)
+	roottest.Syncfs(t, m.Dir)
 	full := fileFootprint(t, path)
 	if err := os.RemoveAll(data); err != nil {
 		t.Fatal(err)
@@ -106,7 +108,7 @@ func TestWatcherReportsIdleOncePerPeriod(t *testing.T) {
 		t.Fatalf("%d idle reports without a change, want 1", got)
 	}
 	writeFiles(t, filepath.Join(m.Dir, "data"), 4, mib)
-	syncfs(t, m.Dir)
+	roottest.Syncfs(t, m.Dir)
 	if !waitFor(2*time.Second, func() bool { return ev.get().idle == 2 }) {
 		t.Fatalf("events %+v: want a second idle report after a write", ev.get())
 	}
@@ -133,7 +135,7 @@ func TestWatcherReportsAFullWindow(t *testing.T) {
 		}
 	}
 	f.Close()
-	syncfs(t, m.Dir)
+	roottest.Syncfs(t, m.Dir)
 	var ev events
 	w := NewWatcher(10*time.Millisecond, ev.observer(t))
 	w.Add("img", m, Policy{Headroom: 32 * mib})
@@ -150,7 +152,7 @@ func TestReclaimWithMarginLeavesRoomToWrite(t *testing.T) {
 	m := mountImage(t, path, dir)
 	writeFiles(t, filepath.Join(m.Dir, "keep"), 4, 5*mib)
 	writeFiles(t, filepath.Join(m.Dir, "gone"), 30, 5*mib)
-	syncfs(t, m.Dir)
+	roottest.Syncfs(t, m.Dir)
 	if err := os.RemoveAll(filepath.Join(m.Dir, "gone")); err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -155,7 +154,7 @@ func (s *stack) layerFootprint(sn, id string) int64 {
 	for _, opt := range strings.FieldsFunc(out, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
 		if up, ok := strings.CutPrefix(opt, "upperdir="); ok {
 			if img := filepath.Join(filepath.Dir(filepath.Dir(up)), "rw.img"); sn == "snug" {
-				return allocated(t, img)
+				return footprintOf(t, img)
 			}
 			return duAllocated(t, up)
 		}
@@ -164,19 +163,11 @@ func (s *stack) layerFootprint(sn, id string) int64 {
 	f := strings.Fields(out)
 	for i, w := range f {
 		if w == "/x" && i > 0 {
-			return allocated(t, f[i-1])
+			return footprintOf(t, f[i-1])
 		}
 	}
 	t.Fatalf("cannot tell the writable layer of %s on %s from:\n%s", id, sn, out)
 	return 0
-}
-
-func allocated(t *testing.T, path string) int64 {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Blocks * 512
 }
 
 func duAllocated(t *testing.T, dir string) int64 {
@@ -219,4 +210,12 @@ func writeChurnReport(t *testing.T, out string, series []churnSeries) {
 	if err := plotChurn(filepath.Join(out, "churn-container.png"), series); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func footprintOf(t *testing.T, path string) int64 {
+	n, err := imagefs.Footprint(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -11,11 +11,6 @@ import (
 	"testing"
 	"time"
 
-	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
-	"github.com/containerd/containerd/v2/core/snapshots/proxy"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -64,12 +59,7 @@ func TestIdleDaemonBenchmark(t *testing.T) {
 	n := envInt(t, "SNUG_BENCH_IDLE_IMAGES", 200)
 	window := time.Duration(envInt(t, "SNUG_BENCH_IDLE_SECONDS", 60)) * time.Second
 	d := startDaemon(t, roottest.TempDir(t), "")
-	conn, err := grpc.NewClient("unix://"+d.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "snug")
+	sn := d.Snapshotter(t)
 	ctx := context.Background()
 	start := time.Now()
 	for i := range n {

@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -269,15 +268,7 @@ func (s *stack) importImage() {
 // status is `snug status --json` of the stack's daemon.
 func (s *stack) status() []snapshotter.ImageStatus {
 	s.t.Helper()
-	out, err := s.snug.Snug(context.Background(), "status", "--json")
-	if err != nil {
-		s.t.Fatalf("snug status: %v\n%s", err, out)
-	}
-	var images []snapshotter.ImageStatus
-	if err := json.Unmarshal([]byte(out), &images); err != nil {
-		s.t.Fatalf("snug status --json: %v\n%s", err, out)
-	}
-	return images
+	return s.snug.Status(s.t)
 }
 
 // activeImage is the status of the active snapshot of a container.

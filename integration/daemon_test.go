@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -12,6 +13,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/snugfs/snug/snapshotter"
 )
 
 var (
@@ -159,6 +168,32 @@ func (d *daemon) Restart(sig syscall.Signal) {
 func (d *daemon) Log() string {
 	b, _ := os.ReadFile(d.log)
 	return string(b)
+}
+
+// Snapshotter is containerd's proxy client for this daemon: the path
+// containerd takes to it. The connection closes when the test ends.
+func (d *daemon) Snapshotter(t testing.TB) snapshots.Snapshotter {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+d.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "snug")
+}
+
+// Status is `snug status --json` of this daemon.
+func (d *daemon) Status(t testing.TB) []snapshotter.ImageStatus {
+	t.Helper()
+	out, err := d.Snug(context.Background(), "status", "--json")
+	if err != nil {
+		t.Fatalf("snug status: %v\n%s", err, out)
+	}
+	var images []snapshotter.ImageStatus
+	if err := json.Unmarshal([]byte(out), &images); err != nil {
+		t.Fatalf("snug status --json: %v\n%s", err, out)
+	}
+	return images
 }
 
 // Snug runs the snug CLI against this daemon's policy.

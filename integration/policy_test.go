@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -13,11 +12,7 @@ import (
 	"testing"
 	"time"
 
-	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/core/snapshots/proxy"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/snugfs/snug/internal/roottest"
 	"github.com/snugfs/snug/snapshotter"
@@ -53,12 +48,7 @@ func TestReloadAndMetrics(t *testing.T) {
 	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	base := fmt.Sprintf("metrics_address = %q\n[image]\nquota = \"256MiB\"\n[window]\ninitial = \"32MiB\"\nheadroom = \"32MiB\"\n", metrics)
 	d := startDaemon(t, dir, base)
-	conn, err := grpc.NewClient("unix://"+d.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "snug")
+	sn := d.Snapshotter(t)
 	ctx := context.Background()
 	label := snapshots.WithLabels(map[string]string{"containerd.io/snapshot/snug.policy": "wide"})
 	if _, err := sn.Prepare(ctx, "before", "", label); err == nil || !strings.Contains(err.Error(), "no such class") {
@@ -109,19 +99,11 @@ func TestReloadAndMetrics(t *testing.T) {
 // statusByName is the status of the snapshot whose name ends with name.
 func statusByName(t *testing.T, d *daemon, name string) snapshotter.ImageStatus {
 	t.Helper()
-	out, err := d.Snug(context.Background(), "status", "--json")
-	if err != nil {
-		t.Fatalf("snug status: %v %s", err, out)
-	}
-	var images []snapshotter.ImageStatus
-	if err := json.Unmarshal([]byte(out), &images); err != nil {
-		t.Fatalf("snug status --json: %v\n%s", err, out)
-	}
-	for _, im := range images {
+	for _, im := range d.Status(t) {
 		if strings.HasSuffix(im.Snapshot, name) {
 			return im
 		}
 	}
-	t.Fatalf("no status for %s: %s", name, out)
+	t.Fatalf("no status for %s", name)
 	return snapshotter.ImageStatus{}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/internal/roottest"
@@ -85,11 +84,11 @@ func TestContainerLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	syncRootfs(t, rootfs)
+	roottest.Syncfs(t, rootfs)
 	for i := range 10 {
 		os.Remove(filepath.Join(rootfs, fmt.Sprint("f", i)))
 	}
-	syncRootfs(t, rootfs)
+	roottest.Syncfs(t, rootfs)
 	before := statusOf(t, sn, "c1")
 	if before.State != "running" || before.Container != "ctr-1" || before.LastGrow == nil {
 		t.Fatalf("status while running: %+v", before.Activity)
@@ -205,19 +204,3 @@ func TestClassLabel(t *testing.T) {
 		t.Fatalf("class after restart %q, want db", st.Class)
 	}
 }
-
-func syncRootfs(t *testing.T, dir string) {
-	t.Helper()
-	f, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	// fsync of the overlay's root syncs only it; sync the upper fs too.
-	syncAll()
-}
-
-func syncAll() { unix.Sync() }

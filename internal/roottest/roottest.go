@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Require skips t (or fails it, with SNUG_REQUIRE_ROOT=1) unless the process
@@ -54,4 +56,19 @@ func TempDir(t testing.TB) string {
 		}
 	})
 	return dir
+}
+
+// Syncfs commits the filesystem holding dir (syncfs(2)): its dirty data is
+// written back and its journal committed, so frees are final and the
+// image file's allocation reads true.
+func Syncfs(t testing.TB, dir string) {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
 }
