@@ -66,3 +66,32 @@ func Hook(ctx context.Context, stage string, stdin io.Reader, client *wire.Clien
 	}
 	return res, nil
 }
+
+// Exit codes of a hook command.
+const (
+	ExitOK    = 0 // done, or skipped with a warning: the container goes on
+	ExitFail  = 1
+	ExitUsage = 2 // bad input: not an OCI state, or an unknown stage
+)
+
+// Main is a hook command (`snug hook STAGE`, `snug-hook hook STAGE`): it
+// runs Hook against the control socket at address and reports on stderr.
+// policyErr is the policy file's error, if it could not be read: the hook
+// then goes on with address (the default socket) and says so.
+func Main(ctx context.Context, stage, address string, policyErr error, stdin io.Reader, stderr io.Writer) int {
+	if policyErr != nil {
+		fmt.Fprintf(stderr, "snug hook %s: warning: %v; using the default control socket\n", stage, policyErr)
+	}
+	res, err := Hook(ctx, stage, stdin, wire.NewClient(address))
+	if err != nil {
+		fmt.Fprintf(stderr, "snug hook %s: %v\n", stage, err)
+		if errors.Is(err, ErrBadState) || errors.Is(err, ErrUnknownStage) {
+			return ExitUsage
+		}
+		return ExitFail
+	}
+	if res.Warning != nil {
+		fmt.Fprintf(stderr, "snug hook %s: container %s: warning: %v (the container goes on without it)\n", stage, res.Container, res.Warning)
+	}
+	return ExitOK
+}

@@ -16,13 +16,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/snugfs/snug/config"
-	"github.com/snugfs/snug/control/wire"
 	"github.com/snugfs/snug/hooks"
 )
 
@@ -49,22 +47,9 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "usage: snug-hook [--config PATH] hook %s|%s|%s < state.json\n", hooks.StageCreateRuntime, hooks.StagePrestart, hooks.StagePoststop)
 		return 2
 	}
-	stage := args[1]
 	cfg, err := config.Load(path)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "snug hook %s: warning: %v; using the default control socket\n", stage, err)
 		cfg = config.Default()
 	}
-	res, err := hooks.Hook(context.Background(), stage, os.Stdin, wire.NewClient(cfg.ControlAddress))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "snug hook %s: %v\n", stage, err)
-		if errors.Is(err, hooks.ErrBadState) || errors.Is(err, hooks.ErrUnknownStage) {
-			return 2
-		}
-		return 1
-	}
-	if res.Warning != nil {
-		fmt.Fprintf(os.Stderr, "snug hook %s: container %s: warning: %v (the container goes on without it)\n", stage, res.Container, res.Warning)
-	}
-	return 0
+	return hooks.Main(context.Background(), args[1], cfg.ControlAddress, err, os.Stdin, os.Stderr)
 }
