@@ -38,7 +38,6 @@ type imageState struct {
 	startedAt   time.Time
 	lastGrow    time.Time
 	lastReclaim time.Time
-	lastResult  imagefs.ReclaimResult
 	queued      bool // a reclaim is scheduled
 	removed     bool
 

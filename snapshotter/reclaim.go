@@ -113,7 +113,7 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 	}
 	gain := max(res.Gain(), 0)
 	st.mu.Lock()
-	st.lastReclaim, st.lastResult = time.Now(), res
+	st.lastReclaim = time.Now()
 	st.mu.Unlock()
 	st.reclaims.Add(1)
 	st.reclaimBytes.Add(gain)
@@ -172,18 +172,24 @@ func (s *Snapshotter) idOf(ctx context.Context, key string) (id string, err erro
 // namesByID maps the id of every snapshot to its name.
 func (s *Snapshotter) namesByID(ctx context.Context) (map[string]string, error) {
 	names := map[string]string{}
-	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+	err := s.walkIDs(ctx, func(info snapshots.Info, id string) { names[id] = info.Name })
+	return names, err
+}
+
+// walkIDs calls fn for every snapshot with its id, in one read
+// transaction. A store with no snapshot yet is not an error.
+func (s *Snapshotter) walkIDs(ctx context.Context, fn func(info snapshots.Info, id string)) error {
+	return s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
 			id, _, _, err := storage.GetInfo(ctx, info.Name)
 			if err == nil {
-				names[id] = info.Name
+				fn(info, id)
 			}
 			return err
 		})
-		if errdefs.IsNotFound(err) {
+		if errdefs.IsNotFound(err) { // a new store has no bucket yet
 			return nil
 		}
 		return err
 	})
-	return names, err
 }

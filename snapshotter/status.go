@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/core/snapshots/storage"
-	"github.com/containerd/errdefs"
 	"github.com/moby/sys/mountinfo"
 
 	"github.com/snugfs/snug/imagefs"
@@ -76,22 +74,10 @@ func (st *imageState) activity() Activity {
 // snapshot id order. Views have no image and are left out.
 func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 	var out []ImageStatus
-	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
-			if info.Kind == snapshots.KindView {
-				return nil
-			}
-			id, _, _, err := storage.GetInfo(ctx, info.Name)
-			if err != nil {
-				return err
-			}
+	if err := s.walkIDs(ctx, func(info snapshots.Info, id string) {
+		if info.Kind != snapshots.KindView {
 			out = append(out, ImageStatus{Snapshot: info.Name, Kind: strings.ToLower(info.Kind.String()), ID: id})
-			return nil
-		})
-		if errdefs.IsNotFound(err) {
-			return nil
 		}
-		return err
 	}); err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
