@@ -62,8 +62,10 @@ type watched struct {
 	pol   atomic.Pointer[Policy]
 	phase uint64 // spreads the checks of quiet images over two ticks
 
-	busy         atomic.Bool // a grow or trim is running
-	balloonStale atomic.Bool // the balloon changed since it was read
+	busy         atomic.Bool  // a grow or trim is running
+	balloonStale atomic.Bool  // the balloon changed since it was read
+	paused       atomic.Int32 // repacks running (Repack): no checks
+	rebase       atomic.Bool  // a repack ended: start measuring afresh
 
 	checks  uint64
 	balloon int64 // bytes, as last read
@@ -128,15 +130,24 @@ func (w *Watcher) SetPolicy(key string, p Policy) {
 	}
 }
 
-// Changed tells the watcher that the image under key had its balloon
-// changed by someone else (a repack): the next checks read it again.
-func (w *Watcher) Changed(key string) {
+// Repack runs fn, a repack of the image under key by someone else, with
+// the image's checks paused: the balloon filling up while fn runs is no
+// writer and no full window. The image is read afresh after, balloon
+// included, as if it had just been added.
+func (w *Watcher) Repack(key string, fn func() error) error {
 	w.mu.Lock()
 	iw := w.images[key]
 	w.mu.Unlock()
-	if iw != nil {
-		iw.balloonStale.Store(true)
+	if iw == nil {
+		return fn()
 	}
+	iw.paused.Add(1)
+	defer func() {
+		iw.rebase.Store(true)
+		iw.balloonStale.Store(true)
+		iw.paused.Add(-1)
+	}()
+	return fn()
 }
 
 // Remove stops watching key. A grow or trim already running finishes.
@@ -196,6 +207,12 @@ func (w *Watcher) checkAll(now time.Time) {
 
 // check reads one image's free space and starts what it needs.
 func (w *Watcher) check(key string, iw *watched, now time.Time) {
+	if iw.paused.Load() > 0 {
+		return
+	}
+	if iw.rebase.Swap(false) {
+		iw.seen = false
+	}
 	var sfs unix.Statfs_t
 	err := unix.Statfs(iw.m.Dir, &sfs)
 	// The balloon changes only by a grow or a repack: its size is read

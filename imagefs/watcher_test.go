@@ -200,3 +200,36 @@ func TestReclaimWithMarginLeavesRoomToWrite(t *testing.T) {
 		t.Fatalf("free after reclaim %d MiB, want at least the 64 MiB margin (less ext4's reserve)", st.FreeBytes>>20)
 	}
 }
+
+// TestWatcherRepackIsNoWriter: a repack through Repack fills the balloon
+// for a moment; the watcher must neither report the window full nor take
+// the balloon's growth for a burst and grow the window back after.
+func TestWatcherRepackIsNoWriter(t *testing.T) {
+	path, dir := newImage(t, gib, 512*mib)
+	m := mountImage(t, path, dir)
+	var ev events
+	w := NewWatcher(5*time.Millisecond, ev.observer(t))
+	w.Add("img", m, Policy{Headroom: 32 * mib, Burst: time.Second})
+	runWatcher(t, w)
+	time.Sleep(50 * time.Millisecond)
+	before := ev.get()
+	err := w.Repack("img", func() error {
+		_, err := m.Reclaim(context.Background(), ReclaimOptions{Headroom: 32 * mib})
+		time.Sleep(50 * time.Millisecond) // ten checks while the balloon is full
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	st, err := m.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ev.get(); got.full != before.full || got.grown != before.grown {
+		t.Errorf("events around a repack: %+v -> %+v; want no full window and no grow", before, got)
+	}
+	if st.WindowBytes > 128*mib {
+		t.Errorf("window %d MiB after a repack to 32 MiB of headroom", st.WindowBytes>>20)
+	}
+}

@@ -41,10 +41,6 @@ type imageState struct {
 	queued      bool // a reclaim is scheduled
 	removed     bool
 
-	// reclaiming is set while a reclaim fills the balloon: the window is
-	// full then by design, not because a writer outran the watcher.
-	reclaiming atomic.Bool
-
 	grows, growBytes       atomic.Int64
 	reclaims, reclaimBytes atomic.Int64
 	trimmedBytes, fulls    atomic.Int64
@@ -202,12 +198,8 @@ func (s *Snapshotter) observer() imagefs.Observer {
 			}
 		},
 		Full: func(id string) {
-			st := s.image(id)
-			if st != nil && st.reclaiming.Load() {
-				return
-			}
 			s.totals.windowFull.Add(1)
-			if st != nil {
+			if st := s.image(id); st != nil {
 				st.fulls.Add(1)
 			}
 			log.G(s.bgCtx).WithField("snapshot", id).Warn("window full before the quota: a writer may have seen ENOSPC (raise window.burst or window.headroom)")

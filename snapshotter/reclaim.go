@@ -102,11 +102,11 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 	if running || !stopped {
 		o.Margin = int64(cl.Window.Headroom)
 	}
-	st.reclaiming.Store(true)
-	s.watcher.Changed(st.id)
-	res, err := st.m.Reclaim(ctx, o)
-	st.reclaiming.Store(false)
-	s.watcher.Changed(st.id)
+	var res imagefs.ReclaimResult
+	err := s.watcher.Repack(st.id, func() (err error) {
+		res, err = st.m.Reclaim(ctx, o)
+		return err
+	})
 	out.ReclaimResult = res
 	if err != nil {
 		return out, err
