@@ -358,6 +358,11 @@ func TestWatcherGrowsAheadOfStreamingWriter(t *testing.T) {
 		Grew:   func(string, int64) { grows.Add(1) },
 		Failed: func(_ string, err error) { t.Error(err) },
 	})
+	// The writer starts with the headroom free, as a container does
+	// (the snapshotter frees it before Prepare returns).
+	if _, err := m.EnsureFree(ctx, 64*mib); err != nil {
+		t.Fatal(err)
+	}
 	w.Add("stream", m, Policy{Headroom: 64 * mib, Burst: 30 * time.Millisecond})
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()
