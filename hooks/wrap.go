@@ -14,8 +14,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// WrapperName is the name cmd/snug-hook answers to as the runc wrapper: a
-// symlink snug-runc -> snug-hook.
+// WrapperName is the runc wrapper's name: the snug-runc script, which runs
+// `snug-hook wrap` for create and run; snug-hook run under this name (a
+// symlink) wraps every call itself.
 const WrapperName = "snug-runc"
 
 // Environment the wrapper reads.
@@ -43,8 +44,8 @@ func (c Command) HookFor(stage string) specs.Hook {
 	return specs.Hook{Path: c.Path, Args: append(slices.Clone(c.Args), stage), Timeout: &t}
 }
 
-// SelfCommand is the Command of the running binary (snug-hook, which the
-// snug-runc symlink runs), with the policy file from EnvConfig.
+// SelfCommand is the Command of the running binary (snug-hook), with the
+// policy file from EnvConfig.
 func SelfCommand() (Command, error) {
 	exe, err := os.Executable()
 	if err != nil {

@@ -62,7 +62,7 @@ commands:
 
 SIZE is bytes or a number with a unit: 10GiB, 512MiB, 1.5G.
 The runc wrapper that adds the hooks to each container is snug-runc, a
-symlink to snug-hook; $SNUG_RUNC names the real runc.
+script next to snug-hook; $SNUG_RUNC names the real runc.
 The policy file (default /etc/snug/config.toml) gives the defaults.
 `
 
