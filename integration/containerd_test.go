@@ -166,8 +166,8 @@ func (s *stack) startContainerd() {
 	}
 }
 
-// runcWrapper is snug-runc for this stack, installed as `make install`
-// does: the script next to snug-hook.
+// runcWrapper is snug-runc for this stack, laid out as `make build` does:
+// the script next to snug-hook.
 func (s *stack) runcWrapper() string {
 	s.t.Helper()
 	return installWrapper(s.t, filepath.Join(s.dir, "bin"))
