@@ -36,6 +36,8 @@ type FsError struct {
 	Line     uint32
 	Inode    uint32
 	Block    uint64
+	// Code names the error ("EFSCORRUPTED", "EIO"), when ext4 recorded it.
+	Code string `json:",omitempty"`
 }
 
 const (
@@ -123,6 +125,13 @@ func parseSuperblock(b []byte, fileSize int64) (*Superblock, error) {
 	sb.ErrorCount = int64(le.Uint32(b[0x194:]))
 	sb.FirstError = decodeFsError(b, 0x198, 0x19C, 0x1A0, 0x1A8, 0x1C8)
 	sb.LastError = decodeFsError(b, 0x1CC, 0x1D0, 0x1D8, 0x1E0, 0x1D4)
+	// s_first_error_errcode and s_last_error_errcode.
+	if sb.FirstError != nil {
+		sb.FirstError.Code = ext4ErrorName(int(b[0x27A]))
+	}
+	if sb.LastError != nil {
+		sb.LastError.Code = ext4ErrorName(int(b[0x27B]))
+	}
 	sb.MountOpts = cString(b[0x200:0x240])
 	return sb, nil
 }
