@@ -143,6 +143,33 @@ type FsckPolicy struct {
 	Repair string `toml:"repair"`
 	// Timeout bounds one e2fsck run.
 	Timeout time.Duration `toml:"timeout"`
+
+	// Action is how far snug goes when ext4 reports an error in a
+	// container's image: "notify" (record the incident, publish it),
+	// "freeze" (also pause the containers on the image), "check" (also
+	// run e2fsck -fn on the frozen image; the containers stay paused if
+	// the image is damaged) or "repair" (also stop them, repair the
+	// image offline and start them again).
+	Action string `toml:"action"`
+	// Restart starts a repaired container's task again with its spec and
+	// its log; false leaves it stopped.
+	Restart bool `toml:"restart"`
+	// MaxRepairs bounds the repairs of one image within RepairWindow;
+	// beyond it the image is quarantined (kept, its container stopped) for
+	// an operator: an image that keeps breaking has a cause to find.
+	MaxRepairs   int           `toml:"max_repairs"`
+	RepairWindow time.Duration `toml:"repair_window"`
+	// Monitor is how errors are noticed: "auto" (fanotify FAN_FS_ERROR,
+	// sysfs where the kernel lacks it), "fanotify" or "sysfs".
+	Monitor string `toml:"monitor"`
+	// CheckMethod is how an online check gets a consistent view of a
+	// running image: "auto" (reflink where the host filesystem clones
+	// files, else frozen), "reflink" or "frozen" (held frozen during
+	// e2fsck -fn).
+	CheckMethod string `toml:"check_method"`
+	// ScrubInterval checks every mounted image online this often ("0s"
+	// turns it off; e2scrub_all runs weekly, "168h").
+	ScrubInterval time.Duration `toml:"scrub_interval"`
 }
 
 // Default returns the built-in policy, used for every key a file leaves out.
@@ -173,8 +200,14 @@ func Default() Config {
 			TrimAfter: 16 * MiB,
 		},
 		Fsck: FsckPolicy{
-			Repair:  "yes",
-			Timeout: 10 * time.Minute,
+			Repair:       "yes",
+			Timeout:      10 * time.Minute,
+			Action:       "repair",
+			Restart:      true,
+			MaxRepairs:   3,
+			RepairWindow: time.Hour,
+			Monitor:      "auto",
+			CheckMethod:  "auto",
 		},
 	}
 }

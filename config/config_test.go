@@ -115,6 +115,11 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"idle too short", "[reclaim]\nidle_after = \"10ms\"\n", []string{"line 2", "reclaim.idle_after"}},
 		{"metrics address", "metrics_address = \"9477\"\n", []string{"line 1", "metrics_address", "host:port"}},
 		{"containerd address", "containerd_address = \"run/c.sock\"\n", []string{"line 1", "containerd_address"}},
+		{"fsck action", "[fsck]\n\naction = \"fix\"\n", []string{"line 3", "fsck.action", "notify"}},
+		{"fsck monitor", "[fsck]\nmonitor = \"inotify\"\n", []string{"line 2", "fsck.monitor"}},
+		{"fsck check method", "[fsck]\ncheck_method = \"copy\"\n", []string{"line 2", "fsck.check_method"}},
+		{"fsck max repairs", "[fsck]\nmax_repairs = -1\n", []string{"line 2", "fsck.max_repairs"}},
+		{"fsck scrub too often", "[fsck]\nscrub_interval = \"5s\"\n", []string{"line 2", "fsck.scrub_interval"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.doc))

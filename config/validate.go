@@ -70,6 +70,37 @@ func (c Config) validate() error {
 	case c.Fsck.Timeout < time.Second:
 		return bad("fsck.timeout", "%s is below 1s", c.Fsck.Timeout)
 	}
+	return c.Fsck.validate()
+}
+
+func (f FsckPolicy) validate() error {
+	oneOf := func(key, v string, allowed ...string) error {
+		for _, a := range allowed {
+			if v == a {
+				return nil
+			}
+		}
+		return bad(key, "must be one of %q, got %q", allowed, v)
+	}
+	if err := oneOf("fsck.action", f.Action, "notify", "freeze", "check", "repair"); err != nil {
+		return err
+	}
+	if err := oneOf("fsck.monitor", f.Monitor, "auto", "fanotify", "sysfs"); err != nil {
+		return err
+	}
+	if err := oneOf("fsck.check_method", f.CheckMethod, "auto", "reflink", "frozen"); err != nil {
+		return err
+	}
+	switch {
+	case f.MaxRepairs < 0 || f.MaxRepairs > 1000:
+		return bad("fsck.max_repairs", "%d is outside 0..1000", f.MaxRepairs)
+	case f.RepairWindow < time.Minute:
+		return bad("fsck.repair_window", "%s is below 1m", f.RepairWindow)
+	case f.ScrubInterval < 0:
+		return bad("fsck.scrub_interval", "must not be negative")
+	case f.ScrubInterval > 0 && f.ScrubInterval < time.Minute:
+		return bad("fsck.scrub_interval", "%s is below 1m (use \"0s\" to turn it off)", f.ScrubInterval)
+	}
 	return nil
 }
 

@@ -23,7 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/control/wire"
-
+	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/snapshotter"
 )
 
@@ -33,6 +33,8 @@ const (
 	PathContainerStart = wire.PathContainerStart
 	PathContainerStop  = wire.PathContainerStop
 	PathReclaim        = wire.PathReclaim
+	PathIncidents      = wire.PathIncidents
+	PathCheck          = wire.PathCheck
 )
 
 // Source is what the control API reports on and acts on: the snapshotter.
@@ -41,6 +43,16 @@ type Source interface {
 	ContainerStarting(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
 	ContainerStopped(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
 	Reclaim(ctx context.Context, key string) ([]snapshotter.ReclaimOutcome, error)
+	// Incidents lists the error monitor's incidents, oldest first.
+	Incidents(ctx context.Context) ([]fsck.Incident, error)
+	// Check runs the online check of a container's or snapshot's image.
+	Check(ctx context.Context, target string) (fsck.CheckResult, error)
+}
+
+// CheckRequest is the body of a check call: a container id, or a snapshot
+// by its key in snug's store or its id.
+type CheckRequest struct {
+	Target string `json:"target"`
 }
 
 // Container is the body of the container start and stop calls.
@@ -106,6 +118,36 @@ func NewServer(src Source) *http.Server {
 		}
 		if out == nil {
 			out = []snapshotter.ReclaimOutcome{}
+		}
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("GET "+PathIncidents, func(w http.ResponseWriter, r *http.Request) {
+		out, err := src.Incidents(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		if out == nil {
+			out = []fsck.Incident{}
+		}
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("POST "+PathCheck, func(w http.ResponseWriter, r *http.Request) {
+		var req CheckRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		out, err := src.Check(r.Context(), req.Target)
+		if err != nil {
+			code := http.StatusInternalServerError
+			switch {
+			case errdefs.IsNotFound(err):
+				code = http.StatusNotFound
+			case errors.Is(err, fsck.ErrIncidentOpen), errdefs.IsFailedPrecondition(err):
+				code = http.StatusConflict
+			}
+			writeError(w, code, err)
+			return
 		}
 		writeJSON(w, out)
 	})
@@ -191,4 +233,16 @@ func (c *Client) Status(ctx context.Context) ([]snapshotter.ImageStatus, error) 
 func (c *Client) Reclaim(ctx context.Context, snapshot string) ([]snapshotter.ReclaimOutcome, error) {
 	var out []snapshotter.ReclaimOutcome
 	return out, c.Call(ctx, http.MethodPost, PathReclaim, ReclaimRequest{Snapshot: snapshot}, &out)
+}
+
+// Incidents lists the error monitor's incidents, oldest first.
+func (c *Client) Incidents(ctx context.Context) ([]fsck.Incident, error) {
+	var out []fsck.Incident
+	return out, c.Call(ctx, http.MethodGet, PathIncidents, nil, &out)
+}
+
+// Check runs the online check of a container's or snapshot's image now.
+func (c *Client) Check(ctx context.Context, target string) (fsck.CheckResult, error) {
+	var out fsck.CheckResult
+	return out, c.Call(ctx, http.MethodPost, PathCheck, CheckRequest{Target: target}, &out)
 }

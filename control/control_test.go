@@ -12,6 +12,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/snugfs/snug/control/wire"
+	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 	"github.com/snugfs/snug/snapshotter"
@@ -45,6 +47,20 @@ func (f fakeSource) Reclaim(_ context.Context, key string) ([]snapshotter.Reclai
 		return nil, fmt.Errorf("reclaim %s: %w", key, errdefs.ErrNotFound)
 	}
 	return []snapshotter.ReclaimOutcome{{Snapshot: key, ID: "7", Reason: "manual"}}, f.err
+}
+
+func (f fakeSource) Incidents(context.Context) ([]fsck.Incident, error) {
+	return []fsck.Incident{{ID: "i1", Snapshot: "7", State: fsck.StateResolved, Steps: []fsck.Step{{Name: "detect"}}}}, f.err
+}
+
+func (f fakeSource) Check(_ context.Context, target string) (fsck.CheckResult, error) {
+	switch target {
+	case "busy":
+		return fsck.CheckResult{}, fmt.Errorf("check 7: %w", fsck.ErrIncidentOpen)
+	case "missing":
+		return fsck.CheckResult{}, fmt.Errorf("check %s: %w", target, errdefs.ErrNotFound)
+	}
+	return fsck.CheckResult{Snapshot: "7", Result: imagefs.ScrubResult{Method: imagefs.ScrubFrozen}}, f.err
 }
 
 func serve(t *testing.T, src Source) string {
@@ -131,5 +147,25 @@ func TestBadBodyIsRefused(t *testing.T) {
 	}
 	if seen.ID != "" {
 		t.Errorf("a bad body reached the snapshotter: %+v", seen)
+	}
+}
+
+func TestIncidentsAndCheck(t *testing.T) {
+	c := NewClient(serve(t, fakeSource{}))
+	ctx := context.Background()
+	incs, err := c.Incidents(ctx)
+	if err != nil || len(incs) != 1 || incs[0].ID != "i1" || incs[0].Steps[0].Name != "detect" {
+		t.Fatalf("incidents: %+v, %v", incs, err)
+	}
+	res, err := c.Check(ctx, "ctr-1")
+	if err != nil || res.Snapshot != "7" || res.Result.Method != imagefs.ScrubFrozen {
+		t.Fatalf("check: %+v, %v", res, err)
+	}
+	for target, want := range map[string]int{"busy": http.StatusConflict, "missing": http.StatusNotFound} {
+		_, err := c.Check(ctx, target)
+		var se *wire.StatusError
+		if !errors.As(err, &se) || se.Code != want {
+			t.Errorf("check %s: %v, want a %d", target, err, want)
+		}
 	}
 }

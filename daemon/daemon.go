@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/control"
+	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/snapshotter"
 )
 
@@ -73,12 +75,35 @@ func Run(ctx context.Context, cfg config.Config, load func() (config.Config, err
 	defer sn.Close()
 	log.G(ctx).WithField("root", cfg.Root).WithField("took", time.Since(start)).Info("snapshots reconciled")
 
+	// The error monitor: every image mounted is watched from now on, and
+	// incidents a previous daemon left open resume.
+	var ctrd *fsck.Containerd
+	var ctrs fsck.Containers
+	if cfg.ContainerdAddress != "" {
+		ctrd = fsck.NewContainerd(cfg.ContainerdAddress, sn.SnapshotOfMounts, sn.LayersOfMounts)
+		defer ctrd.Close()
+		ctrs = ctrd
+	}
+	doctor, err := fsck.NewDoctor(filepath.Join(cfg.Root, "incidents"), cfg.Fsck, sn, ctrs)
+	if err != nil {
+		return err
+	}
+	sn.Observe(ctx, doctor)
+	log.G(ctx).WithField("monitor", doctor.MonitorMode()).Info("watching images for ext4 errors")
+
 	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
-	ctl := control.NewServer(sn)
+	ctl := control.NewServer(service{Snapshotter: sn, doctor: doctor, ctrd: ctrd})
 
 	bgCtx, stopBg := context.WithCancel(ctx)
 	defer stopBg()
+	doctorDone := make(chan struct{})
+	go func() {
+		defer close(doctorDone)
+		doctor.Run(bgCtx)
+	}()
+	// Before the snapshotter closes: a step in progress finishes first.
+	defer func() { stopBg(); <-doctorDone }()
 	errc := make(chan error, 3)
 	go func() { errc <- rpc.Serve(grpcL) }()
 	if metricsL != nil {
@@ -91,7 +116,7 @@ func Run(ctx context.Context, cfg config.Config, load func() (config.Config, err
 	if cfg.ContainerdAddress != "" {
 		go followExits(bgCtx, cfg.ContainerdAddress, sn)
 	}
-	go reloadOnHangup(bgCtx, cfg, load, sn)
+	go reloadOnHangup(bgCtx, cfg, load, sn, doctor)
 	go func() {
 		if err := ctl.Serve(ctlL); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -123,7 +148,7 @@ func Run(ctx context.Context, cfg config.Config, load func() (config.Config, err
 }
 
 // reloadOnHangup puts a new policy in force on each SIGHUP.
-func reloadOnHangup(ctx context.Context, cfg config.Config, load func() (config.Config, error), sn *snapshotter.Snapshotter) {
+func reloadOnHangup(ctx context.Context, cfg config.Config, load func() (config.Config, error), sn *snapshotter.Snapshotter, doctor *fsck.Doctor) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -141,6 +166,7 @@ func reloadOnHangup(ctx context.Context, cfg config.Config, load func() (config.
 			log.G(ctx).WithError(err).Error("policy reload refused; the policy in force stays")
 			continue
 		}
+		doctor.SetPolicy(next.Fsck)
 		for _, k := range restartOnly(cfg, next) {
 			log.G(ctx).WithField("key", k).Warn("policy reloaded, but this key changes only at a restart")
 		}
@@ -160,6 +186,7 @@ func restartOnly(old, next config.Config) []string {
 		{"control_address", old.ControlAddress, next.ControlAddress},
 		{"metrics_address", old.MetricsAddress, next.MetricsAddress},
 		{"containerd_address", old.ContainerdAddress, next.ContainerdAddress},
+		{"fsck.monitor", old.Fsck.Monitor, next.Fsck.Monitor},
 	} {
 		if k.a != k.b {
 			keys = append(keys, k.key)

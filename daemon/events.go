@@ -5,6 +5,8 @@ import (
 	"time"
 
 	apievents "github.com/containerd/containerd/api/events"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
@@ -83,6 +85,11 @@ func stopped(ctx context.Context, client *containerd.Client, sn *snapshotter.Sna
 	c, err := client.ContainerService().Get(ctx, id)
 	if err != nil || c.SnapshotKey == "" {
 		return // gone already (run --rm), or no rootfs snapshot
+	}
+	// Started again since (the error monitor restarts a repaired
+	// container): this exit is old news.
+	if t, err := client.TaskService().Get(ctx, &tasksapi.GetRequest{ContainerID: id}); err == nil && t.Process.Status != tasktypes.Status_STOPPED {
+		return
 	}
 	mounts, err := client.SnapshotService(c.Snapshotter).Mounts(ctx, c.SnapshotKey)
 	if err != nil {

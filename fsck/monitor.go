@@ -29,8 +29,7 @@ type Report struct {
 	Key string
 	// At is when the report was received.
 	At time.Time
-	// Source is "fanotify", "sysfs", or "existing" for errors a filesystem
-	// carried already when it was watched.
+	// Source is "fanotify" or "sysfs".
 	Source string
 	Event  Event
 }
@@ -99,25 +98,25 @@ func NewMonitor(mode string) (*Monitor, error) {
 func (m *Monitor) Mode() string { return m.mode }
 
 // Watch starts watching the ext4 filesystem mounted on dir as key; sysfs is
-// its directory under /sys/fs/ext4. If the filesystem carries errors
-// already (ext4 keeps them across mounts), a report with Source "existing"
-// is delivered at once.
-func (m *Monitor) Watch(key, dir, sysfs string) error {
+// its directory under /sys/fs/ext4. It returns the errors the filesystem
+// carries already (ext4 keeps its count across mounts), which no event will
+// report.
+func (m *Monitor) Watch(key, dir, sysfs string) (existing int64, err error) {
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(dir, &sfs); err != nil {
-		return fmt.Errorf("watch %s (%s): %w", key, dir, err)
+		return 0, fmt.Errorf("watch %s (%s): %w", key, dir, err)
 	}
 	w := &watch{key: key, dir: dir, fsid: Fsid(sfs.Fsid.Val), sysfs: sysfs}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old, ok := m.watched[key]; ok {
 		if old.fsid == w.fsid {
-			return nil
+			return 0, nil
 		}
 		m.unwatchLocked(old)
 	}
 	if other, ok := m.byFsid[w.fsid]; ok {
-		return fmt.Errorf("watch %s (%s): fsid %s is watched already as %s", key, dir, w.fsid, other.key)
+		return 0, fmt.Errorf("watch %s (%s): fsid %s is watched already as %s", key, dir, w.fsid, other.key)
 	}
 	if m.fan != nil {
 		err := unix.FanotifyMark(int(m.fan.Fd()), unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_FS_ERROR, unix.AT_FDCWD, dir)
@@ -126,7 +125,7 @@ func (m *Monitor) Watch(key, dir, sysfs string) error {
 		case m.mode == ModeAuto && errors.Is(err, unix.EINVAL):
 			w.polled = true // no FAN_FS_ERROR in this kernel
 		default:
-			return fmt.Errorf("watch %s (%s): fanotify_mark: %w", key, dir, err)
+			return 0, fmt.Errorf("watch %s (%s): fanotify_mark: %w", key, dir, err)
 		}
 	} else {
 		w.polled = true
@@ -134,14 +133,11 @@ func (m *Monitor) Watch(key, dir, sysfs string) error {
 	count, err := m.sysfs.add(w)
 	if err != nil && w.polled {
 		m.removeMark(w)
-		return fmt.Errorf("watch %s (%s): %w", key, dir, err)
+		return 0, fmt.Errorf("watch %s (%s): %w", key, dir, err)
 	}
 	m.watched[key] = w
 	m.byFsid[w.fsid] = w
-	if count > 0 {
-		m.deliver(Report{Key: key, At: time.Now(), Source: "existing", Event: Event{Fsid: w.fsid, Count: uint32(min(count, 1<<31)), HandleType: fileIDInvalid}})
-	}
-	return nil
+	return count, nil
 }
 
 // fileIDInvalid is the handle type of a whole-filesystem report.

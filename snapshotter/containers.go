@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/imagefs"
 )
 
 // Container is what a hook or an event tells about a container. Any of
@@ -200,6 +201,42 @@ func (s *Snapshotter) snapshotOfUpper(upper string) string {
 	}
 	parts := strings.Split(rel, string(filepath.Separator))
 	if len(parts) == 3 && isNumericID(parts[0]) && parts[1] == mountDir && parts[2] == upperDir {
+		return parts[0]
+	}
+	return ""
+}
+
+// LayersOfMounts lists the snapshots whose layers containerd's mounts for a
+// container stack (an overlay's lowerdir, or a read-only bind of a layer).
+func (s *Snapshotter) LayersOfMounts(mounts []mount.Mount) []string {
+	var ids []string
+	for _, m := range mounts {
+		for _, o := range m.Options {
+			if lower, ok := strings.CutPrefix(o, "lowerdir="); ok {
+				for _, dir := range strings.Split(lower, ":") {
+					if id := s.snapshotOfLayer(dir); id != "" {
+						ids = append(ids, id)
+					}
+				}
+			}
+		}
+		if m.Type == "bind" {
+			if id := s.snapshotOfLayer(m.Source); id != "" {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+// snapshotOfLayer maps root/snapshots/<id>/mnt/<layer dir> to id.
+func (s *Snapshotter) snapshotOfLayer(dir string) string {
+	rel, err := filepath.Rel(filepath.Join(s.root, "snapshots"), filepath.Clean(dir))
+	if err != nil {
+		return ""
+	}
+	parts := strings.Split(rel, string(filepath.Separator))
+	if len(parts) == 3 && isNumericID(parts[0]) && parts[1] == mountDir && parts[2] == imagefs.LayerDir {
 		return parts[0]
 	}
 	return ""

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -202,5 +203,34 @@ func TestClassLabel(t *testing.T) {
 	defer sn2.Close()
 	if st := statusOf(t, sn2, "c1"); st.Class != "db" {
 		t.Fatalf("class after restart %q, want db", st.Class)
+	}
+}
+
+func TestSnapshotsOfMounts(t *testing.T) {
+	s := &Snapshotter{root: "/var/lib/snug"}
+	layer := func(id string) string { return "/var/lib/snug/snapshots/" + id + "/mnt/fs" }
+	for _, tc := range []struct {
+		name   string
+		mounts []mount.Mount
+		rw     string
+		layers []string
+	}{
+		{"overlay", []mount.Mount{{Type: "overlay", Options: []string{
+			"workdir=/var/lib/snug/snapshots/9/mnt/work", "upperdir=/var/lib/snug/snapshots/9/mnt/upper",
+			"lowerdir=" + layer("4") + ":" + layer("2"), "index=off"}}}, "9", []string{"4", "2"}},
+		{"bind of an rw image", []mount.Mount{{Type: "bind", Source: "/var/lib/snug/snapshots/3/mnt/upper", Options: []string{"rw", "rbind"}}}, "3", nil},
+		{"view of one layer", []mount.Mount{{Type: "bind", Source: layer("5"), Options: []string{"ro", "rbind"}}}, "", []string{"5"}},
+		{"not snug", []mount.Mount{{Type: "overlay", Options: []string{"upperdir=/var/lib/containerd/x/9/mnt/upper", "lowerdir=/elsewhere/snapshots/4/mnt/fs"}}}, "", nil},
+		{"escaping path", []mount.Mount{{Type: "bind", Source: "/var/lib/snug/snapshots/../other/7/mnt/upper"}}, "", nil},
+		{"not an id", []mount.Mount{{Type: "overlay", Options: []string{"upperdir=/var/lib/snug/snapshots/new-1/mnt/upper", "lowerdir=/var/lib/snug/snapshots/x/mnt/fs"}}}, "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := s.SnapshotOfMounts(tc.mounts); got != tc.rw {
+				t.Errorf("SnapshotOfMounts = %q, want %q", got, tc.rw)
+			}
+			if got := s.LayersOfMounts(tc.mounts); !slices.Equal(got, tc.layers) {
+				t.Errorf("LayersOfMounts = %q, want %q", got, tc.layers)
+			}
+		})
 	}
 }

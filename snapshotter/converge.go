@@ -39,9 +39,17 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 		if err := removeIfExists(filepath.Join(dir, layerImage)); err != nil {
 			return err
 		}
+		if reason := s.quarantined(id); reason != "" {
+			return fmt.Errorf("snapshot %s: %w: %s", id, ErrQuarantined, reason)
+		}
 		m, err := s.ensureMounted(ctx, filepath.Join(dir, rwImage), mnt, s.policy().mount)
 		if err != nil {
 			return err
+		}
+		// A daemon that died during an online check left it frozen,
+		// with every writer blocked.
+		if err := m.Thaw(); err != nil {
+			log.G(ctx).WithError(err).WithField("id", id).Warn("cannot thaw image")
 		}
 		return s.serveActive(ctx, id, m, parentIDs)
 	case snapshots.KindCommitted:
@@ -59,9 +67,11 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 				return fmt.Errorf("snapshot %s: %w", id, err)
 			}
 		}
-		if _, err := s.ensureMounted(ctx, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO}); err != nil {
+		m, err := s.ensureMounted(ctx, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO})
+		if err != nil {
 			return err
 		}
+		s.trackLayer(ctx, id, m)
 	}
 	return nil
 }

@@ -85,8 +85,12 @@ func (s *Snapshotter) track(ctx context.Context, id string, m *imagefs.Mounted) 
 		}
 		s.images[id] = st
 	}
+	o := s.mountObs
 	s.imagesMu.Unlock()
 	s.watcher.Add(id, m, s.watchPolicy(ctx, st))
+	if !ok && o != nil {
+		o.Mounted(ctx, id, false, m)
+	}
 	return st
 }
 
@@ -96,7 +100,11 @@ func (s *Snapshotter) untrack(id string) {
 	s.imagesMu.Lock()
 	st := s.images[id]
 	delete(s.images, id)
+	o := s.mountObs
 	s.imagesMu.Unlock()
+	if st != nil && o != nil {
+		o.Unmounting(id)
+	}
 	s.watcher.Remove(id)
 	if st != nil {
 		st.mu.Lock()
@@ -168,12 +176,7 @@ func (s *Snapshotter) setClass(ctx context.Context, st *imageState, class string
 
 // writeClass records a snapshot's class in its directory, atomically.
 func writeClass(dir, class string) error {
-	path := filepath.Join(dir, classFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(class+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeMarker(filepath.Join(dir, classFile), class)
 }
 
 // observer turns what the watcher reports into counters, logs and idle

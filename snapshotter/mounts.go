@@ -22,6 +22,9 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	}); err != nil {
 		return nil, fmt.Errorf("mounts of %s: %w", key, err)
 	}
+	if reason := s.quarantined(snap.ID); reason != "" {
+		return nil, fmt.Errorf("mounts of %s: %w (%s); see snug incidents", key, ErrQuarantined, reason)
+	}
 	return s.mounts(snap), nil
 }
 

@@ -160,6 +160,11 @@ func (s *Snapshotter) Reclaim(ctx context.Context, key string) ([]ReclaimOutcome
 	return out, nil
 }
 
+// SnapshotID is the id of the snapshot named key in snug's store.
+func (s *Snapshotter) SnapshotID(ctx context.Context, key string) (string, error) {
+	return s.idOf(ctx, key)
+}
+
 // idOf is the id of the snapshot named key.
 func (s *Snapshotter) idOf(ctx context.Context, key string) (id string, err error) {
 	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {

@@ -94,6 +94,7 @@ func olderThan(e os.DirEntry, d time.Duration) bool {
 // is still mounted.
 func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
 	s.untrack(filepath.Base(dir))
+	s.untrackLayer(filepath.Base(dir))
 	if err := imagefs.UnmountBelow(ctx, dir); err != nil {
 		return fmt.Errorf("delete %s: %w", dir, err)
 	}

@@ -43,10 +43,13 @@ type Snapshotter struct {
 
 	// watcher keeps every mounted rw image's window ahead of its data.
 	watcher *imagefs.Watcher
-	// imagesMu protects images: the state of every mounted rw image, by
-	// snapshot id. It is never held across I/O.
+	// imagesMu protects images (the state of every mounted rw image, by
+	// snapshot id), layers (every mounted layer image) and observer. It is
+	// never held across I/O.
 	imagesMu sync.Mutex
 	images   map[string]*imageState
+	layers   map[string]*imagefs.Mounted
+	mountObs MountObserver
 	// reclaimSlots bounds the repacks running at once.
 	reclaimSlots chan struct{}
 	totals       totals
@@ -83,6 +86,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		bgCtx:        bgCtx,
 		stopBg:       stop,
 		images:       map[string]*imageState{},
+		layers:       map[string]*imagefs.Mounted{},
 		reclaimSlots: make(chan struct{}, 2),
 	}
 	s.cfg.Store(&cfg)

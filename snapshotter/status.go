@@ -99,6 +99,9 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 		if !ok {
 			st.Stats.Path = image
 			st.Problem = "not mounted"
+			if reason := s.quarantined(st.ID); reason != "" {
+				st.Problem = "quarantined: " + reason
+			}
 			continue
 		}
 		m := &imagefs.Mounted{Image: image, Device: dev, Dir: mnt, ReadOnly: kind == snapshots.KindCommitted}

@@ -23,6 +23,8 @@ const (
 	PathContainerStart = "/v1/containers/start"
 	PathContainerStop  = "/v1/containers/stop"
 	PathReclaim        = "/v1/reclaim"
+	PathIncidents      = "/v1/incidents"
+	PathCheck          = "/v1/check"
 )
 
 // Container is the body of the container start and stop calls: what an OCI
@@ -47,6 +49,16 @@ type ContainerImage struct {
 type ErrorBody struct {
 	Error string `json:"error"`
 }
+
+// StatusError is a call the daemon answered with an error.
+type StatusError struct {
+	// Code is the HTTP status: 404 for a snapshot or container it does
+	// not know, 409 for one that is busy, 400 for a bad request.
+	Code    int
+	Message string
+}
+
+func (e *StatusError) Error() string { return "snug daemon: " + e.Message }
 
 // ErrDaemonDown is returned when nothing answers on the socket.
 var ErrDaemonDown = errors.New("snug daemon is not running")
@@ -112,10 +124,10 @@ func (c *Client) Call(ctx context.Context, method, path string, in, out any) err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e ErrorBody
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("snug daemon: %s", e.Error)
+		if json.Unmarshal(body, &e) != nil || e.Error == "" {
+			e.Error = resp.Status
 		}
-		return fmt.Errorf("snug daemon: %s", resp.Status)
+		return &StatusError{Code: resp.StatusCode, Message: e.Error}
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return fmt.Errorf("control %s: bad answer: %w", c.address, err)

@@ -56,6 +56,8 @@ commands:
   serve [--log-level LEVEL]                       run the daemon: containerd's snapshotter plugin
   status [--json]                                 every image the daemon serves
   reclaim [--json] [SNAPSHOT]                     repack one snapshot's image now, or all
+  incidents [--json] [ID]                         ext4 errors and what snug did: timeline, e2fsck reports
+  check [--json] CONTAINER|SNAPSHOT               online e2fsck -fn of a running container's image
   hook createRuntime|prestart|poststop            the OCI hook (state on stdin)
   config check [PATH]                             validate a policy file
   version                                         print the version
@@ -89,6 +91,10 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 		return c.status(ctx, args[1:])
 	case "reclaim":
 		return c.reclaim(ctx, args[1:])
+	case "incidents":
+		return c.incidents(ctx, args[1:])
+	case "check":
+		return c.check(ctx, args[1:])
 	case "hook":
 		return c.hook(ctx, args[1:])
 	case "version", "--version":

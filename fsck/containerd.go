@@ -1,0 +1,374 @@
+package fsck
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	apitypes "github.com/containerd/containerd/api/types"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+)
+
+// EventMediaType is the media type of the descriptor each incident event
+// carries. `ctr events` can print only event types compiled into it, so an
+// incident step travels as containerd's own Descriptor type, its fields in
+// annotations under io.snugfs.
+const EventMediaType = "application/vnd.snugfs.incident.step.v1"
+
+// TopicPrefix starts the topic of every incident event:
+// /snug/incident/<step>.
+const TopicPrefix = "/snug/incident/"
+
+// eventNamespace is the namespace of an incident event with no container.
+const eventNamespace = "snug"
+
+// Containerd is the pipeline's view of containerd, through its client.
+type Containerd struct {
+	address string
+	// snapshotOf maps a container's root mounts to snug's snapshot id of
+	// its writable image; layersOf to the ids of its layers.
+	snapshotOf func([]mount.Mount) string
+	layersOf   func([]mount.Mount) []string
+
+	mu     sync.Mutex // protects client
+	client *containerd.Client
+}
+
+var _ Containers = (*Containerd)(nil)
+
+// NewContainerd talks to containerd at address, connecting when first
+// needed (containerd may start after snug).
+func NewContainerd(address string, snapshotOf func([]mount.Mount) string, layersOf func([]mount.Mount) []string) *Containerd {
+	return &Containerd{address: address, snapshotOf: snapshotOf, layersOf: layersOf}
+}
+
+func (c *Containerd) get() (*containerd.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client != nil {
+		return c.client, nil
+	}
+	cl, err := containerd.New(c.address, containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("containerd at %s: %w", c.address, err)
+	}
+	c.client = cl
+	return cl, nil
+}
+
+// Close closes the client.
+func (c *Containerd) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client == nil {
+		return nil
+	}
+	err := c.client.Close()
+	c.client = nil
+	return err
+}
+
+// Using lists, in every namespace, the containers whose root is on the
+// snapshot (or, for a layer, above it), with their tasks' status.
+func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]ContainerRef, error) {
+	cl, err := c.get()
+	if err != nil {
+		return nil, err
+	}
+	nss, err := cl.NamespaceService().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	var out []ContainerRef
+	for _, ns := range nss {
+		nctx := namespaces.WithNamespace(ctx, ns)
+		cs, err := cl.ContainerService().List(nctx)
+		if err != nil {
+			return nil, fmt.Errorf("list containers of %s: %w", ns, err)
+		}
+		for _, ctr := range cs {
+			if ctr.SnapshotKey == "" || ctr.Snapshotter == "" {
+				continue
+			}
+			mounts, err := cl.SnapshotService(ctr.Snapshotter).Mounts(nctx, ctr.SnapshotKey)
+			if err != nil {
+				continue // not a snapshot of ours, or gone
+			}
+			if !c.uses(mounts, snapshot, layer) {
+				continue
+			}
+			ref := ContainerRef{Namespace: ns, ID: ctr.ID}
+			ref.Status, err = c.status(nctx, cl, ctr.ID)
+			if err != nil {
+				return nil, fmt.Errorf("container %s/%s: %w", ns, ctr.ID, err)
+			}
+			out = append(out, ref)
+		}
+	}
+	return out, nil
+}
+
+func (c *Containerd) uses(mounts []mount.Mount, snapshot string, layer bool) bool {
+	if !layer {
+		return c.snapshotOf(mounts) == snapshot
+	}
+	for _, id := range c.layersOf(mounts) {
+		if id == snapshot {
+			return true
+		}
+	}
+	return false
+}
+
+// status is the task's status in lower case, "" when it has no task.
+func (c *Containerd) status(ctx context.Context, cl *containerd.Client, id string) (string, error) {
+	resp, err := cl.TaskService().Get(ctx, &tasksapi.GetRequest{ContainerID: id})
+	if errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return taskStatus(resp.Process.Status), nil
+}
+
+func taskStatus(s tasktypes.Status) string {
+	switch s {
+	case tasktypes.Status_RUNNING:
+		return "running"
+	case tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
+		return "paused"
+	case tasktypes.Status_STOPPED:
+		return "stopped"
+	case tasktypes.Status_CREATED:
+		return "created"
+	}
+	return "unknown"
+}
+
+func (c *Containerd) nsClient(ctx context.Context, ref *ContainerRef) (context.Context, *containerd.Client, error) {
+	cl, err := c.get()
+	if err != nil {
+		return ctx, nil, err
+	}
+	return namespaces.WithNamespace(ctx, ref.Namespace), cl, nil
+}
+
+// Pause freezes the task (containerd's pause: the cgroup freezer).
+func (c *Containerd) Pause(ctx context.Context, ref *ContainerRef) error {
+	ctx, cl, err := c.nsClient(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if st, err := c.status(ctx, cl, ref.ID); err != nil || st != "running" {
+		return err // paused already, or gone: nothing to freeze
+	}
+	_, err = cl.TaskService().Pause(ctx, &tasksapi.PauseTaskRequest{ContainerID: ref.ID})
+	return errgrpc.ToNative(err)
+}
+
+// Resume thaws the task.
+func (c *Containerd) Resume(ctx context.Context, ref *ContainerRef) error {
+	ctx, cl, err := c.nsClient(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if st, err := c.status(ctx, cl, ref.ID); err != nil || st != "paused" {
+		return err
+	}
+	_, err = cl.TaskService().Resume(ctx, &tasksapi.ResumeTaskRequest{ContainerID: ref.ID})
+	return errgrpc.ToNative(err)
+}
+
+// Stop kills the task (thawing it, so the kill lands), waits for its exit
+// and deletes it, which unmounts its root. It records the task's stdio.
+func (c *Containerd) Stop(ctx context.Context, ref *ContainerRef) error {
+	ctx, cl, err := c.nsClient(ctx, ref)
+	if err != nil {
+		return err
+	}
+	ts := cl.TaskService()
+	resp, err := ts.Get(ctx, &tasksapi.GetRequest{ContainerID: ref.ID})
+	if errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		return nil // deleted already (by us before a restart, or its owner)
+	}
+	if err != nil {
+		return err
+	}
+	p := resp.Process
+	if ref.Stdout == "" && ref.Stderr == "" {
+		ref.Stdout, ref.Stderr, ref.Terminal = p.Stdout, p.Stderr, p.Terminal
+	}
+	if p.Status != tasktypes.Status_STOPPED {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		exited := make(chan error, 1)
+		go func() {
+			_, err := ts.Wait(wctx, &tasksapi.WaitRequest{ContainerID: ref.ID})
+			exited <- errgrpc.ToNative(err)
+		}()
+		if _, err := ts.Kill(ctx, &tasksapi.KillRequest{ContainerID: ref.ID, Signal: uint32(syscall.SIGKILL), All: true}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+			return fmt.Errorf("kill: %w", errgrpc.ToNative(err))
+		}
+		if p.Status == tasktypes.Status_PAUSED || p.Status == tasktypes.Status_PAUSING {
+			if _, err := ts.Resume(ctx, &tasksapi.ResumeTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+				return fmt.Errorf("resume to let the kill land: %w", errgrpc.ToNative(err))
+			}
+		}
+		if err := <-exited; err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("wait for exit: %w", err)
+		}
+	}
+	if _, err := ts.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		return fmt.Errorf("delete task: %w", errgrpc.ToNative(err))
+	}
+	return nil
+}
+
+// Start creates the task again from the container's spec and starts it.
+// Its stdio is what it was: a log URI (file://, binary://) is reused as
+// is; FIFOs belonged to a client that is gone, so the output goes to a log
+// file in logDir instead.
+func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string) error {
+	ctx, cl, err := c.nsClient(ctx, ref)
+	if err != nil {
+		return err
+	}
+	ctr, err := cl.LoadContainer(ctx, ref.ID)
+	if err != nil {
+		return fmt.Errorf("load container: %w", err)
+	}
+	if task, err := ctr.Task(ctx, nil); err == nil {
+		// A restart a crash interrupted, or the container's owner was faster.
+		st, err := task.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Status == containerd.Created {
+			return task.Start(ctx)
+		}
+		return nil
+	}
+	creator, err := c.ioFor(ref, logDir)
+	if err != nil {
+		return err
+	}
+	task, err := ctr.NewTask(ctx, creator)
+	if err != nil {
+		return fmt.Errorf("new task: %w", err)
+	}
+	if err := task.Start(ctx); err != nil {
+		_, _ = task.Delete(ctx, containerd.WithProcessKill)
+		return fmt.Errorf("start task: %w", err)
+	}
+	return nil
+}
+
+func (c *Containerd) ioFor(ref *ContainerRef, logDir string) (cio.Creator, error) {
+	switch {
+	case ref.Stdout == "" && ref.Stderr == "":
+		return cio.NullIO, nil
+	case isURI(ref.Stdout) && (ref.Stderr == "" || isURI(ref.Stderr)):
+		cfg := cio.Config{Stdout: ref.Stdout, Stderr: ref.Stderr}
+		return func(string) (cio.IO, error) { return fixedIO{cfg}, nil }, nil
+	}
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return nil, err
+	}
+	ref.Log = filepath.Join(logDir, ref.Namespace+"-"+ref.ID+".log")
+	return cio.LogFile(ref.Log), nil
+}
+
+func isURI(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "file" || u.Scheme == "binary")
+}
+
+// fixedIO hands containerd a task's stdio as it was; the shim opens it.
+type fixedIO struct{ cfg cio.Config }
+
+func (f fixedIO) Config() cio.Config { return f.cfg }
+func (fixedIO) Cancel()              {}
+func (fixedIO) Wait()                {}
+func (fixedIO) Close() error         { return nil }
+
+// Publish sends a step of an incident as a containerd event on topic
+// /snug/incident/<step>, in the namespace of its first container.
+func (c *Containerd) Publish(ctx context.Context, inc *Incident, step Step) {
+	cl, err := c.get()
+	if err != nil {
+		log.G(ctx).WithError(err).Debug("incident event not published")
+		return
+	}
+	ns := eventNamespace
+	var names []string
+	for _, ref := range inc.Containers {
+		if len(names) == 0 {
+			ns = ref.Namespace
+		}
+		names = append(names, ref.Namespace+"/"+ref.ID)
+	}
+	ann := map[string]string{
+		"io.snugfs.incident":   inc.ID,
+		"io.snugfs.snapshot":   inc.Snapshot,
+		"io.snugfs.image":      inc.Image,
+		"io.snugfs.state":      inc.State,
+		"io.snugfs.step":       step.Name,
+		"io.snugfs.result":     step.Result,
+		"io.snugfs.error":      inc.Error,
+		"io.snugfs.containers": strings.Join(names, ","),
+		"io.snugfs.took":       step.Duration().String(),
+	}
+	if step.Detail != "" {
+		ann["io.snugfs.detail"] = step.Detail
+	}
+	ev := &apitypes.Descriptor{MediaType: EventMediaType, Annotations: ann}
+	pctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.WithoutCancel(ctx), ns), 5*time.Second)
+	defer cancel()
+	if err := cl.EventService().Publish(pctx, TopicPrefix+step.Name, ev); err != nil {
+		log.G(ctx).WithError(err).WithField("step", step.Name).Warn("incident event not published")
+	}
+}
+
+// SnapshotOfContainer finds, in every namespace, the container with this
+// id and returns snug's snapshot id of its root ("" when there is none,
+// or it is not on snug).
+func (c *Containerd) SnapshotOfContainer(ctx context.Context, id string) (string, error) {
+	cl, err := c.get()
+	if err != nil {
+		return "", err
+	}
+	nss, err := cl.NamespaceService().List(ctx)
+	if err != nil {
+		return "", fmt.Errorf("list namespaces: %w", err)
+	}
+	for _, ns := range nss {
+		nctx := namespaces.WithNamespace(ctx, ns)
+		ctr, err := cl.ContainerService().Get(nctx, id)
+		if err != nil || ctr.SnapshotKey == "" || ctr.Snapshotter == "" {
+			continue
+		}
+		mounts, err := cl.SnapshotService(ctr.Snapshotter).Mounts(nctx, ctr.SnapshotKey)
+		if err != nil {
+			continue
+		}
+		if sid := c.snapshotOf(mounts); sid != "" {
+			return sid, nil
+		}
+	}
+	return "", nil
+}

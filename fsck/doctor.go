@@ -1,0 +1,691 @@
+package fsck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/imagefs"
+)
+
+// Images is the snapshotter as the pipeline needs it.
+type Images interface {
+	// MountedImage is the mounted image of snapshot id, and whether it
+	// is a read-only layer; ok is false when id has no mounted image.
+	MountedImage(id string) (m *imagefs.Mounted, layer bool, ok bool)
+	// Offline unmounts the active snapshot id's image, calls fn with
+	// the image file, and mounts it again unless fn returns an error
+	// wrapping ErrQuarantine.
+	Offline(ctx context.Context, id string, fn func(image string) error) error
+}
+
+// ErrQuarantine is returned by an Offline callback for an image that must
+// stay unmounted: e2fsck could not make it clean.
+var ErrQuarantine = errors.New("image quarantined")
+
+// Containers is containerd as the pipeline needs it. Every call must be
+// idempotent: a restarted daemon repeats the step it was in.
+type Containers interface {
+	// Using lists the containers whose root is the snapshot (for a
+	// layer: every container with the layer below its root).
+	Using(ctx context.Context, snapshot string, layer bool) ([]ContainerRef, error)
+	// Pause freezes a running container's task (cgroup freezer).
+	Pause(ctx context.Context, c *ContainerRef) error
+	// Resume thaws it.
+	Resume(ctx context.Context, c *ContainerRef) error
+	// Stop kills the task, waits for it to exit and deletes it (which
+	// unmounts its root), recording its stdio for Start.
+	Stop(ctx context.Context, c *ContainerRef) error
+	// Start creates and starts the container's task again, with its
+	// spec and its stdio; a log in logDir replaces stdio that was a
+	// client's FIFOs.
+	Start(ctx context.Context, c *ContainerRef, logDir string) error
+	// Publish sends a step of an incident as a containerd event.
+	Publish(ctx context.Context, inc *Incident, step Step)
+}
+
+// Doctor turns the errors the Monitor reports into incidents and works
+// each through the pipeline the policy asks for: find the containers on
+// the image, freeze them, check the image online, stop them, repair the
+// image offline, start them again. Every step is recorded before it acts,
+// so a restarted daemon resumes an incident where it stopped.
+type Doctor struct {
+	images Images
+	ctrs   Containers // nil without containerd
+	mon    *Monitor
+	store  *store
+	policy atomic.Pointer[config.FsckPolicy]
+
+	mu     sync.Mutex           // protects active, more, ctx and stopping
+	active map[string]*Incident // the open incident of each snapshot
+	// more counts errors reported on a snapshot while its incident is
+	// open; the incident's own goroutine adds them in when it saves.
+	more map[string]uint64
+	// ctx is for the steps, once Run runs: never cancelled, so a step in
+	// progress finishes (an e2fsck killed half-way would pass for a failed
+	// repair). stopping is closed when Run's ctx ends: no new step starts.
+	ctx      context.Context
+	stopping <-chan struct{}
+	wg       sync.WaitGroup
+
+	counts counters
+}
+
+type counters struct {
+	reports, incidents, repaired, quarantined, restarted atomic.Int64
+}
+
+// Counts are the doctor's cumulative counters, for metrics.
+type Counts struct {
+	// Reports counts error reports received (each may stand for more
+	// than one error).
+	Reports     int64 `json:"reports"`
+	Incidents   int64 `json:"incidents"`
+	Repaired    int64 `json:"repaired"`
+	Quarantined int64 `json:"quarantined"`
+	Restarted   int64 `json:"restarted"`
+	// Open is the number of incidents being worked on.
+	Open int `json:"open"`
+}
+
+// NewDoctor opens the incident records in dir and a Monitor in the
+// policy's mode. ctrs may be nil: the pipeline then has no containers to
+// freeze or restart.
+func NewDoctor(dir string, policy config.FsckPolicy, images Images, ctrs Containers) (*Doctor, error) {
+	st, err := openStore(dir)
+	if st == nil {
+		return nil, err
+	}
+	if err != nil {
+		log.L.WithError(err).Warn("some incident records could not be read")
+	}
+	mon, err := NewMonitor(policy.Monitor)
+	if err != nil {
+		return nil, err
+	}
+	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}}
+	d.policy.Store(&policy)
+	return d, nil
+}
+
+// SetPolicy puts a reloaded policy in force for the next steps. The
+// monitor's mode changes only at a restart.
+func (d *Doctor) SetPolicy(p config.FsckPolicy) { d.policy.Store(&p) }
+
+func (d *Doctor) pol() config.FsckPolicy { return *d.policy.Load() }
+
+// MonitorMode is how errors are being noticed.
+func (d *Doctor) MonitorMode() string { return d.mon.Mode() }
+
+// Mounted is told of every image the snapshotter mounts: it is watched,
+// and errors it carries already open an incident.
+func (d *Doctor) Mounted(ctx context.Context, id string, layer bool, m *imagefs.Mounted) {
+	existing, err := d.mon.Watch(id, m.Dir, m.SysfsDir())
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("snapshot", id).Error("cannot watch image for errors")
+		return
+	}
+	if existing > 0 {
+		d.report(Report{Key: id, At: time.Now(), Source: "existing", Event: Event{Count: uint32(min(existing, 1<<31))}})
+	}
+}
+
+// Unmounting is told of every image the snapshotter is about to unmount.
+func (d *Doctor) Unmounting(id string) { d.mon.Unwatch(id) }
+
+// Run resumes the incidents a previous daemon left open, then handles
+// reports until ctx ends. It waits for the incidents in progress to reach
+// a step boundary before returning.
+func (d *Doctor) Run(ctx context.Context) {
+	d.mu.Lock()
+	d.ctx = context.WithoutCancel(ctx)
+	d.stopping = ctx.Done()
+	var resume []*Incident
+	for _, inc := range d.store.list() {
+		if !Final(inc.State) {
+			inc := inc
+			if _, busy := d.active[inc.Snapshot]; busy {
+				continue
+			}
+			d.active[inc.Snapshot] = &inc
+			resume = append(resume, &inc)
+		}
+	}
+	pending := d.pendingLocked()
+	d.mu.Unlock()
+	for _, inc := range resume {
+		log.G(ctx).WithField("incident", inc.ID).WithField("state", inc.State).Info("resuming incident")
+		d.start(d.ctx, inc)
+	}
+	for _, inc := range pending {
+		d.start(d.ctx, inc)
+	}
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.scrubEvery(ctx) }()
+	d.mon.Run(ctx, d.report)
+	d.wg.Wait()
+}
+
+// pendingLocked takes the incidents reported before Run started.
+func (d *Doctor) pendingLocked() []*Incident {
+	var out []*Incident
+	for _, inc := range d.active {
+		if inc.State == "" {
+			inc.State = StateOpen
+			out = append(out, inc)
+		}
+	}
+	return out
+}
+
+// report opens an incident for a report, or adds it to the open one.
+func (d *Doctor) report(r Report) {
+	d.counts.reports.Add(1)
+	d.mu.Lock()
+	if _, ok := d.active[r.Key]; ok {
+		d.more[r.Key] += uint64(max(r.Event.Count, 1))
+		d.mu.Unlock()
+		return
+	}
+	inc := &Incident{
+		ID:         r.At.UTC().Format("20060102T150405.000000") + "-" + r.Key,
+		Snapshot:   r.Key,
+		Source:     r.Source,
+		Error:      errnoName(r.Event.Error),
+		Errors:     uint64(r.Event.Count),
+		DetectedAt: r.At,
+	}
+	if m, layer, ok := d.images.MountedImage(r.Key); ok {
+		inc.Image, inc.Layer = m.Image, layer
+		rec := m.ErrorRecord()
+		inc.Detail = &rec
+		if inc.Error == "" && rec.First != nil {
+			inc.Error = rec.First.Code
+		}
+	}
+	d.active[r.Key] = inc
+	ctx := d.ctx
+	if ctx != nil {
+		inc.State = StateOpen
+	}
+	d.mu.Unlock()
+	d.counts.incidents.Add(1)
+	if ctx == nil {
+		return // Run starts it
+	}
+	d.start(ctx, inc)
+}
+
+func (d *Doctor) start(ctx context.Context, inc *Incident) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.work(ctx, inc)
+	}()
+}
+
+// work takes one incident through the pipeline, skipping the steps a
+// previous run finished.
+func (d *Doctor) work(ctx context.Context, inc *Incident) {
+	lg := log.G(ctx).WithField("incident", inc.ID).WithField("snapshot", inc.Snapshot)
+	defer func() {
+		d.mu.Lock()
+		if d.active[inc.Snapshot] == inc && Final(inc.State) {
+			delete(d.active, inc.Snapshot)
+			delete(d.more, inc.Snapshot)
+		}
+		d.mu.Unlock()
+	}()
+	if len(inc.Steps) == 0 {
+		lg.WithField("error", inc.Error).WithField("source", inc.Source).Error("ext4 error in a container image")
+		d.step(ctx, inc, "detect", func(s *Step) error {
+			s.Start, s.End = inc.DetectedAt, inc.DetectedAt
+			s.Result = inc.Source
+			return nil
+		})
+	}
+	pol := d.pol()
+	if err := d.pipeline(ctx, inc, pol); err != nil {
+		if errors.Is(err, errInterrupted) {
+			lg.WithField("state", inc.State).Info("incident interrupted; it resumes at the next start")
+			return
+		}
+		inc.Reason = err.Error()
+		d.finish(ctx, inc, StateQuarantined)
+		lg.WithError(err).Error("incident: image quarantined")
+		return
+	}
+	lg.WithField("state", inc.State).Info("incident closed")
+}
+
+// pipeline runs the steps for the policy's action. It returns an error for
+// a failure that leaves the image to an operator.
+func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPolicy) error {
+	if !inc.Done("containers") && d.ctrs != nil {
+		if err := d.step(ctx, inc, "containers", func(s *Step) error {
+			cs, err := d.ctrs.Using(ctx, inc.Snapshot, inc.Layer)
+			if err != nil {
+				return err
+			}
+			inc.Containers = cs
+			s.Result = fmt.Sprintf("%d", len(cs))
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if pol.Action == "notify" {
+		d.finish(ctx, inc, StateReported)
+		return nil
+	}
+	// A layer is shared by every container above it and never written:
+	// freezing them all would stop far more than the damage. It is
+	// checked and reported; see docs/design.md.
+	if !inc.Layer && !inc.Done("freeze") {
+		if err := d.step(ctx, inc, "freeze", func(s *Step) error {
+			return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
+				if c.Status != "running" || c.Paused {
+					return false, nil
+				}
+				if err := d.ctrs.Pause(ctx, c); err != nil {
+					return false, err
+				}
+				c.Paused = true
+				return true, nil
+			})
+		}); err != nil {
+			return err
+		}
+	}
+	if pol.Action == "freeze" {
+		inc.Reason = "fsck.action is freeze: the containers stay paused for an operator"
+		d.finish(ctx, inc, StateHeld)
+		return nil
+	}
+	if !inc.Done("check") {
+		if err := d.step(ctx, inc, "check", func(s *Step) error {
+			m, _, ok := d.images.MountedImage(inc.Snapshot)
+			if !ok {
+				s.Result = "skipped"
+				s.Detail = "the image is not mounted"
+				return nil
+			}
+			cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
+			defer cancel()
+			res, err := m.Scrub(cctx, pol.CheckMethod)
+			inc.Check = &res
+			s.Result = res.Status()
+			s.Detail = fmt.Sprintf("%s, frozen %v, e2fsck %v", res.Method, res.Frozen.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	if inc.Layer {
+		inc.Reason = "a read-only layer reported errors: its containers keep running; remove and re-pull the image to replace the layer"
+		d.finish(ctx, inc, StateReported)
+		return nil
+	}
+	if pol.Action == "check" {
+		if inc.Check != nil && inc.Check.Clean() && !readOnly(inc) {
+			d.thawAll(ctx, inc)
+			d.finish(ctx, inc, StateResolved)
+			return nil
+		}
+		inc.Reason = "fsck.action is check: the image needs a repair; the containers stay paused for an operator"
+		d.finish(ctx, inc, StateHeld)
+		return nil
+	}
+	if !inc.Done("stop") {
+		if n := d.recentRepairs(inc, pol); pol.MaxRepairs > 0 && n >= pol.MaxRepairs {
+			d.stopAll(ctx, inc) // quarantined images keep their containers stopped
+			return fmt.Errorf("%d repairs of this image in the last %s (fsck.max_repairs %d)", n, pol.RepairWindow, pol.MaxRepairs)
+		}
+		if err := d.stopAll(ctx, inc); err != nil {
+			return err
+		}
+	}
+	if !inc.Done("repair") {
+		if err := d.step(ctx, inc, "repair", func(s *Step) error {
+			return d.repair(ctx, inc, s, pol)
+		}); err != nil {
+			return err
+		}
+	}
+	inc.State = StateRepaired
+	d.counts.repaired.Add(1)
+	if !pol.Restart {
+		inc.Reason = "fsck.restart is false: the containers stay stopped"
+		d.finish(ctx, inc, StateResolved)
+		return nil
+	}
+	if !inc.Done("restart") {
+		if err := d.step(ctx, inc, "restart", func(s *Step) error {
+			logDir := filepath.Join(d.store.dir, inc.ID)
+			return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
+				if !c.Stopped || c.Restarted {
+					return false, nil
+				}
+				if err := d.ctrs.Start(ctx, c, logDir); err != nil {
+					return false, err
+				}
+				c.Restarted = true
+				d.counts.restarted.Add(1)
+				return true, nil
+			})
+		}); err != nil {
+			// The image is repaired; a container that cannot start
+			// again is an error of its own, not a damaged image.
+			inc.Reason = "restart: " + err.Error()
+		}
+	}
+	d.finish(ctx, inc, StateResolved)
+	return nil
+}
+
+// repair runs e2fsck on the unmounted image, then a read-only check to
+// prove it clean.
+func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.FsckPolicy) error {
+	return d.images.Offline(ctx, inc.Snapshot, func(image string) error {
+		cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
+		defer cancel()
+		res, err := imagefs.Repair(cctx, image, imagefs.RepairMode(pol.Repair))
+		inc.Repair = &res
+		if err != nil {
+			return fmt.Errorf("%w: e2fsck could not run: %w", ErrQuarantine, err)
+		}
+		verify, err := imagefs.Check(cctx, image)
+		inc.Verify = &verify
+		s.Result = res.Status()
+		s.Detail = fmt.Sprintf("e2fsck -f%s exit %d in %v; verify: %s", map[bool]string{true: "p", false: "y"}[pol.Repair == "preen"], res.ExitCode, res.Duration.Round(time.Millisecond), verify.Status())
+		if err != nil {
+			return fmt.Errorf("%w: verify: %w", ErrQuarantine, err)
+		}
+		if !verify.Clean() {
+			return fmt.Errorf("%w: errors remain after the repair (%s)", ErrQuarantine, lastLine(verify.Output))
+		}
+		return nil
+	})
+}
+
+// stopAll stops every container on the image that has a task.
+func (d *Doctor) stopAll(ctx context.Context, inc *Incident) error {
+	return d.step(ctx, inc, "stop", func(s *Step) error {
+		return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
+			if c.Stopped || c.Status == "" || c.Status == "stopped" {
+				return false, nil
+			}
+			if err := d.ctrs.Stop(ctx, c); err != nil {
+				return false, err
+			}
+			c.Stopped = true
+			return true, nil
+		})
+	})
+}
+
+// thawAll resumes the containers the freeze paused.
+func (d *Doctor) thawAll(ctx context.Context, inc *Incident) {
+	_ = d.step(ctx, inc, "thaw", func(s *Step) error {
+		return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
+			if !c.Paused {
+				return false, nil
+			}
+			if err := d.ctrs.Resume(ctx, c); err != nil {
+				return false, err
+			}
+			c.Paused = false
+			return true, nil
+		})
+	})
+}
+
+// eachContainer applies fn to every container of the incident, saving
+// after each one that changed, and sums up in the step's result.
+func (d *Doctor) eachContainer(ctx context.Context, inc *Incident, s *Step, fn func(*ContainerRef) (bool, error)) error {
+	if d.ctrs == nil {
+		s.Result = "no containerd"
+		return nil
+	}
+	var errs []error
+	n := 0
+	for i := range inc.Containers {
+		c := &inc.Containers[i]
+		changed, err := fn(c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("container %s/%s: %w", c.Namespace, c.ID, err))
+			continue
+		}
+		if changed {
+			n++
+			d.save(ctx, inc)
+		}
+	}
+	s.Result = fmt.Sprintf("%d", n)
+	return errors.Join(errs...)
+}
+
+// recentRepairs counts the repairs of inc's snapshot within the policy's
+// window, this incident excluded.
+func (d *Doctor) recentRepairs(inc *Incident, pol config.FsckPolicy) int {
+	n := 0
+	since := time.Now().Add(-pol.RepairWindow)
+	for _, other := range d.store.list() {
+		if other.Snapshot == inc.Snapshot && other.ID != inc.ID && other.Repair != nil && other.DetectedAt.After(since) {
+			n++
+		}
+	}
+	return n
+}
+
+// step records a step as started, runs fn, records its end and publishes
+// it. The incident is saved before fn acts, so a crash inside fn repeats
+// the step.
+func (d *Doctor) step(ctx context.Context, inc *Incident, name string, fn func(s *Step) error) error {
+	if d.isStopping() {
+		return errInterrupted
+	}
+	// A step a crash interrupted is replaced by its new run.
+	for i := len(inc.Steps) - 1; i >= 0; i-- {
+		if inc.Steps[i].Name == name && inc.Steps[i].End.IsZero() {
+			inc.Steps = append(inc.Steps[:i], inc.Steps[i+1:]...)
+		}
+	}
+	inc.Steps = append(inc.Steps, Step{Name: name, Start: time.Now()})
+	i := len(inc.Steps) - 1
+	d.save(ctx, inc)
+	s := inc.Steps[i]
+	err := fn(&s)
+	if s.End.IsZero() {
+		s.End = time.Now()
+	}
+	if err != nil {
+		s.Result = "failed"
+		s.Detail = err.Error()
+	}
+	inc.Steps[i] = s
+	switch name {
+	case "freeze":
+		inc.State = StateFrozen
+	case "check":
+		inc.State = StateChecked
+	case "stop":
+		inc.State = StateStopped
+	}
+	d.save(ctx, inc)
+	if d.ctrs != nil {
+		d.ctrs.Publish(ctx, inc, s)
+	}
+	return err
+}
+
+// errInterrupted ends a pipeline when the daemon stops between two steps.
+var errInterrupted = errors.New("interrupted by shutdown")
+
+func (d *Doctor) isStopping() bool {
+	d.mu.Lock()
+	ch := d.stopping
+	d.mu.Unlock()
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// finish records the final state and publishes it as a step of its own.
+func (d *Doctor) finish(ctx context.Context, inc *Incident, state string) {
+	inc.State = state
+	if state == StateQuarantined {
+		d.counts.quarantined.Add(1)
+	}
+	now := time.Now()
+	s := Step{Name: state, Start: now, End: now, Result: state, Detail: inc.Reason}
+	inc.Steps = append(inc.Steps, s)
+	d.save(ctx, inc)
+	if d.ctrs != nil {
+		d.ctrs.Publish(ctx, inc, s)
+	}
+}
+
+func (d *Doctor) save(ctx context.Context, inc *Incident) {
+	d.mu.Lock()
+	inc.Errors += d.more[inc.Snapshot]
+	delete(d.more, inc.Snapshot)
+	d.mu.Unlock()
+	inc.Errors = max(inc.Errors, 1)
+	if err := d.store.save(inc); err != nil {
+		log.G(ctx).WithError(err).Error("cannot record incident")
+	}
+}
+
+// CheckResult is the outcome of an on-demand online check.
+type CheckResult struct {
+	Snapshot string              `json:"snapshot"`
+	Result   imagefs.ScrubResult `json:"result"`
+	// Incident is the incident a damaged image opened.
+	Incident string `json:"incident,omitempty"`
+}
+
+// ErrIncidentOpen is returned by Check for an image an incident is
+// working on.
+var ErrIncidentOpen = errors.New("an incident is open on this image")
+
+// Check runs the online check of snapshot id's mounted image now (frozen
+// for the check, or for a reflink clone). A damaged image opens an
+// incident (source "check") that the pipeline takes on.
+func (d *Doctor) Check(ctx context.Context, id string) (CheckResult, error) {
+	out := CheckResult{Snapshot: id}
+	d.mu.Lock()
+	inc, busy := d.active[id]
+	d.mu.Unlock()
+	if busy {
+		return out, fmt.Errorf("check %s: %w (%s)", id, ErrIncidentOpen, inc.ID)
+	}
+	m, _, ok := d.images.MountedImage(id)
+	if !ok {
+		return out, fmt.Errorf("check %s: %w", id, imagefs.ErrNotMounted)
+	}
+	pol := d.pol()
+	cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
+	defer cancel()
+	res, err := m.Scrub(cctx, pol.CheckMethod)
+	out.Result = res
+	if err != nil {
+		return out, fmt.Errorf("check %s: %w", id, err)
+	}
+	if res.Uncorrected() {
+		at := time.Now()
+		d.report(Report{Key: id, At: at, Source: "check", Event: Event{Count: 1}})
+		d.mu.Lock()
+		if inc, ok := d.active[id]; ok {
+			out.Incident = inc.ID
+		}
+		d.mu.Unlock()
+	}
+	return out, nil
+}
+
+// scrubEvery checks every watched image online, one at a time, each
+// policy scrub_interval.
+func (d *Doctor) scrubEvery(ctx context.Context) {
+	for {
+		iv := d.pol().ScrubInterval
+		if iv <= 0 {
+			iv = time.Hour // turned off by a reload: look again later
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(iv):
+		}
+		if d.pol().ScrubInterval <= 0 {
+			continue
+		}
+		for _, id := range d.mon.Watched() {
+			res, err := d.Check(ctx, id)
+			entry := log.G(ctx).WithField("snapshot", id)
+			switch {
+			case errors.Is(err, ErrIncidentOpen):
+			case err != nil:
+				entry.WithError(err).Warn("scheduled check")
+			case res.Incident != "":
+				entry.WithField("incident", res.Incident).Error("scheduled check found damage")
+			default:
+				entry.WithField("frozen", res.Result.Frozen).Debug("scheduled check: clean")
+			}
+		}
+	}
+}
+
+// Incidents lists every recorded incident, oldest first.
+func (d *Doctor) Incidents() []Incident { return d.store.list() }
+
+// Counts returns the doctor's counters.
+func (d *Doctor) Counts() Counts {
+	d.mu.Lock()
+	open := len(d.active)
+	d.mu.Unlock()
+	return Counts{
+		Reports: d.counts.reports.Load(), Incidents: d.counts.incidents.Load(),
+		Repaired: d.counts.repaired.Load(), Quarantined: d.counts.quarantined.Load(),
+		Restarted: d.counts.restarted.Load(), Open: open,
+	}
+}
+
+func readOnly(inc *Incident) bool {
+	return inc.Check != nil && inc.Check.Method == imagefs.ScrubReadOnly
+}
+
+func errnoName(e int32) string {
+	switch e {
+	case 0:
+		return ""
+	case int32(unix.EUCLEAN):
+		return "EUCLEAN"
+	case int32(unix.EIO):
+		return "EIO"
+	}
+	return unix.ErrnoName(unix.Errno(e))
+}
+
+func lastLine(s string) string {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '\n' && i < len(s)-1 {
+			return s[i+1:]
+		}
+	}
+	return s
+}

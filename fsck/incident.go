@@ -1,0 +1,235 @@
+package fsck
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/snugfs/snug/imagefs"
+)
+
+// Incident states. An incident ends resolved, quarantined, reported
+// (action notify, or a damaged read-only layer) or held (containers left
+// frozen for an operator by action freeze or check).
+const (
+	StateOpen        = "open"
+	StateFrozen      = "frozen"
+	StateChecked     = "checked"
+	StateStopped     = "stopped"
+	StateRepaired    = "repaired"
+	StateResolved    = "resolved"
+	StateQuarantined = "quarantined"
+	StateReported    = "reported"
+	StateHeld        = "held"
+)
+
+// Final reports whether an incident in state s needs nothing more.
+func Final(s string) bool {
+	switch s {
+	case StateResolved, StateQuarantined, StateReported, StateHeld:
+		return true
+	}
+	return false
+}
+
+// Incident is one error on one image and what snug did about it. It is
+// written to disk before each step, so a restarted daemon resumes it.
+type Incident struct {
+	ID       string `json:"id"`
+	Snapshot string `json:"snapshot"`
+	// Layer reports a committed (read-only, shared) layer image.
+	Layer bool   `json:"layer,omitempty"`
+	Image string `json:"image"`
+	// Source is how the error was noticed: "fanotify", "sysfs",
+	// "existing" (carried by the image when snug started watching it),
+	// or "check" (an online check found damage).
+	Source string `json:"source"`
+	// Error names the first error ("EUCLEAN", "EIO").
+	Error string `json:"error,omitempty"`
+	// Errors counts the errors reported while the incident was open.
+	Errors     uint64               `json:"errors"`
+	DetectedAt time.Time            `json:"detected_at"`
+	Detail     *imagefs.ErrorRecord `json:"detail,omitempty"`
+	Containers []ContainerRef       `json:"containers,omitempty"`
+	State      string               `json:"state"`
+	// Reason says why an incident was quarantined, held or failed a step.
+	Reason string `json:"reason,omitempty"`
+	Steps  []Step `json:"steps"`
+	// Check and Repair keep e2fsck's reports.
+	Check  *imagefs.ScrubResult `json:"check,omitempty"`
+	Repair *imagefs.FsckResult  `json:"repair,omitempty"`
+	// Verify is the e2fsck -fn after the repair.
+	Verify    *imagefs.FsckResult `json:"verify,omitempty"`
+	UpdatedAt time.Time           `json:"updated_at"`
+}
+
+// ContainerRef is a container using an incident's image, and what the
+// pipeline did to it.
+type ContainerRef struct {
+	Namespace string `json:"namespace"`
+	ID        string `json:"id"`
+	// Status is the task's status when the incident found it ("running",
+	// "paused", "stopped", "" for no task).
+	Status string `json:"status"`
+	// Stdout, Stderr, Terminal are the task's stdio as containerd knew it
+	// when it was stopped, for its restart.
+	Stdout    string `json:"stdout,omitempty"`
+	Stderr    string `json:"stderr,omitempty"`
+	Terminal  bool   `json:"terminal,omitempty"`
+	Paused    bool   `json:"paused,omitempty"`
+	Stopped   bool   `json:"stopped,omitempty"`
+	Restarted bool   `json:"restarted,omitempty"`
+	// Log is where its output goes after a restart, when its stdio was a
+	// client's FIFOs that are gone.
+	Log string `json:"log,omitempty"`
+}
+
+// Step is one step of the pipeline.
+type Step struct {
+	Name   string    `json:"name"`
+	Start  time.Time `json:"start"`
+	End    time.Time `json:"end,omitzero"`
+	Result string    `json:"result,omitempty"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// Duration is how long the step took (zero while it runs).
+func (s Step) Duration() time.Duration {
+	if s.End.IsZero() {
+		return 0
+	}
+	return s.End.Sub(s.Start)
+}
+
+// Done reports whether the incident went through step name to the end.
+func (inc *Incident) Done(name string) bool {
+	for _, s := range inc.Steps {
+		if s.Name == name && !s.End.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// store keeps incidents as JSON files in one directory, one per incident,
+// each replaced atomically (write, fsync, rename), so a crash leaves the
+// last complete version.
+type store struct {
+	dir string
+
+	mu        sync.Mutex // protects incidents and the files
+	incidents map[string]*Incident
+}
+
+// maxIncidentFile bounds an incident file read back at start-up.
+const maxIncidentFile = 4 << 20
+
+func openStore(dir string) (*store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("incidents in %s: %w", dir, err)
+	}
+	s := &store{dir: dir, incidents: map[string]*Incident{}}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("incidents in %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasSuffix(name, ".tmp") {
+			os.Remove(filepath.Join(dir, name)) // a write a crash cut short
+			continue
+		}
+		if !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		inc, err := readIncident(filepath.Join(dir, name))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.incidents[inc.ID] = inc
+	}
+	return s, errors.Join(errs...)
+}
+
+func readIncident(path string) (*Incident, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || st.Size() > maxIncidentFile {
+		return nil, fmt.Errorf("incident %s: too large or unreadable", path)
+	}
+	var inc Incident
+	if err := json.NewDecoder(f).Decode(&inc); err != nil {
+		return nil, fmt.Errorf("incident %s: %w", path, err)
+	}
+	if inc.ID == "" || inc.ID+".json" != filepath.Base(path) {
+		return nil, fmt.Errorf("incident %s: id %q does not match its file", path, inc.ID)
+	}
+	return &inc, nil
+}
+
+// save writes inc (a copy is kept in memory).
+func (s *store) save(inc *Incident) error {
+	inc.UpdatedAt = time.Now().UTC()
+	data, err := json.MarshalIndent(inc, "", "  ")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	path := filepath.Join(s.dir, inc.ID+".json")
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("incident %s: %w", inc.ID, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("incident %s: %w", inc.ID, err)
+	}
+	cp := *inc
+	cp.Steps = slices.Clone(inc.Steps)
+	cp.Containers = slices.Clone(inc.Containers)
+	s.incidents[inc.ID] = &cp
+	return nil
+}
+
+// list returns copies of every incident, oldest first.
+func (s *store) list() []Incident {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Incident, 0, len(s.incidents))
+	for _, inc := range s.incidents {
+		cp := *inc
+		cp.Steps = slices.Clone(inc.Steps)
+		cp.Containers = slices.Clone(inc.Containers)
+		out = append(out, cp)
+	}
+	slices.SortFunc(out, func(a, b Incident) int {
+		if c := a.DetectedAt.Compare(b.DetectedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out
+}

@@ -1,0 +1,144 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/imagefs"
+)
+
+// quarantineFile marks an active snapshot whose image e2fsck could not make
+// clean: it is kept for an operator and never mounted again by snug. It
+// holds the reason.
+const quarantineFile = "quarantined"
+
+// ErrQuarantined is returned for a snapshot whose image is quarantined.
+var ErrQuarantined = errors.New("snapshot image quarantined")
+
+// MountObserver learns of every image the snapshotter mounts and of every
+// image it is about to unmount: the error monitor watches each.
+type MountObserver interface {
+	Mounted(ctx context.Context, id string, layer bool, m *imagefs.Mounted)
+	Unmounting(id string)
+}
+
+// Observe makes o the snapshotter's mount observer and tells it of every
+// image mounted already.
+func (s *Snapshotter) Observe(ctx context.Context, o MountObserver) {
+	s.imagesMu.Lock()
+	s.mountObs = o
+	type img struct {
+		id    string
+		layer bool
+		m     *imagefs.Mounted
+	}
+	var now []img
+	for id, st := range s.images {
+		now = append(now, img{id, false, st.m})
+	}
+	for id, m := range s.layers {
+		now = append(now, img{id, true, m})
+	}
+	s.imagesMu.Unlock()
+	for _, i := range now {
+		o.Mounted(ctx, i.id, i.layer, i.m)
+	}
+}
+
+// trackLayer records a mounted read-only layer image.
+func (s *Snapshotter) trackLayer(ctx context.Context, id string, m *imagefs.Mounted) {
+	s.imagesMu.Lock()
+	s.layers[id] = m
+	o := s.mountObs
+	s.imagesMu.Unlock()
+	if o != nil {
+		o.Mounted(ctx, id, true, m)
+	}
+}
+
+// untrackLayer forgets a layer image about to be unmounted.
+func (s *Snapshotter) untrackLayer(id string) {
+	s.imagesMu.Lock()
+	_, ok := s.layers[id]
+	delete(s.layers, id)
+	o := s.mountObs
+	s.imagesMu.Unlock()
+	if ok && o != nil {
+		o.Unmounting(id)
+	}
+}
+
+// MountedImage is the mounted image of snapshot id: its rw image, or its
+// layer (layer true). ok is false when it has none mounted.
+func (s *Snapshotter) MountedImage(id string) (m *imagefs.Mounted, layer bool, ok bool) {
+	s.imagesMu.Lock()
+	defer s.imagesMu.Unlock()
+	if st, found := s.images[id]; found {
+		return st.m, false, true
+	}
+	if m, found := s.layers[id]; found {
+		return m, true, true
+	}
+	return nil, false, false
+}
+
+// Offline takes an active snapshot's image out of service, unmounted, and
+// calls fn with the image file: the error monitor repairs it there. The
+// container's own root mount must be gone (its task deleted), or the
+// unmount fails and the image stays in service. If fn succeeds the image
+// is mounted and served again; if it fails the snapshot is quarantined:
+// left unmounted, marked with fn's error, and refused by Mounts until an
+// operator deals with it.
+func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image string) error) error {
+	if !isNumericID(id) {
+		return fmt.Errorf("offline %q: not a snapshot id: %w", id, errdefs.ErrInvalidArgument)
+	}
+	dir := s.snapshotDir(id)
+	image := filepath.Join(dir, rwImage)
+	if _, err := os.Lstat(image); err != nil {
+		return fmt.Errorf("offline snapshot %s: no writable image: %w", id, err)
+	}
+	s.untrack(id)
+	if m, err := imagefs.FindMount(image); err == nil {
+		if err := m.Unmount(ctx); err != nil {
+			return errors.Join(fmt.Errorf("offline snapshot %s: %w", id, err), s.converge(ctx, id, snapshots.KindActive, nil))
+		}
+	} else if !errors.Is(err, imagefs.ErrNotMounted) {
+		return errors.Join(fmt.Errorf("offline snapshot %s: %w", id, err), s.converge(ctx, id, snapshots.KindActive, nil))
+	}
+	if err := fn(image); err != nil {
+		if werr := writeMarker(filepath.Join(dir, quarantineFile), err.Error()); werr != nil {
+			err = errors.Join(err, werr)
+		}
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	return s.converge(ctx, id, snapshots.KindActive, nil)
+}
+
+// quarantined returns the reason snapshot id is quarantined, or "".
+func (s *Snapshotter) quarantined(id string) string {
+	b, err := os.ReadFile(filepath.Join(s.snapshotDir(id), quarantineFile))
+	if err != nil {
+		return ""
+	}
+	if r := strings.TrimSpace(string(b)); r != "" {
+		return r
+	}
+	return "quarantined"
+}
+
+// writeMarker writes a small file atomically.
+func writeMarker(path, content string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
