@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzDecodeFiemap$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzParseMaxSize$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./fsck -run '^$$' -fuzz '^FuzzParseEvents$$' -fuzztime $(FUZZTIME)
 
 # bench-imagefs: footprint and swell of the churn workload in four modes,
 # plus Create/Grow/Reclaim times, and the two ways to commit a layer;

@@ -225,8 +225,11 @@ func (c *Containerd) Stop(ctx context.Context, ref *ContainerRef) error {
 			return fmt.Errorf("kill: %w", errgrpc.ToNative(err))
 		}
 		if p.Status == tasktypes.Status_PAUSED || p.Status == tasktypes.Status_PAUSING {
-			if _, err := ts.Resume(ctx, &tasksapi.ResumeTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
-				return fmt.Errorf("resume to let the kill land: %w", errgrpc.ToNative(err))
+			// A frozen task may not die until it is thawed (cgroup v1
+			// on older kernels). Newer kernels deliver SIGKILL to frozen
+			// tasks, and the thaw then finds it gone: the wait decides.
+			if _, err := ts.Resume(ctx, &tasksapi.ResumeTaskRequest{ContainerID: ref.ID}); err != nil {
+				log.G(ctx).WithError(err).WithField("container", ref.ID).Debug("thaw after kill")
 			}
 		}
 		if err := <-exited; err != nil && !errdefs.IsNotFound(err) {
