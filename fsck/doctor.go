@@ -14,6 +14,7 @@ import (
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // Images is the snapshotter as the pipeline needs it.
@@ -75,6 +76,8 @@ type Doctor struct {
 	ctx      context.Context
 	stopping <-chan struct{}
 	wg       sync.WaitGroup
+	// resume holds the incidents a previous daemon left open, for Run.
+	resume []*Incident
 
 	counts counters
 }
@@ -113,6 +116,19 @@ func NewDoctor(dir string, policy config.FsckPolicy, images Images, ctrs Contain
 	}
 	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}}
 	d.policy.Store(&policy)
+	// Incidents a previous daemon left open are the open incidents of
+	// their images from now on: errors their images report while snug
+	// starts up (ext4 keeps its error count) are added to them, not
+	// taken for new incidents. Run resumes them.
+	for _, inc := range st.list() {
+		if !Final(inc.State) {
+			if _, dup := d.active[inc.Snapshot]; !dup {
+				inc := inc
+				d.active[inc.Snapshot] = &inc
+				d.resume = append(d.resume, &inc)
+			}
+		}
+	}
 	return d, nil
 }
 
@@ -148,17 +164,8 @@ func (d *Doctor) Run(ctx context.Context) {
 	d.mu.Lock()
 	d.ctx = context.WithoutCancel(ctx)
 	d.stopping = ctx.Done()
-	var resume []*Incident
-	for _, inc := range d.store.list() {
-		if !Final(inc.State) {
-			inc := inc
-			if _, busy := d.active[inc.Snapshot]; busy {
-				continue
-			}
-			d.active[inc.Snapshot] = &inc
-			resume = append(resume, &inc)
-		}
-	}
+	resume := d.resume
+	d.resume = nil
 	pending := d.pendingLocked()
 	d.mu.Unlock()
 	for _, inc := range resume {
@@ -502,6 +509,7 @@ func (d *Doctor) step(ctx context.Context, inc *Incident, name string, fn func(s
 	inc.Steps = append(inc.Steps, Step{Name: name, Start: time.Now()})
 	i := len(inc.Steps) - 1
 	d.save(ctx, inc)
+	failpoint.Inject("fsck-" + name)
 	s := inc.Steps[i]
 	err := fn(&s)
 	if s.End.IsZero() {

@@ -43,7 +43,9 @@ func snugBinary(t testing.TB) string {
 		for _, cmd := range []string{"snug", "snug-hook"} {
 			// As the Makefile builds them: snug-hook static and stripped,
 			// it is on every container's start and stop.
-			build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/snugfs/snug/cmd/"+cmd)
+			// snug with failpoints (internal/failpoint): the crash tests
+			// kill it at named steps through SNUG_FAILPOINT.
+			build := exec.Command("go", "build", "-tags", "failpoints", "-o", filepath.Join(dir, cmd), "github.com/snugfs/snug/cmd/"+cmd)
 			if cmd == "snug-hook" {
 				build.Args = []string{"go", "build", "-ldflags=-s -w", "-o", filepath.Join(dir, cmd), "github.com/snugfs/snug/cmd/" + cmd}
 				build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -76,6 +78,8 @@ type daemon struct {
 	Control string // control socket
 	log     string
 	done    chan struct{}
+	// Env is added to the process's environment at its next start.
+	Env []string
 }
 
 // startDaemon writes a policy file in dir (extra TOML appended) and starts
@@ -111,6 +115,7 @@ func (d *daemon) start() {
 		d.t.Fatal(err)
 	}
 	d.cmd = exec.Command(snugBinary(d.t), "--config", d.Config, "serve", "--log-level", "debug")
+	d.cmd.Env = append(os.Environ(), d.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		logf.Close()

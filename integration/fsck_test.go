@@ -172,27 +172,7 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 	t.Cleanup(func() { stopEvents(); events.Wait() })
 
 	names := []string{"io-1", "io-2", "io-3"}
-	logs := map[string]string{}
-	for _, n := range names {
-		logs[n] = filepath.Join(s.dir, n+".log")
-		s.ctr("run", "-d", "--log-uri", "file://"+logs[n], "--snapshotter", "snug", testImageRef, n, "/bin/sh", "-c", steadyIO)
-	}
-	uppers := map[string]string{}
-	ids := map[string]string{}
-	for _, n := range names {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			uppers[n] = s.upperOf(n)
-			ids[n] = s.activeImage(n).ID
-			if st, err := os.Stat(filepath.Join(uppers[n], "io", "ticks")); err == nil && st.Size() > 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s does not tick; its log:\n%s", n, readFile(logs[n]))
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	uppers, ids, logs := s.startSteady(names...)
 	payload := map[string]string{}
 	for _, n := range names {
 		payload[n] = sha256File(t, filepath.Join(uppers[n], "data", "payload"))
@@ -332,6 +312,43 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("snug incidents lacks %q", want)
 		}
+	}
+}
+
+// startSteady runs containers doing steadyIO, each logging to a file, and
+// waits until each ticks. It returns, by name, where their files are on
+// the host, their snapshot ids and their log files.
+func (s *stack) startSteady(names ...string) (uppers, ids, logs map[string]string) {
+	t := s.t
+	t.Helper()
+	uppers, ids, logs = map[string]string{}, map[string]string{}, map[string]string{}
+	for _, n := range names {
+		logs[n] = filepath.Join(s.dir, n+".log")
+		s.ctr("run", "-d", "--log-uri", "file://"+logs[n], "--snapshotter", "snug", testImageRef, n, "/bin/sh", "-c", steadyIO)
+	}
+	for _, n := range names {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			uppers[n] = s.upperOf(n)
+			ids[n] = s.activeImage(n).ID
+			if st, err := os.Stat(filepath.Join(uppers[n], "io", "ticks")); err == nil && st.Size() > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not tick; its log:\n%s", n, readFile(logs[n]))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return uppers, ids, logs
+}
+
+// triggerError raises an ext4 error on a container's image through sysfs.
+func (s *stack) triggerError(container string) {
+	s.t.Helper()
+	dev := filepath.Base(s.activeImage(container).Device)
+	if err := os.WriteFile("/sys/fs/ext4/"+dev+"/trigger_fs_error", []byte("snug test\n"), 0); err != nil {
+		s.t.Fatal(err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // quarantineFile marks an active snapshot whose image e2fsck could not make
@@ -113,6 +114,7 @@ func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image stri
 	} else if !errors.Is(err, imagefs.ErrNotMounted) {
 		return errors.Join(fmt.Errorf("offline snapshot %s: %w", id, err), s.converge(ctx, id, snapshots.KindActive, nil))
 	}
+	failpoint.Inject("offline-unmounted")
 	if err := fn(image); err != nil {
 		if werr := writeMarker(filepath.Join(dir, quarantineFile), err.Error()); werr != nil {
 			err = errors.Join(err, werr)
