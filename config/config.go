@@ -156,7 +156,8 @@ type FsckPolicy struct {
 	Restart bool `toml:"restart"`
 	// MaxRepairs bounds the repairs of one image within RepairWindow;
 	// beyond it the image is quarantined (kept, its container stopped) for
-	// an operator: an image that keeps breaking has a cause to find.
+	// an operator: an image that keeps breaking has a cause to find. 0
+	// means no bound.
 	MaxRepairs   int           `toml:"max_repairs"`
 	RepairWindow time.Duration `toml:"repair_window"`
 	// Monitor is how errors are noticed: "auto" (fanotify FAN_FS_ERROR,

@@ -22,14 +22,14 @@ import (
 // steadyIO is a container's workload for the error monitor's tests: it
 // makes its data once (a payload whose checksum the test keeps, a
 // directory of small files), says it started, then appends a tick to
-// /io/ticks every 20 ms and reads /victim/f1, forever. After a restart it
+// /io/ticks every 20 ms and reads every file of /victim, forever. After a restart it
 // finds its data and goes on.
 const steadyIO = `mkdir -p /data /victim /io
 [ -f /data/payload ] || dd if=/dev/urandom of=/data/payload bs=1M count=8 2>/dev/null
 if ! [ -f /victim/f40 ]; then for i in $(seq 1 40); do echo "file $i" > /victim/f$i; done; fi
 sync
 echo "started $(date +%s)"
-while true; do echo t >> /io/ticks; cat /victim/f1 > /dev/null 2>&1; usleep 20000; done`
+while true; do echo t >> /io/ticks; cat /victim/* > /dev/null 2>&1; usleep 20000; done`
 
 // fsckPolicy: the default error policy (repair and restart).
 const fsckPolicy = containerPolicy + `
@@ -251,12 +251,8 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 	s.checkRepaired(closed, "io-1", "EUCLEAN", true)
 
 	// 2. An error raised through sysfs, on io-2.
-	dev := filepath.Base(s.activeImage("io-2").Device)
 	since = time.Now()
-	raised := time.Now() // the event can arrive before the write returns
-	if err := os.WriteFile("/sys/fs/ext4/"+dev+"/trigger_fs_error", []byte("snug test\n"), 0); err != nil {
-		t.Fatal(err)
-	}
+	raised := s.triggerError("io-2")
 	closed2 := s.waitIncidentClosed(ids["io-2"], since, 60*time.Second)
 	t.Logf("io-2: %s detected %v after trigger_fs_error", closed2.Error, closed2.DetectedAt.Sub(raised))
 	if d := closed2.DetectedAt.Sub(raised); d > 100*time.Millisecond {
@@ -343,13 +339,16 @@ func (s *stack) startSteady(names ...string) (uppers, ids, logs map[string]strin
 	return uppers, ids, logs
 }
 
-// triggerError raises an ext4 error on a container's image through sysfs.
-func (s *stack) triggerError(container string) {
+// triggerError raises an ext4 error on a container's image through sysfs
+// and returns when it did (the event may arrive before the write returns).
+func (s *stack) triggerError(container string) time.Time {
 	s.t.Helper()
-	dev := filepath.Base(s.activeImage(container).Device)
-	if err := os.WriteFile("/sys/fs/ext4/"+dev+"/trigger_fs_error", []byte("snug test\n"), 0); err != nil {
+	path := "/sys/fs/ext4/" + filepath.Base(s.activeImage(container).Device) + "/trigger_fs_error"
+	at := time.Now()
+	if err := os.WriteFile(path, []byte("snug test\n"), 0); err != nil {
 		s.t.Fatal(err)
 	}
+	return at
 }
 
 // checkRepaired checks an incident that went the whole way for one

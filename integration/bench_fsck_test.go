@@ -1,0 +1,254 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// repairRound is one error and what the pipeline took to bring the
+// container back.
+type repairRound struct {
+	Kind       string             `json:"kind"` // "sysfs" (trigger_fs_error) or "corruption" (debugfs)
+	Steps      map[string]float64 `json:"steps_ms"`
+	TotalMS    float64            `json:"total_ms"` // detection to the container running again
+	DetectMS   float64            `json:"detect_ms"`
+	RepairExit int                `json:"repair_exit"`
+}
+
+// checkFreeze is how long the online check held writers, per method.
+type checkFreeze struct {
+	Method   string    `json:"method"`
+	Host     string    `json:"host"`
+	FrozenMS []float64 `json:"frozen_ms"`
+	FsckMS   []float64 `json:"e2fsck_ms"`
+}
+
+// TestRepairBenchmark measures the error monitor on a 1 GiB image holding
+// 10,000 files in a running container: the time from the error to the
+// container running again, split into the pipeline's steps, for errors
+// raised through sysfs and for a corrupted inode; and how long the online
+// check holds the container's writes, on this ext4 host (frozen for the
+// whole e2fsck) and on an XFS host (frozen only for a reflink clone).
+// Goal: running again within 1 s.
+func TestRepairBenchmark(t *testing.T) {
+	out := os.Getenv("SNUG_BENCH_OUT")
+	if out == "" {
+		t.Skip("benchmark: run with make bench (SNUG_BENCH_OUT)")
+	}
+	roottest.Require(t, "debugfs", "mkfs.xfs")
+	rounds := envInt(t, "SNUG_BENCH_REPAIR_ROUNDS", 6)
+	s := startStack(t, fsckPolicy+"max_repairs = 0\n")
+	s.importImage()
+	s.waitFollowing()
+	uppers, ids, _ := s.startSteady("bench-fsck")
+	upper, id := uppers["bench-fsck"], ids["bench-fsck"]
+
+	// 10,000 files of 1-64 KiB (about 320 MiB), written through the
+	// container's own filesystem.
+	files := filepath.Join(upper, "files")
+	rng := rand.New(rand.NewPCG(1, 2))
+	buf := make([]byte, 64<<10)
+	for i := range 10000 {
+		dir := filepath.Join(files, fmt.Sprint(i/500))
+		if i%500 == 0 {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n := 1<<10 + rng.IntN(63<<10)
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), buf[:n], 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roottest.Syncfs(t, upper)
+	im := s.activeImage("bench-fsck")
+	t.Logf("image: quota %d MiB, used %d MiB, %d inodes", im.QuotaBytes>>20, im.UsedBytes>>20, im.InodesUsed)
+
+	var results []repairRound
+	for r := range rounds {
+		kind := "sysfs"
+		if r%2 == 1 {
+			kind = "corruption"
+		}
+		since := time.Now()
+		var t0 time.Time
+		switch kind {
+		case "sysfs":
+			t0 = s.triggerError("bench-fsck")
+		case "corruption":
+			if out, err := s.snug.Snug(context.Background(), "check", "bench-fsck"); err != nil {
+				t.Fatalf("snug check: %v\n%s", err, out)
+			}
+			// A file of its own each round: a repair clears the inode.
+			victim := fmt.Sprintf("/upper/victim/f%d", r+1)
+			if out, err := exec.Command("debugfs", "-w", "-R", "sif "+victim+" block[0] 0x12345678", s.activeImage("bench-fsck").Path).CombinedOutput(); err != nil || strings.Contains(string(out), "not found") {
+				t.Fatalf("debugfs: %v\n%s", err, out)
+			}
+			for i := 0; i < 50 && s.incidentOf(id, since) == nil; i++ {
+				os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0)
+				t0 = time.Now()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		inc := s.waitIncidentClosed(id, since, time.Minute)
+		if inc.State != fsck.StateResolved {
+			t.Fatalf("round %d: incident ended %s (%s)", r, inc.State, inc.Reason)
+		}
+		rr := repairRound{Kind: kind, Steps: map[string]float64{}, DetectMS: ms(inc.DetectedAt.Sub(t0))}
+		for _, st := range inc.Steps {
+			rr.Steps[st.Name] += ms(st.Duration())
+		}
+		last := inc.Steps[len(inc.Steps)-1]
+		rr.TotalMS = ms(last.End.Sub(inc.DetectedAt))
+		if inc.Repair != nil {
+			rr.RepairExit = inc.Repair.ExitCode
+		}
+		results = append(results, rr)
+		// Ticking again before the next round.
+		for end := time.Now().Add(10 * time.Second); s.taskPID("bench-fsck") == "" && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+
+	// The online check's freeze, here (ext4) and on XFS with reflink.
+	var freezes []checkFreeze
+	ext4 := checkFreeze{Method: imagefs.ScrubFrozen, Host: "ext4"}
+	for range 5 {
+		res, err := s.snug.Snug(context.Background(), "check", "--json", "bench-fsck")
+		if err != nil {
+			t.Fatalf("snug check: %v\n%s", err, res)
+		}
+		var cr fsck.CheckResult
+		if err := json.Unmarshal([]byte(res), &cr); err != nil {
+			t.Fatal(err)
+		}
+		ext4.FrozenMS = append(ext4.FrozenMS, ms(cr.Result.Frozen))
+		ext4.FsckMS = append(ext4.FsckMS, ms(cr.Result.Duration))
+	}
+	freezes = append(freezes, ext4, s.reflinkFreezes(t, s.activeImage("bench-fsck").Path))
+
+	table := repairTable(results, freezes)
+	t.Log("\n" + table)
+	writeBench(t, out, "repair", map[string]any{"rounds": results, "check_freeze": freezes,
+		"image": map[string]int64{"quota_bytes": im.QuotaBytes, "used_bytes": im.UsedBytes, "inodes": im.InodesUsed}}, table)
+	for _, r := range results {
+		if r.TotalMS > 1000 {
+			t.Errorf("a %s error took %.0f ms to bring the container back, goal <= 1000 ms", r.Kind, r.TotalMS)
+		}
+	}
+}
+
+// reflinkFreezes copies the image to an XFS filesystem (a loop-mounted
+// file) and measures the online check there: the freeze lasts only as long
+// as the clone.
+func (s *stack) reflinkFreezes(t *testing.T, image string) checkFreeze {
+	ctx := context.Background()
+	dir := roottest.TempDir(t)
+	host := filepath.Join(dir, "xfs.img")
+	if err := os.WriteFile(host, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(host, 3<<30); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=1", host).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.xfs: %v %s", err, out)
+	}
+	mnt := filepath.Join(dir, "xfs")
+	os.Mkdir(mnt, 0o755)
+	if out, err := exec.Command("mount", "-o", "loop", host, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount xfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	copyImg := filepath.Join(mnt, "img")
+	// A copy of the live image may be torn: e2fsck -fy makes it a
+	// consistent filesystem to measure on.
+	if out, err := exec.Command("cp", "--sparse=always", image, copyImg).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	if res, err := imagefs.Repair(ctx, copyImg, imagefs.RepairYes); err != nil || res.Uncorrected() {
+		t.Fatalf("the copy: %v %+v", err, res.Status())
+	}
+	m, err := imagefs.Mount(ctx, copyImg, mkdir(t, mnt, "m"), imagefs.MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount(ctx)
+	// A writer like the container's, so the freeze has as much to flush.
+	stop := make(chan struct{})
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		f, err := os.OpenFile(filepath.Join(m.Dir, "upper", "io", "ticks"), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				f.Write([]byte("t\n"))
+			}
+		}
+	}()
+	defer func() { close(stop); <-wrote }()
+	cf := checkFreeze{Method: imagefs.ScrubReflink, Host: "xfs"}
+	for range 5 {
+		res, err := m.Scrub(ctx, imagefs.ScrubAuto)
+		if err != nil || res.Method != imagefs.ScrubReflink || !res.Clean() {
+			t.Fatalf("scrub on XFS: %v, %s, %s", err, res.Method, res.Status())
+		}
+		cf.FrozenMS = append(cf.FrozenMS, ms(res.Frozen))
+		cf.FsckMS = append(cf.FsckMS, ms(res.Duration))
+	}
+	return cf
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func repairTable(rounds []repairRound, freezes []checkFreeze) string {
+	var b strings.Builder
+	steps := []string{"containers", "freeze", "check", "stop", "repair", "restart"}
+	fmt.Fprintf(&b, "error to running again, 1 GiB image with 10,000 files (ms)\n")
+	fmt.Fprintf(&b, "%-11s %7s", "error", "detect")
+	for _, s := range steps {
+		fmt.Fprintf(&b, " %10s", s)
+	}
+	fmt.Fprintf(&b, " %8s\n", "total")
+	for _, r := range rounds {
+		fmt.Fprintf(&b, "%-11s %7.1f", r.Kind, r.DetectMS)
+		for _, s := range steps {
+			fmt.Fprintf(&b, " %10.1f", r.Steps[s])
+		}
+		fmt.Fprintf(&b, " %8.1f\n", r.TotalMS)
+	}
+	fmt.Fprintf(&b, "\nonline check: writers held (frozen) and e2fsck -fn, median of 5 (ms)\n")
+	for _, f := range freezes {
+		fmt.Fprintf(&b, "%-8s on %-4s  frozen %7.1f  e2fsck %7.1f\n", f.Method, f.Host, medianOf(f.FrozenMS), medianOf(f.FsckMS))
+	}
+	return b.String()
+}
+
+func medianOf(v []float64) float64 {
+	c := append([]float64(nil), v...)
+	sort.Float64s(c)
+	if len(c) == 0 {
+		return 0
+	}
+	return c[len(c)/2]
+}
