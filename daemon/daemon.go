@@ -108,7 +108,7 @@ func Run(ctx context.Context, cfg config.Config, load func() (config.Config, err
 	go func() { errc <- rpc.Serve(grpcL) }()
 	if metricsL != nil {
 		go func() {
-			if err := serveMetrics(bgCtx, metricsL, sn); err != nil {
+			if err := serveMetrics(bgCtx, metricsL, sn, doctor); err != nil {
 				errc <- fmt.Errorf("metrics: %w", err)
 			}
 		}()

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/snapshotter"
 )
 
@@ -20,10 +21,18 @@ type metricsSource interface {
 	Totals() snapshotter.Totals
 }
 
-// collector reads the snapshotter at each scrape: nothing is kept between
-// scrapes, so a removed image's series disappear with it.
+// incidentSource is the error monitor's side of the metrics.
+type incidentSource interface {
+	Counts() fsck.Counts
+	StepStats() []fsck.StepStat
+}
+
+// collector reads the snapshotter and the error monitor at each scrape:
+// nothing is kept between scrapes, so a removed image's series disappear
+// with it.
 type collector struct {
-	src metricsSource
+	src       metricsSource
+	incidents incidentSource
 }
 
 var (
@@ -45,11 +54,21 @@ var (
 	descTrimmed   = prometheus.NewDesc("snug_trimmed_bytes_total", "Bytes trimmed from running containers' images since the daemon started.", nil, nil)
 	descFull      = prometheus.NewDesc("snug_window_full_total", "Checks that found a window full before its quota: writers may have seen ENOSPC.", nil, nil)
 	descImages    = prometheus.NewDesc("snug_images", "Images served, by kind.", []string{"kind"}, nil)
+
+	descReports     = prometheus.NewDesc("snug_fs_error_reports_total", "ext4 error reports received (fanotify FAN_FS_ERROR, sysfs, online checks) since the daemon started.", nil, nil)
+	descIncidents   = prometheus.NewDesc("snug_incidents_total", "Incidents opened since the daemon started.", nil, nil)
+	descOpen        = prometheus.NewDesc("snug_incidents_open", "Incidents being worked on.", nil, nil)
+	descRepaired    = prometheus.NewDesc("snug_incident_repairs_total", "Images repaired offline since the daemon started.", nil, nil)
+	descQuarantined = prometheus.NewDesc("snug_incident_quarantined_total", "Images quarantined since the daemon started.", nil, nil)
+	descRestarted   = prometheus.NewDesc("snug_incident_restarts_total", "Containers started again after a repair since the daemon started.", nil, nil)
+	descSteps       = prometheus.NewDesc("snug_incident_steps_total", "Incident steps since the daemon started, by step and result.", []string{"step", "result"}, nil)
+	descStepSecs    = prometheus.NewDesc("snug_incident_step_seconds_total", "Time incident steps took since the daemon started, by step and result.", []string{"step", "result"}, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQuota, descWindow, descUsed, descFoot, descErrors, descENOSPC, descIGrows, descIRecl, descIFull,
-		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages} {
+		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages,
+		descReports, descIncidents, descOpen, descRepaired, descQuarantined, descRestarted, descSteps, descStepSecs} {
 		ch <- d
 	}
 }
@@ -98,13 +117,28 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}{{descGrows, t.Grows}, {descGrowBytes, t.GrowBytes}, {descReclaims, t.Reclaims}, {descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}} {
 		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v))
 	}
+	if c.incidents == nil {
+		return
+	}
+	ic := c.incidents.Counts()
+	for _, m := range []struct {
+		d *prometheus.Desc
+		v int64
+	}{{descReports, ic.Reports}, {descIncidents, ic.Incidents}, {descRepaired, ic.Repaired}, {descQuarantined, ic.Quarantined}, {descRestarted, ic.Restarted}} {
+		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v))
+	}
+	ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(ic.Open))
+	for _, st := range c.incidents.StepStats() {
+		ch <- prometheus.MustNewConstMetric(descSteps, prometheus.CounterValue, float64(st.Count), st.Step, st.Result)
+		ch <- prometheus.MustNewConstMetric(descStepSecs, prometheus.CounterValue, st.Seconds, st.Step, st.Result)
+	}
 }
 
 // serveMetrics serves /metrics on l until ctx ends. The daemon's own
 // process metrics (CPU, memory) come with it.
-func serveMetrics(ctx context.Context, l net.Listener, src metricsSource) error {
+func serveMetrics(ctx context.Context, l net.Listener, src metricsSource, incidents incidentSource) error {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{src: src}, prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), prometheus.NewGoCollector())
+	reg.MustRegister(collector{src: src, incidents: incidents}, prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), prometheus.NewGoCollector())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

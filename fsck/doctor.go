@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +85,51 @@ type Doctor struct {
 
 type counters struct {
 	reports, incidents, repaired, quarantined, restarted atomic.Int64
+
+	mu    sync.Mutex // protects steps
+	steps map[stepKey]*StepStat
+}
+
+type stepKey struct{ name, result string }
+
+// StepStat counts the steps of one name and result since the daemon
+// started, and the time they took.
+type StepStat struct {
+	Step    string  `json:"step"`
+	Result  string  `json:"result"`
+	Count   int64   `json:"count"`
+	Seconds float64 `json:"seconds"`
+}
+
+func (c *counters) step(s Step) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.steps == nil {
+		c.steps = map[stepKey]*StepStat{}
+	}
+	result := s.Result
+	if _, err := strconv.Atoi(result); err == nil {
+		result = "ok" // a count of containers
+	}
+	k := stepKey{s.Name, result}
+	st, ok := c.steps[k]
+	if !ok {
+		st = &StepStat{Step: s.Name, Result: result}
+		c.steps[k] = st
+	}
+	st.Count++
+	st.Seconds += s.Duration().Seconds()
+}
+
+// StepStats returns the step counters.
+func (d *Doctor) StepStats() []StepStat {
+	d.counts.mu.Lock()
+	defer d.counts.mu.Unlock()
+	out := make([]StepStat, 0, len(d.counts.steps))
+	for _, st := range d.counts.steps {
+		out = append(out, *st)
+	}
+	return out
 }
 
 // Counts are the doctor's cumulative counters, for metrics.
@@ -520,6 +566,7 @@ func (d *Doctor) step(ctx context.Context, inc *Incident, name string, fn func(s
 		s.Detail = err.Error()
 	}
 	inc.Steps[i] = s
+	d.counts.step(s)
 	switch name {
 	case "freeze":
 		inc.State = StateFrozen
@@ -562,6 +609,7 @@ func (d *Doctor) finish(ctx context.Context, inc *Incident, state string) {
 	now := time.Now()
 	s := Step{Name: state, Start: now, End: now, Result: state, Detail: inc.Reason}
 	inc.Steps = append(inc.Steps, s)
+	d.counts.step(s)
 	d.save(ctx, inc)
 	if d.ctrs != nil {
 		d.ctrs.Publish(ctx, inc, s)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,7 +157,8 @@ func (s *stack) taskPID(container string) string {
 // the container started again with its log; its image is clean and its
 // other data intact; the others' I/O never stops.
 func TestErrorMonitorRepairsOneContainer(t *testing.T) {
-	s := startStack(t, fsckPolicy)
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := startStack(t, fmt.Sprintf("metrics_address = %q\n", metrics)+fsckPolicy)
 	s.importImage()
 	s.waitFollowing()
 
@@ -307,6 +309,21 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 	for _, want := range []string{"RESOLVED", "repair, e2fsck -f", "default/io-1: was running, paused, stopped, restarted"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("snug incidents lacks %q", want)
+		}
+	}
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		"snug_incidents_total 2", "snug_incident_repairs_total 2", "snug_incident_restarts_total 2", "snug_incidents_open 0",
+		`snug_incident_steps_total{result="ok",step="freeze"} 2`, `snug_incident_steps_total{result="repaired",step="repair"} 2`,
+		`snug_incident_step_seconds_total{result="repaired",step="repair"} `,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
 		}
 	}
 }
