@@ -399,8 +399,8 @@ func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPol
 	}
 	if !inc.Done("stop") {
 		if n := d.recentRepairs(inc, pol); pol.MaxRepairs > 0 && n >= pol.MaxRepairs {
-			d.stopAll(ctx, inc) // quarantined images keep their containers stopped
-			return fmt.Errorf("%d repairs of this image in the last %s (fsck.max_repairs %d)", n, pol.RepairWindow, pol.MaxRepairs)
+			reason := fmt.Sprintf("%d repairs of this image in the last %s (fsck.max_repairs %d)", n, pol.RepairWindow, pol.MaxRepairs)
+			return d.quarantine(ctx, inc, reason)
 		}
 		if err := d.stopAll(ctx, inc); err != nil {
 			return err
@@ -442,6 +442,27 @@ func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPol
 	}
 	d.finish(ctx, inc, StateResolved)
 	return nil
+}
+
+// quarantine stops the image's containers and takes it out of service,
+// unmounted and marked with the reason, for an operator. It returns the
+// reason as the pipeline's error.
+func (d *Doctor) quarantine(ctx context.Context, inc *Incident, reason string) error {
+	stopErr := d.stopAll(ctx, inc)
+	err := d.step(ctx, inc, "quarantine", func(s *Step) error {
+		s.Detail = reason
+		err := d.images.Offline(ctx, inc.Snapshot, func(string) error {
+			return fmt.Errorf("%w: %s", ErrQuarantine, reason)
+		})
+		if errors.Is(err, ErrQuarantine) {
+			return nil
+		}
+		return err
+	})
+	if errors.Is(err, errInterrupted) || errors.Is(stopErr, errInterrupted) {
+		return errInterrupted
+	}
+	return errors.Join(errors.New(reason), stopErr, err)
 }
 
 // repair runs e2fsck on the unmounted image, then a read-only check to
