@@ -298,6 +298,12 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 			t.Errorf("ctr events has no %s%s:\n%s", fsck.TopicPrefix, step, evs)
 		}
 	}
+	for _, line := range strings.Split(evs, "\n") {
+		if strings.Contains(line, fsck.TopicPrefix+"repair") {
+			t.Logf("ctr events: %s", line)
+			break
+		}
+	}
 	if !strings.Contains(evs, `"io.snugfs.containers":"default/io-1"`) {
 		t.Errorf("ctr events does not name the container:\n%s", evs)
 	}
