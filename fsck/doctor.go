@@ -79,6 +79,9 @@ type Doctor struct {
 	wg       sync.WaitGroup
 	// resume holds the incidents a previous daemon left open, for Run.
 	resume []*Incident
+	// scrubbing holds a *sync.Mutex per snapshot id, held while its image
+	// is checked online: a second FIFREEZE of a frozen filesystem fails.
+	scrubbing sync.Map
 
 	counts counters
 }
@@ -201,7 +204,10 @@ func (d *Doctor) Mounted(ctx context.Context, id string, layer bool, m *imagefs.
 }
 
 // Unmounting is told of every image the snapshotter is about to unmount.
-func (d *Doctor) Unmounting(id string) { d.mon.Unwatch(id) }
+func (d *Doctor) Unmounting(id string) {
+	d.mon.Unwatch(id)
+	d.scrubbing.Delete(id)
+}
 
 // Run resumes the incidents a previous daemon left open, then handles
 // reports until ctx ends. It waits for the incidents in progress to reach
@@ -371,9 +377,7 @@ func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPol
 				s.Detail = "the image is not mounted"
 				return nil
 			}
-			cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
-			defer cancel()
-			res, err := m.Scrub(cctx, pol.CheckMethod)
+			res, err := d.scrub(ctx, inc.Snapshot, m, pol)
 			inc.Check = &res
 			s.Result = res.Status()
 			s.Detail = fmt.Sprintf("%s, frozen %v, e2fsck %v", res.Method, res.Frozen.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
@@ -675,10 +679,7 @@ func (d *Doctor) Check(ctx context.Context, id string) (CheckResult, error) {
 	if !ok {
 		return out, fmt.Errorf("check %s: %w", id, imagefs.ErrNotMounted)
 	}
-	pol := d.pol()
-	cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
-	defer cancel()
-	res, err := m.Scrub(cctx, pol.CheckMethod)
+	res, err := d.scrub(ctx, id, m, d.pol())
 	out.Result = res
 	if err != nil {
 		return out, fmt.Errorf("check %s: %w", id, err)
@@ -693,6 +694,16 @@ func (d *Doctor) Check(ctx context.Context, id string) (CheckResult, error) {
 		d.mu.Unlock()
 	}
 	return out, nil
+}
+
+// scrub checks an image online, one check at a time per image.
+func (d *Doctor) scrub(ctx context.Context, id string, m *imagefs.Mounted, pol config.FsckPolicy) (imagefs.ScrubResult, error) {
+	mu, _ := d.scrubbing.LoadOrStore(id, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
+	defer cancel()
+	return m.Scrub(cctx, pol.CheckMethod)
 }
 
 // scrubEvery checks every watched image online, one at a time, each

@@ -3,6 +3,7 @@ package fsck
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -142,4 +143,8 @@ func TestMonitorUnwatch(t *testing.T) {
 		t.Fatalf("report of an unwatched filesystem: %+v", r)
 	case <-time.After(300 * time.Millisecond):
 	}
+}
+
+func execDebugfs(image, cmd string) ([]byte, error) {
+	return exec.Command("debugfs", "-w", "-R", cmd, image).CombinedOutput()
 }
