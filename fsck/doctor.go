@@ -27,6 +27,8 @@ type Images interface {
 	// the image file, and mounts it again unless fn returns an error
 	// wrapping ErrQuarantine.
 	Offline(ctx context.Context, id string, fn func(image string) error) error
+	// MarkDamaged records that a read-only layer reported errors.
+	MarkDamaged(id, reason string) error
 }
 
 // ErrQuarantine is returned by an Offline callback for an image that must
@@ -388,6 +390,9 @@ func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPol
 	}
 	if inc.Layer {
 		inc.Reason = "a read-only layer reported errors: its containers keep running; remove and re-pull the image to replace the layer"
+		if err := d.images.MarkDamaged(inc.Snapshot, fmt.Sprintf("%s %s (incident %s)", inc.Error, inc.Check.Status(), inc.ID)); err != nil {
+			inc.Reason += "; marking it failed: " + err.Error()
+		}
 		d.finish(ctx, inc, StateReported)
 		return nil
 	}

@@ -53,6 +53,8 @@ func (h *hostImages) Offline(ctx context.Context, id string, fn func(string) err
 	return h.mount(ctx, id, m.Image)
 }
 
+func (h *hostImages) MarkDamaged(id, reason string) error { return nil } // no layers here
+
 func (h *hostImages) mount(ctx context.Context, id, image string) error {
 	m, err := imagefs.Mount(ctx, image, h.dirs[id], imagefs.MountOptions{})
 	if err != nil {

@@ -49,6 +49,11 @@ func TestLayerErrorAndQuarantine(t *testing.T) {
 	if s.taskPID("lq-a") != pidA || s.taskPID("lq-b") != pidB {
 		t.Errorf("containers above the layer were disturbed")
 	}
+	for _, im := range s.status() {
+		if im.ID == layerID && !strings.Contains(im.Damaged, inc.ID) {
+			t.Errorf("the layer is not marked damaged in snug status: %q", im.Damaged)
+		}
+	}
 
 	// lq-a breaks twice: the second time it is quarantined.
 	since = time.Now()

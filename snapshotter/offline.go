@@ -20,6 +20,23 @@ import (
 // holds the reason.
 const quarantineFile = "quarantined"
 
+// damagedFile marks a committed snapshot whose layer image reported
+// errors; it holds the reason. The layer stays in service (its containers
+// run on), and snug status shows it.
+const damagedFile = "damaged"
+
+// MarkDamaged marks the layer of committed snapshot id damaged, with the
+// reason.
+func (s *Snapshotter) MarkDamaged(id, reason string) error {
+	if !isNumericID(id) {
+		return fmt.Errorf("mark %q: not a snapshot id: %w", id, errdefs.ErrInvalidArgument)
+	}
+	if _, err := os.Lstat(filepath.Join(s.snapshotDir(id), layerImage)); err != nil {
+		return fmt.Errorf("mark snapshot %s: no layer image: %w", id, err)
+	}
+	return writeMarker(filepath.Join(s.snapshotDir(id), damagedFile), reason)
+}
+
 // ErrQuarantined is returned for a snapshot whose image is quarantined.
 var ErrQuarantined = errors.New("snapshot image quarantined")
 
@@ -126,14 +143,20 @@ func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image stri
 
 // quarantined returns the reason snapshot id is quarantined, or "".
 func (s *Snapshotter) quarantined(id string) string {
-	b, err := os.ReadFile(filepath.Join(s.snapshotDir(id), quarantineFile))
+	return readMarker(filepath.Join(s.snapshotDir(id), quarantineFile))
+}
+
+// readMarker returns a marker file's reason ("marked" for an empty one),
+// or "" when there is no marker.
+func readMarker(path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}
 	if r := strings.TrimSpace(string(b)); r != "" {
 		return r
 	}
-	return "quarantined"
+	return "marked"
 }
 
 // writeMarker writes a small file atomically.

@@ -24,6 +24,8 @@ type ImageStatus struct {
 	imagefs.Stats
 	// Problem says why the image could not be measured, if it could not.
 	Problem string `json:"problem,omitempty"`
+	// Damaged is why the error monitor marked a read-only layer damaged.
+	Damaged string `json:"damaged,omitempty"`
 	Activity
 }
 
@@ -103,6 +105,9 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 				st.Problem = "quarantined: " + reason
 			}
 			continue
+		}
+		if kind == snapshots.KindCommitted {
+			st.Damaged = readMarker(filepath.Join(s.snapshotDir(st.ID), damagedFile))
 		}
 		m := &imagefs.Mounted{Image: image, Device: dev, Dir: mnt, ReadOnly: kind == snapshots.KindCommitted}
 		stats, err := m.Stat()

@@ -40,6 +40,9 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 		if im.Problem != "" {
 			h = im.Problem
 		}
+		if im.Damaged != "" {
+			h = "damaged layer: " + im.Damaged
+		}
 		rows = append(rows, []string{
 			im.Kind, im.Snapshot,
 			size(im.QuotaBytes), size(im.WindowBytes), size(im.UsedBytes),
