@@ -276,3 +276,37 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+func TestStoreKeepsOpenAndNewest(t *testing.T) {
+	dir := t.TempDir()
+	st, err := openStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now()
+	for i := range 5 {
+		state := StateResolved
+		if i == 0 {
+			state = StateStopped // open: kept whatever its age
+		}
+		if err := st.save(&Incident{ID: "i" + string(rune('0'+i)), Snapshot: "1", DetectedAt: base.Add(time.Duration(i) * time.Second), State: state}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "i9.json.tmp"), []byte("{"), 0o600) // a cut write
+	st.prune(2)
+	var ids []string
+	for _, inc := range st.list() {
+		ids = append(ids, inc.ID)
+	}
+	if !equal(ids, []string{"i0", "i3", "i4"}) {
+		t.Fatalf("kept %v, want the open one and the 2 newest closed", ids)
+	}
+	again, err := openStore(dir)
+	if err != nil || len(again.list()) != 3 {
+		t.Fatalf("reopened: %d incidents, %v", len(again.list()), err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "i9.json.tmp")); !os.IsNotExist(err) {
+		t.Fatal("a cut write was left behind")
+	}
+}

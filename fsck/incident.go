@@ -156,7 +156,36 @@ func openStore(dir string) (*store, error) {
 		}
 		s.incidents[inc.ID] = inc
 	}
+	s.prune(maxKept)
 	return s, errors.Join(errs...)
+}
+
+// maxKept bounds the incident records kept: the oldest closed ones beyond
+// it are deleted when the daemon starts. Open incidents are always kept,
+// and so are the log files of restarted containers (their tasks may still
+// write to them).
+const maxKept = 1000
+
+func (s *store) prune(keep int) {
+	all := s.list()
+	closed := 0
+	for _, inc := range all {
+		if Final(inc.State) {
+			closed++
+		}
+	}
+	for _, inc := range all { // oldest first
+		if closed <= keep {
+			return
+		}
+		if !Final(inc.State) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(s.dir, inc.ID+".json")); err == nil {
+			delete(s.incidents, inc.ID)
+			closed--
+		}
+	}
 }
 
 func readIncident(path string) (*Incident, error) {
