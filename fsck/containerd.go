@@ -33,6 +33,10 @@ const EventMediaType = "application/vnd.snugfs.incident.step.v1"
 // /snug/incident/<step>.
 const TopicPrefix = "/snug/incident/"
 
+// criKindLabel marks the containers (and sandboxes) containerd's CRI
+// plugin made: the kubelet owns their lifecycle.
+const criKindLabel = "io.cri-containerd.kind"
+
 // eventNamespace is the namespace of an incident event with no container.
 const eventNamespace = "snug"
 
@@ -112,6 +116,9 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 				continue
 			}
 			ref := ContainerRef{Namespace: ns, ID: ctr.ID}
+			if _, cri := ctr.Labels[criKindLabel]; cri {
+				ref.ManagedBy = "kubernetes"
+			}
 			ref.Status, err = c.status(nctx, cl, ctr.ID)
 			if err != nil {
 				return nil, fmt.Errorf("container %s/%s: %w", ns, ctr.ID, err)

@@ -433,7 +433,9 @@ func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPol
 		if err := d.step(ctx, inc, "restart", func(s *Step) error {
 			logDir := filepath.Join(d.store.dir, inc.ID)
 			return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
-				if !c.Stopped || c.Restarted {
+				if !c.Stopped || c.Restarted || c.ManagedBy != "" {
+					// A CRI container's restart is the kubelet's: a task
+					// started behind its back would run unseen by it.
 					return false, nil
 				}
 				if err := d.ctrs.Start(ctx, c, logDir); err != nil {

@@ -88,6 +88,10 @@ type ContainerRef struct {
 	// Log is where its output goes after a restart, when its stdio was a
 	// client's FIFOs that are gone.
 	Log string `json:"log,omitempty"`
+	// ManagedBy names the manager that restarts the container itself
+	// ("kubernetes" for a CRI container): snug repairs its image and
+	// leaves the restart to it.
+	ManagedBy string `json:"managed_by,omitempty"`
 }
 
 // Step is one step of the pipeline.

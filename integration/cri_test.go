@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/snugfs/snug/internal/roottest"
+	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/snapshotter"
 )
 
@@ -142,6 +143,37 @@ func TestKubernetesCRI(t *testing.T) {
 		}
 	}
 	run("rm", cid)
+
+	// An ext4 error in a Kubernetes container's image: snug repairs it and
+	// leaves the restart to the kubelet (a task started behind CRI's back
+	// would run unseen by it); CRI sees the container exited.
+	ctr2JSON := writeFile(t, dir, "ctr2.json", `{
+  "metadata": {"name": "app2"},
+  "image": {"image": "localhost/snug-test:latest"},
+  "command": ["/bin/sleep", "600"],
+  "log_path": "app2.log",
+  "linux": {}
+}`)
+	cid2 := run("create", pod, ctr2JSON, podJSON)
+	run("start", cid2)
+	var id2 string
+	for _, im := range s.status() {
+		if strings.HasSuffix(im.Snapshot, "/"+cid2) {
+			id2 = im.ID
+		}
+	}
+	since := time.Now()
+	s.triggerError(cid2)
+	inc := s.waitIncidentClosed(id2, since, 60*time.Second)
+	if inc.State != fsck.StateResolved || len(inc.Containers) != 1 {
+		t.Fatalf("incident of a CRI container: %s (%s), containers %+v", inc.State, inc.Reason, inc.Containers)
+	}
+	if c := inc.Containers[0]; c.ManagedBy != "kubernetes" || !c.Stopped || c.Restarted || inc.Verify == nil || !inc.Verify.Clean() {
+		t.Errorf("CRI container in the incident: %+v, verify %+v", c, inc.Verify)
+	}
+	if state := run("inspect", "-o", "go-template", "--template", "{{.status.state}}", cid2); state != "CONTAINER_EXITED" {
+		t.Errorf("CRI says the repaired container is %q, want CONTAINER_EXITED", state)
+	}
 }
 
 // restartContainerd stops containerd and starts it again on the same config.

@@ -100,6 +100,9 @@ func (c *CLI) printIncident(inc fsck.Incident, lines int) {
 		if len(done) > 0 {
 			line += ", " + strings.Join(done, ", ")
 		}
+		if ref.ManagedBy != "" && ref.Stopped && !ref.Restarted {
+			line += "; its restart is left to " + ref.ManagedBy
+		}
 		if ref.Log != "" {
 			line += "; output now in " + ref.Log
 		}
