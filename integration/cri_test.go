@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snugfs/snug/internal/roottest"
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/internal/roottest"
 	"github.com/snugfs/snug/snapshotter"
 )
 
