@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a throw-away containerd with snug as its snapshotter, the test
 # image imported through snug, a container writing data on its own thin
-# image, and `snug status` showing what each image costs the host.
+# image, `snug status` showing what each image costs the host, and an ext4
+# error in that image repaired while the container is restarted.
 # Everything is torn down at the end, also on failure or Ctrl-C.
 set -euo pipefail
 snug=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -37,6 +38,19 @@ ctr tasks exec --exec-id df writer df -h /
 step "snug status (the watcher already trimmed what the writer deleted)"
 sleep 1
 "$snug" --config "$dir/snug.toml" status
+
+step "an ext4 error in the writer's image: snug pauses, checks, repairs and restarts only that container"
+upper=$(ctr tasks exec --exec-id mountinfo writer cat /proc/self/mountinfo |
+  sed -n 's/.* - overlay overlay .*upperdir=\([^,]*\).*/\1/p' | head -n 1)
+dev=$(findmnt -no SOURCE "${upper%/upper}")
+echo "raising an error through /sys/fs/ext4/${dev##*/}/trigger_fs_error"
+echo "snug demo" > "/sys/fs/ext4/${dev##*/}/trigger_fs_error"
+for _ in $(seq 1 50); do
+  "$snug" --config "$dir/snug.toml" incidents | grep -qE '^incident .*: (RESOLVED|QUARANTINED)' && break
+  sleep 0.1
+done
+"$snug" --config "$dir/snug.toml" incidents
+ctr tasks ls
 
 step "the writer stops: its poststop hook has the image reclaimed"
 ctr tasks kill -s KILL writer
