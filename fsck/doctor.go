@@ -205,6 +205,13 @@ func (d *Doctor) Mounted(ctx context.Context, id string, layer bool, m *imagefs.
 	}
 }
 
+// MountFailed is told of an image start-up could not mount: an incident
+// takes it (its repair runs e2fsck on the unmounted image and mounts it).
+func (d *Doctor) MountFailed(ctx context.Context, id string, layer bool, err error) {
+	log.G(ctx).WithError(err).WithField("snapshot", id).Error("image could not be mounted")
+	d.report(Report{Key: id, At: time.Now(), Source: "mount", Event: Event{Count: 1}, layer: &layer})
+}
+
 // Unmounting is told of every image the snapshotter is about to unmount.
 func (d *Doctor) Unmounting(id string) {
 	d.mon.Unwatch(id)
@@ -263,6 +270,9 @@ func (d *Doctor) report(r Report) {
 		Error:      errnoName(r.Event.Error),
 		Errors:     uint64(r.Event.Count),
 		DetectedAt: r.At,
+	}
+	if r.layer != nil {
+		inc.Layer = *r.layer
 	}
 	if m, layer, ok := d.images.MountedImage(r.Key); ok {
 		inc.Image, inc.Layer = m.Image, layer
@@ -390,7 +400,11 @@ func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPol
 	}
 	if inc.Layer {
 		inc.Reason = "a read-only layer reported errors: its containers keep running; remove and re-pull the image to replace the layer"
-		if err := d.images.MarkDamaged(inc.Snapshot, fmt.Sprintf("%s %s (incident %s)", inc.Error, inc.Check.Status(), inc.ID)); err != nil {
+		checked := "not checked"
+		if inc.Check != nil {
+			checked = inc.Check.Status()
+		}
+		if err := d.images.MarkDamaged(inc.Snapshot, fmt.Sprintf("%s, %s (incident %s)", inc.Error, checked, inc.ID)); err != nil {
 			inc.Reason += "; marking it failed: " + err.Error()
 		}
 		d.finish(ctx, inc, StateReported)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -308,5 +309,43 @@ func TestStoreKeepsOpenAndNewest(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "i9.json.tmp")); !os.IsNotExist(err) {
 		t.Fatal("a cut write was left behind")
+	}
+}
+
+// TestDoctorQuarantinesWhatE2fsckCannotFix: with fsck.repair = "preen",
+// e2fsck -fp refuses a damaged extent header (it needs a human), so the
+// image is quarantined: left unmounted, marked with the reason, the
+// incident keeps e2fsck's report.
+func TestDoctorQuarantinesWhatE2fsckCannotFix(t *testing.T) {
+	roottest.Require(t, "debugfs")
+	h := newImages(t, 1)
+	p := policy("repair")
+	p.Repair = "preen"
+	d, _ := runDoctor(t, t.TempDir(), h, p)
+	m := h.mounted["1"]
+	if _, err := m.Scrub(context.Background(), imagefs.ScrubFrozen); err != nil { // checkpoints the journal
+		t.Fatal(err)
+	}
+	if out, err := execDebugfs(m.Image, "sif /data block[0] 0x12345678"); err != nil {
+		t.Fatalf("debugfs: %v %s", err, out)
+	}
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(filepath.Join(m.Dir, "data")); err == nil {
+		t.Fatal("read the corrupted file without an error")
+	}
+	inc := waitFinal(t, d, "1")
+	if inc.State != StateQuarantined || inc.Repair == nil || !inc.Repair.Uncorrected() {
+		t.Fatalf("state %s (%s), repair %+v", inc.State, inc.Reason, inc.Repair)
+	}
+	if _, _, mounted := h.MountedImage("1"); mounted {
+		t.Error("a quarantined image was mounted again")
+	}
+	if reason := h.quarantined["1"]; reason == "" {
+		t.Error("the image was not marked")
+	}
+	if !strings.Contains(inc.Repair.Output, "UNEXPECTED INCONSISTENCY") {
+		t.Errorf("the incident lacks e2fsck's report:\n%s", inc.Repair.Output)
 	}
 }

@@ -32,6 +32,8 @@ type Report struct {
 	// Source is "fanotify" or "sysfs".
 	Source string
 	Event  Event
+	// layer says whether an image that is not mounted is a layer.
+	layer *bool
 }
 
 // Monitor reports the ext4 errors of the filesystems it watches as soon as

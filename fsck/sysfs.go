@@ -123,7 +123,11 @@ func (p *sysfsPoller) run(ctx context.Context) {
 			watches = append(watches, w)
 		}
 		p.mu.Unlock()
-		n, err := unix.Poll(fds, int(sysfsRecheck/time.Millisecond))
+		timeout := int(sysfsRecheck / time.Millisecond)
+		if len(fds) == 1 {
+			timeout = -1 // nothing to re-read: sleep until the set changes
+		}
+		n, err := unix.Poll(fds, timeout)
 		if err != nil && err != unix.EINTR {
 			log.G(ctx).WithError(err).Error("poll ext4 errors_count")
 			time.Sleep(100 * time.Millisecond)

@@ -17,6 +17,18 @@ func offline(ctx context.Context, op, path string, fn func() error) error {
 	if _, err := ReadSuperblock(path); err != nil {
 		return fmt.Errorf("%s %s: %w", op, path, err)
 	}
+	return offlineLocked(ctx, op, path, fn)
+}
+
+// offlineLocked is offline without reading the primary superblock first:
+// a repair must reach an image whose primary superblock is damaged (e2fsck
+// then works from a backup). The file must still be a regular file.
+func offlineLocked(ctx context.Context, op, path string, fn func() error) error {
+	if st, err := os.Stat(path); err != nil {
+		return fmt.Errorf("%s %s: %w", op, path, err)
+	} else if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s %s: %w: not a regular file", op, path, ErrNotImage)
+	}
 	unlock, err := lockImage(ctx, path)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", op, path, err)
@@ -43,10 +55,11 @@ func Check(ctx context.Context, path string) (FsckResult, error) {
 }
 
 // Repair runs e2fsck to fix an unmounted image: it replays the journal
-// first, then fixes what it finds (-fy, or -fp for RepairPreen).
+// first, then fixes what it finds (-fy, or -fp for RepairPreen). A damaged
+// primary superblock is no obstacle: e2fsck finds a backup.
 func Repair(ctx context.Context, path string, mode RepairMode) (FsckResult, error) {
 	var res FsckResult
-	err := offline(ctx, "repair", path, func() (err error) {
+	err := offlineLocked(ctx, "repair", path, func() (err error) {
 		switch mode {
 		case RepairYes, "":
 			res, err = e2fsck(ctx, path, "repair", "-f", "-y")

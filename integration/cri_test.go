@@ -171,7 +171,14 @@ func TestKubernetesCRI(t *testing.T) {
 	if c := inc.Containers[0]; c.ManagedBy != "kubernetes" || !c.Stopped || c.Restarted || inc.Verify == nil || !inc.Verify.Clean() {
 		t.Errorf("CRI container in the incident: %+v, verify %+v", c, inc.Verify)
 	}
-	if state := run("inspect", "-o", "go-template", "--template", "{{.status.state}}", cid2); state != "CONTAINER_EXITED" {
+	// CRI learns of the exit from containerd's events, a moment later.
+	state := ""
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if state = run("inspect", "-o", "go-template", "--template", "{{.status.state}}", cid2); state == "CONTAINER_EXITED" {
+			break
+		}
+	}
+	if state != "CONTAINER_EXITED" {
 		t.Errorf("CRI says the repaired container is %q, want CONTAINER_EXITED", state)
 	}
 }

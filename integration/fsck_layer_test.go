@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -99,5 +100,43 @@ func TestLayerErrorAndQuarantine(t *testing.T) {
 		if _, err := os.Stat(filepath.Dir(second.Image)); !os.IsNotExist(err) {
 			t.Errorf("the quarantined snapshot's directory is still there after ctr containers rm: %v", err)
 		}
+	}
+}
+
+// TestUnmountableImageAtStartup: an image snug cannot mount when it starts
+// (its primary superblock destroyed while it was unmounted, as a host crash
+// can leave it) opens an incident; the repair fixes it from a backup
+// superblock and serves it again, so its container starts.
+func TestUnmountableImageAtStartup(t *testing.T) {
+	s := startStack(t, fsckPolicy)
+	s.importImage()
+	s.waitFollowing()
+	s.ctr("run", "--snapshotter", "snug", testImageRef, "sb-victim", "/bin/sh", "-c", "echo kept > /kept; sync")
+	im := s.activeImage("sb-victim")
+	s.snug.Stop(syscall.SIGTERM)
+	if out, err := exec.Command("umount", im.Mountpoint).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v %s", err, out)
+	}
+	// Zero the primary superblock (bytes 1024-2047).
+	f, err := os.OpenFile(im.Path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 1024), 1024); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	since := time.Now().Add(-time.Second)
+	s.snug.start()
+	inc := s.waitIncidentClosed(im.ID, since, 60*time.Second)
+	if inc.State != fsck.StateResolved || inc.Source != "mount" || inc.Verify == nil || !inc.Verify.Clean() {
+		t.Fatalf("incident: %s (%s), source %s, verify %+v", inc.State, inc.Reason, inc.Source, inc.Verify)
+	}
+	out := s.ctr("run", "--rm", "--snapshotter", "snug", testImageRef, "sb-reader", "echo", "ok")
+	if !strings.Contains(out, "ok") {
+		t.Fatalf("a new container after the repair: %q", out)
+	}
+	if got := readFile(filepath.Join(s.activeImage("sb-victim").Mountpoint, "upper", "kept")); got != "kept\n" {
+		t.Errorf("the repaired image holds %q", got)
 	}
 }

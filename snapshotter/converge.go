@@ -175,6 +175,11 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 			// One broken snapshot must not keep the others from being served.
 			log.G(ctx).WithError(err).WithField("id", r.id).Error("cannot restore snapshot")
 			errs = append(errs, err)
+			if r.kind != snapshots.KindView && !errors.Is(err, ErrQuarantined) {
+				s.imagesMu.Lock()
+				s.unmountable[r.id] = unmountable{layer: r.kind == snapshots.KindCommitted, err: err}
+				s.imagesMu.Unlock()
+			}
 		}
 	}
 	if len(errs) > 0 {

@@ -41,10 +41,18 @@ func (s *Snapshotter) MarkDamaged(id, reason string) error {
 var ErrQuarantined = errors.New("snapshot image quarantined")
 
 // MountObserver learns of every image the snapshotter mounts and of every
-// image it is about to unmount: the error monitor watches each.
+// image it is about to unmount: the error monitor watches each. It also
+// learns of the images start-up could not mount (a damaged superblock, say).
 type MountObserver interface {
 	Mounted(ctx context.Context, id string, layer bool, m *imagefs.Mounted)
 	Unmounting(id string)
+	MountFailed(ctx context.Context, id string, layer bool, err error)
+}
+
+// unmountable is an image start-up could not mount.
+type unmountable struct {
+	layer bool
+	err   error
 }
 
 // Observe makes o the snapshotter's mount observer and tells it of every
@@ -64,9 +72,14 @@ func (s *Snapshotter) Observe(ctx context.Context, o MountObserver) {
 	for id, m := range s.layers {
 		now = append(now, img{id, true, m})
 	}
+	failed := s.unmountable
+	s.unmountable = map[string]unmountable{}
 	s.imagesMu.Unlock()
 	for _, i := range now {
 		o.Mounted(ctx, i.id, i.layer, i.m)
+	}
+	for id, f := range failed {
+		o.MountFailed(ctx, id, f.layer, f.err)
 	}
 }
 

@@ -50,6 +50,9 @@ type Snapshotter struct {
 	images   map[string]*imageState
 	layers   map[string]*imagefs.Mounted
 	mountObs MountObserver
+	// unmountable holds the images start-up could not mount, for the
+	// error monitor.
+	unmountable map[string]unmountable
 	// reclaimSlots bounds the repacks running at once.
 	reclaimSlots chan struct{}
 	totals       totals
@@ -87,6 +90,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		stopBg:       stop,
 		images:       map[string]*imageState{},
 		layers:       map[string]*imagefs.Mounted{},
+		unmountable:  map[string]unmountable{},
 		reclaimSlots: make(chan struct{}, 2),
 	}
 	s.cfg.Store(&cfg)
