@@ -92,4 +92,4 @@ bench-fsck: deps
 bench: bench-imagefs bench-containerd bench-churn bench-daemon bench-fsck
 
 clean:
-	rm -rf $(BIN) bench/results
+	rm -rf $(BIN)

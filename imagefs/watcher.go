@@ -70,6 +70,14 @@ type watched struct {
 	checks  uint64
 	balloon int64 // bytes, as last read
 
+	// dir is an O_PATH descriptor of the mount point, for fstatfs: a
+	// statfs by path spends half its time walking the path. It pins the
+	// mount, so Remove (always before an unmount) and the end of Run close
+	// it. fdMu protects dir and closed.
+	fdMu   sync.Mutex
+	dir    int
+	closed bool
+
 	seen      bool
 	lastAt    time.Time
 	lastUsed  int64
@@ -113,7 +121,7 @@ func (w *Watcher) Add(key string, m *Mounted, p Policy) {
 	defer w.mu.Unlock()
 	iw, ok := w.images[key]
 	if !ok {
-		iw = &watched{key: key, m: m, phase: uint64(len(w.images))}
+		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1}
 		iw.balloonStale.Store(true)
 		w.images[key] = iw
 		w.list = nil
@@ -151,11 +159,45 @@ func (w *Watcher) Repack(key string, fn func() error) error {
 }
 
 // Remove stops watching key. A grow or trim already running finishes.
+// The watcher holds nothing open on the image once Remove returns, so it
+// can be unmounted.
 func (w *Watcher) Remove(key string) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	iw := w.images[key]
 	delete(w.images, key)
 	w.list = nil
+	w.mu.Unlock()
+	if iw != nil {
+		iw.closeDir()
+	}
+}
+
+func (iw *watched) closeDir() {
+	iw.fdMu.Lock()
+	defer iw.fdMu.Unlock()
+	if iw.dir >= 0 {
+		unix.Close(iw.dir)
+		iw.dir = -1
+	}
+	iw.closed = true
+}
+
+// statfs reads the image's filesystem figures through its descriptor,
+// opened on first use.
+func (iw *watched) statfs(sfs *unix.Statfs_t) error {
+	iw.fdMu.Lock()
+	defer iw.fdMu.Unlock()
+	if iw.closed {
+		return ErrNotMounted
+	}
+	if iw.dir < 0 {
+		fd, err := unix.Open(iw.m.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		iw.dir = fd
+	}
+	return unix.Fstatfs(iw.dir, sfs)
 }
 
 // Len is the number of images watched.
@@ -170,6 +212,18 @@ func (w *Watcher) Len() int {
 func (w *Watcher) Run(ctx context.Context) {
 	w.opCtx = ctx
 	defer w.wg.Wait()
+	defer func() { // nothing stays open on the images
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for _, iw := range w.images {
+			iw.fdMu.Lock()
+			if iw.dir >= 0 {
+				unix.Close(iw.dir)
+				iw.dir = -1
+			}
+			iw.fdMu.Unlock()
+		}
+	}()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -214,7 +268,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		iw.seen = false
 	}
 	var sfs unix.Statfs_t
-	err := unix.Statfs(iw.m.Dir, &sfs)
+	err := iw.statfs(&sfs)
 	// The balloon changes only by a grow or a repack: its size is read
 	// again after one of the watcher's own operations, and every
 	// balloonEvery checks for the others (a repack by the snapshotter or
