@@ -40,6 +40,7 @@ fuzz:
 	$(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzParseMaxSize$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./fsck -run '^$$' -fuzz '^FuzzParseEvents$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./control -run '^$$' -fuzz '^FuzzControlAPI$$' -fuzztime $(FUZZTIME)
 
 # bench-imagefs: footprint and swell of the churn workload in four modes,
 # plus Create/Grow/Reclaim times, and the two ways to commit a layer;

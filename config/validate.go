@@ -45,7 +45,7 @@ func (c Config) validate() error {
 	}
 	for name, cl := range c.Classes {
 		key := "policies." + name
-		if !validClassName(name) {
+		if !ValidClassName(name) {
 			return bad(key, "a class name is letters, digits, '.', '_' and '-', at most 63")
 		}
 		if err := cl.validate(key + "."); err != nil {
@@ -131,7 +131,10 @@ func (cl Class) validate(prefix string) error {
 	return nil
 }
 
-func validClassName(name string) bool {
+// ValidClassName reports whether name can be a policy class: letters,
+// digits, '.', '_' and '-', at most 63. Names from outside (a label, an
+// OCI annotation a Kubernetes user sets) are checked with it before use.
+func ValidClassName(name string) bool {
 	if name == "" || len(name) > 63 {
 		return false
 	}

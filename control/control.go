@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -92,7 +93,11 @@ func NewServer(src Source) *http.Server {
 			}
 			img, err := call(r.Context(), snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations})
 			if err != nil {
-				writeError(w, http.StatusInternalServerError, err)
+				code := http.StatusInternalServerError
+				if errdefs.IsInvalidArgument(err) {
+					code = http.StatusBadRequest
+				}
+				writeError(w, code, err)
 				return
 			}
 			writeJSON(w, wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes})
@@ -202,6 +207,11 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("bad request body: %w", err))
+		return false
+	}
+	// One JSON value and nothing after it (found by FuzzControlAPI).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, errors.New("bad request body: data after the JSON value"))
 		return false
 	}
 	return true

@@ -1,16 +1,20 @@
 package control
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/control/wire"
 	"github.com/snugfs/snug/fsck"
@@ -168,4 +172,43 @@ func TestIncidentsAndCheck(t *testing.T) {
 			t.Errorf("check %s: %v, want a %d", target, err, want)
 		}
 	}
+}
+
+// FuzzControlAPI sends arbitrary requests to every path of the API, as root:
+// whatever the body, the server answers with a status, never panics, and
+// refuses what it cannot decode with 400.
+func FuzzControlAPI(f *testing.F) {
+	for _, seed := range []struct {
+		method, path, body string
+	}{
+		{"POST", PathContainerStart, `{"id":"c1","rootfs":"/x","annotations":{"io.snugfs.policy":"big"}}`},
+		{"POST", PathContainerStop, `{"id":"c1"}`},
+		{"POST", PathReclaim, `{"snapshot":"default/3/x"}`},
+		{"POST", PathCheck, `{"target":"busy"}`},
+		{"GET", PathStatus, ``},
+		{"GET", PathIncidents, ``},
+		{"POST", PathCheck, `{"target":"x","extra":1}`},
+		{"POST", PathReclaim, `[`},
+	} {
+		f.Add(seed.method, seed.path, []byte(seed.body))
+	}
+	var seen snapshotter.Container
+	h := NewServer(fakeSource{seen: &seen}).Handler
+	root := context.WithValue(context.Background(), peerKey{}, &unix.Ucred{Uid: 0})
+	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
+		req, err := http.NewRequestWithContext(root, method, "http://snug"+path, bytes.NewReader(body))
+		if err != nil {
+			return // not a request a client could send
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		switch rec.Code {
+		case http.StatusOK, http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusConflict, http.StatusInternalServerError, http.StatusMovedPermanently, http.StatusTemporaryRedirect:
+		default:
+			t.Fatalf("%s %s: status %d", method, path, rec.Code)
+		}
+		if rec.Code == http.StatusOK && method == "POST" && !json.Valid(body) {
+			t.Fatalf("%s %s accepted a body that is not JSON: %q", method, path, body)
+		}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -17,6 +18,9 @@ var ErrRunning = errors.New("another snug daemon is serving")
 // is replaced; one a live daemon answers on is not.
 func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if err := checkSocketDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
 	if st, err := os.Lstat(path); err == nil {
@@ -40,4 +44,25 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// checkSocketDir refuses a socket directory someone other than the
+// daemon's user could write to: they could put their own socket where the
+// hooks and the CLI connect, or swap the daemon's between listen and chmod.
+func checkSocketDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	switch {
+	case int(sys.Uid) != os.Geteuid():
+		return fmt.Errorf("socket directory %s is owned by uid %d, not by the daemon's user (uid %d)", dir, sys.Uid, os.Geteuid())
+	case st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0:
+		return fmt.Errorf("socket directory %s is writable by others (%v): use a root-only directory", dir, st.Mode().Perm())
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -49,5 +50,28 @@ func TestListenUnix(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(file); string(b) != "x" {
 		t.Error("regular file changed")
+	}
+}
+
+func TestListenUnixRefusesAnOpenDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run")
+	os.Mkdir(dir, 0o777)
+	os.Chmod(dir, 0o777) // past the umask
+	if _, err := listenUnix(filepath.Join(dir, "snug.sock")); err == nil || !strings.Contains(err.Error(), "writable by others") {
+		t.Fatalf("listened in a world-writable directory: %v", err)
+	}
+	os.Chmod(dir, 0o755)
+	l, err := listenUnix(filepath.Join(dir, "snug.sock"))
+	if err != nil {
+		t.Fatalf("a 0755 directory of the daemon's user: %v", err)
+	}
+	l.Close()
+	if os.Geteuid() == 0 {
+		other := filepath.Join(t.TempDir(), "other")
+		os.Mkdir(other, 0o700)
+		os.Chown(other, 65534, 65534)
+		if _, err := listenUnix(filepath.Join(other, "snug.sock")); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+			t.Fatalf("listened in another user's directory: %v", err)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
@@ -47,6 +48,12 @@ func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (Conta
 		return ContainerImage{}, err
 	}
 	if class, ok := c.Annotations[config.AnnotationClass]; ok {
+		// A Kubernetes user sets this annotation: a name that cannot be a
+		// class is not recorded (a class the policy lacks is, and falls
+		// back to the base policy with a warning, as after a reload).
+		if class != "" && !config.ValidClassName(class) {
+			return ContainerImage{}, fmt.Errorf("snapshot %s: annotation %s: %q is not a class name: %w", st.id, config.AnnotationClass, truncate(class, 80), errdefs.ErrInvalidArgument)
+		}
 		if err := s.setClass(ctx, st, class); err != nil {
 			return ContainerImage{}, fmt.Errorf("snapshot %s: record class: %w", st.id, err)
 		}
@@ -240,4 +247,12 @@ func (s *Snapshotter) snapshotOfLayer(dir string) string {
 		return parts[0]
 	}
 	return ""
+}
+
+// truncate shortens a string from outside for a message.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

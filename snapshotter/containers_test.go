@@ -234,3 +234,32 @@ func TestSnapshotsOfMounts(t *testing.T) {
 		})
 	}
 }
+
+// TestAnnotationClassFromOutside: the class annotation is set by whoever
+// writes a pod spec; a value that cannot be a class name is refused and
+// nothing of it is recorded.
+func TestAnnotationClassFromOutside(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	ctx := context.Background()
+	root := roottest.TempDir(t)
+	sn, err := New(ctx, testConfig(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	mounts, err := sn.Prepare(ctx, "hostile", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := mountRootfs(t, mounts)
+	for _, class := range []string{"../../../etc/passwd", "a\nb", string(make([]byte, 4096)), "\xff\xfe"} {
+		_, err := sn.ContainerStarting(ctx, Container{ID: "c", RootFS: rootfs, Annotations: map[string]string{config.AnnotationClass: class}})
+		if !errdefs.IsInvalidArgument(err) {
+			t.Errorf("class %q: %v, want an invalid argument", truncate(class, 20), err)
+		}
+	}
+	id := statusOf(t, sn, "hostile").ID
+	if _, err := os.Stat(filepath.Join(root, "snapshots", id, classFile)); !os.IsNotExist(err) {
+		t.Errorf("a class file was written: %v", err)
+	}
+}
