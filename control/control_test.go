@@ -9,8 +9,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -211,4 +214,60 @@ func FuzzControlAPI(f *testing.F) {
 			t.Fatalf("%s %s accepted a body that is not JSON: %q", method, path, body)
 		}
 	})
+}
+
+// TestHelperClient is the client process of TestOnlyRootIsAnswered: it
+// calls the socket SNUG_TEST_SOCKET and prints the answer.
+func TestHelperClient(t *testing.T) {
+	sock := os.Getenv("SNUG_TEST_SOCKET")
+	if sock == "" {
+		t.Skip("the client half of TestOnlyRootIsAnswered")
+	}
+	_, err := NewClient(sock).Status(context.Background())
+	fmt.Printf("ANSWER %v\n", err)
+}
+
+// TestOnlyRootIsAnswered: even with the socket's permissions opened up,
+// the server checks each connection's peer (SO_PEERCRED) and answers a
+// process that is not root with 403.
+func TestOnlyRootIsAnswered(t *testing.T) {
+	roottest.Require(t)
+	// A directory the other user can reach, for the socket and a copy of
+	// this test binary to run as that user.
+	dir, err := os.MkdirTemp("", "snug-peer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	sock := filepath.Join(dir, "control.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(fakeSource{})
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	os.Chmod(sock, 0o666)
+	bin := filepath.Join(dir, "client.test")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, uid := range []uint32{65534, 0} {
+		cmd := exec.Command(bin, "-test.run=^TestHelperClient$", "-test.v")
+		cmd.Env = append(os.Environ(), "SNUG_TEST_SOCKET="+sock)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		out, _ := cmd.CombinedOutput()
+		answer := string(out)
+		if uid == 0 && !strings.Contains(answer, "ANSWER <nil>") {
+			t.Errorf("root was not answered:\n%s", answer)
+		}
+		if uid != 0 && !strings.Contains(answer, "for root only") {
+			t.Errorf("uid %d was answered:\n%s", uid, answer)
+		}
+	}
 }
