@@ -43,7 +43,8 @@ type Report struct {
 // for concurrent use.
 type Monitor struct {
 	mode    string
-	fan     *os.File // the fanotify group; nil in sysfs mode
+	fan     *os.File // the fanotify group, read through Go's poller; nil in sysfs mode
+	fanFD   int      // fan's descriptor for fanotify_mark: fan.Fd() would make it blocking
 	reports chan Report
 	sysfs   *sysfsPoller
 
@@ -82,7 +83,7 @@ func NewMonitor(mode string) (*Monitor, error) {
 			m.mode = ModeSysfs
 			break
 		}
-		m.fan = os.NewFile(uintptr(fd), "fanotify")
+		m.fan, m.fanFD = os.NewFile(uintptr(fd), "fanotify"), fd
 	case ModeSysfs:
 	default:
 		return nil, fmt.Errorf("monitor mode %q: want %s, %s or %s", mode, ModeAuto, ModeFanotify, ModeSysfs)
@@ -121,7 +122,7 @@ func (m *Monitor) Watch(key, dir, sysfs string) (existing int64, err error) {
 		return 0, fmt.Errorf("watch %s (%s): fsid %s is watched already as %s", key, dir, w.fsid, other.key)
 	}
 	if m.fan != nil {
-		err := unix.FanotifyMark(int(m.fan.Fd()), unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_FS_ERROR, unix.AT_FDCWD, dir)
+		err := unix.FanotifyMark(m.fanFD, unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_FS_ERROR, unix.AT_FDCWD, dir)
 		switch {
 		case err == nil:
 		case m.mode == ModeAuto && errors.Is(err, unix.EINVAL):
@@ -166,7 +167,7 @@ func (m *Monitor) removeMark(w *watch) {
 		return
 	}
 	// ENOENT: the mark went with an unmount already.
-	_ = unix.FanotifyMark(int(m.fan.Fd()), unix.FAN_MARK_REMOVE|unix.FAN_MARK_FILESYSTEM, unix.FAN_FS_ERROR, unix.AT_FDCWD, w.dir)
+	_ = unix.FanotifyMark(m.fanFD, unix.FAN_MARK_REMOVE|unix.FAN_MARK_FILESYSTEM, unix.FAN_FS_ERROR, unix.AT_FDCWD, w.dir)
 }
 
 // Watched lists the keys watched.

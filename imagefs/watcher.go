@@ -19,8 +19,9 @@ type Observer struct {
 	Trimmed func(key string, bytes int64)
 	// Full: a check found no free space left in the window while the
 	// balloon still held some: a writer may have seen ENOSPC before the
-	// quota. Reported once per episode.
-	Full func(key string)
+	// quota. Reported once per episode, with what the check read: the
+	// free bytes in the window, the balloon's, and the mount point.
+	Full func(key string, free, balloon int64, dir string)
 	// Idle: the image's used space and inode count have not changed for
 	// its policy's IdleAfter. Reported once per idle period.
 	Idle func(key string)
@@ -43,7 +44,9 @@ type Watcher struct {
 	images map[string]*watched
 	list   []*watched // images' values; nil when it must be rebuilt
 	wg     sync.WaitGroup
-	tick   uint64 // Run's goroutine only
+	waker  *waker     // nil without fanotify
+	armMu  sync.Mutex // serialises arming and disarming marks
+	tick   uint64     // Run's goroutine only
 }
 
 const (
@@ -82,7 +85,11 @@ type watched struct {
 	lastAt    time.Time
 	lastUsed  int64
 	lastFiles uint64
-	rate      float64 // bytes/s: recent fastest growth of used space
+	rate      float64     // bytes/s: recent fastest growth of used space
+	hot       bool        // checked every lane: growing, or short of room
+	woken     atomic.Bool // written to since it went cold (the waker)
+	armed     bool        // the waker's mark is on (Run's goroutine)
+	fsid      [2]int32
 	changedAt time.Time
 	idleSent  bool
 	full      bool
@@ -101,7 +108,7 @@ const trimFollowUp = 6 * time.Second
 
 // NewWatcher returns a watcher checking every interval. Run starts it.
 func NewWatcher(interval time.Duration, obs Observer) *Watcher {
-	w := &Watcher{obs: obs, images: map[string]*watched{}, opCtx: context.Background()}
+	w := &Watcher{obs: obs, images: map[string]*watched{}, opCtx: context.Background(), waker: newWaker()}
 	w.SetInterval(interval)
 	return w
 }
@@ -168,7 +175,27 @@ func (w *Watcher) Remove(key string) {
 	w.list = nil
 	w.mu.Unlock()
 	if iw != nil {
+		w.disarm(iw)
 		iw.closeDir()
+	}
+}
+
+// disarm removes iw's wake-up mark, from any goroutine.
+func (w *Watcher) disarm(iw *watched) {
+	w.armMu.Lock()
+	defer w.armMu.Unlock()
+	w.waker.disarm(iw)
+}
+
+// arm sets iw's wake-up mark, unless iw was removed meanwhile.
+func (w *Watcher) arm(iw *watched) {
+	w.armMu.Lock()
+	defer w.armMu.Unlock()
+	iw.fdMu.Lock()
+	closed := iw.closed
+	iw.fdMu.Unlock()
+	if !closed {
+		w.waker.arm(iw)
 	}
 }
 
@@ -207,8 +234,15 @@ func (w *Watcher) Len() int {
 	return len(w.images)
 }
 
-// Run checks every image each interval until ctx ends, then waits for the
-// grows and trims it started.
+// hotLanes is how many times per interval hot images are checked: an image
+// whose used space grew since its last check, or whose free space is below
+// its headroom, is checked every interval/hotLanes, so a writer at
+// page-cache speed meets a grow within milliseconds rather than a whole
+// interval. Idle images cost nothing more.
+const hotLanes = 5
+
+// Run checks every image each interval, and hot images hotLanes times as
+// often, until ctx ends, then waits for the grows and trims it started.
 func (w *Watcher) Run(ctx context.Context) {
 	w.opCtx = ctx
 	defer w.wg.Wait()
@@ -226,18 +260,65 @@ func (w *Watcher) Run(ctx context.Context) {
 	}()
 	t := time.NewTimer(0)
 	defer t.Stop()
+	var wake <-chan struct{}
+	if w.waker != nil {
+		wake = w.waker.wake
+		go w.waker.run(ctx)
+		defer w.waker.close()
+	}
+	lane := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-wake:
+			// A cold image was written to: check it now, and keep the
+			// fast lanes going while it is hot.
+			if w.checkHot(time.Now()) && lane == 0 {
+				lane = 1
+				t.Reset(time.Duration(w.interval.Load()) / hotLanes)
+			}
 		case now := <-t.C:
-			w.checkAll(now)
-			t.Reset(time.Duration(w.interval.Load()))
+			var hot bool
+			if lane == 0 {
+				hot = w.checkAll(now)
+			} else {
+				hot = w.checkHot(now)
+			}
+			// The fast lanes run only while an image is hot: a timer
+			// firing hotLanes times as often costs an idle daemon more
+			// than its checks (measured: 0.55% of a core became 1.2%).
+			interval := time.Duration(w.interval.Load())
+			if hot {
+				lane = (lane + 1) % hotLanes
+				t.Reset(interval / hotLanes)
+			} else {
+				lane = 0
+				t.Reset(interval)
+			}
 		}
 	}
 }
 
-func (w *Watcher) checkAll(now time.Time) {
+// checkHot checks the images the last check found hot, and reports
+// whether any still is.
+func (w *Watcher) checkHot(now time.Time) bool {
+	w.mu.Lock()
+	list := w.list
+	w.mu.Unlock()
+	hot := false
+	for _, iw := range list {
+		if iw.woken.Swap(false) || iw.hot {
+			w.check(iw.key, iw, now)
+			hot = hot || iw.hot
+		}
+	}
+	return hot
+}
+
+// checkAll checks every image (quiet ones every other time) and reports
+// whether any is hot.
+func (w *Watcher) checkAll(now time.Time) bool {
 	w.mu.Lock()
 	if w.list == nil {
 		w.list = make([]*watched, 0, len(w.images))
@@ -248,15 +329,18 @@ func (w *Watcher) checkAll(now time.Time) {
 	list := w.list
 	w.mu.Unlock()
 	w.tick++
+	hot := false
 	for _, iw := range list {
 		// An image quiet for a while is checked every other tick: half
 		// the cost with hundreds of idle images, and a writer waking up
 		// is still seen within two intervals.
-		if now.Sub(iw.changedAt) >= quietAfter && (w.tick+iw.phase)%2 != 0 {
+		if iw.seen && now.Sub(iw.changedAt) >= quietAfter && (w.tick+iw.phase)%2 != 0 {
 			continue
 		}
 		w.check(iw.key, iw, now)
+		hot = hot || iw.hot
 	}
+	return hot
 }
 
 // check reads one image's free space and starts what it needs.
@@ -295,6 +379,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	free := int64(sfs.Bavail) * bsize
 	used := int64(sfs.Blocks-sfs.Bfree)*bsize - balloon
 	pol := *iw.pol.Load()
+	growing := iw.seen && used > iw.lastUsed
 
 	if iw.seen {
 		dt := now.Sub(iw.lastAt).Seconds()
@@ -319,7 +404,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 
 	if free < fullBelow && balloon > 0 {
 		if !iw.full && w.obs.Full != nil {
-			w.obs.Full(key)
+			w.obs.Full(key, free, balloon, iw.m.Dir)
 		}
 		iw.full = true
 	} else {
@@ -332,7 +417,14 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		}
 	}
 
-	if want := pol.headroomFor(used, iw.rate); free < want && balloon > 0 {
+	want := pol.headroomFor(used, iw.rate)
+	iw.hot = balloon > 0 && (growing || free < want)
+	if iw.hot && iw.armed {
+		w.disarm(iw)
+	} else if !iw.hot && !iw.armed && w.waker != nil {
+		w.arm(iw)
+	}
+	if free < want && balloon > 0 {
 		w.start(key, iw, func(ctx context.Context) {
 			grown, err := iw.m.EnsureFree(ctx, want)
 			if grown > 0 && w.obs.Grew != nil {

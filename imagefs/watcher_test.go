@@ -28,7 +28,7 @@ func (e *events) observer(t *testing.T) Observer {
 		Grew:    func(_ string, n int64) { e.mu.Lock(); e.grown += n; e.mu.Unlock() },
 		Trimmed: func(_ string, n int64) { e.mu.Lock(); e.trimmed += n; e.mu.Unlock() },
 		Idle:    func(string) { e.mu.Lock(); e.idle++; e.mu.Unlock() },
-		Full:    func(string) { e.mu.Lock(); e.full++; e.mu.Unlock() },
+		Full:    func(string, int64, int64, string) { e.mu.Lock(); e.full++; e.mu.Unlock() },
 		Failed: func(_ string, err error) {
 			e.mu.Lock()
 			e.failed++
@@ -232,4 +232,64 @@ func TestWatcherRepackIsNoWriter(t *testing.T) {
 	if st.WindowBytes > 128*mib {
 		t.Errorf("window %d MiB after a repack to 32 MiB of headroom", st.WindowBytes>>20)
 	}
+}
+
+// TestWriteWakesTheWatcher: with an interval of an hour, nothing but the
+// waker can bring the watcher back to an image after its first check; a
+// write into the cold image makes it grow its window all the same.
+func TestWriteWakesTheWatcher(t *testing.T) {
+	path, dir := newImage(t, 1*gib, 64*mib)
+	m := mountImage(t, path, dir)
+	var e events
+	if _, err := m.EnsureFree(context.Background(), 64*mib); err != nil { // cold at its first check
+		t.Fatal(err)
+	}
+	w := NewWatcher(time.Hour, e.observer(t))
+	if w.waker == nil {
+		t.Fatal("fanotify cannot report modifications here")
+	}
+	w.Add("img", m, Policy{Headroom: 64 * mib})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// The first check finds it cold and arms the mark.
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		w.armMu.Lock()
+		armed := w.images["img"].armed
+		w.armMu.Unlock()
+		if armed {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the image was never armed")
+		}
+	}
+	// Write more than the headroom: the window must grow.
+	f, err := os.Create(filepath.Join(m.Dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 48; i++ {
+		if _, err := f.Write(buf); err != nil {
+			t.Fatalf("write %d MiB: %v", i, err)
+		}
+	}
+	for end := time.Now().Add(10 * time.Second); e.get().grown == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("a write into a cold image did not wake the watcher")
+		}
+	}
+}
+
+func FuzzEventFsids(f *testing.F) {
+	f.Add(make([]byte, 24))
+	f.Add([]byte{48, 0, 0, 0, 3, 0, 24, 0, 2, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0, 1, 0, 24, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if n := len(eventFsids(b)); n > len(b)/24 {
+			t.Fatalf("%d fsids from %d bytes", n, len(b))
+		}
+	})
 }

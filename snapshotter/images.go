@@ -200,12 +200,13 @@ func (s *Snapshotter) observer() imagefs.Observer {
 				st.trimmedBytes.Add(n)
 			}
 		},
-		Full: func(id string) {
+		Full: func(id string, free, balloon int64, dir string) {
 			s.totals.windowFull.Add(1)
 			if st := s.image(id); st != nil {
 				st.fulls.Add(1)
 			}
-			log.G(s.bgCtx).WithField("snapshot", id).Warn("window full before the quota: a writer may have seen ENOSPC (raise window.burst or window.headroom)")
+			log.G(s.bgCtx).WithField("snapshot", id).WithField("free", free).WithField("balloon", balloon).WithField("dir", dir).
+				Warn("window full before the quota: a writer may have seen ENOSPC (raise window.burst or window.headroom)")
 		},
 		Idle: func(id string) {
 			if st := s.image(id); st != nil {
