@@ -18,8 +18,8 @@ import (
 // interval late, and a burst at page-cache speed fills the headroom in
 // less than that; with it, idle images need no fast checks at all.
 type waker struct {
-	f    *os.File // read through Go's poller
-	fd   int      // f's descriptor for fanotify_mark: f.Fd() would make it blocking
+	f    *os.File      // read through Go's poller
+	fd   int           // f's descriptor for fanotify_mark: f.Fd() would make it blocking
 	wake chan struct{} // one pending wake-up is enough
 
 	mu     sync.Mutex // protects byFsid
