@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // Commit turns the active snapshot key into the committed snapshot name: its
@@ -53,6 +54,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
+	failpoint.Inject("commit-built")
 	usage := snapshots.Usage{Size: layer.Bytes, Inodes: layer.Inodes}
 	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		_, err := storage.CommitActive(ctx, key, name, usage, opts...)
@@ -61,6 +63,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		os.Remove(layerFile)
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
+	failpoint.Inject("commit-recorded")
 	if err := s.converge(ctx, id, snapshots.KindCommitted, snap.ParentIDs); err != nil {
 		// The commit stands (the layer is complete and recorded); only the
 		// swap to it failed. It is retried when a child is prepared and at

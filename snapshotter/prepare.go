@@ -16,6 +16,7 @@ import (
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // Prepare creates an active snapshot: a thin writable image of its own,
@@ -71,6 +72,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		}
 	}
 
+	failpoint.Inject("prepare-built")
 	var snap storage.Snapshot
 	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		snap, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...)
@@ -88,10 +90,12 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			return err
 		}
 		td = ""
+		failpoint.Inject("prepare-renamed") // the record is not committed yet
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
+	failpoint.Inject("prepare-recorded")
 
 	err = s.ensureLayersMounted(ctx, snap.ParentIDs)
 	if err == nil {

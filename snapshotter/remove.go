@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // Remove forgets the snapshot key, then unmounts and deletes its image. The
@@ -28,6 +29,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	}); err != nil {
 		return fmt.Errorf("remove %s: %w", key, err)
 	}
+	failpoint.Inject("remove-recorded")
 	if err := s.removeDir(ctx, s.snapshotDir(id)); err != nil {
 		log.G(ctx).WithError(err).WithField("key", key).Warn("snapshot removed; its image is deleted later")
 	}
