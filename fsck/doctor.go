@@ -778,14 +778,14 @@ func readOnly(inc *Incident) bool {
 	return inc.Check != nil && inc.Check.Method == imagefs.ScrubReadOnly
 }
 
+// errnoName names an errno. 117 is EUCLEAN, the name the kernel docs and
+// strerror give; unix.ErrnoName calls it EFSCORRUPTED, ext4's alias.
 func errnoName(e int32) string {
 	switch e {
 	case 0:
 		return ""
 	case int32(unix.EUCLEAN):
 		return "EUCLEAN"
-	case int32(unix.EIO):
-		return "EIO"
 	}
 	return unix.ErrnoName(unix.Errno(e))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -170,7 +171,7 @@ func TestDoctorActions(t *testing.T) {
 			d, _ := runDoctor(t, t.TempDir(), h, policy(tc.action))
 			triggerError(t, h.mounted["1"])
 			inc := waitFinal(t, d, "1")
-			if inc.State != tc.state || !equal(steps(inc), tc.steps) {
+			if inc.State != tc.state || !slices.Equal(steps(inc), tc.steps) {
 				t.Fatalf("state %s, steps %v; want %s, %v (%s)", inc.State, steps(inc), tc.state, tc.steps, inc.Reason)
 			}
 			if tc.action == "repair" {
@@ -266,18 +267,6 @@ func TestCheckAndScrub(t *testing.T) {
 	}
 }
 
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func TestStoreKeepsOpenAndNewest(t *testing.T) {
 	dir := t.TempDir()
 	st, err := openStore(dir)
@@ -300,7 +289,7 @@ func TestStoreKeepsOpenAndNewest(t *testing.T) {
 	for _, inc := range st.list() {
 		ids = append(ids, inc.ID)
 	}
-	if !equal(ids, []string{"i0", "i3", "i4"}) {
+	if !slices.Equal(ids, []string{"i0", "i3", "i4"}) {
 		t.Fatalf("kept %v, want the open one and the 2 newest closed", ids)
 	}
 	again, err := openStore(dir)

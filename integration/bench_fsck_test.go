@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -239,16 +238,7 @@ func repairTable(rounds []repairRound, freezes []checkFreeze) string {
 	}
 	fmt.Fprintf(&b, "\nonline check: writers held (frozen) and e2fsck -fn, median of 5 (ms)\n")
 	for _, f := range freezes {
-		fmt.Fprintf(&b, "%-8s on %-4s  frozen %7.1f  e2fsck %7.1f\n", f.Method, f.Host, medianOf(f.FrozenMS), medianOf(f.FsckMS))
+		fmt.Fprintf(&b, "%-8s on %-4s  frozen %7.1f  e2fsck %7.1f\n", f.Method, f.Host, median(f.FrozenMS), median(f.FsckMS))
 	}
 	return b.String()
-}
-
-func medianOf(v []float64) float64 {
-	c := append([]float64(nil), v...)
-	sort.Float64s(c)
-	if len(c) == 0 {
-		return 0
-	}
-	return c[len(c)/2]
 }
