@@ -8,6 +8,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Sizes of the records (include/uapi/linux/fanotify.h), to build them.
+const (
+	metadataSize   = 24
+	infoHeaderSize = 4
+	errorInfoSize  = infoHeaderSize + 8
+	fidInfoMinSize = infoHeaderSize + 8 + 8
+)
+
 // record builds one FAN_FS_ERROR event as the kernel lays it out.
 func record(errno int32, count uint32, fsid Fsid, handleType int32, handle []byte) []byte {
 	le := binary.LittleEndian

@@ -2,12 +2,13 @@ package imagefs
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/fanotify"
 )
 
 // waker wakes the Watcher the moment an idle image is written to: one
@@ -103,31 +104,15 @@ func (k *waker) close() {
 	}
 }
 
-// eventFsids returns the fsid of each event in a buffer read from a
-// FAN_REPORT_FID group. Every length is bounded by the buffer; a record
-// that does not fit ends the walk.
+// eventFsids returns the fsid of each event in a buffer read from the
+// waker's group; a malformed record ends the list.
 func eventFsids(b []byte) [][2]int32 {
-	const metadataSize, infoHeader, fidType = 24, 4, 1
-	le := binary.LittleEndian
+	events, _ := fanotify.Parse(b)
 	var out [][2]int32
-	for len(b) >= metadataSize {
-		eventLen, metaLen := int(le.Uint32(b[0:])), int(le.Uint16(b[6:]))
-		if eventLen < metadataSize || eventLen > len(b) || metaLen < metadataSize || metaLen > eventLen {
-			break
+	for _, ev := range events {
+		if ev.HasFid {
+			out = append(out, ev.Fsid)
 		}
-		info := b[metaLen:eventLen]
-		for len(info) >= infoHeader {
-			typ, n := info[0], int(le.Uint16(info[2:]))
-			if n < infoHeader || n > len(info) {
-				break
-			}
-			if typ == fidType && n >= infoHeader+8 {
-				out = append(out, [2]int32{int32(le.Uint32(info[4:])), int32(le.Uint32(info[8:]))})
-				break
-			}
-			info = info[n:]
-		}
-		b = b[eventLen:]
 	}
 	return out
 }
