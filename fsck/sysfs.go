@@ -12,6 +12,8 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/imagefs"
 )
 
 // sysfsPoller watches ext4's errors_count of the filesystems fanotify cannot
@@ -168,7 +170,7 @@ func (p *sysfsPoller) check(ctx context.Context, w *watch, at time.Time) {
 	errno := int32(0)
 	if code, err := os.ReadFile(filepath.Join(w.sysfs, "last_error_errcode")); err == nil {
 		if c, err := strconv.Atoi(strings.TrimSpace(string(code))); err == nil {
-			errno = ext4CodeErrno(c)
+			errno = int32(imagefs.Ext4CodeErrno(c))
 		}
 	}
 	p.deliver(Report{Key: w.key, At: at, Source: ModeSysfs, Event: Event{
@@ -209,44 +211,4 @@ func readCount(f *os.File) (int64, error) {
 		return 0, fmt.Errorf("read %s: not a count: %q", f.Name(), b[:n])
 	}
 	return v, nil
-}
-
-// ext4CodeErrno maps ext4's error codes (EXT4_ERR_*, as sysfs and the
-// superblock record them) to errno values.
-func ext4CodeErrno(code int) int32 {
-	switch code {
-	case 2:
-		return int32(unix.EIO)
-	case 3:
-		return int32(unix.ENOMEM)
-	case 4:
-		return int32(unix.EBADMSG) // EFSBADCRC
-	case 5:
-		return int32(unix.EUCLEAN) // EFSCORRUPTED
-	case 6:
-		return int32(unix.ENOSPC)
-	case 7:
-		return int32(unix.ENOKEY)
-	case 8:
-		return int32(unix.EROFS)
-	case 9:
-		return int32(unix.EFBIG)
-	case 10:
-		return int32(unix.EEXIST)
-	case 11:
-		return int32(unix.ERANGE)
-	case 12:
-		return int32(unix.EOVERFLOW)
-	case 13:
-		return int32(unix.EBUSY)
-	case 14:
-		return int32(unix.ENOTDIR)
-	case 15:
-		return int32(unix.ENOTEMPTY)
-	case 16:
-		return int32(unix.ESHUTDOWN)
-	case 17:
-		return int32(unix.EFAULT)
-	}
-	return 0
 }

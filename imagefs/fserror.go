@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrorRecord is ext4's live record of the errors a mounted filesystem
@@ -54,16 +56,34 @@ func (m *Mounted) ErrorRecord() ErrorRecord {
 	return rec
 }
 
-// ext4ErrorName names ext4's error codes (EXT4_ERR_*, as sysfs and the
-// superblock record them) by the errno they stand for.
+// ext4Codes are ext4's error codes (EXT4_ERR_*, as sysfs and the
+// superblock record them), by number: the name ext4 gives each, and the
+// errno it stands for.
+var ext4Codes = []struct {
+	name  string
+	errno unix.Errno
+}{
+	{"", 0}, {"unknown", 0}, {"EIO", unix.EIO}, {"ENOMEM", unix.ENOMEM},
+	{"EFSBADCRC", unix.EBADMSG}, {"EFSCORRUPTED", unix.EUCLEAN}, {"ENOSPC", unix.ENOSPC},
+	{"ENOKEY", unix.ENOKEY}, {"EROFS", unix.EROFS}, {"EFBIG", unix.EFBIG}, {"EEXIST", unix.EEXIST},
+	{"ERANGE", unix.ERANGE}, {"EOVERFLOW", unix.EOVERFLOW}, {"EBUSY", unix.EBUSY},
+	{"ENOTDIR", unix.ENOTDIR}, {"ENOTEMPTY", unix.ENOTEMPTY}, {"ESHUTDOWN", unix.ESHUTDOWN},
+	{"EFAULT", unix.EFAULT},
+}
+
+// ext4ErrorName names an ext4 error code by the errno it stands for.
 func ext4ErrorName(code int) string {
-	names := []string{"", "unknown", "EIO", "ENOMEM", "EFSBADCRC", "EFSCORRUPTED", "ENOSPC", "ENOKEY",
-		"EROFS", "EFBIG", "EEXIST", "ERANGE", "EOVERFLOW", "EBUSY", "ENOTDIR", "ENOTEMPTY", "ESHUTDOWN", "EFAULT"}
-	if code > 0 && code < len(names) {
-		return names[code]
-	}
-	if code == 0 {
-		return ""
+	if code >= 0 && code < len(ext4Codes) {
+		return ext4Codes[code].name
 	}
 	return "code " + strconv.Itoa(code)
+}
+
+// Ext4CodeErrno is the errno an ext4 error code (sysfs *_errcode) stands
+// for, 0 for none or one it does not know.
+func Ext4CodeErrno(code int) unix.Errno {
+	if code >= 0 && code < len(ext4Codes) {
+		return ext4Codes[code].errno
+	}
+	return 0
 }
