@@ -81,9 +81,6 @@ type Doctor struct {
 	wg       sync.WaitGroup
 	// resume holds the incidents a previous daemon left open, for Run.
 	resume []*Incident
-	// scrubbing holds a *sync.Mutex per snapshot id, held while its image
-	// is checked online: a second FIFREEZE of a frozen filesystem fails.
-	scrubbing sync.Map
 
 	counts counters
 }
@@ -213,10 +210,7 @@ func (d *Doctor) MountFailed(ctx context.Context, id string, layer bool, err err
 }
 
 // Unmounting is told of every image the snapshotter is about to unmount.
-func (d *Doctor) Unmounting(id string) {
-	d.mon.Unwatch(id)
-	d.scrubbing.Delete(id)
-}
+func (d *Doctor) Unmounting(id string) { d.mon.Unwatch(id) }
 
 // Run resumes the incidents a previous daemon left open, then handles
 // reports until ctx ends. It waits for the incidents in progress to reach
@@ -389,7 +383,7 @@ func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPol
 				s.Detail = "the image is not mounted"
 				return nil
 			}
-			res, err := d.scrub(ctx, inc.Snapshot, m, pol)
+			res, err := d.scrub(ctx, m, pol)
 			inc.Check = &res
 			s.Result = res.Status()
 			s.Detail = fmt.Sprintf("%s, frozen %v, e2fsck %v", res.Method, res.Frozen.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
@@ -700,7 +694,7 @@ func (d *Doctor) Check(ctx context.Context, id string) (CheckResult, error) {
 	if !ok {
 		return out, fmt.Errorf("check %s: %w", id, imagefs.ErrNotMounted)
 	}
-	res, err := d.scrub(ctx, id, m, d.pol())
+	res, err := d.scrub(ctx, m, d.pol())
 	out.Result = res
 	if err != nil {
 		return out, fmt.Errorf("check %s: %w", id, err)
@@ -717,11 +711,8 @@ func (d *Doctor) Check(ctx context.Context, id string) (CheckResult, error) {
 	return out, nil
 }
 
-// scrub checks an image online, one check at a time per image.
-func (d *Doctor) scrub(ctx context.Context, id string, m *imagefs.Mounted, pol config.FsckPolicy) (imagefs.ScrubResult, error) {
-	mu, _ := d.scrubbing.LoadOrStore(id, new(sync.Mutex))
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
+// scrub checks an image online within the policy's timeout.
+func (d *Doctor) scrub(ctx context.Context, m *imagefs.Mounted, pol config.FsckPolicy) (imagefs.ScrubResult, error) {
 	cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
 	defer cancel()
 	return m.Scrub(cctx, pol.CheckMethod)

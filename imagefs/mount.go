@@ -103,6 +103,7 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 // waits (until ctx ends) for the device to go, so that an offline operation
 // may follow at once. Unmounting what is no longer mounted is not an error.
 func (m *Mounted) Unmount(ctx context.Context) error {
+	defer scrubbing.Delete(m.Image)
 	for attempt := 0; ; attempt++ {
 		err := unix.Unmount(m.Dir, 0)
 		if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {

@@ -50,7 +50,20 @@ type ScrubResult struct {
 // torn), so Scrub always freezes a writable image: for the whole check
 // (ScrubFrozen), or only while a reflink clone is taken (ScrubReflink).
 // Findings are in the result; the error is for a check that could not run.
+// Checks of one image run one at a time (a second FIFREEZE of a frozen
+// filesystem fails).
 func (m *Mounted) Scrub(ctx context.Context, method string) (ScrubResult, error) {
+	mu, _ := scrubbing.LoadOrStore(m.Image, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	return m.scrub(ctx, method)
+}
+
+// scrubbing holds a *sync.Mutex per image path, held while it is checked
+// online; Unmount drops it.
+var scrubbing sync.Map
+
+func (m *Mounted) scrub(ctx context.Context, method string) (ScrubResult, error) {
 	if method == "" || method == ScrubAuto {
 		method = ScrubFrozen
 		if canReflink(filepath.Dir(m.Image)) {
@@ -68,7 +81,7 @@ func (m *Mounted) Scrub(ctx context.Context, method string) (ScrubResult, error)
 		start := time.Now()
 		if err := freeze(m.Dir); err != nil {
 			if errors.Is(err, unix.EROFS) { // ext4 stopped it after an error
-				return m.Scrub(ctx, ScrubReadOnly)
+				return m.scrub(ctx, ScrubReadOnly)
 			}
 			return ScrubResult{Method: method}, fmt.Errorf("scrub %s: %w", m.Image, err)
 		}
@@ -82,7 +95,7 @@ func (m *Mounted) Scrub(ctx context.Context, method string) (ScrubResult, error)
 		start := time.Now()
 		if err := freeze(m.Dir); err != nil {
 			if errors.Is(err, unix.EROFS) {
-				return m.Scrub(ctx, ScrubReadOnly)
+				return m.scrub(ctx, ScrubReadOnly)
 			}
 			return ScrubResult{Method: method}, fmt.Errorf("scrub %s: %w", m.Image, err)
 		}
