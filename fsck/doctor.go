@@ -79,7 +79,8 @@ type Doctor struct {
 	ctx      context.Context
 	stopping <-chan struct{}
 	wg       sync.WaitGroup
-	// resume holds the incidents a previous daemon left open, for Run.
+	// resume holds the incidents to start when Run starts: those a
+	// previous daemon left open, and those reported before Run.
 	resume []*Incident
 
 	counts counters
@@ -221,31 +222,17 @@ func (d *Doctor) Run(ctx context.Context) {
 	d.stopping = ctx.Done()
 	resume := d.resume
 	d.resume = nil
-	pending := d.pendingLocked()
 	d.mu.Unlock()
 	for _, inc := range resume {
-		log.G(ctx).WithField("incident", inc.ID).WithField("state", inc.State).Info("resuming incident")
-		d.start(d.ctx, inc)
-	}
-	for _, inc := range pending {
+		if len(inc.Steps) > 0 {
+			log.G(ctx).WithField("incident", inc.ID).WithField("state", inc.State).Info("resuming incident")
+		}
 		d.start(d.ctx, inc)
 	}
 	d.wg.Add(1)
 	go func() { defer d.wg.Done(); d.scrubEvery(ctx) }()
 	d.mon.Run(ctx, d.report)
 	d.wg.Wait()
-}
-
-// pendingLocked takes the incidents reported before Run started.
-func (d *Doctor) pendingLocked() []*Incident {
-	var out []*Incident
-	for _, inc := range d.active {
-		if inc.State == "" {
-			inc.State = StateOpen
-			out = append(out, inc)
-		}
-	}
-	return out
 }
 
 // report opens an incident for a report, or adds it to the open one.
@@ -276,17 +263,17 @@ func (d *Doctor) report(r Report) {
 			inc.Error = rec.First.Code
 		}
 	}
+	inc.State = StateOpen
 	d.active[r.Key] = inc
 	ctx := d.ctx
-	if ctx != nil {
-		inc.State = StateOpen
+	if ctx == nil {
+		d.resume = append(d.resume, inc) // Run starts it
 	}
 	d.mu.Unlock()
 	d.counts.incidents.Add(1)
-	if ctx == nil {
-		return // Run starts it
+	if ctx != nil {
+		d.start(ctx, inc)
 	}
-	d.start(ctx, inc)
 }
 
 func (d *Doctor) start(ctx context.Context, inc *Incident) {

@@ -39,21 +39,17 @@ func newWaker() *waker {
 }
 
 // arm marks iw's filesystem: its next write wakes the watcher.
-func (k *waker) arm(iw *watched) {
+func (k *waker) arm(iw *watched, fsid [2]int32) {
 	if k == nil || iw.armed {
-		return
-	}
-	var sfs unix.Statfs_t
-	if err := iw.statfs(&sfs); err != nil {
 		return
 	}
 	if err := unix.FanotifyMark(k.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_MODIFY, unix.AT_FDCWD, iw.m.Dir); err != nil {
 		return
 	}
 	k.mu.Lock()
-	k.byFsid[sfs.Fsid.Val] = iw
+	k.byFsid[fsid] = iw
 	k.mu.Unlock()
-	iw.fsid, iw.armed = sfs.Fsid.Val, true
+	iw.fsid, iw.armed = fsid, true
 }
 
 // disarm removes iw's mark.

@@ -187,15 +187,16 @@ func (w *Watcher) disarm(iw *watched) {
 	w.waker.disarm(iw)
 }
 
-// arm sets iw's wake-up mark, unless iw was removed meanwhile.
-func (w *Watcher) arm(iw *watched) {
+// arm sets iw's wake-up mark, unless iw was removed meanwhile; fsid is
+// what its check just read.
+func (w *Watcher) arm(iw *watched, fsid [2]int32) {
 	w.armMu.Lock()
 	defer w.armMu.Unlock()
 	iw.fdMu.Lock()
 	closed := iw.closed
 	iw.fdMu.Unlock()
 	if !closed {
-		w.waker.arm(iw)
+		w.waker.arm(iw, fsid)
 	}
 }
 
@@ -250,12 +251,7 @@ func (w *Watcher) Run(ctx context.Context) {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		for _, iw := range w.images {
-			iw.fdMu.Lock()
-			if iw.dir >= 0 {
-				unix.Close(iw.dir)
-				iw.dir = -1
-			}
-			iw.fdMu.Unlock()
+			iw.closeDir()
 		}
 	}()
 	t := time.NewTimer(0)
@@ -422,7 +418,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	if iw.hot && iw.armed {
 		w.disarm(iw)
 	} else if !iw.hot && !iw.armed && w.waker != nil {
-		w.arm(iw)
+		w.arm(iw, sfs.Fsid.Val)
 	}
 	if free < want && balloon > 0 {
 		w.start(key, iw, func(ctx context.Context) {
