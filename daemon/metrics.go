@@ -111,26 +111,30 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descImages, prometheus.GaugeValue, float64(n), k)
 	}
 	t := c.src.Totals()
-	for _, m := range []struct {
-		d *prometheus.Desc
-		v int64
-	}{{descGrows, t.Grows}, {descGrowBytes, t.GrowBytes}, {descReclaims, t.Reclaims}, {descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}} {
-		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v))
-	}
+	counters(ch, []total{{descGrows, t.Grows}, {descGrowBytes, t.GrowBytes}, {descReclaims, t.Reclaims},
+		{descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}})
 	if c.incidents == nil {
 		return
 	}
 	ic := c.incidents.Counts()
-	for _, m := range []struct {
-		d *prometheus.Desc
-		v int64
-	}{{descReports, ic.Reports}, {descIncidents, ic.Incidents}, {descRepaired, ic.Repaired}, {descQuarantined, ic.Quarantined}, {descRestarted, ic.Restarted}} {
-		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v))
-	}
+	counters(ch, []total{{descReports, ic.Reports}, {descIncidents, ic.Incidents}, {descRepaired, ic.Repaired},
+		{descQuarantined, ic.Quarantined}, {descRestarted, ic.Restarted}})
 	ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(ic.Open))
 	for _, st := range c.incidents.StepStats() {
 		ch <- prometheus.MustNewConstMetric(descSteps, prometheus.CounterValue, float64(st.Count), st.Step, st.Result)
 		ch <- prometheus.MustNewConstMetric(descStepSecs, prometheus.CounterValue, st.Seconds, st.Step, st.Result)
+	}
+}
+
+// total is one unlabelled counter and its value.
+type total struct {
+	d *prometheus.Desc
+	v int64
+}
+
+func counters(ch chan<- prometheus.Metric, cs []total) {
+	for _, c := range cs {
+		ch <- prometheus.MustNewConstMetric(c.d, prometheus.CounterValue, float64(c.v))
 	}
 }
 

@@ -79,21 +79,10 @@ func TestReloadAndMetrics(t *testing.T) {
 		t.Fatalf("the policy in force was lost by a bad reload: %v", err)
 	}
 
-	resp, err := http.Get("http://" + metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{
+	requireMetrics(t, metrics,
 		`snug_image_footprint_bytes{id="`, `snug_image_window_bytes{`, `snug_image_used_bytes{`, `snug_image_quota_bytes{`,
 		`snug_images{kind="active"} 2`, "snug_grows_total ", "snug_reclaimed_bytes_total ", "snug_window_full_total ",
-		"process_resident_memory_bytes ",
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
-		}
-	}
+		"process_resident_memory_bytes ")
 }
 
 // statusByName is the status of the snapshot whose name ends with name.
@@ -106,4 +95,21 @@ func statusByName(t *testing.T, d *daemon, name string) snapshotter.ImageStatus 
 	}
 	t.Fatalf("no status for %s", name)
 	return snapshotter.ImageStatus{}
+}
+
+// requireMetrics reads /metrics at addr and fails t for each of wants it
+// does not contain.
+func requireMetrics(t *testing.T, addr string, wants ...string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range wants {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 }
