@@ -41,3 +41,17 @@ func TestConformance(t *testing.T) {
 		return sn, func() error { return errors.Join(sn.Close(), roottest.Sweep(root)) }, nil
 	})
 }
+
+// newTestSnapshotter opens a snapshotter with testConfig in a fresh root,
+// closed and swept when the test ends.
+func newTestSnapshotter(t *testing.T) (*Snapshotter, string) {
+	t.Helper()
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	root := roottest.TempDir(t)
+	sn, err := New(context.Background(), testConfig(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+	return sn, root
+}

@@ -239,14 +239,8 @@ func TestSnapshotsOfMounts(t *testing.T) {
 // writes a pod spec; a value that cannot be a class name is refused and
 // nothing of it is recorded.
 func TestAnnotationClassFromOutside(t *testing.T) {
-	roottest.Require(t, "mkfs.ext4", "e2fsck")
 	ctx := context.Background()
-	root := roottest.TempDir(t)
-	sn, err := New(ctx, testConfig(root))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn, root := newTestSnapshotter(t)
 	mounts, err := sn.Prepare(ctx, "hostile", "")
 	if err != nil {
 		t.Fatal(err)

@@ -191,14 +191,8 @@ func mustStatus(t *testing.T, sn *Snapshotter) []ImageStatus {
 // TestPrepareMountsUnmountedParent: a parent layer that is not mounted (a
 // commit whose swap failed) is mounted when a child is prepared.
 func TestPrepareMountsUnmountedParent(t *testing.T) {
-	roottest.Require(t, "mkfs.ext4", "e2fsck")
 	ctx := context.Background()
-	root := roottest.TempDir(t)
-	sn, err := New(ctx, testConfig(root))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn, _ := newTestSnapshotter(t)
 	writeVia(t, sn, "base-active", "", "base.txt", "base")
 	if err := sn.Commit(ctx, "base", "base-active"); err != nil {
 		t.Fatal(err)
