@@ -239,11 +239,12 @@ func (d *Doctor) Run(ctx context.Context) {
 func (d *Doctor) report(r Report) {
 	d.counts.reports.Add(1)
 	d.mu.Lock()
-	if _, ok := d.active[r.Key]; ok {
-		d.more[r.Key] += uint64(max(r.Event.Count, 1))
-		d.mu.Unlock()
+	added := d.addToOpenLocked(r)
+	d.mu.Unlock()
+	if added {
 		return
 	}
+	// Built outside the lock: it reads the image's error record in sysfs.
 	inc := &Incident{
 		ID:         r.At.UTC().Format("20060102T150405.000000") + "-" + r.Key,
 		Snapshot:   r.Key,
@@ -251,6 +252,7 @@ func (d *Doctor) report(r Report) {
 		Error:      errnoName(r.Event.Error),
 		Errors:     uint64(r.Event.Count),
 		DetectedAt: r.At,
+		State:      StateOpen,
 	}
 	if r.layer != nil {
 		inc.Layer = *r.layer
@@ -263,7 +265,11 @@ func (d *Doctor) report(r Report) {
 			inc.Error = rec.First.Code
 		}
 	}
-	inc.State = StateOpen
+	d.mu.Lock()
+	if d.addToOpenLocked(r) { // another report was faster
+		d.mu.Unlock()
+		return
+	}
 	d.active[r.Key] = inc
 	ctx := d.ctx
 	if ctx == nil {
@@ -274,6 +280,16 @@ func (d *Doctor) report(r Report) {
 	if ctx != nil {
 		d.start(ctx, inc)
 	}
+}
+
+// addToOpenLocked adds a report to its image's open incident, if it has
+// one. d.mu is held.
+func (d *Doctor) addToOpenLocked(r Report) bool {
+	if _, ok := d.active[r.Key]; !ok {
+		return false
+	}
+	d.more[r.Key] += uint64(max(r.Event.Count, 1))
+	return true
 }
 
 func (d *Doctor) start(ctx context.Context, inc *Incident) {
