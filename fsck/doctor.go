@@ -501,7 +501,11 @@ func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.
 		verify, err := imagefs.Check(cctx, image)
 		inc.Verify = &verify
 		s.Result = res.Status()
-		s.Detail = fmt.Sprintf("e2fsck -f%s exit %d in %v; verify: %s", map[bool]string{true: "p", false: "y"}[pol.Repair == "preen"], res.ExitCode, res.Duration.Round(time.Millisecond), verify.Status())
+		flag := "y"
+		if pol.Repair == "preen" {
+			flag = "p"
+		}
+		s.Detail = fmt.Sprintf("e2fsck -f%s exit %d in %v; verify: %s", flag, res.ExitCode, res.Duration.Round(time.Millisecond), verify.Status())
 		if err != nil {
 			return fmt.Errorf("%w: verify: %w", ErrQuarantine, err)
 		}
