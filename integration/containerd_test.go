@@ -205,6 +205,22 @@ func (s *stack) waitFollowing() {
 	s.t.Fatalf("snug does not follow containerd's task exits:\n%s", lastLines(s.snug.Log(), 20))
 }
 
+// waitSnapshotter waits until containerd reaches snug again after snug
+// restarted: containerd's gRPC connection to a proxy plugin fails calls at
+// once with the last dial error until its reconnect backoff (about 1 s)
+// has passed.
+func (s *stack) waitSnapshotter() {
+	s.t.Helper()
+	var out string
+	var err error
+	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if out, err = s.ctrErr("snapshots", "--snapshotter", "snug", "ls"); err == nil {
+			return
+		}
+	}
+	s.t.Fatalf("containerd does not reach snug again: %v\n%s", err, out)
+}
+
 func (s *stack) socket() string { return filepath.Join(s.dir, "containerd.sock") }
 
 func (s *stack) containerdLog() string {

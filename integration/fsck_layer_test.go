@@ -84,6 +84,7 @@ func TestLayerErrorAndQuarantine(t *testing.T) {
 	}
 	// A restarted daemon leaves it unmounted, and the incident closed.
 	s.snug.Restart(syscall.SIGTERM)
+	s.waitSnapshotter()
 	if im := s.activeImage("lq-a"); im.Mountpoint != "" || !strings.Contains(im.Problem, "quarantined") {
 		t.Errorf("after a restart: mounted on %q, problem %q", im.Mountpoint, im.Problem)
 	}
@@ -128,6 +129,7 @@ func TestUnmountableImageAtStartup(t *testing.T) {
 	f.Close()
 	since := time.Now().Add(-time.Second)
 	s.snug.start()
+	s.waitSnapshotter()
 	inc := s.waitIncidentClosed(im.ID, since, 60*time.Second)
 	if inc.State != fsck.StateResolved || inc.Source != "mount" || inc.Verify == nil || !inc.Verify.Clean() {
 		t.Fatalf("incident: %s (%s), source %s, verify %+v", inc.State, inc.Reason, inc.Source, inc.Verify)

@@ -75,6 +75,7 @@ func TestIncidentsUnderStress(t *testing.T) {
 	}
 	s.snug.Env = nil
 	s.snug.start()
+	s.waitSnapshotter()
 	incC := s.waitIncidentClosed(ids["st-c"], since, 60*time.Second)
 	s.checkRepaired(incC, "st-c", "", false)
 	repairs := 0

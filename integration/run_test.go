@@ -217,6 +217,7 @@ func TestDaemonRestartKeepsContainers(t *testing.T) {
 	before := s.status()
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		s.snug.Restart(sig)
+		s.waitSnapshotter()
 		if out := s.ctr("tasks", "ls"); !regexp.MustCompile(`survivor\s+\d+\s+RUNNING`).MatchString(out) {
 			t.Fatalf("after %v: container not running:\n%s", sig, out)
 		}
