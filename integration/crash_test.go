@@ -188,14 +188,23 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 		}
 		t.Errorf("snapshot directories %v for %d images", names, images)
 	}
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	n := 0
-	for _, l := range loops {
-		if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), d.Root+"/") {
-			n++
+	// The restarted daemon refills its pool of ready images in the
+	// background, each attached for a moment while it is made: wait for
+	// that to settle; a leaked device would stay.
+	var backing []string
+	for end := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		backing = backing[:0]
+		loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+		for _, l := range loops {
+			if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), d.Root+"/") {
+				backing = append(backing, strings.TrimSpace(string(b)))
+			}
+		}
+		if len(backing) == images || time.Now().After(end) {
+			break
 		}
 	}
-	if n != images {
-		t.Errorf("%d loop devices on images under %s for %d images", n, d.Root, images)
+	if len(backing) != images {
+		t.Errorf("%d loop devices on images under %s for %d images: %v", len(backing), d.Root, images, backing)
 	}
 }
