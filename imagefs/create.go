@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // MinQuota is the smallest image Create makes: ext4's metadata, a 4 MiB
@@ -110,15 +112,16 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 // placeBalloon mounts a fresh or shrunk image privately and inflates its
 // balloon so that only the first window bytes are free.
 func placeBalloon(ctx context.Context, path string, window int64, directIO bool) error {
-	dir, err := os.MkdirTemp("", "snug-create-")
+	dir, done, err := makePrivateDir("snug-create-")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(dir)
+	defer done()
 	m, err := Mount(ctx, path, dir, MountOptions{DirectIO: directIO})
 	if err != nil {
 		return err
 	}
+	failpoint.Inject("create-mounted")
 	err = createBalloon(dir)
 	if err == nil {
 		err = m.resetWindow(ctx, window)
@@ -144,8 +147,10 @@ func (m *Mounted) resetWindow(ctx context.Context, window int64) error {
 	})
 }
 
-// RemoveTemporaries deletes what an interrupted Create or Shrink left in dir.
-func RemoveTemporaries(dir string) ([]string, error) {
+// RemoveTemporaries deletes what an interrupted Create or Shrink left in dir,
+// first releasing a temporary that a killed process left mounted privately.
+// A temporary attached any other way is left alone.
+func RemoveTemporaries(ctx context.Context, dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -156,6 +161,9 @@ func RemoveTemporaries(dir string) ([]string, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
+		if _, err := ReleaseStale(ctx, p); err != nil {
+			return removed, err
+		}
 		if attached, err := IsAttached(p); err != nil || attached {
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -477,6 +478,67 @@ func TestFindMountAfterRestart(t *testing.T) {
 	}
 	if devs, _ := FindLoops(path); len(devs) != 0 {
 		t.Fatalf("loop devices left after unmount: %v", devs)
+	}
+}
+
+// TestRemoveTemporariesReleasesStaleMounts plays a daemon killed while it
+// placed a new image's balloon: the half-made image is attached and mounted
+// on a private directory no live process owns. RemoveTemporaries unmounts
+// it, detaches it and deletes it with its directory; an image mounted by
+// someone else, or a private mount of this process, stays.
+func TestRemoveTemporariesReleasesStaleMounts(t *testing.T) {
+	path, dir := newImage(t, 128*mib, 64*mib)
+	ctx := context.Background()
+	tmp := path + ".0123abcd" + tempSuffix
+	if err := os.Rename(path, tmp); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := os.MkdirTemp("", "snug-create-") // made by a process now gone
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(stale) })
+	m, err := Mount(ctx, tmp, stale, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Unmount(ctx) })
+
+	// A temporary attached elsewhere (not a private mount) is left alone.
+	other, _ := newImage(t, 128*mib, 64*mib)
+	busy := filepath.Join(dir, "busy"+tempSuffix)
+	if err := os.Rename(other, busy); err != nil {
+		t.Fatal(err)
+	}
+	mountImage(t, busy, dir)
+
+	removed, err := RemoveTemporaries(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(removed, []string{tmp}) {
+		t.Errorf("removed %v, want only %s", removed, tmp)
+	}
+	if devs, _ := FindLoops(tmp); len(devs) != 0 {
+		t.Errorf("loop devices left on the removed temporary: %v", devs)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("private mount directory left: %v", err)
+	}
+	if _, err := FindMount(busy); err != nil {
+		t.Errorf("an image mounted by someone else was released: %v", err)
+	}
+
+	// This process's own private mount is not stale.
+	own, _ := newImage(t, 128*mib, 64*mib)
+	err = WithMount(ctx, own, MountOptions{}, func(m *Mounted) error {
+		if released, err := ReleaseStale(ctx, own); released || err != nil {
+			return fmt.Errorf("ReleaseStale took a live private mount: %v, %v", released, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -173,6 +172,9 @@ func IsAttached(path string) (bool, error) {
 // WithMount runs fn on the image mounted: where it is mounted already, there;
 // otherwise on a private temporary mount that is gone when WithMount returns.
 func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounted) error) (err error) {
+	if _, err := ReleaseStale(ctx, path); err != nil {
+		return err
+	}
 	if m, ferr := FindMount(path); ferr == nil {
 		if m.ReadOnly && !o.ReadOnly {
 			return fmt.Errorf("%s is mounted read-only on %s", path, m.Dir)
@@ -186,11 +188,11 @@ func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounte
 	} else if attached {
 		return fmt.Errorf("%s: %w but not mounted", path, ErrInUse)
 	}
-	dir, err := os.MkdirTemp("", "snug-mnt-")
+	dir, done, err := makePrivateDir("snug-mnt-")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(dir)
+	defer done()
 	m, err := Mount(ctx, path, dir, o)
 	if err != nil {
 		return err

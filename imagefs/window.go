@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // withBalloon runs fn with the image locked and its balloon open.
@@ -63,6 +65,9 @@ func (m *Mounted) EnsureFree(ctx context.Context, free int64) (int64, error) {
 	var grown int64
 	err := m.withBalloon(ctx, func(b *balloon) (err error) {
 		grown, err = b.ensureFree(free)
+		if grown > 0 {
+			failpoint.Inject("grow-released")
+		}
 		return err
 	})
 	if err != nil {
@@ -138,6 +143,7 @@ func (m *Mounted) Reclaim(ctx context.Context, o ReclaimOptions) (ReclaimResult,
 		if err := b.punchHost(img, exts); err != nil {
 			return err
 		}
+		failpoint.Inject("reclaim-packed") // the balloon holds all free space
 		if _, err := b.ensureFree(o.Headroom); err != nil {
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // converge makes one recorded snapshot's files and mounts match its record,
@@ -31,7 +32,7 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 	dir := s.snapshotDir(id)
 	mnt := s.mountPath(id)
 	// A half-made layer image from a commit a crash interrupted.
-	if _, err := imagefs.RemoveTemporaries(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if _, err := imagefs.RemoveTemporaries(ctx, dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	switch kind {
@@ -118,6 +119,11 @@ func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mou
 // ensureMounted mounts image on mnt unless it is mounted there already. An
 // image mounted somewhere else is an error: snug never mounts an image twice.
 func (s *Snapshotter) ensureMounted(ctx context.Context, image, mnt string, o imagefs.MountOptions) (*imagefs.Mounted, error) {
+	// A daemon killed while it worked on the image unmounted (a shrink, a
+	// repair) left it on a private mount.
+	if _, err := imagefs.ReleaseStale(ctx, image); err != nil {
+		return nil, err
+	}
 	m, err := imagefs.FindMount(image)
 	switch {
 	case err == nil:
@@ -170,7 +176,10 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		return err
 	}
 	var errs []error
-	for _, r := range recs {
+	for i, r := range recs {
+		if i == 1 {
+			failpoint.Inject("reconcile-converged") // one snapshot converged, the rest not
+		}
 		if err := s.converge(ctx, r.id, r.kind, r.parents); err != nil {
 			// One broken snapshot must not keep the others from being served.
 			log.G(ctx).WithError(err).WithField("id", r.id).Error("cannot restore snapshot")

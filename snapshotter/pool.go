@@ -32,12 +32,16 @@ type pool struct {
 	wg      sync.WaitGroup
 }
 
-func newPool(root string, opts imagefs.CreateOptions) (*pool, error) {
+func newPool(ctx context.Context, root string, opts imagefs.CreateOptions) (*pool, error) {
 	p := &pool{dir: filepath.Join(root, "pool"), opts: opts}
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
-	// Images for another policy, and what a crash left half made, go.
+	// What a crash left half made goes (mounted privately, if the daemon
+	// died while it placed the balloon), and images for another policy.
+	if _, err := imagefs.RemoveTemporaries(ctx, p.dir); err != nil {
+		return nil, err
+	}
 	entries, err := os.ReadDir(p.dir)
 	if err != nil {
 		return nil, err

@@ -23,7 +23,7 @@ func TestPool(t *testing.T) {
 	stale := filepath.Join(root, "pool", "q1-w1-j1-i1-dfalse-0.img")
 	os.MkdirAll(filepath.Dir(stale), 0o700)
 	os.WriteFile(stale, nil, 0o600)
-	p, err := newPool(root, opts)
+	p, err := newPool(ctx, root, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

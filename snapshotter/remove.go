@@ -100,5 +100,6 @@ func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
 	if err := imagefs.UnmountBelow(ctx, dir); err != nil {
 		return fmt.Errorf("delete %s: %w", dir, err)
 	}
+	failpoint.Inject("removedir-unmounted")
 	return os.RemoveAll(dir)
 }

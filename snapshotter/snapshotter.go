@@ -76,7 +76,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
 	}
-	pl, err := newPool(root, policyFrom(cfg).create)
+	pl, err := newPool(ctx, root, policyFrom(cfg).create)
 	if err != nil {
 		ms.Close()
 		return nil, fmt.Errorf("image pool in %s: %w", root, err)

@@ -1,0 +1,76 @@
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// Private mounts are the short-lived mounts imagefs makes for itself (to place
+// a new image's balloon, to work on an unmounted image) on a directory made in
+// the system's temporary directory. A process killed while it holds one leaves
+// the image attached and mounted there; ReleaseStale undoes that.
+
+// privatePrefixes name the directories of private mounts.
+var privatePrefixes = []string{"snug-create-", "snug-mnt-"}
+
+// privateInUse holds the private mount directories of this process.
+var privateInUse sync.Map
+
+// makePrivateDir makes a directory for a private mount; done removes it.
+func makePrivateDir(prefix string) (dir string, done func(), err error) {
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	privateInUse.Store(dir, true)
+	return dir, func() {
+		os.Remove(dir)
+		privateInUse.Delete(dir)
+	}, nil
+}
+
+// isStalePrivate reports whether dir is a private mount directory of
+// another process: one that died holding it, since an image belongs to one
+// daemon and its state directory.
+func isStalePrivate(dir string) bool {
+	if filepath.Dir(dir) != filepath.Clean(os.TempDir()) {
+		return false
+	}
+	base := filepath.Base(dir)
+	for _, p := range privatePrefixes {
+		if strings.HasPrefix(base, p) {
+			_, mine := privateInUse.Load(dir)
+			return !mine
+		}
+	}
+	return false
+}
+
+// ReleaseStale unmounts the image at path from a private mount a killed
+// process left behind, detaches its loop device and removes the directory.
+// It reports whether there was one; an image mounted anywhere else is left
+// alone.
+func ReleaseStale(ctx context.Context, path string) (bool, error) {
+	m, err := FindMount(path)
+	if errors.Is(err, ErrNotMounted) || errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !isStalePrivate(m.Dir) {
+		return false, nil
+	}
+	if err := m.Unmount(ctx); err != nil {
+		return false, fmt.Errorf("release %s from %s: %w", path, m.Dir, err)
+	}
+	if err := os.Remove(m.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return true, fmt.Errorf("release %s: %w", path, err)
+	}
+	return true, nil
+}
