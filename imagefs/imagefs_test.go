@@ -542,6 +542,74 @@ func TestRemoveTemporariesReleasesStaleMounts(t *testing.T) {
 	}
 }
 
+// TestOverlayKeepsAnUnmountedImageAlive: an overlay keeps private clones of
+// its layers' mounts, so unmounting an image under a container's rootfs
+// succeeds while its filesystem lives on. UnmountBelow must then say busy
+// (and the caller keep the file), and Mount must adopt the live filesystem
+// rather than refuse the image or attach a second ext4 instance to it.
+func TestOverlayKeepsAnUnmountedImageAlive(t *testing.T) {
+	path, dir := newImage(t, 128*mib, 64*mib)
+	ctx := context.Background()
+	m := mountImage(t, path, dir)
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(m.Dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lower, rootfs := t.TempDir(), t.TempDir()
+	data := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, m.Dir, m.Dir)
+	if err := unix.Mount("overlay", rootfs, "overlay", 0, data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(rootfs, 0) })
+
+	if err := UnmountBelow(ctx, dir); !errors.Is(err, ErrBusy) {
+		t.Fatalf("UnmountBelow under a live overlay: %v, want ErrBusy", err)
+	}
+	if _, err := FindMount(path); !errors.Is(err, ErrNotMounted) {
+		t.Fatalf("the image mount is still listed: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "written"), []byte("alive"), 0o644); err != nil {
+		t.Fatalf("the container's rootfs stopped working: %v", err)
+	}
+
+	again := filepath.Join(dir, "again")
+	os.Mkdir(again, 0o755)
+	adopted, err := Mount(ctx, path, again, MountOptions{DirectIO: true})
+	if err != nil {
+		t.Fatalf("Mount of a live unlisted image: %v", err)
+	}
+	t.Cleanup(func() { adopted.Unmount(ctx) })
+	if adopted.Device != m.Device {
+		t.Errorf("adopted on %s, the filesystem lives on %s", adopted.Device, m.Device)
+	}
+	if b, err := os.ReadFile(filepath.Join(again, "upper", "written")); err != nil || string(b) != "alive" {
+		t.Errorf("adopted mount shows %q, %v: not the live filesystem", b, err)
+	}
+
+	// Once the overlay is gone, the image unmounts and detaches.
+	if err := unix.Unmount(rootfs, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := adopted.Unmount(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if devs, _ := FindLoops(path); len(devs) != 0 {
+		t.Errorf("still attached after the last user went: %v", devs)
+	}
+	requireClean(t, path)
+
+	// A device attached without a filesystem on it is not adopted.
+	loop, err := Attach(ctx, path, AttachOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loop.Close()
+	if _, err := Mount(ctx, path, again, MountOptions{}); !errors.Is(err, ErrInUse) {
+		t.Errorf("Mount of an image attached with no filesystem: %v, want ErrInUse", err)
+	}
+}
+
 func TestShrink(t *testing.T) {
 	path, dir := newImage(t, 1*gib, 128*mib)
 	ctx := context.Background()

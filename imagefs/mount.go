@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -35,6 +36,44 @@ type MountOptions struct {
 	Discard bool
 }
 
+// flags returns the mount flags snug always uses.
+func (o MountOptions) flags() uintptr {
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+	if o.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	return flags
+}
+
+// adopt mounts on dir the filesystem that an image's loop device carries
+// already, when that filesystem lives on but not in the mount table: its
+// mount was unmounted (by hand, or by a shutdown script) while a
+// container's overlay kept a private clone of it. Mounting the device again
+// gives the same ext4 instance, not a second one, so the snapshot is whole
+// again and the container keeps running. A device that no filesystem holds
+// (attached by hand, or by a process between its attach and its mount), or
+// an image on two devices, is refused with ErrInUse.
+func adopt(img string, devs []string, dir string, o MountOptions) (*Mounted, error) {
+	if len(devs) != 1 || !heldByFilesystem(devs[0]) {
+		return nil, fmt.Errorf("%w (%s)", ErrInUse, strings.Join(devs, ", "))
+	}
+	if err := unix.Mount(devs[0], dir, "ext4", o.flags(), o.mountData()); err != nil {
+		return nil, fmt.Errorf("mount %s again on %s: %w", devs[0], dir, err)
+	}
+	return &Mounted{Image: img, Device: devs[0], Dir: dir, ReadOnly: o.ReadOnly}, nil
+}
+
+// heldByFilesystem reports whether a mounted filesystem holds the block
+// device: it claims the device exclusively, so an O_EXCL open fails.
+func heldByFilesystem(dev string) bool {
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err == nil {
+		f.Close()
+		return false
+	}
+	return errors.Is(err, unix.EBUSY)
+}
+
 // mountData returns the ext4 mount options snug always uses.
 //   - noinit_itable: never zero the lazily initialised inode tables in the
 //     background; they are holes in the sparse file and stay so.
@@ -55,7 +94,8 @@ func (o MountOptions) mountData() string {
 // Mount attaches the image at path and mounts it on dir (which must exist).
 // It checks the superblock first, so a file that is not ext4 is refused
 // before the kernel sees it, and refuses an image attached already
-// (ErrInUse): an image is mounted once.
+// (ErrInUse): an image is mounted once. The one exception is an image whose
+// filesystem lives on without a visible mount (see adopt).
 func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, error) {
 	sb, err := ReadSuperblock(path)
 	if err != nil {
@@ -76,10 +116,17 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 		return nil, fmt.Errorf("mount %s: %w", path, err)
 	}
 	defer unlock()
-	if attached, err := IsAttached(img); err != nil {
+	if devs, err := FindLoops(img); err != nil {
 		return nil, err
-	} else if attached {
-		return nil, fmt.Errorf("mount %s: %w", path, ErrInUse)
+	} else if len(devs) > 0 {
+		if m, err := FindMount(img); err == nil {
+			return nil, fmt.Errorf("mount %s: %w: mounted on %s", path, ErrInUse, m.Dir)
+		}
+		m, err := adopt(img, devs, dir, o)
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: %w", path, err)
+		}
+		return m, nil
 	}
 	loop, err := Attach(ctx, img, AttachOptions{ReadOnly: o.ReadOnly, DirectIO: o.DirectIO})
 	if err != nil {
@@ -88,19 +135,17 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 	// Autoclear: once the mount holds the device, our reference can go; if
 	// the mount fails, closing it detaches the device.
 	defer loop.Close()
-	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
-	if o.ReadOnly {
-		flags |= unix.MS_RDONLY
-	}
-	if err := unix.Mount(loop.Device, dir, "ext4", flags, o.mountData()); err != nil {
+	if err := unix.Mount(loop.Device, dir, "ext4", o.flags(), o.mountData()); err != nil {
 		return nil, fmt.Errorf("mount %s (%s) on %s: %w", path, loop.Device, dir, err)
 	}
 	return &Mounted{Image: img, Device: loop.Device, Dir: dir, ReadOnly: o.ReadOnly}, nil
 }
 
 // Unmount unmounts the image; autoclear then detaches its loop device. It
-// waits (until ctx ends) for the device to go, so that an offline operation
-// may follow at once. Unmounting what is no longer mounted is not an error.
+// waits (until ctx ends, detachWait at most) for the device to go, so that
+// an offline operation may follow at once; a device that stays has another
+// user (the filesystem lives on in an overlay) and Unmount returns ErrBusy.
+// Unmounting what is no longer mounted is not an error.
 func (m *Mounted) Unmount(ctx context.Context) error {
 	defer scrubbing.Delete(m.Image)
 	for attempt := 0; ; attempt++ {
@@ -120,13 +165,15 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 
 // waitDetached waits until device no longer backs the image.
 func waitDetached(ctx context.Context, image, device string) error {
+	ctx, cancel := context.WithTimeout(ctx, detachWait)
+	defer cancel()
 	for {
 		devs, err := FindLoops(image)
 		if err != nil || !slices.Contains(devs, device) {
 			return nil
 		}
 		if err := sleep(ctx, 5*time.Millisecond); err != nil {
-			return fmt.Errorf("%s still attached to %s: %w", image, device, err)
+			return fmt.Errorf("%s still attached to %s after its unmount, the filesystem is in use elsewhere: %w: %w", image, device, ErrBusy, err)
 		}
 	}
 }

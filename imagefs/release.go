@@ -16,9 +16,12 @@ import (
 // UnmountBelow unmounts every filesystem mounted at or below dir, deepest
 // first, then detaches any loop device still backed by a file below dir (one
 // attached by a process that died before it mounted). Unmounts are not lazy:
-// if one stays busy (a container still uses it), UnmountBelow returns an
-// error wrapping ErrBusy and leaves the rest mounted, so the caller never
-// deletes files from under a live filesystem.
+// if one stays busy, UnmountBelow returns an error wrapping ErrBusy and
+// leaves the rest mounted, so the caller never deletes files from under a
+// live filesystem. An unmount can succeed while the filesystem lives on (an
+// overlay keeps private clones of its layers' mounts, so a container's
+// rootfs holds the image without a visible mount): its loop device then
+// stays attached, and UnmountBelow returns ErrBusy too.
 func UnmountBelow(ctx context.Context, dir string) error {
 	dir, err := filepath.EvalSymlinks(dir)
 	if err != nil {
@@ -44,7 +47,30 @@ func UnmountBelow(ctx context.Context, dir string) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return waitLoopsGone(ctx, dir)
+}
+
+// detachWait bounds how long a device may take to go once its last user
+// went (milliseconds, measured); one still attached after it has a user
+// elsewhere.
+const detachWait = 5 * time.Second
+
+// waitLoopsGone waits until no loop device is backed by a file below dir.
+func waitLoopsGone(ctx context.Context, dir string) error {
+	ctx, cancel := context.WithTimeout(ctx, detachWait)
+	defer cancel()
+	for {
+		devs, err := loopsBelow(dir)
+		if err != nil || len(devs) == 0 {
+			return err
+		}
+		if sleep(ctx, 10*time.Millisecond) != nil {
+			return fmt.Errorf("%s: %w: %v still attached, the filesystem is in use outside the mount table (a container's overlay?)", dir, ErrBusy, devs)
+		}
+	}
 }
 
 // unmountRetry unmounts dir, retrying a short while when it is busy.

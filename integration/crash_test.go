@@ -2,8 +2,11 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -13,66 +16,167 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
-// crashCase is one kill -9 of the daemon in the middle of a snapshot
-// operation, and what must be true after it restarts.
+// crashCase is one kill -9 of the daemon at a failpoint, and what must be
+// true after it restarts.
 type crashCase struct {
-	point string // the failpoint the daemon dies at
-	// op is the operation that hits it; setup runs before with no failpoint.
-	op func(ctx context.Context, sn snapshots.Snapshotter) error
+	op    string // what the armed daemon was doing
+	point string // the failpoint it dies at
+	// prep runs on the daemon before it restarts with the point armed.
+	prep func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter)
+	// stopped runs while the daemon is down, before the armed start.
+	stopped func(t *testing.T, d *daemon)
+	// hit makes the armed daemon reach the point; nil means its start-up
+	// does.
+	hit func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter)
 	// want lists the snapshot names after the restart (kind per name).
 	want map[string]snapshots.Kind
 }
 
-// TestCrashMatrix kills snug serve with SIGKILL inside each step of
-// Prepare, Commit and Remove that changes state (internal/failpoint), starts
-// it again, and checks: containerd's view (Walk) is consistent, each active
-// snapshot can be mounted, written and read, every image is mounted exactly
-// once, no mount or loop device or directory is left over, and every image
-// is healthy. docs/crash.md reports the matrix.
+// crashPolicy makes grows frequent and images small, so that a grow and a
+// reclaim are quick to reach.
+const crashPolicy = `
+[image]
+quota = "1GiB"
+[window]
+initial = "32MiB"
+headroom = "16MiB"
+headroom_ratio = 0.0
+check_interval = "20ms"
+`
+
+// TestCrashMatrix kills snug serve with SIGKILL inside each step that
+// changes state (internal/failpoint): Prepare, View, Commit, Remove,
+// Cleanup, the pool's image making, grow, reclaim and start-up reconcile.
+// A process keeps writing to a mounted active snapshot all along, standing
+// for a running container. After the restart it checks: containerd's view
+// (Walk) is as expected, each active snapshot and view mounts and reads
+// (actives take a write), every image is mounted exactly once and checks
+// clean (`snug check`, e2fsck -fn of the frozen image), no mount, loop
+// device, image file or directory is left over, and the writer kept
+// writing through it all. docs/crash.md reports the matrix.
 func TestCrashMatrix(t *testing.T) {
 	roottest.Require(t, "mkfs.ext4", "e2fsck")
-	base := map[string]snapshots.Kind{"base": snapshots.KindCommitted, "work": snapshots.KindActive}
+	base := map[string]snapshots.Kind{"base": snapshots.KindCommitted, "work": snapshots.KindActive, "running": snapshots.KindActive}
 	with := func(extra map[string]snapshots.Kind, drop ...string) map[string]snapshots.Kind {
-		m := map[string]snapshots.Kind{}
-		for k, v := range base {
-			m[k] = v
-		}
-		for k, v := range extra {
-			m[k] = v
-		}
+		m := maps.Clone(base)
+		maps.Copy(m, extra)
 		for _, k := range drop {
 			delete(m, k)
 		}
 		return m
 	}
-	prepare := func(ctx context.Context, sn snapshots.Snapshotter) error {
+	snapOp := func(op func(ctx context.Context, sn snapshots.Snapshotter) error) func(context.Context, *testing.T, *daemon, snapshots.Snapshotter) {
+		return func(ctx context.Context, t *testing.T, _ *daemon, sn snapshots.Snapshotter) {
+			if err := op(ctx, sn); err == nil {
+				t.Error("the operation succeeded: the failpoint was not reached")
+			}
+		}
+	}
+	prepare := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		_, err := sn.Prepare(ctx, "new", "base")
 		return err
-	}
-	commit := func(ctx context.Context, sn snapshots.Snapshotter) error {
+	})
+	view := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
+		_, err := sn.View(ctx, "view", "base")
+		return err
+	})
+	commit := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		return sn.Commit(ctx, "layer2", "work")
-	}
-	remove := func(ctx context.Context, sn snapshots.Snapshotter) error {
+	})
+	remove := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		return sn.Remove(ctx, "work")
+	})
+	// cleanup removes a snapshot while its mount is in use (the record
+	// goes, the image stays), then runs Cleanup once it is free.
+	cleanup := func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter) {
+		mounts, err := sn.Prepare(ctx, "gone", "base")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		if err := mount.All(mounts, dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := sn.Remove(ctx, "gone"); err != nil {
+			t.Fatal(err)
+		}
+		if err := mount.UnmountAll(dir, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := sn.(snapshots.Cleaner).Cleanup(ctx); err == nil {
+			t.Error("Cleanup succeeded: the failpoint was not reached")
+		}
+	}
+	// grow writes into work until the daemon dies growing a window (the
+	// writer's, maybe, which it grows too).
+	grow := func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter) {
+		mounts, err := sn.Mounts(ctx, "work")
+		if err != nil {
+			<-d.done
+			return
+		}
+		dir := t.TempDir()
+		if err := mount.All(mounts, dir); err != nil {
+			t.Fatal(err)
+		}
+		defer mount.UnmountAll(dir, 0)
+		f, err := os.Create(filepath.Join(dir, "grow"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		chunk := make([]byte, 1<<20)
+		for i := 0; i < 512; i++ {
+			select {
+			case <-d.done:
+				return
+			default:
+			}
+			if _, err := f.Write(chunk); err != nil {
+				t.Logf("write %d MiB in: %v", i, err)
+				return
+			}
+			f.Sync()
+		}
+	}
+	reclaim := func(ctx context.Context, t *testing.T, d *daemon, _ snapshots.Snapshotter) {
+		if out, err := d.Snug(ctx, "reclaim", "work"); err == nil {
+			t.Errorf("snug reclaim succeeded: the failpoint was not reached\n%s", out)
+		}
 	}
 	cases := []crashCase{
-		{"prepare-built", prepare, with(nil)},
-		{"prepare-renamed", prepare, with(nil)},
-		{"prepare-recorded", prepare, with(map[string]snapshots.Kind{"new": snapshots.KindActive})},
-		{"commit-built", commit, with(nil)},
-		{"commit-recorded", commit, with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}, "work")},
-		{"remove-recorded", remove, with(nil, "work")},
+		{op: "prepare", point: "prepare-built", hit: prepare, want: with(nil)},
+		{op: "prepare", point: "prepare-renamed", hit: prepare, want: with(nil)},
+		{op: "prepare", point: "prepare-recorded", hit: prepare, want: with(map[string]snapshots.Kind{"new": snapshots.KindActive})},
+		{op: "view", point: "prepare-built", hit: view, want: with(nil)},
+		{op: "view", point: "prepare-recorded", hit: view, want: with(map[string]snapshots.Kind{"view": snapshots.KindView})},
+		{op: "commit", point: "commit-built", hit: commit, want: with(nil)},
+		{op: "commit", point: "commit-recorded", hit: commit, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}, "work")},
+		{op: "remove", point: "remove-recorded", hit: remove, want: with(nil, "work")},
+		{op: "remove", point: "removedir-unmounted", hit: remove, want: with(nil, "work")},
+		{op: "cleanup", point: "removedir-unmounted", hit: cleanup, want: with(nil)},
+		// The pool makes its images in the background: empty it, and the
+		// armed daemon dies refilling it at start-up.
+		{op: "pool-refill", point: "create-mounted", stopped: emptyPool, want: with(nil)},
+		{op: "grow", point: "grow-released", hit: grow, want: with(nil)},
+		{op: "reclaim", point: "reclaim-packed", hit: reclaim, want: with(nil)},
+		// No image is in the mount table (the writer's live on in its
+		// overlay); the daemon dies after restoring one snapshot.
+		{op: "start-up", point: "reconcile-converged", stopped: unmountImages, want: with(nil)},
 	}
 	for _, tc := range cases {
-		t.Run(tc.point, func(t *testing.T) {
+		t.Run(tc.op+"/"+tc.point, func(t *testing.T) {
 			ctx := context.Background()
-			d := startDaemon(t, roottest.TempDir(t), "")
+			d := startDaemon(t, roottest.TempDir(t), crashPolicy)
 			sn := d.Snapshotter(t)
-			// A committed layer and an active snapshot on it, with data.
+			// A committed layer, an active snapshot on it with data, and a
+			// writer on a second one.
 			mounts, err := sn.Prepare(ctx, "base-build", "")
 			if err != nil {
 				t.Fatal(err)
@@ -85,23 +189,37 @@ func TestCrashMatrix(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeThrough(t, mounts, "work-file", "work")
+			if mounts, err = sn.Prepare(ctx, "running", "base"); err != nil {
+				t.Fatal(err)
+			}
+			w := startWriter(t, mounts)
+			if tc.prep != nil {
+				tc.prep(ctx, t, d, sn)
+			}
 
 			d.Stop(syscall.SIGTERM)
+			if tc.stopped != nil {
+				tc.stopped(t, d)
+			}
 			d.Env = []string{"SNUG_FAILPOINT=" + tc.point}
-			d.start()
-			sn = d.Snapshotter(t)
-			if err := tc.op(ctx, sn); err == nil {
-				t.Fatalf("%s: the operation succeeded; the failpoint was not reached", tc.point)
+			if tc.hit == nil {
+				d.spawn()
+			} else {
+				d.start()
+				tc.hit(ctx, t, d, d.Snapshotter(t))
 			}
 			select {
 			case <-d.done:
-			case <-time.After(10 * time.Second):
+			case <-time.After(20 * time.Second):
 				t.Fatalf("the daemon did not die at %s", tc.point)
+			}
+			if ws, _ := d.cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signal() != syscall.SIGKILL {
+				t.Fatalf("the daemon ended with %v, not at the failpoint:\n%s", d.cmd.ProcessState, d.Log())
 			}
 			d.Env = nil
 			d.start()
-			sn = d.Snapshotter(t)
-			checkAfterCrash(t, d, sn, tc.want)
+			checkAfterCrash(t, d, d.Snapshotter(t), tc.want)
+			w.requireWriting(t)
 		})
 	}
 }
@@ -132,10 +250,10 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("snapshots after the restart: %v, want %v", got, want)
 	}
-	// Each active snapshot is usable: its layers' files read, a write
-	// goes in and reads back.
+	// Each snapshot is usable: its layers' files read; an active one takes
+	// a write, and keeps what was written before the crash.
 	for name, kind := range got {
-		if kind != snapshots.KindActive {
+		if kind == snapshots.KindCommitted || name == "running" {
 			continue
 		}
 		mounts, err := sn.Mounts(ctx, name)
@@ -149,8 +267,10 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 		if b, err := os.ReadFile(filepath.Join(dir, "base-file")); err != nil || string(b) != "base" {
 			t.Errorf("%s: base-file %q, %v", name, b, err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "after"), []byte("x"), 0o644); err != nil {
-			t.Errorf("%s: write after the restart: %v", name, err)
+		if kind == snapshots.KindActive {
+			if err := os.WriteFile(filepath.Join(dir, "after"), []byte("x"), 0o644); err != nil {
+				t.Errorf("%s: write after the restart: %v", name, err)
+			}
 		}
 		if name == "work" {
 			if b, err := os.ReadFile(filepath.Join(dir, "work-file")); err != nil || string(b) != "work" {
@@ -160,17 +280,21 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 		mount.UnmountAll(dir, 0)
 	}
 	// Nothing leaked, nothing lost: one mount and one loop device per
-	// image of a recorded snapshot, no other directory.
-	images := 0
-	for _, im := range d.Status(t) {
-		if im.Kind == "view" {
-			continue
+	// image of a recorded snapshot, a directory per snapshot, and every
+	// image checks clean (e2fsck -fn of the frozen image).
+	images, views := 0, 0
+	for _, kind := range got {
+		if kind == snapshots.KindView {
+			views++
 		}
+	}
+	for _, im := range d.Status(t) {
 		images++
 		if im.Problem != "" || im.Health != "ok" {
 			t.Errorf("%s: health %s, problem %q", im.Snapshot, im.Health, im.Problem)
 		}
 		requireMountedOnce(t, im.Path)
+		requireCheckClean(t, d, im.Snapshot)
 	}
 	snapDir := filepath.Join(d.Root, "snapshots")
 	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(snapDir))
@@ -181,12 +305,12 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 		t.Errorf("%d mounts under %s for %d images", len(mounts), snapDir, images)
 	}
 	entries, _ := os.ReadDir(snapDir)
-	if len(entries) != images {
+	if len(entries) != images+views {
 		var names []string
 		for _, e := range entries {
 			names = append(names, e.Name())
 		}
-		t.Errorf("snapshot directories %v for %d images", names, images)
+		t.Errorf("snapshot directories %v for %d images and %d views", names, images, views)
 	}
 	// The restarted daemon refills its pool of ready images in the
 	// background, each attached for a moment while it is made: wait for
@@ -206,5 +330,101 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 	}
 	if len(backing) != images {
 		t.Errorf("%d loop devices on images under %s for %d images: %v", len(backing), d.Root, images, backing)
+	}
+	// No half-made image file is left, in the pool or anywhere else.
+	filepath.WalkDir(d.Root, func(path string, e os.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(path, ".snug-tmp") {
+			t.Errorf("half-made image left: %s", path)
+		}
+		return nil
+	})
+}
+
+// requireCheckClean runs `snug check` on a snapshot: e2fsck -fn of its
+// frozen image must find nothing.
+func requireCheckClean(t *testing.T, d *daemon, name string) {
+	t.Helper()
+	out, err := d.Snug(context.Background(), "check", "--json", name)
+	if err != nil {
+		t.Errorf("snug check %s: %v\n%s", name, err, out)
+		return
+	}
+	var res fsck.CheckResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Errorf("snug check --json %s: %v\n%s", name, err, out)
+		return
+	}
+	if !res.Result.Clean() {
+		t.Errorf("%s is not clean (e2fsck exit %d):\n%s", name, res.Result.ExitCode, res.Result.Output)
+	}
+}
+
+// emptyPool deletes the daemon's ready-made images, so that its next start
+// makes new ones.
+func emptyPool(t *testing.T, d *daemon) {
+	imgs, _ := filepath.Glob(filepath.Join(d.Root, "pool", "*.img"))
+	for _, img := range imgs {
+		if err := os.Remove(img); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// unmountImages unmounts every image mount of the stopped daemon, as a
+// shutdown script might; the writer's overlay keeps its images alive
+// (with private clones of their mounts), the others go.
+func unmountImages(t *testing.T, d *daemon) {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Join(d.Root, "snapshots")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		if err := unix.Unmount(m.Mountpoint, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// writer stands for a running container: a shell appending a line to a
+// file in a mounted snapshot every 20 ms.
+type writer struct {
+	cmd  *exec.Cmd
+	file string
+}
+
+func startWriter(t *testing.T, mounts []mount.Mount) *writer {
+	t.Helper()
+	dir := t.TempDir()
+	if err := mount.All(mounts, dir); err != nil {
+		t.Fatal(err)
+	}
+	w := &writer{cmd: exec.Command("sh", "-c", "while :; do echo x >> log; sleep 0.02; done"), file: filepath.Join(dir, "log")}
+	w.cmd.Dir = dir
+	if err := w.cmd.Start(); err != nil {
+		mount.UnmountAll(dir, 0)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		w.cmd.Process.Kill()
+		w.cmd.Wait()
+		mount.UnmountAll(dir, 0)
+	})
+	return w
+}
+
+// requireWriting fails unless the writer is alive and its file grows.
+func (w *writer) requireWriting(t *testing.T) {
+	t.Helper()
+	if err := w.cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the writer died: %v", err)
+	}
+	before, err := os.Stat(w.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	after, err := os.Stat(w.file)
+	if err != nil || after.Size() <= before.Size() {
+		t.Fatalf("the writer stopped writing: %d bytes, then %v %v", before.Size(), after, err)
 	}
 }

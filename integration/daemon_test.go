@@ -110,20 +110,7 @@ func startDaemon(t testing.TB, dir, extra string) *daemon {
 
 func (d *daemon) start() {
 	d.t.Helper()
-	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	d.cmd = exec.Command(snugBinary(d.t), "--config", d.Config, "serve", "--log-level", "debug")
-	d.cmd.Env = append(os.Environ(), d.Env...)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		logf.Close()
-		d.t.Fatal(err)
-	}
-	logf.Close()
-	d.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
+	d.spawn()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if c, err := net.Dial("unix", d.Address); err == nil {
@@ -140,6 +127,25 @@ func (d *daemon) start() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// spawn starts the process without waiting for it to answer.
+func (d *daemon) spawn() {
+	d.t.Helper()
+	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd = exec.Command(snugBinary(d.t), "--config", d.Config, "serve", "--log-level", "debug")
+	d.cmd.Env = append(os.Environ(), d.Env...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		logf.Close()
+		d.t.Fatal(err)
+	}
+	logf.Close()
+	d.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(d.cmd, d.done)
 }
 
 // Stop sends sig and waits for the process to end (SIGKILL after 30 s).

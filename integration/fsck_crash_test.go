@@ -1,0 +1,75 @@
+package integration
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// incidentSteps are the steps of an incident that goes the whole way, in
+// order; the daemon has a failpoint at the start of each (fsck-STEP), after
+// the step is recorded and before it acts.
+var incidentSteps = []string{"detect", "containers", "freeze", "check", "stop", "repair", "restart"}
+
+// TestIncidentCrashMatrix kills snug serve (SIGKILL) at the start of each
+// step of an incident, one container per step, and starts it again. Each
+// incident must resume where it stopped and end repaired: image checked
+// clean, container running again, each step recorded once (the
+// interrupted run replaced by its new one), the image mounted once. The
+// other containers keep their processes through every kill and restart.
+// (The kill inside the repair, with the image unmounted, is in
+// TestIncidentsUnderStress.)
+func TestIncidentCrashMatrix(t *testing.T) {
+	s := startStack(t, fsckPolicy)
+	s.importImage()
+	s.waitFollowing()
+	names := make([]string, len(incidentSteps))
+	for i, step := range incidentSteps {
+		names[i] = "kill-" + step
+	}
+	_, ids, _ := s.startSteady(names...)
+	pids := map[string]string{}
+	for _, n := range names {
+		pids[n] = s.taskPID(n)
+	}
+	for i, step := range incidentSteps {
+		n := names[i]
+		s.snug.Env = []string{"SNUG_FAILPOINT=fsck-" + step}
+		s.snug.Restart(syscall.SIGTERM)
+		since := time.Now()
+		s.triggerError(n)
+		select {
+		case <-s.snug.done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: the daemon did not reach fsck-%s:\n%s", n, step, lastLines(s.snug.Log(), 20))
+		}
+		if ws, _ := s.snug.cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("%s: the daemon ended with %v, not at the failpoint", n, s.snug.cmd.ProcessState)
+		}
+		s.snug.Env = nil
+		s.snug.start()
+		s.waitSnapshotter()
+		inc := s.waitIncidentClosed(ids[n], since, 60*time.Second)
+		s.checkRepaired(inc, n, "", false)
+		seen := map[string]int{}
+		for _, st := range inc.Steps {
+			seen[st.Name]++
+		}
+		for _, want := range incidentSteps {
+			if seen[want] != 1 {
+				t.Errorf("%s (killed at %s): step %s recorded %d times: %+v", n, step, want, seen[want], inc.Steps)
+			}
+		}
+		if got := strings.Count(s.snug.Log(), "resuming incident"); got != i+1 {
+			t.Errorf("killed at %s: the log shows %d resumed incidents, want %d", step, got, i+1)
+		}
+		requireMountedOnce(t, s.activeImage(n).Path)
+		pids[n] = s.taskPID(n)
+		for _, other := range names {
+			if other != n && s.taskPID(other) != pids[other] {
+				t.Errorf("killed at %s: %s's process changed from %s to %q", step, other, pids[other], s.taskPID(other))
+			}
+		}
+	}
+}
