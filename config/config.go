@@ -40,6 +40,9 @@ type Config struct {
 	// events, so a container whose poststop hook did not run is still
 	// reclaimed when it stops; empty turns this off.
 	ContainerdAddress string `toml:"containerd_address"`
+	// E2fsprogsDir is where mkfs.ext4, e2fsck and resize2fs are taken from;
+	// empty looks them up in PATH, then /usr/sbin and /sbin.
+	E2fsprogsDir string `toml:"e2fsprogs_dir"`
 
 	Image   ImagePolicy   `toml:"image"`
 	Window  WindowPolicy  `toml:"window"`

@@ -35,6 +35,9 @@ func (c Config) validate() error {
 	if c.ContainerdAddress != "" && !filepath.IsAbs(c.ContainerdAddress) {
 		return bad("containerd_address", "must be an absolute path or empty, got %q", c.ContainerdAddress)
 	}
+	if c.E2fsprogsDir != "" && !filepath.IsAbs(c.E2fsprogsDir) {
+		return bad("e2fsprogs_dir", "must be an absolute path or empty, got %q", c.E2fsprogsDir)
+	}
 	if c.MetricsAddress != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddress); err != nil || port == "" {
 			return bad("metrics_address", "want host:port (e.g. \"127.0.0.1:9477\") or empty, got %q", c.MetricsAddress)

@@ -34,6 +34,7 @@ import (
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/control"
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/snapshotter"
 )
 
@@ -68,6 +69,7 @@ func Run(ctx context.Context, cfg config.Config, load func() (config.Config, err
 	}
 
 	start := time.Now()
+	imagefs.UseTools(cfg.E2fsprogsDir)
 	sn, err := snapshotter.New(ctx, cfg)
 	if err != nil {
 		return err
@@ -167,6 +169,7 @@ func reloadOnHangup(ctx context.Context, cfg config.Config, load func() (config.
 			continue
 		}
 		doctor.SetPolicy(next.Fsck)
+		imagefs.UseTools(next.E2fsprogsDir)
 		for _, k := range restartOnly(cfg, next) {
 			log.G(ctx).WithField("key", k).Warn("policy reloaded, but this key changes only at a restart")
 		}

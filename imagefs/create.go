@@ -79,7 +79,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	tmp := path + "." + uuid[:8] + tempSuffix
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", path, hostErr(err))
+		return fmt.Errorf("create %s: %w", path, HostError(err))
 	}
 	defer func() {
 		if err != nil {
@@ -89,7 +89,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	terr := f.Truncate(o.Quota)
 	cerr := f.Close()
 	if terr != nil || cerr != nil {
-		return fmt.Errorf("create %s: %w", path, hostErr(errors.Join(terr, cerr)))
+		return fmt.Errorf("create %s: %w", path, HostError(errors.Join(terr, cerr)))
 	}
 	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, BytesPerInode: o.BytesPerInode, UUID: uuid}); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
@@ -98,7 +98,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	if err := fsyncPath(tmp); err != nil {
-		return fmt.Errorf("create %s: %w", path, hostErr(err))
+		return fmt.Errorf("create %s: %w", path, HostError(err))
 	}
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
 		if errors.Is(err, unix.EEXIST) {
@@ -184,8 +184,9 @@ func fsyncPath(path string) error {
 	return f.Sync()
 }
 
-// hostErr marks errors that mean the host filesystem is full.
-func hostErr(err error) error {
+// HostError marks errors that mean the host filesystem is full (of blocks
+// or of inodes) with ErrHostFull, so that the message says so.
+func HostError(err error) error {
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 		return fmt.Errorf("%w: %w", ErrHostFull, err)
 	}

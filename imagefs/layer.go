@@ -71,7 +71,7 @@ func CreateLayer(ctx context.Context, path, src string) (Layer, error) {
 		size *= 2
 	}
 	if err := fsyncPath(tmp); err != nil {
-		return Layer{}, fmt.Errorf("create layer %s: %w", path, hostErr(err))
+		return Layer{}, fmt.Errorf("create layer %s: %w", path, HostError(err))
 	}
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
 		if errors.Is(err, unix.EEXIST) {
@@ -98,12 +98,12 @@ var errLayerTooSmall = errors.New("layer image too small for its content")
 func mkfsLayer(ctx context.Context, path, dir string, size, inodes int64, uuid string) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return hostErr(err)
+		return HostError(err)
 	}
 	terr := f.Truncate(size)
 	cerr := f.Close()
 	if terr != nil || cerr != nil {
-		return hostErr(errors.Join(terr, cerr))
+		return HostError(errors.Join(terr, cerr))
 	}
 	run, err := runTool(ctx, "mkfs.ext4",
 		"-F", "-q", "-t", "ext4", "-b", "4096", "-m", "0", "-I", "256",

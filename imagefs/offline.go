@@ -106,7 +106,7 @@ func Shrink(ctx context.Context, path string, quota int64, directIO bool) error 
 		os.Remove(tmp)
 		if err := copySparse(path, tmp); err != nil {
 			os.Remove(tmp)
-			return fmt.Errorf("shrink %s: copy: %w", path, hostErr(err))
+			return fmt.Errorf("shrink %s: copy: %w", path, HostError(err))
 		}
 		if err := shrinkCopy(ctx, tmp, quota, st.WindowBytes, directIO); err != nil {
 			os.Remove(tmp)

@@ -6,13 +6,38 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
-// toolPath lets tests and unusual hosts point at other e2fsprogs binaries.
-// Keys are tool names ("mkfs.ext4", "e2fsck", "resize2fs", "debugfs").
-var toolPath = map[string]string{}
+// toolDir holds the directory e2fsprogs tools are taken from ("" looks them
+// up); see UseTools.
+var toolDir atomic.Value
+
+// UseTools makes every later tool run take mkfs.ext4, e2fsck, resize2fs and
+// debugfs from dir alone (an e2fsprogs installed off the usual paths); ""
+// goes back to the lookup in PATH, /usr/sbin and /sbin. A tool missing from
+// dir is ErrToolMissing.
+func UseTools(dir string) { toolDir.Store(dir) }
+
+// toolBinary finds a tool's binary.
+func toolBinary(name string) (string, error) {
+	if dir, _ := toolDir.Load().(string); dir != "" {
+		return exec.LookPath(filepath.Join(dir, name))
+	}
+	path, err := exec.LookPath(name)
+	if err != nil {
+		// e2fsprogs installs to /sbin, which a non-login PATH may lack.
+		for _, dir := range []string{"/usr/sbin", "/sbin"} {
+			if p, e := exec.LookPath(dir + "/" + name); e == nil {
+				return p, nil
+			}
+		}
+	}
+	return path, err
+}
 
 // toolRun is the outcome of one external tool run.
 type toolRun struct {
@@ -26,20 +51,7 @@ type toolRun struct {
 // returns an error only when the tool could not run at all (missing, killed,
 // context ended); callers decide what a non-zero exit code means.
 func runTool(ctx context.Context, name string, args ...string) (toolRun, error) {
-	bin := name
-	if p, ok := toolPath[name]; ok {
-		bin = p
-	}
-	path, err := exec.LookPath(bin)
-	if err != nil {
-		// e2fsprogs installs to /sbin, which a non-login PATH may lack.
-		for _, dir := range []string{"/usr/sbin", "/sbin"} {
-			if p, e := exec.LookPath(dir + "/" + bin); e == nil {
-				path, err = p, nil
-				break
-			}
-		}
-	}
+	path, err := toolBinary(name)
 	if err != nil {
 		return toolRun{}, fmt.Errorf("%s: %w", name, ErrToolMissing)
 	}

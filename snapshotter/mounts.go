@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
 )
 
 // Mounts returns the mounts of the active or view snapshot key, again.
@@ -25,7 +27,34 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	if reason := s.quarantined(snap.ID); reason != "" {
 		return nil, fmt.Errorf("mounts of %s: %w (%s); see snug incidents", key, ErrQuarantined, reason)
 	}
+	if err := s.imagesPresent(snap); err != nil {
+		return nil, fmt.Errorf("mounts of %s: %w", key, err)
+	}
 	return s.mounts(snap), nil
+}
+
+// ErrImageDeleted is returned for a snapshot whose image file, or a parent
+// layer's, was deleted from under snug. A mounted filesystem lives on (its
+// loop device holds the file) until it is unmounted, then its data is
+// gone: a new mount of it is refused, and the snapshot can only be removed.
+var ErrImageDeleted = fmt.Errorf("image file deleted under snug: %w", errdefs.ErrFailedPrecondition)
+
+// imagesPresent checks that the image files a snapshot's mounts rely on
+// (its own and its parents' layers) still exist.
+func (s *Snapshotter) imagesPresent(snap storage.Snapshot) error {
+	paths := []string{s.imagePath(snap.ID, snap.Kind)}
+	for _, p := range snap.ParentIDs {
+		paths = append(paths, s.imagePath(p, snapshots.KindCommitted))
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%w: %s", ErrImageDeleted, p)
+		}
+	}
+	return nil
 }
 
 // mounts is what containerd and runc mount for a snapshot. The images are

@@ -51,7 +51,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 
 	td, err := os.MkdirTemp(filepath.Join(s.root, "snapshots"), newPrefix)
 	if err != nil {
-		return nil, fmt.Errorf("prepare %s: %w", key, err)
+		return nil, fmt.Errorf("prepare %s: %w", key, imagefs.HostError(err))
 	}
 	defer func() {
 		if td != "" {

@@ -2,7 +2,9 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -108,6 +110,11 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 		}
 		if kind == snapshots.KindCommitted {
 			st.Damaged = readMarker(filepath.Join(s.snapshotDir(st.ID), damagedFile))
+		}
+		if _, err := os.Lstat(image); errors.Is(err, os.ErrNotExist) {
+			st.Stats.Path = image
+			st.Problem = fmt.Sprintf("%v (mounted on %s, its data goes when it is unmounted): remove the snapshot", ErrImageDeleted, dev)
+			continue
 		}
 		m := &imagefs.Mounted{Image: image, Device: dev, Dir: mnt, ReadOnly: kind == snapshots.KindCommitted}
 		stats, err := m.Stat()

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/imagefs"
 )
 
 // Exit codes.
@@ -149,6 +150,7 @@ func (c *CLI) policy() (config.Config, error) {
 	if err != nil {
 		return cfg, fmt.Errorf("policy: %w", err)
 	}
+	imagefs.UseTools(cfg.E2fsprogsDir)
 	return cfg, nil
 }
 
