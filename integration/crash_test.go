@@ -177,22 +177,9 @@ func TestCrashMatrix(t *testing.T) {
 			sn := d.Snapshotter(t)
 			// A committed layer, an active snapshot on it with data, and a
 			// writer on a second one.
-			mounts, err := sn.Prepare(ctx, "base-build", "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			writeThrough(t, mounts, "base-file", "base")
-			if err := sn.Commit(ctx, "base", "base-build"); err != nil {
-				t.Fatal(err)
-			}
-			if mounts, err = sn.Prepare(ctx, "work", "base"); err != nil {
-				t.Fatal(err)
-			}
-			writeThrough(t, mounts, "work-file", "work")
-			if mounts, err = sn.Prepare(ctx, "running", "base"); err != nil {
-				t.Fatal(err)
-			}
-			w := startWriter(t, mounts)
+			seedBase(t, sn)
+			writeThrough(t, prepareOnBase(t, sn, "work"), "work-file", "work")
+			w := startWriter(t, prepareOnBase(t, sn, "running"))
 			if tc.prep != nil {
 				tc.prep(ctx, t, d, sn)
 			}
@@ -222,6 +209,30 @@ func TestCrashMatrix(t *testing.T) {
 			w.requireWriting(t)
 		})
 	}
+}
+
+// seedBase makes the committed layer "base" holding base-file.
+func seedBase(t *testing.T, sn snapshots.Snapshotter) {
+	t.Helper()
+	ctx := context.Background()
+	mounts, err := sn.Prepare(ctx, "base-build", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeThrough(t, mounts, "base-file", "base")
+	if err := sn.Commit(ctx, "base", "base-build"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// prepareOnBase prepares the active snapshot key on base.
+func prepareOnBase(t *testing.T, sn snapshots.Snapshotter, key string) []mount.Mount {
+	t.Helper()
+	mounts, err := sn.Prepare(context.Background(), key, "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mounts
 }
 
 // writeThrough mounts a snapshot's mounts, writes name, and unmounts.

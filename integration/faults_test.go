@@ -42,22 +42,9 @@ func TestHostFaults(t *testing.T) {
 	sn := d.Snapshotter(t)
 	ctx := context.Background()
 
-	mounts, err := sn.Prepare(ctx, "base-build", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeThrough(t, mounts, "base-file", "base")
-	if err := sn.Commit(ctx, "base", "base-build"); err != nil {
-		t.Fatal(err)
-	}
-	if mounts, err = sn.Prepare(ctx, "work", "base"); err != nil {
-		t.Fatal(err)
-	}
-	w := startWriter(t, mounts)
-	if mounts, err = sn.Prepare(ctx, "idle", "base"); err != nil {
-		t.Fatal(err)
-	}
-	writeThrough(t, mounts, "idle-file", "idle")
+	seedBase(t, sn)
+	w := startWriter(t, prepareOnBase(t, sn, "work"))
+	writeThrough(t, prepareOnBase(t, sn, "idle"), "idle-file", "idle")
 
 	// A quota the pool has no ready image for: Prepare makes it on the spot.
 	own := snapshots.WithLabels(map[string]string{"containerd.io/snapshot/max-size": fmt.Sprint(2 << 30)})
