@@ -5,7 +5,7 @@ BIN     := bin
 SNUG    := $(BIN)/snug
 PKGS    := ./...
 
-.PHONY: all build deps demo test test-unit test-root fuzz bench bench-imagefs bench-containerd bench-churn bench-daemon bench-fsck vet clean
+.PHONY: all build deps demo test test-unit test-root fuzz soak bench bench-imagefs bench-containerd bench-churn bench-daemon bench-fsck vet clean
 
 all: build
 
@@ -29,6 +29,16 @@ vet:
 # turns a missing dependency into a failure, never a skip.
 test: deps vet
 	SNUG_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 20m $(PKGS)
+
+# soak: TestLoad (part of make test, for 60 s there) for SNUG_LOAD_SECONDS
+# (180): 50 containers started and removed at once, round after round, on
+# snug and overlayfs, then 300 mounted snapshots; percentiles, memory, CPU,
+# status and reconcile times in bench/results/load.{json,txt}.
+SNUG_LOAD_SECONDS ?= 180
+soak: deps
+	@mkdir -p bench/results
+	SNUG_REQUIRE_ROOT=1 SNUG_LOAD_SECONDS=$(SNUG_LOAD_SECONDS) SNUG_BENCH_OUT=$(CURDIR)/bench/results \
+	  $(GO) test -count=1 -timeout 30m -run '^TestLoad$$' -v ./integration
 
 # fuzz runs every fuzzer for FUZZTIME each (default 30s).
 FUZZTIME ?= 30s

@@ -140,30 +140,15 @@ func Detach(device string) error {
 // path, read from sysfs (/sys/block/loopN/loop/backing_file), so a
 // restarted daemon finds the attachments it made before.
 func FindLoops(path string) ([]string, error) {
-	target, err := canonical(path)
-	if err != nil {
-		return nil, err
-	}
-	want, err := os.Stat(target)
-	if err != nil {
-		return nil, err
-	}
 	backing, err := backingFiles()
 	if err != nil {
 		return nil, err
 	}
-	var devs []string
+	t := &MountTable{loops: map[string][]string{}}
 	for _, b := range backing {
-		if b.file != target {
-			continue
-		}
-		// A path can be reused by a new file: compare the inode too.
-		if st, err := os.Stat(b.file); err != nil || !os.SameFile(st, want) {
-			continue
-		}
-		devs = append(devs, b.device)
+		t.loops[b.file] = append(t.loops[b.file], b.device)
 	}
-	return devs, nil
+	return t.Loops(path)
 }
 
 // canonical returns the absolute path with symlinks resolved, as the loop

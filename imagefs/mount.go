@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -182,32 +181,11 @@ func waitDetached(ctx context.Context, image, device string) error {
 // devices backing it and the mount table: a restarted process finds the
 // mounts made before it. It returns ErrNotMounted when there is none.
 func FindMount(path string) (*Mounted, error) {
-	img, err := canonical(path)
+	t, err := ReadMountTable()
 	if err != nil {
 		return nil, err
 	}
-	devs, err := FindLoops(img)
-	if err != nil {
-		return nil, err
-	}
-	for _, dev := range devs {
-		var st unix.Stat_t
-		if err := unix.Stat(dev, &st); err != nil {
-			continue
-		}
-		major, minor := int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev))
-		mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
-			return i.Major != major || i.Minor != minor || i.Root != "/", false
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, mi := range mounts {
-			ro := strings.Contains(","+mi.Options+",", ",ro,")
-			return &Mounted{Image: img, Device: dev, Dir: mi.Mountpoint, ReadOnly: ro}, nil
-		}
-	}
-	return nil, fmt.Errorf("%s: %w", path, ErrNotMounted)
+	return t.Find(path)
 }
 
 // IsAttached reports whether any loop device backs the image.

@@ -56,7 +56,16 @@ func isStalePrivate(dir string) bool {
 // It reports whether there was one; an image mounted anywhere else is left
 // alone.
 func ReleaseStale(ctx context.Context, path string) (bool, error) {
-	m, err := FindMount(path)
+	t, err := ReadMountTable()
+	if err != nil {
+		return false, err
+	}
+	return t.ReleaseStale(ctx, path)
+}
+
+// ReleaseStale is ReleaseStale, looking the image up in the table.
+func (t *MountTable) ReleaseStale(ctx context.Context, path string) (bool, error) {
+	m, err := t.Find(path)
 	if errors.Is(err, ErrNotMounted) || errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}

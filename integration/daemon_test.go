@@ -111,15 +111,24 @@ func startDaemon(t testing.TB, dir, extra string) *daemon {
 func (d *daemon) start() {
 	d.t.Helper()
 	d.spawn()
+	if !d.answers() {
+		d.t.Fatalf("snug serve exited at start:\n%s", d.Log())
+	}
+}
+
+// answers waits until the spawned daemon's socket answers, and reports
+// false if the process ended first.
+func (d *daemon) answers() bool {
+	d.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if c, err := net.Dial("unix", d.Address); err == nil {
 			c.Close()
-			return
+			return true
 		}
 		select {
 		case <-d.done:
-			d.t.Fatalf("snug serve exited at start:\n%s", d.Log())
+			return false
 		default:
 		}
 		if time.Now().After(deadline) {

@@ -29,6 +29,14 @@ import (
 //     unmounted and deleted;
 //   - view: nothing to mount.
 func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string) error {
+	return s.convergeIn(ctx, nil, id, kind, parentIDs)
+}
+
+// convergeIn is converge, looking images up in tbl, the kernel's loop
+// devices and mounts read once for all snapshots at start-up (nil: read
+// them now). It is exact for this snapshot's images: converging one
+// snapshot touches no other's.
+func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, id string, kind snapshots.Kind, parentIDs []string) error {
 	dir := s.snapshotDir(id)
 	mnt := s.mountPath(id)
 	// A half-made layer image from a commit a crash interrupted.
@@ -43,7 +51,7 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 		if reason := s.quarantined(id); reason != "" {
 			return fmt.Errorf("snapshot %s: %w: %s", id, ErrQuarantined, reason)
 		}
-		m, err := s.ensureMounted(ctx, filepath.Join(dir, rwImage), mnt, s.policy().mount)
+		m, err := s.ensureMounted(ctx, tbl, filepath.Join(dir, rwImage), mnt, s.policy().mount)
 		if err != nil {
 			return err
 		}
@@ -57,7 +65,7 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 		rw := filepath.Join(dir, rwImage)
 		if _, err := os.Lstat(rw); err == nil {
 			s.untrack(id)
-			if m, err := imagefs.FindMount(rw); err == nil {
+			if m, err := find(tbl, rw); err == nil {
 				if err := m.Unmount(ctx); err != nil {
 					return fmt.Errorf("snapshot %s: %w", id, err)
 				}
@@ -68,11 +76,14 @@ func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Ki
 				return fmt.Errorf("snapshot %s: %w", id, err)
 			}
 		}
-		m, err := s.ensureMounted(ctx, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO})
+		m, err := s.ensureMounted(ctx, tbl, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO})
 		if err != nil {
 			return err
 		}
 		s.trackLayer(ctx, id, m)
+		if err := requireDir(s.layerPath(id)); err != nil {
+			return fmt.Errorf("snapshot %s: %w", id, err)
+		}
 	}
 	return nil
 }
@@ -116,15 +127,31 @@ func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mou
 	return nil
 }
 
+// find looks the image up in tbl, or in the kernel's tables now.
+func find(tbl *imagefs.MountTable, image string) (*imagefs.Mounted, error) {
+	if tbl == nil {
+		return imagefs.FindMount(image)
+	}
+	return tbl.Find(image)
+}
+
 // ensureMounted mounts image on mnt unless it is mounted there already. An
 // image mounted somewhere else is an error: snug never mounts an image twice.
-func (s *Snapshotter) ensureMounted(ctx context.Context, image, mnt string, o imagefs.MountOptions) (*imagefs.Mounted, error) {
+func (s *Snapshotter) ensureMounted(ctx context.Context, tbl *imagefs.MountTable, image, mnt string, o imagefs.MountOptions) (*imagefs.Mounted, error) {
+	if tbl == nil {
+		var err error
+		if tbl, err = imagefs.ReadMountTable(); err != nil {
+			return nil, err
+		}
+	}
 	// A daemon killed while it worked on the image unmounted (a shrink, a
 	// repair) left it on a private mount.
-	if _, err := imagefs.ReleaseStale(ctx, image); err != nil {
+	if released, err := tbl.ReleaseStale(ctx, image); err != nil {
 		return nil, err
+	} else if released {
+		tbl = nil
 	}
-	m, err := imagefs.FindMount(image)
+	m, err := find(tbl, image)
 	switch {
 	case err == nil:
 		if want, _ := filepath.EvalSymlinks(mnt); m.Dir != mnt && m.Dir != want {
@@ -175,12 +202,16 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 	if err := s.cleanup(ctx, true); err != nil {
 		return err
 	}
+	tbl, err := imagefs.ReadMountTable()
+	if err != nil {
+		return err
+	}
 	var errs []error
 	for i, r := range recs {
 		if i == 1 {
 			failpoint.Inject("reconcile-converged") // one snapshot converged, the rest not
 		}
-		if err := s.converge(ctx, r.id, r.kind, r.parents); err != nil {
+		if err := s.convergeIn(ctx, tbl, r.id, r.kind, r.parents); err != nil {
 			// One broken snapshot must not keep the others from being served.
 			log.G(ctx).WithError(err).WithField("id", r.id).Error("cannot restore snapshot")
 			errs = append(errs, err)

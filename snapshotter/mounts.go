@@ -27,7 +27,7 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	if reason := s.quarantined(snap.ID); reason != "" {
 		return nil, fmt.Errorf("mounts of %s: %w (%s); see snug incidents", key, ErrQuarantined, reason)
 	}
-	if err := s.imagesPresent(snap); err != nil {
+	if err := s.imagesSound(snap); err != nil {
 		return nil, fmt.Errorf("mounts of %s: %w", key, err)
 	}
 	return s.mounts(snap), nil
@@ -39,9 +39,10 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 // gone: a new mount of it is refused, and the snapshot can only be removed.
 var ErrImageDeleted = fmt.Errorf("image file deleted under snug: %w", errdefs.ErrFailedPrecondition)
 
-// imagesPresent checks that the image files a snapshot's mounts rely on
-// (its own and its parents' layers) still exist.
-func (s *Snapshotter) imagesPresent(snap storage.Snapshot) error {
+// imagesSound checks that the image files a snapshot's mounts rely on (its
+// own and its parents' layers) still exist, and that the directories the
+// mounts name in them are directories, not symlinks out of the image.
+func (s *Snapshotter) imagesSound(snap storage.Snapshot) error {
 	paths := []string{s.imagePath(snap.ID, snap.Kind)}
 	for _, p := range snap.ParentIDs {
 		paths = append(paths, s.imagePath(p, snapshots.KindCommitted))
@@ -52,6 +53,18 @@ func (s *Snapshotter) imagesPresent(snap storage.Snapshot) error {
 		}
 		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("%w: %s", ErrImageDeleted, p)
+		}
+	}
+	dirs := []string{}
+	if snap.Kind == snapshots.KindActive {
+		dirs = append(dirs, s.upperPath(snap.ID), filepath.Join(s.mountPath(snap.ID), workDir))
+	}
+	for _, p := range snap.ParentIDs {
+		dirs = append(dirs, s.layerPath(p))
+	}
+	for _, d := range dirs {
+		if err := requireDir(d); err != nil {
+			return err
 		}
 	}
 	return nil

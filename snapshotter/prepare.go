@@ -143,6 +143,26 @@ func ensureUpper(mnt string) error {
 		if err := os.Mkdir(filepath.Join(mnt, d.name), d.mode); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
 		}
+		if err := requireDir(filepath.Join(mnt, d.name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ErrCraftedImage is returned for an image whose top directories are not
+// what snug makes: an upper, work or layer directory that is a symlink (or
+// not a directory) would send a container's overlay outside the image.
+var ErrCraftedImage = errors.New("image holds a crafted directory")
+
+// requireDir checks that path is a directory itself, not a symlink to one.
+func requireDir(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is a %v, not a directory", ErrCraftedImage, path, fi.Mode().Type())
 	}
 	return nil
 }
