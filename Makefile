@@ -52,6 +52,7 @@ fuzz:
 	$(GO) test ./fsck -run '^$$' -fuzz '^FuzzParseEvents$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./control -run '^$$' -fuzz '^FuzzControlAPI$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzEventFsids$$' -fuzztime $(FUZZTIME)
+	SNUG_REQUIRE_ROOT=1 $(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzSnapshotKeys$$' -fuzztime $(FUZZTIME)
 
 # bench-imagefs: footprint and swell of the churn workload in four modes,
 # plus Create/Grow/Reclaim times, and the two ways to commit a layer;

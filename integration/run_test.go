@@ -208,7 +208,8 @@ func snugLeftovers(t *testing.T, root string) []string {
 // TestDaemonRestartKeepsContainers stops snug serve under running
 // containers, with SIGTERM and with SIGKILL: the containers keep running
 // and writing, and after the restart every snapshot is served again, each
-// image mounted once on one loop device.
+// image mounted once on one loop device. Then containerd restarts under a
+// running snug: snug follows its task exits again, and containers run.
 func TestDaemonRestartKeepsContainers(t *testing.T) {
 	s := startStack(t, containerPolicy)
 	s.importImage()
@@ -257,6 +258,20 @@ func TestDaemonRestartKeepsContainers(t *testing.T) {
 		if !strings.Contains(out, "ok") {
 			t.Errorf("after %v: new container printed %q", sig, out)
 		}
+	}
+
+	following := strings.Count(s.snug.Log(), "following containerd's task exits")
+	s.restartContainerd()
+	for end := time.Now().Add(30 * time.Second); strings.Count(s.snug.Log(), "following containerd's task exits") == following; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("snug does not follow the restarted containerd:\n%s", lastLines(s.snug.Log(), 20))
+		}
+	}
+	if out := s.ctr("tasks", "ls"); !regexp.MustCompile(`survivor\s+\d+\s+RUNNING`).MatchString(out) {
+		t.Errorf("after containerd's restart: container not running:\n%s", out)
+	}
+	if out := s.ctr("run", "--rm", "--snapshotter", "snug", testImageRef, "fresh-ctrd", "/bin/sh", "-c", "echo ok"); !strings.Contains(out, "ok") {
+		t.Errorf("after containerd's restart: new container printed %q", out)
 	}
 }
 
