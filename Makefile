@@ -45,6 +45,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./config -run '^$$' -fuzz '^FuzzValidClassName$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzParseSuperblock$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzDecodeFiemap$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzParseMaxSize$$' -fuzztime $(FUZZTIME)

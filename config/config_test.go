@@ -210,3 +210,26 @@ func FuzzParseSize(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValidClassName: a class name comes from a pod's annotation. What
+// ValidClassName accepts is short printable ASCII with no path separator,
+// NUL or space, so it can go into a file's content, a log line or a metric
+// label as it is.
+func FuzzValidClassName(f *testing.F) {
+	for _, s := range []string{"batch", "a.b_c-9", "", "..", "../x", "a/b", "x\x00", strings.Repeat("a", 64), "ü", "a b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !ValidClassName(s) {
+			return
+		}
+		if len(s) == 0 || len(s) > 63 {
+			t.Fatalf("%q accepted, length %d", s, len(s))
+		}
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; c <= ' ' || c >= 0x7f || c == '/' || c == '\\' {
+				t.Fatalf("%q accepted, with byte %#x", s, c)
+			}
+		}
+	})
+}

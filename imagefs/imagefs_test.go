@@ -51,6 +51,19 @@ func mountImage(t *testing.T, path, dir string) *Mounted {
 	return m
 }
 
+// requirePrivate fails unless the file is readable and writable by its
+// owner (root) alone: an image holds a container's files.
+func requirePrivate(t *testing.T, path string) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", path, fi.Mode().Perm())
+	}
+}
+
 // requireClean fails the test unless e2fsck -fn finds the unmounted image clean.
 func requireClean(t *testing.T, path string) {
 	t.Helper()
@@ -103,6 +116,7 @@ func TestCreateFootprintIsSmall(t *testing.T) {
 		t.Fatalf("stats of a fresh image: %+v", st)
 	}
 	requireClean(t, path)
+	requirePrivate(t, path)
 
 	// Every image gets its own UUID: ext4's fsid, which fanotify reports,
 	// derives from it.

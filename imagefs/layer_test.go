@@ -58,6 +58,7 @@ func TestCreateLayerKeepsOverlayMetadata(t *testing.T) {
 		t.Errorf("layer footprint %d bytes for 3 MiB of data", layer.Bytes)
 	}
 	requireClean(t, img)
+	requirePrivate(t, img)
 
 	mnt := filepath.Join(dir, "mnt")
 	must(os.Mkdir(mnt, 0o755))
