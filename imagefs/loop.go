@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // Loop is a loop device attached to an image file.
@@ -74,8 +76,11 @@ func Attach(ctx context.Context, path string, o AttachOptions) (*Loop, error) {
 	// CONFIGURE; the loser sees EBUSY and asks again.
 	for attempt := 0; ; attempt++ {
 		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if ferr := failpoint.Fault("loop-exhausted", unix.ENOSPC); ferr != nil {
+			n, err = -1, ferr // what the kernel says when it can add no device
+		}
 		if err != nil {
-			return nil, fmt.Errorf("attach %s: LOOP_CTL_GET_FREE: %w", path, err)
+			return nil, fmt.Errorf("attach %s: no free loop device (LOOP_CTL_GET_FREE): %w", path, err)
 		}
 		devPath := "/dev/loop" + strconv.Itoa(n)
 		dev, err := openLoopNode(ctx, devPath, flag)

@@ -39,6 +39,11 @@ func TestHostFaults(t *testing.T) {
 	tools := filepath.Join(dir, "tools")
 	setTools(t, tools, nil)
 	d := startDaemon(t, dir, fmt.Sprintf("e2fsprogs_dir = %q\n[image]\nquota = \"1GiB\"\n", tools))
+	// Faults the kernel cannot be made to produce are injected while this
+	// file names them (internal/failpoint.Fault).
+	faults := filepath.Join(dir, "faults")
+	d.Env = []string{"SNUG_FAULT_FILE=" + faults}
+	d.Restart(syscall.SIGTERM)
 	sn := d.Snapshotter(t)
 	ctx := context.Background()
 
@@ -93,6 +98,16 @@ func TestHostFaults(t *testing.T) {
 	fails("no inodes", "no space left on device", func() error { return prepare("no-inodes") })
 	os.RemoveAll(inodes)
 	recovers("no inodes")
+
+	// Out of loop devices: LOOP_CTL_GET_FREE fails as when the kernel can
+	// add no device (injected: this kernel makes them on demand).
+	if err := os.WriteFile(faults, []byte("loop-exhausted\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fails("no loop device", "no free loop device", func() error { return prepare("no-loop") })
+	fails("no loop device", "no free loop device", func() error { _, err := sn.Prepare(ctx, "no-loop-pool", "base"); return err })
+	os.Remove(faults)
+	recovers("no loop device")
 
 	// mkfs.ext4 failing, then missing.
 	setTools(t, tools, map[string]string{"mkfs.ext4": "echo 'mkfs.ext4: simulated failure' >&2; exit 1"})

@@ -9,3 +9,6 @@ const Enabled = false
 
 // Inject does nothing without the failpoints build tag.
 func Inject(string) {}
+
+// Fault returns nil without the failpoints build tag.
+func Fault(string, error) error { return nil }
