@@ -54,6 +54,7 @@ fuzz:
 	$(GO) test ./control -run '^$$' -fuzz '^FuzzControlAPI$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzEventFsids$$' -fuzztime $(FUZZTIME)
 	SNUG_REQUIRE_ROOT=1 $(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzSnapshotKeys$$' -fuzztime $(FUZZTIME)
+	SNUG_REQUIRE_ROOT=1 $(GO) test -count=1 ./snapshotter -run '^TestSweepFuzzLeftovers$$'
 
 # bench-imagefs: footprint and swell of the churn workload in four modes,
 # plus Create/Grow/Reclaim times, and the two ways to commit a layer;

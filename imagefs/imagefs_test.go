@@ -543,6 +543,20 @@ func TestRemoveTemporariesReleasesStaleMounts(t *testing.T) {
 		t.Errorf("an image mounted by someone else was released: %v", err)
 	}
 
+	// Empty private directories a killed process left are swept once old;
+	// a fresh one may be a live process's, about to be mounted on.
+	old, _ := os.MkdirTemp("", "snug-mnt-")
+	fresh, _ := os.MkdirTemp("", "snug-mnt-")
+	t.Cleanup(func() { os.Remove(old); os.Remove(fresh) })
+	os.Chtimes(old, time.Now().Add(-2*privateDirAge), time.Now().Add(-2*privateDirAge))
+	SweepPrivateDirs()
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("old empty private directory kept: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh private directory swept: %v", err)
+	}
+
 	// This process's own private mount is not stale.
 	own, _ := newImage(t, 128*mib, 64*mib)
 	err = WithMount(ctx, own, MountOptions{}, func(m *Mounted) error {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Private mounts are the short-lived mounts imagefs makes for itself (to place
@@ -49,6 +50,28 @@ func isStalePrivate(dir string) bool {
 		}
 	}
 	return false
+}
+
+// privateDirAge is how old an empty private mount directory must be to be
+// garbage: a live process mounts on its directory the moment it makes it.
+const privateDirAge = time.Minute
+
+// SweepPrivateDirs removes the empty private mount directories that
+// processes killed between making one and mounting on it left in the
+// system's temporary directory. A directory still mounted on is not empty
+// to rmdir, and stays (ReleaseStale is for those).
+func SweepPrivateDirs() {
+	for _, p := range privatePrefixes {
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), p+"*"))
+		for _, dir := range dirs {
+			if _, mine := privateInUse.Load(dir); mine {
+				continue
+			}
+			if fi, err := os.Lstat(dir); err == nil && fi.IsDir() && time.Since(fi.ModTime()) > privateDirAge {
+				os.Remove(dir) // fails, harmlessly, unless empty and unmounted
+			}
+		}
+	}
 }
 
 // ReleaseStale unmounts the image at path from a private mount a killed

@@ -2,13 +2,17 @@ package snapshotter
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -34,7 +38,15 @@ func FuzzSnapshotKeys(f *testing.F) {
 		f.Add(seed[0], seed[1])
 	}
 	roottest.Require(f, "mkfs.ext4", "e2fsck")
-	parent := roottest.TempDir(f)
+	// Each fuzzing worker is a process of its own, and the fuzzing engine
+	// kills them at the end without running cleanups: their state is
+	// named by pid, and a worker sweeps what dead ones left.
+	sweepFuzzRoots(f)
+	parent := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d", fuzzRootPrefix, os.Getpid()))
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { removeFuzzRoot(parent) })
 	root := filepath.Join(parent, "state")
 	sn, err := New(context.Background(), testConfig(root))
 	if err != nil {
@@ -68,6 +80,38 @@ func FuzzSnapshotKeys(f *testing.F) {
 			t.Fatalf("Remove(%q): %v", name, err)
 		}
 	})
+}
+
+// fuzzRootPrefix names FuzzSnapshotKeys's state directories, pid appended.
+const fuzzRootPrefix = "snug-fuzz-keys-"
+
+// sweepFuzzRoots unmounts and deletes the state of fuzzing workers that are
+// gone.
+func sweepFuzzRoots(t testing.TB) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), fuzzRootPrefix+"*"))
+	for _, dir := range dirs {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(dir), fuzzRootPrefix))
+		if err != nil || pid == os.Getpid() || unix.Kill(pid, 0) == nil {
+			continue
+		}
+		if err := removeFuzzRoot(dir); err != nil {
+			t.Errorf("sweep %s: %v", dir, err)
+		}
+	}
+}
+
+func removeFuzzRoot(dir string) error {
+	if err := imagefs.UnmountBelow(context.Background(), dir); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}
+
+// TestSweepFuzzLeftovers removes what killed FuzzSnapshotKeys workers left
+// (make fuzz runs it after the fuzzer).
+func TestSweepFuzzLeftovers(t *testing.T) {
+	roottest.Require(t)
+	sweepFuzzRoots(t)
 }
 
 // requireOnlyState fails unless the parent of the state directory holds

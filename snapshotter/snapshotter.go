@@ -76,6 +76,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
 	}
+	imagefs.SweepPrivateDirs()
 	pl, err := newPool(ctx, root, policyFrom(cfg).create)
 	if err != nil {
 		ms.Close()
