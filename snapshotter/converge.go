@@ -110,7 +110,11 @@ func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mou
 	// The window starts with its headroom free, whatever ext4's own
 	// metadata took of the initial window; the keeper takes over after.
 	st := s.track(ctx, id, m)
-	if _, err := m.EnsureFree(ctx, int64(s.classOf(ctx, st).Window.Headroom)); err != nil {
+	_, err := m.EnsureFree(ctx, int64(s.classOf(ctx, st).Window.Headroom))
+	// Watched only now: a fresh image's first window may be all ext4
+	// metadata, which the watcher would count as a window found full.
+	s.watcher.Add(id, m, s.watchPolicy(ctx, st))
+	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	_, statErr := os.Lstat(filepath.Join(mnt, upperDir))

@@ -72,7 +72,8 @@ func (t *totals) snapshot() Totals {
 // Totals returns the daemon's cumulative counters.
 func (s *Snapshotter) Totals() Totals { return s.totals.snapshot() }
 
-// track starts serving a mounted rw image: its state, and the watcher. Its
+// track starts serving a mounted rw image: its state (serveActive hands
+// it to the watcher once its headroom is free). Its
 // class is in the class file: written from the snapshot label when the
 // snapshot was made, rewritten when an OCI annotation picks another.
 func (s *Snapshotter) track(ctx context.Context, id string, m *imagefs.Mounted) *imageState {
@@ -87,7 +88,6 @@ func (s *Snapshotter) track(ctx context.Context, id string, m *imagefs.Mounted) 
 	}
 	o := s.mountObs
 	s.imagesMu.Unlock()
-	s.watcher.Add(id, m, s.watchPolicy(ctx, st))
 	if !ok && o != nil {
 		o.Mounted(ctx, id, false, m)
 	}
