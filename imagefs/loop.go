@@ -145,13 +145,9 @@ func Detach(device string) error {
 // path, read from sysfs (/sys/block/loopN/loop/backing_file), so a
 // restarted daemon finds the attachments it made before.
 func FindLoops(path string) ([]string, error) {
-	backing, err := backingFiles()
+	t, err := readLoops()
 	if err != nil {
 		return nil, err
-	}
-	t := &MountTable{loops: map[string][]string{}}
-	for _, b := range backing {
-		t.loops[b.file] = append(t.loops[b.file], b.device)
 	}
 	return t.Loops(path)
 }

@@ -115,10 +115,14 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 		return nil, fmt.Errorf("mount %s: %w", path, err)
 	}
 	defer unlock()
-	if devs, err := FindLoops(img); err != nil {
+	t, err := ReadMountTable()
+	if err != nil {
+		return nil, err
+	}
+	if devs, err := t.Loops(img); err != nil {
 		return nil, err
 	} else if len(devs) > 0 {
-		if m, err := FindMount(img); err == nil {
+		if m, err := t.Find(img); err == nil {
 			return nil, fmt.Errorf("mount %s: %w: mounted on %s", path, ErrInUse, m.Dir)
 		}
 		m, err := adopt(img, devs, dir, o)
@@ -197,10 +201,18 @@ func IsAttached(path string) (bool, error) {
 // WithMount runs fn on the image mounted: where it is mounted already, there;
 // otherwise on a private temporary mount that is gone when WithMount returns.
 func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounted) error) (err error) {
-	if _, err := ReleaseStale(ctx, path); err != nil {
+	t, err := ReadMountTable()
+	if err != nil {
 		return err
 	}
-	if m, ferr := FindMount(path); ferr == nil {
+	if released, err := t.ReleaseStale(ctx, path); err != nil {
+		return err
+	} else if released {
+		if t, err = ReadMountTable(); err != nil {
+			return err
+		}
+	}
+	if m, ferr := t.Find(path); ferr == nil {
 		if m.ReadOnly && !o.ReadOnly {
 			return fmt.Errorf("%s is mounted read-only on %s", path, m.Dir)
 		}
@@ -208,9 +220,9 @@ func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounte
 	} else if !errors.Is(ferr, ErrNotMounted) {
 		return ferr
 	}
-	if attached, aerr := IsAttached(path); aerr != nil {
-		return aerr
-	} else if attached {
+	if devs, lerr := t.Loops(path); lerr != nil {
+		return lerr
+	} else if len(devs) > 0 {
 		return fmt.Errorf("%s: %w but not mounted", path, ErrInUse)
 	}
 	dir, done, err := makePrivateDir("snug-mnt-")

@@ -54,8 +54,8 @@ func UnmountBelow(ctx context.Context, dir string) error {
 }
 
 // detachWait bounds how long a device may take to go once its last user
-// went (milliseconds, measured); one still attached after it has a user
-// elsewhere.
+// went (autoclear detaches it as the last unmount ends); one still
+// attached after it has a user elsewhere.
 const detachWait = 5 * time.Second
 
 // waitLoopsGone waits until no loop device is backed by a file below dir.

@@ -22,14 +22,11 @@ type MountTable struct {
 
 // ReadMountTable reads the loop devices and the mount table.
 func ReadMountTable() (*MountTable, error) {
-	backing, err := backingFiles()
+	t, err := readLoops()
 	if err != nil {
 		return nil, err
 	}
-	t := &MountTable{loops: map[string][]string{}, mounts: map[uint64]*mountinfo.Info{}}
-	for _, b := range backing {
-		t.loops[b.file] = append(t.loops[b.file], b.device)
-	}
+	t.mounts = map[uint64]*mountinfo.Info{}
 	infos, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) { return i.Root != "/", false })
 	if err != nil {
 		return nil, err
@@ -39,6 +36,19 @@ func ReadMountTable() (*MountTable, error) {
 		if _, ok := t.mounts[dev]; !ok {
 			t.mounts[dev] = mi
 		}
+	}
+	return t, nil
+}
+
+// readLoops reads the loop devices alone: a table whose Find sees no mount.
+func readLoops() (*MountTable, error) {
+	backing, err := backingFiles()
+	if err != nil {
+		return nil, err
+	}
+	t := &MountTable{loops: map[string][]string{}}
+	for _, b := range backing {
+		t.loops[b.file] = append(t.loops[b.file], b.device)
 	}
 	return t, nil
 }

@@ -347,14 +347,7 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 	// that to settle; a leaked device would stay.
 	var backing []string
 	for end := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		backing = backing[:0]
-		loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-		for _, l := range loops {
-			if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), d.Root+"/") {
-				backing = append(backing, strings.TrimSpace(string(b)))
-			}
-		}
-		if len(backing) == images || time.Now().After(end) {
+		if backing = loopsUnder(d.Root + "/"); len(backing) == images || time.Now().After(end) {
 			break
 		}
 	}
@@ -362,12 +355,35 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 		t.Errorf("%d loop devices on images under %s for %d images: %v", len(backing), d.Root, images, backing)
 	}
 	// No half-made image file is left, in the pool or anywhere else.
-	filepath.WalkDir(d.Root, func(path string, e os.DirEntry, err error) error {
+	if temps := halfMadeImages(d.Root); len(temps) > 0 {
+		t.Errorf("half-made images left: %v", temps)
+	}
+}
+
+// loopsUnder lists the backing files, under prefix, of attached loop
+// devices.
+func loopsUnder(prefix string) []string {
+	var backing []string
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, l := range loops {
+		if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(string(b), prefix) {
+			backing = append(backing, strings.TrimSpace(string(b)))
+		}
+	}
+	return backing
+}
+
+// halfMadeImages lists the image files below root that Create or Shrink
+// has not finished (*.snug-tmp).
+func halfMadeImages(root string) []string {
+	var temps []string
+	filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
 		if err == nil && strings.HasSuffix(path, ".snug-tmp") {
-			t.Errorf("half-made image left: %s", path)
+			temps = append(temps, path)
 		}
 		return nil
 	})
+	return temps
 }
 
 // requireCheckClean runs `snug check` on a snapshot: e2fsck -fn of its

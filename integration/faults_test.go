@@ -286,14 +286,7 @@ func requireNothingHalfMade(t *testing.T, d *daemon, fault string) {
 	// The pool may be making an image in the background: give it time.
 	var temps []string
 	for end := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		temps = temps[:0]
-		filepath.WalkDir(d.Root, func(path string, e os.DirEntry, err error) error {
-			if err == nil && strings.HasSuffix(path, ".snug-tmp") {
-				temps = append(temps, path)
-			}
-			return nil
-		})
-		if len(temps) == 0 || time.Now().After(end) {
+		if temps = halfMadeImages(d.Root); len(temps) == 0 || time.Now().After(end) {
 			break
 		}
 	}
@@ -301,14 +294,7 @@ func requireNothingHalfMade(t *testing.T, d *daemon, fault string) {
 		t.Errorf("%s: half-made images left: %v", fault, temps)
 	}
 	images := len(d.Status(t))
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	n := 0
-	for _, l := range loops {
-		if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(string(b), d.Root+"/snapshots/") {
-			n++
-		}
-	}
-	if n != images {
+	if n := len(loopsUnder(d.Root + "/snapshots/")); n != images {
 		t.Errorf("%s: %d loop devices on snapshot images, %d images", fault, n, images)
 	}
 }

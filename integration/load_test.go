@@ -242,12 +242,7 @@ func (s *stack) footprint(pid int) daemonFootprint {
 	root := s.snug.Root
 	var f daemonFootprint
 	f.images = len(s.status())
-	backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, b := range backing {
-		if p, err := os.ReadFile(b); err == nil && strings.HasPrefix(string(p), root+"/snapshots/") {
-			f.loops++
-		}
-	}
+	f.loops = len(loopsUnder(root + "/snapshots/"))
 	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Join(root, "snapshots")))
 	if err != nil {
 		s.t.Fatal(err)

@@ -191,12 +191,8 @@ func snugLeftovers(t *testing.T, root string) []string {
 	for _, m := range mounts {
 		left = append(left, "mount "+m.Mountpoint)
 	}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		if strings.HasPrefix(string(b), root+"/") {
-			left = append(left, "loop "+strings.TrimSpace(string(b)))
-		}
+	for _, b := range loopsUnder(root + "/") {
+		left = append(left, "loop "+b)
 	}
 	entries, _ := os.ReadDir(filepath.Join(root, "snapshots"))
 	for _, e := range entries {
