@@ -50,6 +50,8 @@ fuzz:
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzDecodeFiemap$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzParseMaxSize$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzParseRuncArgs$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzBundleConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./fsck -run '^$$' -fuzz '^FuzzParseEvents$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./control -run '^$$' -fuzz '^FuzzControlAPI$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzEventFsids$$' -fuzztime $(FUZZTIME)

@@ -65,6 +65,7 @@ func TestParseRuncArgs(t *testing.T) {
 		{[]string{"create", "-b", "/b/c2", "c2"}, "create", "/b/c2"},
 		{[]string{"--systemd-cgroup", "run", "--bundle=/b/c3", "c3"}, "run", "/b/c3"},
 		{[]string{"create", "c4"}, "create", "."},
+		{[]string{"run", "-b", "", "c5"}, "run", "."},
 		{[]string{"--root", "/r", "start", "c1"}, "start", ""},
 		{[]string{"--root", "/r", "delete", "--force", "c1"}, "delete", ""},
 		{[]string{"--version"}, "", ""},
@@ -158,5 +159,29 @@ func TestRootfsOf(t *testing.T) {
 	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"root":{"path":"rfs"}}`), 0o600)
 	if r, _ := rootfsOf(st); r != filepath.Join(bundle, "rfs") {
 		t.Errorf("relative root: %s", r)
+	}
+}
+
+// TestAddHooksRefusesAmbiguousKeys: runc reads keys in any case, so a
+// "Hooks" or "PostStop" beside snug's exact key would hide one of them.
+// AddHooks refuses such a file and leaves it as it was.
+func TestAddHooksRefusesAmbiguousKeys(t *testing.T) {
+	c := Command{Path: "/usr/local/bin/snug", Args: []string{"snug", "hook"}}
+	for _, doc := range []string{
+		`{"Hooks":{"poststop":[{"path":"/bin/x"}]}}`,
+		`{"hooks":{"PostStop":[{"path":"/bin/x"}]}}`,
+		`{"hooks":{"createruntime":[]}}`,
+	} {
+		bundle := t.TempDir()
+		path := filepath.Join(bundle, "config.json")
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := AddHooks(bundle, c); err == nil {
+			t.Errorf("%s: accepted", doc)
+		}
+		if b, _ := os.ReadFile(path); string(b) != doc {
+			t.Errorf("%s: changed to %s", doc, b)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -95,12 +96,15 @@ func ParseRuncArgs(args []string) (command, bundle string) {
 			bundle = strings.TrimPrefix(a, "-b=")
 		}
 	}
+	if bundle == "" {
+		bundle = "." // runc takes an empty --bundle as the working directory
+	}
 	return command, bundle
 }
 
 // AddHooks adds snug's createRuntime and poststop hooks to the config.json
 // of bundle, once (a hook already there is not added again). Every other
-// field is kept byte for byte; the file is replaced atomically.
+// field keeps its value, written compactly; the file is replaced atomically.
 func AddHooks(bundle string, c Command) error {
 	path := filepath.Join(bundle, "config.json")
 	fi, err := os.Stat(path)
@@ -115,11 +119,17 @@ func AddHooks(bundle string, c Command) error {
 	if err := json.Unmarshal(data, &doc); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
+	if err := unambiguous(doc, "hooks"); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
 	hooks := map[string]json.RawMessage{}
 	if raw, ok := doc["hooks"]; ok && string(raw) != "null" {
 		if err := json.Unmarshal(raw, &hooks); err != nil {
 			return fmt.Errorf("%s: hooks: %w", path, err)
 		}
+	}
+	if err := unambiguous(hooks, StageCreateRuntime, StagePoststop); err != nil {
+		return fmt.Errorf("%s: hooks: %w", path, err)
 	}
 	for _, stage := range []string{StageCreateRuntime, StagePoststop} {
 		var list []specs.Hook
@@ -132,18 +142,18 @@ func AddHooks(bundle string, c Command) error {
 		if slices.ContainsFunc(list, func(o specs.Hook) bool { return o.Path == h.Path && slices.Equal(o.Args, h.Args) }) {
 			continue
 		}
-		b, err := json.Marshal(append(list, h))
+		b, err := marshal(append(list, h))
 		if err != nil {
 			return err
 		}
 		hooks[stage] = b
 	}
-	b, err := json.Marshal(hooks)
+	b, err := marshal(hooks)
 	if err != nil {
 		return err
 	}
 	doc["hooks"] = b
-	out, err := json.Marshal(doc)
+	out, err := marshal(doc)
 	if err != nil {
 		return err
 	}
@@ -164,6 +174,33 @@ func AddHooks(bundle string, c Command) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// unambiguous refuses an object with a key that differs from one of names
+// only in case ("Hooks", "poststop" and "PostStop"). runc reads keys
+// without regard to case, the last one winning, so the hook AddHooks adds
+// under the exact name could be hidden by, or hide, the other.
+func unambiguous(obj map[string]json.RawMessage, names ...string) error {
+	for k := range obj {
+		for _, n := range names {
+			if k != n && strings.EqualFold(k, n) {
+				return fmt.Errorf("key %q is %q in another case", k, n)
+			}
+		}
+	}
+	return nil
+}
+
+// marshal is json.Marshal without HTML escaping, so the values AddHooks
+// keeps are written as they were read ("&" stays "&", not "\u0026").
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // RealRunc is the runc the wrapper execs: EnvRunc, or runc on PATH unless
