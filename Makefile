@@ -95,7 +95,7 @@ bench-churn: deps
 bench-daemon: deps
 	@mkdir -p bench/results
 	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
-	  $(GO) test -count=1 -timeout 60m -run '^(TestIdleDaemonBenchmark|TestHookLatencyBenchmark)$$' -v ./integration
+	  $(GO) test -count=1 -timeout 60m -run '^(TestIdleDaemonBenchmark|TestHookLatencyBenchmark|TestHookCostBreakdown)$$' -v ./integration
 
 # bench-fsck: the error monitor on a 1 GiB image with 10,000 files in a
 # running container: error to running again, step by step, and how long the

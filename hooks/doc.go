@@ -8,15 +8,15 @@
 //     schedules a reclaim of its image and returns at once.
 //   - Wrap is the runc wrapper, in the pattern of nvidia-container-runtime:
 //     `snug-hook wrap`, which the snug-runc script calls for create and run
-//     (it execs runc directly for every other call), adds both hooks to the
-//     bundle's config.json on `create` and `run`, then execs the real runc.
-//     It is what `ctr run --runc-binary` and a containerd runtime's
-//     BinaryName option (CRI included) point at.
+//     (it execs runc directly for every other call). On `create` and `run`
+//     it does the createRuntime hook's work itself, adds the poststop hook,
+//     detached (runc does not wait for it), to the bundle's config.json,
+//     then execs the real runc. It is what `ctr run --runc-binary` and a
+//     containerd runtime's BinaryName option (CRI included) point at.
 //
 // Both run in cmd/snug-hook, a small binary (the standard library, the
-// runtime-spec types, the policy file reader) that starts in a few
-// milliseconds, since every runc call and every container start and stop
-// goes through it.
+// runtime-spec types, the policy file reader) that starts in about 2 ms,
+// since container starts and stops go through it.
 //
 // A hook fails safe. Garbage on stdin is a usage error (exit 2, with a
 // message): a runtime never sends it, so it is loud. A daemon that is down or

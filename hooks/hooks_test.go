@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -58,22 +60,23 @@ func FuzzReadState(f *testing.F) {
 
 func TestParseRuncArgs(t *testing.T) {
 	for _, tc := range []struct {
-		args            []string
-		command, bundle string
+		args []string
+		want RuncCall
 	}{
-		{[]string{"--root", "/run/containerd/runc/default", "--log", "/x/log.json", "--log-format", "json", "create", "--bundle", "/b/c1", "--pid-file", "/b/c1/init.pid", "c1"}, "create", "/b/c1"},
-		{[]string{"create", "-b", "/b/c2", "c2"}, "create", "/b/c2"},
-		{[]string{"--systemd-cgroup", "run", "--bundle=/b/c3", "c3"}, "run", "/b/c3"},
-		{[]string{"create", "c4"}, "create", "."},
-		{[]string{"run", "-b", "", "c5"}, "run", "."},
-		{[]string{"--root", "/r", "start", "c1"}, "start", ""},
-		{[]string{"--root", "/r", "delete", "--force", "c1"}, "delete", ""},
-		{[]string{"--version"}, "", ""},
-		{nil, "", ""},
+		{[]string{"--root", "/run/containerd/runc/default", "--log", "/x/log.json", "--log-format", "json", "create", "--bundle", "/b/c1", "--pid-file", "/b/c1/init.pid", "c1"}, RuncCall{"create", "/b/c1", "c1"}},
+		{[]string{"create", "-b", "/b/c2", "--console-socket", "/s", "--no-pivot", "c2"}, RuncCall{"create", "/b/c2", "c2"}},
+		{[]string{"--systemd-cgroup", "run", "--bundle=/b/c3", "-d", "c3", "--pid-file", "x"}, RuncCall{"run", "/b/c3", "c3"}},
+		{[]string{"create", "c4"}, RuncCall{"create", ".", "c4"}},
+		{[]string{"run", "-b", "", "c5"}, RuncCall{"run", ".", "c5"}},
+		{[]string{"create", "--", "-c6"}, RuncCall{"create", ".", "-c6"}},
+		{[]string{"create"}, RuncCall{"create", ".", ""}},
+		{[]string{"--root", "/r", "start", "c1"}, RuncCall{Command: "start"}},
+		{[]string{"--root", "/r", "delete", "--force", "c1"}, RuncCall{Command: "delete"}},
+		{[]string{"--version"}, RuncCall{}},
+		{nil, RuncCall{}},
 	} {
-		cmd, bundle := ParseRuncArgs(tc.args)
-		if cmd != tc.command || bundle != tc.bundle {
-			t.Errorf("%q: %q %q, want %q %q", tc.args, cmd, bundle, tc.command, tc.bundle)
+		if got := ParseRuncArgs(tc.args); got != tc.want {
+			t.Errorf("%q: %+v, want %+v", tc.args, got, tc.want)
 		}
 	}
 }
@@ -91,7 +94,7 @@ func TestAddHooksKeepsTheRestAndIsIdempotent(t *testing.T) {
 	}
 	c := Command{Path: "/usr/local/bin/snug", Args: []string{"snug", "--config", "/etc/x.toml", "hook"}}
 	for range 2 {
-		if err := AddHooks(bundle, c); err != nil {
+		if err := AddHooks(bundle, StageHook{StageCreateRuntime, c.HookFor(StageCreateRuntime)}, StageHook{StagePoststop, c.HookFor(StagePoststop)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -120,7 +123,7 @@ func TestAddHooksKeepsTheRestAndIsIdempotent(t *testing.T) {
 	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := AddHooks(bundle, c); err == nil {
+	if err := AddHooks(bundle, StageHook{StageCreateRuntime, c.HookFor(StageCreateRuntime)}, StageHook{StagePoststop, c.HookFor(StagePoststop)}); err == nil {
 		t.Error("AddHooks accepted a broken config.json")
 	}
 	if b, _ := os.ReadFile(path); string(b) != "{not json" {
@@ -177,11 +180,59 @@ func TestAddHooksRefusesAmbiguousKeys(t *testing.T) {
 		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := AddHooks(bundle, c); err == nil {
+		if err := AddHooks(bundle, StageHook{StageCreateRuntime, c.HookFor(StageCreateRuntime)}, StageHook{StagePoststop, c.HookFor(StagePoststop)}); err == nil {
 			t.Errorf("%s: accepted", doc)
 		}
 		if b, _ := os.ReadFile(path); string(b) != doc {
 			t.Errorf("%s: changed to %s", doc, b)
 		}
+	}
+}
+
+// TestDetachedHookDoesNotHoldTheRuntime runs a detached hook as runc does
+// (stdin the state, stdout and stderr captured, waited for): the runtime
+// gets it back while the command still runs, and the command reads the
+// whole state.
+func TestDetachedHookDoesNotHoldTheRuntime(t *testing.T) {
+	dir := t.TempDir()
+	got, release := filepath.Join(dir, "got"), filepath.Join(dir, "release")
+	script := filepath.Join(dir, "hook")
+	// The hook waits until the test releases it, then saves its stdin.
+	body := "#!/bin/sh\nwhile [ ! -e " + release + " ]; do sleep 0.05; done\ncat > " + got + ".tmp; mv " + got + ".tmp " + got + "\necho noise; echo noise >&2\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := Command{Path: script, Args: []string{"hook"}}.Detached(StagePoststop)
+	state := `{"ociVersion":"1.2.0","id":"c1","status":"stopped","bundle":"/b"}`
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, h.Path, h.Args[1:]...)
+	cmd.Args[0], cmd.WaitDelay = h.Args[0], time.Second
+	defer os.WriteFile(release, nil, 0o600) // let the command end, whatever happens
+	var stdout, stderr strings.Builder
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(state), &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("detached hook: %v: %s", err, stderr.String())
+	}
+	if _, err := os.Stat(got); err == nil {
+		t.Fatal("the runtime waited for the hook's command")
+	}
+	if err := os.WriteFile(release, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(got)
+		if err == nil {
+			if string(b) != state {
+				t.Fatalf("the command read %q, want %q", b, state)
+			}
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the command never ran")
+		}
+	}
+	if stdout.Len() != 0 || stderr.Len() != 0 {
+		t.Errorf("the runtime got output %q %q", stdout.String(), stderr.String())
 	}
 }

@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/snugfs/snug/control/wire"
 )
 
 // WrapperName is the runc wrapper's name: the snug-runc script, which runs
@@ -45,6 +48,27 @@ func (c Command) HookFor(stage string) specs.Hook {
 	return specs.Hook{Path: c.Path, Args: append(slices.Clone(c.Args), stage), Timeout: &t}
 }
 
+// detachScript starts a hook command ("$0" "$@") in the background with
+// the state on its stdin, and exits at once: the runtime, which waits for
+// its hook and for the hook's stdout and stderr, goes on at once. The
+// background command's output goes to /dev/null; runc shows a hook's
+// output only when the hook fails, which this one does not.
+const detachScript = `exec 3<&0; "$0" "$@" <&3 3<&- >/dev/null 2>&1 & exit 0`
+
+// Detached is the OCI hook running stage in the background, through
+// /bin/sh: the runtime does not wait for snug. For poststop, whose work (a
+// reclaim) is scheduled off the container's path anyway.
+func (c Command) Detached(stage string) specs.Hook {
+	h := c.HookFor(stage)
+	return specs.Hook{Path: "/bin/sh", Args: append([]string{"sh", "-c", detachScript, c.Path}, h.Args[1:]...), Timeout: h.Timeout}
+}
+
+// StageHook is one hook for one stage of a bundle's config.json.
+type StageHook struct {
+	Stage string // createRuntime, poststop, ...
+	Hook  specs.Hook
+}
+
 // SelfCommand is the Command of the running binary (snug-hook), with the
 // policy file from EnvConfig.
 func SelfCommand() (Command, error) {
@@ -62,50 +86,75 @@ func SelfCommand() (Command, error) {
 // runcGlobalsWithValue are runc's global flags that take a separate value.
 var runcGlobalsWithValue = map[string]bool{"--root": true, "--log": true, "--log-format": true, "--criu": true, "--rootless": true}
 
-// ParseRuncArgs finds runc's command and, for create and run, the bundle
-// (--bundle/-b, default the working directory).
-func ParseRuncArgs(args []string) (command, bundle string) {
+// runcCreateWithValue are the flags of runc create and run that take a
+// separate value; the others (--no-pivot, --detach, ...) take none.
+var runcCreateWithValue = map[string]bool{
+	"--bundle": true, "-b": true, "-bundle": true, "--console-socket": true,
+	"--pid-file": true, "--preserve-fds": true, "--pidfd-socket": true,
+}
+
+// RuncCall is what the wrapper needs of a runc command line.
+type RuncCall struct {
+	Command string // create, run, kill, ...; "" for none
+	// Bundle and Container are set for create and run only: the bundle
+	// (--bundle/-b, default the working directory) and the container id.
+	Bundle, Container string
+}
+
+// ParseRuncArgs reads runc's command line the way runc does: global flags,
+// the command, its flags, then (for create and run) the container id.
+func ParseRuncArgs(args []string) RuncCall {
+	var call RuncCall
 	i := 0
 	for ; i < len(args); i++ {
 		a := args[i]
 		if !strings.HasPrefix(a, "-") {
-			command = a
+			call.Command = a
 			break
 		}
 		if runcGlobalsWithValue[a] {
 			i++
 		}
 	}
-	if command != "create" && command != "run" {
-		return command, ""
+	if call.Command != "create" && call.Command != "run" {
+		return call
 	}
-	bundle = "."
+	call.Bundle = "."
 	for j := i + 1; j < len(args); j++ {
 		a := args[j]
 		switch {
 		case a == "--":
+			if j+1 < len(args) {
+				call.Container = args[j+1]
+			}
 			j = len(args)
 		case a == "--bundle" || a == "-b" || a == "-bundle":
 			if j+1 < len(args) {
-				bundle = args[j+1]
-				j++
+				call.Bundle = args[j+1]
 			}
+			j++
 		case strings.HasPrefix(a, "--bundle="):
-			bundle = strings.TrimPrefix(a, "--bundle=")
+			call.Bundle = strings.TrimPrefix(a, "--bundle=")
 		case strings.HasPrefix(a, "-b="):
-			bundle = strings.TrimPrefix(a, "-b=")
+			call.Bundle = strings.TrimPrefix(a, "-b=")
+		case runcCreateWithValue[a]:
+			j++
+		case strings.HasPrefix(a, "-"):
+		default: // the first argument: the id; runc ignores flags after it
+			call.Container = a
+			j = len(args)
 		}
 	}
-	if bundle == "" {
-		bundle = "." // runc takes an empty --bundle as the working directory
+	if call.Bundle == "" {
+		call.Bundle = "." // runc takes an empty --bundle as the working directory
 	}
-	return command, bundle
+	return call
 }
 
-// AddHooks adds snug's createRuntime and poststop hooks to the config.json
-// of bundle, once (a hook already there is not added again). Every other
-// field keeps its value, written compactly; the file is replaced atomically.
-func AddHooks(bundle string, c Command) error {
+// AddHooks adds hooks to the config.json of bundle, each once (a hook
+// already there is not added again). Every other field keeps its value,
+// written compactly; the file is replaced atomically.
+func AddHooks(bundle string, add ...StageHook) error {
 	path := filepath.Join(bundle, "config.json")
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -128,17 +177,21 @@ func AddHooks(bundle string, c Command) error {
 			return fmt.Errorf("%s: hooks: %w", path, err)
 		}
 	}
-	if err := unambiguous(hooks, StageCreateRuntime, StagePoststop); err != nil {
+	stages := make([]string, len(add))
+	for i, a := range add {
+		stages[i] = a.Stage
+	}
+	if err := unambiguous(hooks, stages...); err != nil {
 		return fmt.Errorf("%s: hooks: %w", path, err)
 	}
-	for _, stage := range []string{StageCreateRuntime, StagePoststop} {
+	for _, a := range add {
+		stage, h := a.Stage, a.Hook
 		var list []specs.Hook
 		if raw, ok := hooks[stage]; ok && string(raw) != "null" {
 			if err := json.Unmarshal(raw, &list); err != nil {
 				return fmt.Errorf("%s: hooks.%s: %w", path, stage, err)
 			}
 		}
-		h := c.HookFor(stage)
 		if slices.ContainsFunc(list, func(o specs.Hook) bool { return o.Path == h.Path && slices.Equal(o.Args, h.Args) }) {
 			continue
 		}
@@ -223,25 +276,47 @@ func RealRunc() (string, error) {
 	return "", fmt.Errorf("runc not found on PATH (set %s): %w", EnvRunc, exec.ErrNotFound)
 }
 
-// Wrap is the runc wrapper: it adds snug's hooks to the bundle of a create
-// or run, then execs the real runc with the same arguments. A bundle it
-// cannot edit is reported on stderr and runs without snug's hooks: the
-// wrapper never stops a container from starting. It returns only when the
-// exec fails.
-func Wrap(args []string, stderr io.Writer) error {
+// Wrap is the runc wrapper. On create and run it does the createRuntime
+// hook's work itself, before runc starts (the daemon at address gives the
+// window its headroom and applies the class the annotation picks), and
+// adds snug's poststop hook, detached, to the bundle's config.json. Then
+// it execs the real runc with the same arguments. Doing createRuntime's
+// work here rather than in a hook saves the container's start one
+// process; detaching poststop saves its stop the wait for one. Nothing
+// stops the container: a bundle it cannot edit, or a daemon that is down,
+// is reported on stderr, and runc runs all the same. It returns only when
+// the exec fails.
+func Wrap(ctx context.Context, args []string, address string, stderr io.Writer) error {
 	runc, err := RealRunc()
 	if err != nil {
 		return err
 	}
-	if cmd, bundle := ParseRuncArgs(args); bundle != "" {
+	if call := ParseRuncArgs(args); call.Bundle != "" {
 		c, err := SelfCommand()
 		if err == nil {
-			err = AddHooks(bundle, c)
+			err = AddHooks(call.Bundle, StageHook{StagePoststop, c.Detached(StagePoststop)})
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "%s: %s %s without snug's hooks: %v\n", WrapperName, cmd, bundle, err)
+			fmt.Fprintf(stderr, "%s: %s %s without snug's poststop hook: %v\n", WrapperName, call.Command, call.Bundle, err)
+		}
+		if err := starting(ctx, call, address); err != nil {
+			fmt.Fprintf(stderr, "%s: %s %s: warning: %v (the container goes on without it)\n", WrapperName, call.Command, call.Container, err)
 		}
 	}
 	err = syscall.Exec(runc, append([]string{runc}, args...), os.Environ())
 	return fmt.Errorf("exec %s: %w", runc, err)
+}
+
+// starting tells the daemon the container of a create or run is about to
+// start, as the createRuntime hook does.
+func starting(ctx context.Context, call RuncCall, address string) error {
+	bundle, err := filepath.Abs(call.Bundle)
+	if err != nil {
+		return err
+	}
+	rootfs, annotations := rootfsOf(specs.State{ID: call.Container, Bundle: bundle})
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	_, err = wire.NewClient(address).ContainerStarting(ctx, wire.Container{ID: call.Container, RootFS: rootfs, Annotations: annotations})
+	return err
 }

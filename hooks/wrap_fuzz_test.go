@@ -29,21 +29,24 @@ func FuzzParseRuncArgs(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, joined string) {
 		args := strings.Split(joined, "\x00")
-		command, bundle := ParseRuncArgs(args)
-		if command != "" && (!slices.Contains(args, command) || strings.HasPrefix(command, "-")) {
-			t.Fatalf("%q: command %q is not one of the arguments", args, command)
+		call := ParseRuncArgs(args)
+		if call.Command != "" && (!slices.Contains(args, call.Command) || strings.HasPrefix(call.Command, "-")) {
+			t.Fatalf("%q: command %q is not one of the arguments", args, call.Command)
 		}
-		wantBundle := command == "create" || command == "run"
-		if wantBundle != (bundle != "") {
-			t.Fatalf("%q: command %q with bundle %q", args, command, bundle)
+		wantBundle := call.Command == "create" || call.Command == "run"
+		if wantBundle != (call.Bundle != "") || (!wantBundle && call.Container != "") {
+			t.Fatalf("%q: %+v", args, call)
 		}
-		if bundle == "" || bundle == "." || slices.Contains(args, bundle) {
+		if call.Container != "" && !slices.Contains(args, call.Container) {
+			t.Fatalf("%q: container %q is not one of the arguments", args, call.Container)
+		}
+		if call.Bundle == "" || call.Bundle == "." || slices.Contains(args, call.Bundle) {
 			return
 		}
 		if !slices.ContainsFunc(args, func(a string) bool {
-			return a == "--bundle="+bundle || a == "-b="+bundle
+			return a == "--bundle="+call.Bundle || a == "-b="+call.Bundle
 		}) {
-			t.Fatalf("%q: bundle %q is not one of the arguments", args, bundle)
+			t.Fatalf("%q: bundle %q is not one of the arguments", args, call.Bundle)
 		}
 	})
 }
@@ -77,7 +80,7 @@ func FuzzBundleConfig(f *testing.F) {
 		if r, _ := rootfsOf(specs.State{ID: "x", Bundle: bundle}); !filepath.IsAbs(r) {
 			t.Fatalf("rootfs %q is not absolute", r)
 		}
-		err := AddHooks(bundle, c)
+		err := AddHooks(bundle, StageHook{StageCreateRuntime, c.HookFor(StageCreateRuntime)}, StageHook{StagePoststop, c.Detached(StagePoststop)})
 		got, rerr := os.ReadFile(path)
 		if rerr != nil {
 			t.Fatal(rerr)
@@ -109,9 +112,9 @@ func FuzzBundleConfig(f *testing.F) {
 				before.Hooks = &specs.Hooks{}
 			}
 			requireHookAdded(t, c.HookFor(StageCreateRuntime), before.Hooks.CreateRuntime, after.Hooks.CreateRuntime)
-			requireHookAdded(t, c.HookFor(StagePoststop), before.Hooks.Poststop, after.Hooks.Poststop)
+			requireHookAdded(t, c.Detached(StagePoststop), before.Hooks.Poststop, after.Hooks.Poststop)
 		}
-		if err := AddHooks(bundle, c); err != nil {
+		if err := AddHooks(bundle, StageHook{StageCreateRuntime, c.HookFor(StageCreateRuntime)}, StageHook{StagePoststop, c.Detached(StagePoststop)}); err != nil {
 			t.Fatalf("second AddHooks: %v", err)
 		}
 		if again, _ := os.ReadFile(path); !bytes.Equal(again, got) {

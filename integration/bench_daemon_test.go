@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/snugfs/snug/hooks"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -175,4 +177,94 @@ func writeBench(t *testing.T, out, name string, report any, table string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestHookCostBreakdown times each piece the hooks add, alone, to find
+// where TestHookLatencyBenchmark's difference goes: the wrapper on a call
+// it passes through (kill), on create (config.json edited, the daemon
+// told), each hook with its daemon call, and the detached poststop hook
+// snug-runc adds. runc is /bin/true here, so each figure is the
+// wrapper's own cost plus one exec; /bin/true alone is the baseline.
+func TestHookCostBreakdown(t *testing.T) {
+	out := os.Getenv("SNUG_BENCH_OUT")
+	if out == "" {
+		t.Skip("benchmark: run with make bench (SNUG_BENCH_OUT)")
+	}
+	runs := envInt(t, "SNUG_BENCH_RUNS", 100)
+	s := startStack(t, "")
+	s.importImage()
+	wrapper := s.runcWrapper()
+	hook := filepath.Join(filepath.Dir(wrapper), "snug-hook")
+
+	// A running container on snug, for createRuntime's daemon call.
+	s.ctr("run", "-d", "--snapshotter", "snug", testImageRef, "cost-running", "/bin/sleep", "600")
+	matches, _ := filepath.Glob(filepath.Join(s.dir, "containerd", "state", "io.containerd.runtime.v2.task", "*", "cost-running"))
+	if len(matches) != 1 {
+		t.Fatalf("bundle of cost-running: %v", matches)
+	}
+	running := fmt.Sprintf(`{"ociVersion":"1.2.0","id":"cost-running","status":"created","pid":1,"bundle":%q}`, matches[0])
+	stopped := fmt.Sprintf(`{"ociVersion":"1.2.0","id":"cost-gone","status":"stopped","bundle":%q}`, t.TempDir())
+	config, err := os.ReadFile(filepath.Join(matches[0], "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := t.TempDir()
+	env := append(os.Environ(), "SNUG_RUNC=/bin/true", "SNUG_CONFIG="+s.snug.Config)
+	detached := hooks.Command{Path: hook, Args: []string{"snug-hook", "--config", s.snug.Config, "hook"}}.Detached(hooks.StagePoststop)
+	type piece struct {
+		name  string
+		setup func()
+		cmd   func() *exec.Cmd
+		exit  int // the exit status it must end with
+	}
+	command := func(stdin string, name string, args ...string) func() *exec.Cmd {
+		return func() *exec.Cmd {
+			c := exec.Command(name, args...)
+			c.Env, c.Stdin = env, strings.NewReader(stdin)
+			return c
+		}
+	}
+	pieces := []piece{
+		{"/bin/true (the baseline)", nil, command("", "/bin/true"), 0},
+		{"snug-runc kill (runc = /bin/true)", nil, command("", wrapper, "--root", "/run/x", "kill", "c", "KILL"), 0},
+		{"snug-runc create (runc = /bin/true)", func() {
+			if err := os.WriteFile(filepath.Join(bundle, "config.json"), config, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, command("", wrapper, "--root", "/run/x", "create", "--bundle", bundle, "c"), 0},
+		{"snug-hook hook createRuntime (running container)", nil, command(running, hook, "--config", s.snug.Config, "hook", "createRuntime"), 0},
+		{"snug-hook hook poststop (unknown container)", nil, command(stopped, hook, "--config", s.snug.Config, "hook", "poststop"), 0},
+		{"detached poststop hook (what runc waits for)", nil, command(stopped, detached.Path, detached.Args[1:]...), 0},
+		{"sh -c 'exec /bin/true' (one sh)", nil, command("", "/bin/sh", "-c", "exec /bin/true"), 0},
+		{"snug-hook, usage error (Go start alone)", nil, command("", hook), 2},
+	}
+	ms := map[string][]float64{}
+	for i := range runs {
+		for j := range pieces {
+			p := pieces[(i+j)%len(pieces)]
+			if p.setup != nil {
+				p.setup()
+			}
+			c := p.cmd()
+			start := time.Now()
+			if b, err := c.CombinedOutput(); c.ProcessState == nil || c.ProcessState.ExitCode() != p.exit {
+				t.Fatalf("%s: %v, want exit %d: %s", p.name, err, p.exit, b)
+			}
+			ms[p.name] = append(ms[p.name], float64(time.Since(start).Microseconds())/1000)
+		}
+	}
+	base := median(ms[pieces[0].name])
+	table := fmt.Sprintf("%-50s %10s %10s\n", "piece", "median ms", "minus base")
+	medians := map[string]float64{}
+	for _, p := range pieces {
+		m := median(ms[p.name])
+		medians[p.name] = m
+		table += fmt.Sprintf("%-50s %10.2f %10.2f\n", p.name, m, m-base)
+	}
+	table += fmt.Sprintf("medians of %d each, round robin\nreproduce: make bench-daemon\n", runs)
+	t.Log("\n" + table)
+	writeBench(t, out, "hook-cost", map[string]any{
+		"command": "make bench-daemon", "date": time.Now().UTC().Format(time.RFC3339), "runs": runs,
+		"ms": ms, "median_ms": medians,
+	}, table)
 }

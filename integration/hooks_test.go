@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -69,13 +71,55 @@ func TestHooksThroughRuncWrapper(t *testing.T) {
 	if im.State != "stopped" || im.Reclaims != 1 {
 		t.Errorf("after poststop: %+v", im.Activity)
 	}
-	// The hooks are in the bundle's config.json, once each.
+	// The wrapper did createRuntime's work itself: the bundle's
+	// config.json has snug's poststop hook, once, and no createRuntime.
 	spec := s.bundleConfig("hooked-sleeper")
-	if n := strings.Count(spec, `"hook","createRuntime"`); n != 1 {
+	if n := strings.Count(spec, `"hook","createRuntime"`); n != 0 {
 		t.Errorf("createRuntime hook %d times in config.json:\n%s", n, spec)
 	}
 	if n := strings.Count(spec, `"hook","poststop"`); n != 1 {
-		t.Errorf("poststop hook %d times in config.json", n)
+		t.Errorf("poststop hook %d times in config.json:\n%s", n, spec)
+	}
+}
+
+// TestWrapperFailsSafe: with no daemon to answer, and with a bundle it
+// cannot edit, snug-runc still runs runc, with the same arguments, and
+// says on stderr what it could not do.
+func TestWrapperFailsSafe(t *testing.T) {
+	dir := t.TempDir()
+	wrapper := installWrapper(t, filepath.Join(dir, "bin"))
+	policy := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(policy, []byte(fmt.Sprintf("control_address = %q\n", filepath.Join(dir, "none.sock"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fakeRunc := filepath.Join(dir, "runc")
+	if err := os.WriteFile(fakeRunc, []byte("#!/bin/sh\necho \"runc $*\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "bundle")
+	os.Mkdir(bundle, 0o755)
+	for _, tc := range []struct{ name, config, warn string }{
+		{"daemon down", `{"ociVersion":"1.2.0","root":{"path":"rootfs"}}`, "snug daemon is not running"},
+		{"broken config.json", `{not json`, "without snug's poststop hook"},
+	} {
+		if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(tc.config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(wrapper, "--root", "/run/x", "create", "--bundle", bundle, "--pid-file", "p", "c1")
+		cmd.Env = append(os.Environ(), "SNUG_RUNC="+fakeRunc, "SNUG_CONFIG="+policy)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", tc.name, err, stderr.String())
+		}
+		if want := "runc --root /run/x create --bundle " + bundle + " --pid-file p c1\n"; string(out) != want {
+			t.Errorf("%s: runc ran as %q, want %q", tc.name, out, want)
+		}
+		if !strings.Contains(stderr.String(), tc.warn) {
+			t.Errorf("%s: stderr %q does not say %q", tc.name, stderr.String(), tc.warn)
+		}
+		t.Logf("%s: %s", tc.name, strings.TrimSpace(stderr.String()))
 	}
 }
 
