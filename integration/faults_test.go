@@ -90,8 +90,33 @@ func TestHostFaults(t *testing.T) {
 	fill := fillSpace(t, filepath.Join(dir, "state", "fill"))
 	fails("host full", "host filesystem is full", func() error { return prepare("full") })
 	fails("host full", "host filesystem is full", func() error { return sn.Commit(ctx, "layer", "idle") })
+	// A container writing new data while the host is full: the data has
+	// nowhere to go on the host, so its write fails (ENOSPC, at fsync),
+	// but the image stays consistent and in service, with no incident, and
+	// the same write works once there is room (the image is checked with
+	// e2fsck -fn below).
+	big := filepath.Join(filepath.Dir(w.file), "new-data")
+	writeNew := func() (string, error) {
+		out, err := exec.Command("dd", "if=/dev/urandom", "of="+big, "bs=1M", "count=16", "conv=fsync").CombinedOutput()
+		return string(out), err
+	}
+	if out, err := writeNew(); err == nil || !strings.Contains(out, "No space left on device") {
+		t.Errorf("a container's write on a full host: %v: %s; want No space left on device", err, out)
+	} else {
+		t.Logf("container write on a full host: %s", strings.SplitN(out, "\n", 2)[0])
+	}
+	if st := imageOf(t, d, "work"); st.Problem != "" || !st.Mounted {
+		t.Errorf("after a failed write on a full host: problem %q, mounted %v", st.Problem, st.Mounted)
+	}
+	if out, _ := d.Snug(ctx, "incidents"); !strings.Contains(out, "no incidents") {
+		t.Errorf("a failed write on a full host opened an incident: %s", out)
+	}
+	w.requireWriting(t)
 	os.Remove(fill)
 	recovers("host full")
+	if out, err := writeNew(); err != nil {
+		t.Errorf("room again: the container's write: %v: %s", err, out)
+	}
 
 	// Out of inodes.
 	inodes := fillInodes(t, filepath.Join(dir, "state", "inodes"))
