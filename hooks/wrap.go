@@ -168,6 +168,9 @@ func AddHooks(bundle string, add ...StageHook) error {
 	if err := json.Unmarshal(data, &doc); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
+	if doc == nil { // the file says null
+		return fmt.Errorf("%s: not a JSON object", path)
+	}
 	if err := unambiguous(doc, "hooks"); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
