@@ -57,14 +57,19 @@ func Hook(ctx context.Context, stage string, stdin io.Reader, client *wire.Clien
 	}
 	res.Container = st.ID
 	rootfs, annotations := rootfsOf(st)
-	ctx, cancel := context.WithTimeout(ctx, Timeout)
-	defer cancel()
-	out, err := call(ctx, wire.Container{ID: st.ID, RootFS: rootfs, Annotations: annotations})
+	out, err := tell(ctx, call, wire.Container{ID: st.ID, RootFS: rootfs, Annotations: annotations})
 	res.Image, res.Class, res.FreeBytes = out.ID, out.Class, out.FreeBytes
 	if err != nil {
 		res.Warning = err
 	}
 	return res, nil
+}
+
+// tell makes one hook call to the daemon, bounded by Timeout.
+func tell(ctx context.Context, call func(context.Context, wire.Container) (wire.ContainerImage, error), c wire.Container) (wire.ContainerImage, error) {
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	return call(ctx, c)
 }
 
 // Exit codes of a hook command.

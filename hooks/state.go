@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,20 +48,35 @@ type bundleSpec struct {
 	Annotations map[string]string `json:"annotations"`
 }
 
+// maxConfig bounds what is read of a bundle's config.json.
+const maxConfig = 64 << 20
+
+// readConfig reads a bundle's config.json, at most maxConfig bytes.
+func readConfig(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxConfig))
+}
+
 // rootfsOf is the host path of a container's root filesystem: config.json's
 // root.path, relative to the bundle unless absolute; bundle/rootfs when the
 // file cannot be read (the hook still tries: the daemon also knows the
 // container by id). Annotations come from the state, or config.json.
 func rootfsOf(st specs.State) (rootfs string, annotations map[string]string) {
+	data, _ := readConfig(filepath.Join(st.Bundle, "config.json"))
+	return rootfsIn(st, data)
+}
+
+// rootfsIn is rootfsOf with the bundle's config.json already read (nil if
+// it could not be).
+func rootfsIn(st specs.State, config []byte) (rootfs string, annotations map[string]string) {
 	rootfs = filepath.Join(st.Bundle, "rootfs")
 	annotations = st.Annotations
-	f, err := os.Open(filepath.Join(st.Bundle, "config.json"))
-	if err != nil {
-		return rootfs, annotations
-	}
-	defer f.Close()
 	var spec bundleSpec
-	if json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&spec) != nil {
+	if config == nil || json.NewDecoder(bytes.NewReader(config)).Decode(&spec) != nil {
 		return rootfs, annotations
 	}
 	if spec.Root != nil && spec.Root.Path != "" {

@@ -156,11 +156,16 @@ func ParseRuncArgs(args []string) RuncCall {
 // written compactly; the file is replaced atomically.
 func AddHooks(bundle string, add ...StageHook) error {
 	path := filepath.Join(bundle, "config.json")
-	fi, err := os.Stat(path)
+	data, err := readConfig(path)
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(path)
+	return addHooks(path, data, add...)
+}
+
+// addHooks is AddHooks on config.json at path, whose content is data.
+func addHooks(path string, data []byte, add ...StageHook) error {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
@@ -213,7 +218,7 @@ func AddHooks(bundle string, add ...StageHook) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(bundle, ".config.json.snug-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".config.json.snug-*")
 	if err != nil {
 		return err
 	}
@@ -295,14 +300,19 @@ func Wrap(ctx context.Context, args []string, address string, stderr io.Writer) 
 		return err
 	}
 	if call := ParseRuncArgs(args); call.Bundle != "" {
-		c, err := SelfCommand()
+		// config.json is read once, for the hook and for the daemon.
+		path := filepath.Join(call.Bundle, "config.json")
+		data, err := readConfig(path)
 		if err == nil {
-			err = AddHooks(call.Bundle, StageHook{StagePoststop, c.Detached(StagePoststop)})
+			var c Command
+			if c, err = SelfCommand(); err == nil {
+				err = addHooks(path, data, StageHook{StagePoststop, c.Detached(StagePoststop)})
+			}
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "%s: %s %s without snug's poststop hook: %v\n", WrapperName, call.Command, call.Bundle, err)
 		}
-		if err := starting(ctx, call, address); err != nil {
+		if err := starting(ctx, call, data, address); err != nil {
 			fmt.Fprintf(stderr, "%s: %s %s: warning: %v (the container goes on without it)\n", WrapperName, call.Command, call.Container, err)
 		}
 	}
@@ -311,15 +321,14 @@ func Wrap(ctx context.Context, args []string, address string, stderr io.Writer) 
 }
 
 // starting tells the daemon the container of a create or run is about to
-// start, as the createRuntime hook does.
-func starting(ctx context.Context, call RuncCall, address string) error {
+// start, as the createRuntime hook does; config is the bundle's
+// config.json (nil if it could not be read).
+func starting(ctx context.Context, call RuncCall, config []byte, address string) error {
 	bundle, err := filepath.Abs(call.Bundle)
 	if err != nil {
 		return err
 	}
-	rootfs, annotations := rootfsOf(specs.State{ID: call.Container, Bundle: bundle})
-	ctx, cancel := context.WithTimeout(ctx, Timeout)
-	defer cancel()
-	_, err = wire.NewClient(address).ContainerStarting(ctx, wire.Container{ID: call.Container, RootFS: rootfs, Annotations: annotations})
+	rootfs, annotations := rootfsIn(specs.State{ID: call.Container, Bundle: bundle}, config)
+	_, err = tell(ctx, wire.NewClient(address).ContainerStarting, wire.Container{ID: call.Container, RootFS: rootfs, Annotations: annotations})
 	return err
 }

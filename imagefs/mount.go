@@ -168,17 +168,14 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 
 // waitDetached waits until device no longer backs the image.
 func waitDetached(ctx context.Context, image, device string) error {
-	ctx, cancel := context.WithTimeout(ctx, detachWait)
-	defer cancel()
-	for {
+	err := waitGone(ctx, func() (bool, error) {
 		devs, err := FindLoops(image)
-		if err != nil || !slices.Contains(devs, device) {
-			return nil
-		}
-		if err := sleep(ctx, 5*time.Millisecond); err != nil {
-			return fmt.Errorf("%s still attached to %s after its unmount, the filesystem is in use elsewhere: %w: %w", image, device, ErrBusy, err)
-		}
+		return err != nil || !slices.Contains(devs, device), nil
+	})
+	if errors.Is(err, ErrBusy) {
+		return fmt.Errorf("%s still attached to %s after its unmount, the filesystem is in use elsewhere: %w", image, device, err)
 	}
+	return err
 }
 
 // FindMount returns where the image at path is mounted, found from the loop

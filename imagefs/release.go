@@ -58,19 +58,34 @@ func UnmountBelow(ctx context.Context, dir string) error {
 // attached after it has a user elsewhere.
 const detachWait = 5 * time.Second
 
-// waitLoopsGone waits until no loop device is backed by a file below dir.
-func waitLoopsGone(ctx context.Context, dir string) error {
+// waitGone polls gone until it says the loop devices it looks at are
+// gone, for at most detachWait; a device still attached then has a user
+// elsewhere, and waitGone returns ErrBusy.
+func waitGone(ctx context.Context, gone func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, detachWait)
 	defer cancel()
 	for {
-		devs, err := loopsBelow(dir)
-		if err != nil || len(devs) == 0 {
+		if ok, err := gone(); err != nil || ok {
 			return err
 		}
-		if sleep(ctx, 10*time.Millisecond) != nil {
-			return fmt.Errorf("%s: %w: %v still attached, the filesystem is in use outside the mount table (a container's overlay?)", dir, ErrBusy, devs)
+		if err := sleep(ctx, 5*time.Millisecond); err != nil {
+			return fmt.Errorf("%w: %w", ErrBusy, err)
 		}
 	}
+}
+
+// waitLoopsGone waits until no loop device is backed by a file below dir.
+func waitLoopsGone(ctx context.Context, dir string) error {
+	var devs []string
+	err := waitGone(ctx, func() (bool, error) {
+		var err error
+		devs, err = loopsBelow(dir)
+		return len(devs) == 0, err
+	})
+	if errors.Is(err, ErrBusy) {
+		return fmt.Errorf("%s: %v still attached, the filesystem is in use outside the mount table (a container's overlay?): %w", dir, devs, err)
+	}
+	return err
 }
 
 // unmountRetry unmounts dir, retrying a short while when it is busy.

@@ -61,6 +61,11 @@ func (t *MountTable) Loops(path string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	return t.loopsOf(target)
+}
+
+// loopsOf is Loops for a path already canonical.
+func (t *MountTable) loopsOf(target string) ([]string, error) {
 	var want unix.Stat_t
 	if err := unix.Stat(target, &want); err != nil {
 		return nil, err
@@ -97,7 +102,7 @@ func (t *MountTable) Find(path string) (*Mounted, error) {
 	if err != nil {
 		return nil, err
 	}
-	devs, err := t.Loops(img)
+	devs, err := t.loopsOf(img)
 	if err != nil {
 		return nil, err
 	}

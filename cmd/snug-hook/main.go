@@ -35,12 +35,11 @@ func main() {
 		if p := os.Getenv(hooks.EnvConfig); p != "" {
 			path = p
 		}
-		cfg, err := config.Load(path)
+		address, err := controlAddress(path)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: warning: %v; using the default control socket\n", hooks.WrapperName, err)
-			cfg = config.Default()
 		}
-		err = hooks.Wrap(context.Background(), args, cfg.ControlAddress, os.Stderr)
+		err = hooks.Wrap(context.Background(), args, address, os.Stderr)
 		fmt.Fprintf(os.Stderr, "%s: %v\n", hooks.WrapperName, err)
 		os.Exit(1)
 	}
@@ -57,9 +56,16 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "usage: snug-hook [--config PATH] hook %s|%s|%s < state.json\n", hooks.StageCreateRuntime, hooks.StagePrestart, hooks.StagePoststop)
 		return 2
 	}
+	address, err := controlAddress(path)
+	return hooks.Main(context.Background(), args[1], address, err, os.Stdin, os.Stderr)
+}
+
+// controlAddress is the control socket the policy file at path names, or
+// the default one, with the file's error, when it cannot be read.
+func controlAddress(path string) (string, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
-		cfg = config.Default()
+		return config.Default().ControlAddress, err
 	}
-	return hooks.Main(context.Background(), args[1], cfg.ControlAddress, err, os.Stdin, os.Stderr)
+	return cfg.ControlAddress, nil
 }
