@@ -12,7 +12,7 @@ all: build
 build:
 	$(GO) build -o $(SNUG) ./cmd/snug
 	CGO_ENABLED=0 $(GO) build -ldflags="-s -w" -o $(BIN)/snug-hook ./cmd/snug-hook
-	install -m 0755 cmd/snug-hook/snug-runc $(BIN)/snug-runc
+	scripts/build-snug-runc.sh $(BIN)/snug-runc
 
 # deps installs the host tools the root tests and the demo drive for real.
 deps:
@@ -52,6 +52,7 @@ fuzz:
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzParseRuncArgs$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzBundleConfig$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzRuncWrapperArgs$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./fsck -run '^$$' -fuzz '^FuzzParseEvents$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./control -run '^$$' -fuzz '^FuzzControlAPI$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzEventFsids$$' -fuzztime $(FUZZTIME)

@@ -16,8 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -25,6 +28,7 @@ import (
 
 	"github.com/snugfs/snug/control/wire"
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/hooks"
 	"github.com/snugfs/snug/snapshotter"
 )
 
@@ -33,6 +37,7 @@ const (
 	PathStatus         = wire.PathStatus
 	PathContainerStart = wire.PathContainerStart
 	PathContainerStop  = wire.PathContainerStop
+	PathBundleCreate   = wire.PathBundleCreate
 	PathReclaim        = wire.PathReclaim
 	PathIncidents      = wire.PathIncidents
 	PathCheck          = wire.PathCheck
@@ -71,8 +76,10 @@ var ErrDaemonDown = wire.ErrDaemonDown
 // peerKey carries a connection's peer credentials into its requests.
 type peerKey struct{}
 
-// NewServer returns the HTTP server of the control API for src.
-func NewServer(src Source) *http.Server {
+// NewServer returns the HTTP server of the control API for src. policy is
+// the policy file the daemon runs ("" if unknown): the bundle create call
+// of a wrapper that reads another one is refused.
+func NewServer(src Source, policy string) *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) {
 		images, err := src.Status(r.Context())
@@ -105,6 +112,32 @@ func NewServer(src Source) *http.Server {
 	}
 	mux.HandleFunc("POST "+PathContainerStart, container(src.ContainerStarting))
 	mux.HandleFunc("POST "+PathContainerStop, container(src.ContainerStopped))
+	mux.HandleFunc("POST "+PathBundleCreate, func(w http.ResponseWriter, r *http.Request) {
+		var req wire.Bundle
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if req.Policy != "" && policy != "" && !samePath(req.Policy, policy) {
+			writeError(w, http.StatusConflict, fmt.Errorf("this daemon runs policy %s, not %s", policy, req.Policy))
+			return
+		}
+		img, err := hooks.PrepareBundle(r.Context(), req, func(ctx context.Context, c wire.Container) (wire.ContainerImage, error) {
+			img, err := src.ContainerStarting(ctx, snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations})
+			return wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes}, err
+		})
+		if err != nil {
+			code := http.StatusInternalServerError
+			switch {
+			case errors.Is(err, hooks.ErrBadBundle), errdefs.IsInvalidArgument(err):
+				code = http.StatusBadRequest
+			case errors.Is(err, fs.ErrNotExist): // a bundle this daemon cannot see
+				code = http.StatusNotFound
+			}
+			writeError(w, code, err)
+			return
+		}
+		writeJSON(w, img)
+	})
 	mux.HandleFunc("POST "+PathReclaim, func(w http.ResponseWriter, r *http.Request) {
 		var req ReclaimRequest
 		if !readJSON(w, r, &req) {
@@ -163,6 +196,17 @@ func NewServer(src Source) *http.Server {
 			return context.WithValue(ctx, peerKey{}, peerCred(c))
 		},
 	}
+}
+
+// samePath tells whether a and b name the same file: the same inode, or
+// the same clean path when either cannot be read.
+func samePath(a, b string) bool {
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	if errA == nil && errB == nil {
+		return os.SameFile(fa, fb)
+	}
+	return filepath.Clean(a) == filepath.Clean(b)
 }
 
 // rootOnly answers only connections whose peer is root.

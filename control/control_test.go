@@ -12,15 +12,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/control/wire"
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/hooks"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 	"github.com/snugfs/snug/snapshotter"
@@ -72,12 +75,18 @@ func (f fakeSource) Check(_ context.Context, target string) (fsck.CheckResult, e
 
 func serve(t *testing.T, src Source) string {
 	t.Helper()
+	return servePolicy(t, src, "")
+}
+
+// servePolicy serves src as a daemon running the policy file policy.
+func servePolicy(t *testing.T, src Source, policy string) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "control.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(src)
+	srv := NewServer(src, policy)
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	return sock
@@ -196,7 +205,7 @@ func FuzzControlAPI(f *testing.F) {
 		f.Add(seed.method, seed.path, []byte(seed.body))
 	}
 	var seen snapshotter.Container
-	h := NewServer(fakeSource{seen: &seen}).Handler
+	h := NewServer(fakeSource{seen: &seen}, "").Handler
 	root := context.WithValue(context.Background(), peerKey{}, &unix.Ucred{Uid: 0})
 	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
 		req, err := http.NewRequestWithContext(root, method, "http://snug"+path, bytes.NewReader(body))
@@ -245,7 +254,7 @@ func TestOnlyRootIsAnswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(fakeSource{})
+	srv := NewServer(fakeSource{}, "")
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	os.Chmod(sock, 0o666)
@@ -268,6 +277,90 @@ func TestOnlyRootIsAnswered(t *testing.T) {
 		}
 		if uid != 0 && !strings.Contains(answer, "for root only") {
 			t.Errorf("uid %d was answered:\n%s", uid, answer)
+		}
+	}
+}
+
+// TestBundleCreate: the call snug-runc makes on runc create adds the
+// detached poststop hook to the bundle's config.json and tells the daemon
+// the container is starting, with config.json's rootfs and annotations.
+// What it cannot do is refused with the status snug-runc acts on.
+func TestBundleCreate(t *testing.T) {
+	roottest.Require(t) // the control API answers root only
+	dir := t.TempDir()
+	policy := filepath.Join(dir, "config.toml")
+	hook := filepath.Join(dir, "snug-hook")
+	for _, f := range []string{policy, hook} {
+		if err := os.WriteFile(f, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain := filepath.Join(dir, "plain")
+	if err := os.WriteFile(plain, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var seen snapshotter.Container
+	c := NewClient(servePolicy(t, fakeSource{seen: &seen}, policy))
+	bundle := func(config string) string {
+		b := t.TempDir()
+		if config != "" {
+			if err := os.WriteFile(filepath.Join(b, "config.json"), []byte(config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return b
+	}
+	const spec = `{"ociVersion":"1.2.0","root":{"path":"rootfs"},"annotations":{"io.snugfs.policy":"big"}}`
+	for _, tc := range []struct {
+		name string
+		req  wire.Bundle
+		code int // 0: success
+	}{
+		{"ok", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: hook, Config: policy, Policy: policy}, 0},
+		{"ok, socket named by SNUG_CONTROL", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: hook}, 0},
+		{"another policy", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: hook, Policy: "/etc/snug/config.toml"}, http.StatusConflict},
+		{"no config.json", wire.Bundle{ID: "c1", Bundle: bundle(""), Hook: hook}, http.StatusNotFound},
+		{"broken config.json", wire.Bundle{ID: "c1", Bundle: bundle("{not json"), Hook: hook}, http.StatusBadRequest},
+		{"relative bundle", wire.Bundle{ID: "c1", Bundle: "rel", Hook: hook}, http.StatusBadRequest},
+		{"no hook there", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: filepath.Join(dir, "none")}, http.StatusBadRequest},
+		{"hook not executable", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: plain}, http.StatusBadRequest},
+	} {
+		seen = snapshotter.Container{}
+		var before []byte
+		if tc.req.Bundle != "rel" {
+			before, _ = os.ReadFile(filepath.Join(tc.req.Bundle, "config.json"))
+		}
+		var img wire.ContainerImage
+		err := c.Call(context.Background(), http.MethodPost, PathBundleCreate, tc.req, &img)
+		after, _ := os.ReadFile(filepath.Join(tc.req.Bundle, "config.json"))
+		if tc.code != 0 {
+			var se *wire.StatusError
+			if !errors.As(err, &se) || se.Code != tc.code {
+				t.Errorf("%s: %v, want status %d", tc.name, err, tc.code)
+			}
+			if tc.req.Bundle != "rel" && string(after) != string(before) {
+				t.Errorf("%s: config.json changed to %s", tc.name, after)
+			}
+			if seen.ID != "" {
+				t.Errorf("%s: the daemon was told the container starts", tc.name)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if img.ID != "7" || img.Class != "big" || seen.ID != "c1" || seen.RootFS != filepath.Join(tc.req.Bundle, "rootfs") {
+			t.Errorf("%s: answered %+v after telling %+v", tc.name, img, seen)
+		}
+		var doc struct {
+			Hooks struct{ Poststop []specs.Hook } `json:"hooks"`
+		}
+		if err := json.Unmarshal(after, &doc); err != nil || len(doc.Hooks.Poststop) != 1 {
+			t.Fatalf("%s: config.json after: %v\n%s", tc.name, err, after)
+		}
+		want := hooks.HookCommand(hook, tc.req.Config).Detached(hooks.StagePoststop)
+		if got := doc.Hooks.Poststop[0]; got.Path != want.Path || !slices.Equal(got.Args, want.Args) {
+			t.Errorf("%s: poststop hook %+v, want %+v", tc.name, got, want)
 		}
 	}
 }

@@ -11,7 +11,7 @@
 // closes the snapshotter; images stay mounted, so running containers are
 // not affected and the next start serves them again.
 //
-//	err := daemon.Run(ctx, cfg)
+//	err := daemon.Run(ctx, cfg, "/etc/snug/config.toml", reload)
 package daemon
 
 import (
@@ -43,10 +43,11 @@ import (
 const drainTimeout = 30 * time.Second
 
 // Run serves until ctx ends, then stops cleanly. It returns an error if it
-// could not start, or if serving failed. On SIGHUP it calls load and puts
-// the policy it returns in force; a policy load refuses is logged and the
-// one in force stays.
-func Run(ctx context.Context, cfg config.Config, load func() (config.Config, error)) error {
+// could not start, or if serving failed. cfg was read from the policy file
+// at file (the control API tells it to the runc wrapper). On SIGHUP it
+// calls load and puts the policy it returns in force; a policy load
+// refuses is logged and the one in force stays.
+func Run(ctx context.Context, cfg config.Config, file string, load func() (config.Config, error)) error {
 	// Sockets first: a second daemon on the same sockets must fail at once,
 	// before it touches the state a live one is using.
 	grpcL, err := listenUnix(cfg.Address)
@@ -95,7 +96,7 @@ func Run(ctx context.Context, cfg config.Config, load func() (config.Config, err
 
 	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
-	ctl := control.NewServer(service{Snapshotter: sn, doctor: doctor, ctrd: ctrd})
+	ctl := control.NewServer(service{Snapshotter: sn, doctor: doctor, ctrd: ctrd}, file)
 
 	bgCtx, stopBg := context.WithCancel(ctx)
 	defer stopBg()

@@ -29,6 +29,12 @@ const (
 	EnvRunc = "SNUG_RUNC"
 	// EnvConfig is the policy file the hooks read, if not the default.
 	EnvConfig = "SNUG_CONFIG"
+	// EnvControl is the daemon's control socket, if set: snug-runc and
+	// snug-hook then do not read it from the policy file. snug-runc itself
+	// never reads the policy file: without EnvControl it tries the default
+	// socket and, if the daemon there runs another policy, hands over to
+	// snug-hook.
+	EnvControl = "SNUG_CONTROL"
 )
 
 // HookTimeout is the timeout, in seconds, written into config.json for
@@ -69,6 +75,16 @@ type StageHook struct {
 	Hook  specs.Hook
 }
 
+// HookCommand is the Command of snug-hook at path, told to read the
+// policy file config ("" for the default).
+func HookCommand(path, config string) Command {
+	args := []string{filepath.Base(path)}
+	if config != "" {
+		args = append(args, "--config", config)
+	}
+	return Command{Path: path, Args: append(args, "hook")}
+}
+
 // SelfCommand is the Command of the running binary (snug-hook), with the
 // policy file from EnvConfig.
 func SelfCommand() (Command, error) {
@@ -76,11 +92,7 @@ func SelfCommand() (Command, error) {
 	if err != nil {
 		return Command{}, err
 	}
-	args := []string{filepath.Base(exe)}
-	if cfg := os.Getenv(EnvConfig); cfg != "" {
-		args = append(args, "--config", cfg)
-	}
-	return Command{Path: exe, Args: append(args, "hook")}, nil
+	return HookCommand(exe, os.Getenv(EnvConfig)), nil
 }
 
 // runcGlobalsWithValue are runc's global flags that take a separate value.
@@ -284,51 +296,38 @@ func RealRunc() (string, error) {
 	return "", fmt.Errorf("runc not found on PATH (set %s): %w", EnvRunc, exec.ErrNotFound)
 }
 
-// Wrap is the runc wrapper. On create and run it does the createRuntime
-// hook's work itself, before runc starts (the daemon at address gives the
-// window its headroom and applies the class the annotation picks), and
-// adds snug's poststop hook, detached, to the bundle's config.json. Then
-// it execs the real runc with the same arguments. Doing createRuntime's
-// work here rather than in a hook saves the container's start one
-// process; detaching poststop saves its stop the wait for one. Nothing
-// stops the container: a bundle it cannot edit, or a daemon that is down,
-// is reported on stderr, and runc runs all the same. It returns only when
-// the exec fails.
+// Wrap is the runc wrapper's work in Go: what snug-runc hands over when it
+// cannot reach the daemon's bundle create call (cmd/snug-runc), and what
+// snug-hook does when run as snug-runc. On create and run it does the
+// createRuntime hook's work itself, before runc starts (the daemon at
+// address gives the window its headroom and applies the class the
+// annotation picks), and adds snug's poststop hook, detached, to the
+// bundle's config.json. Then it execs the real runc with the same
+// arguments. Nothing stops the container: a bundle it cannot edit, or a
+// daemon that is down, is reported on stderr, and runc runs all the same.
+// It returns only when the exec fails.
 func Wrap(ctx context.Context, args []string, address string, stderr io.Writer) error {
 	runc, err := RealRunc()
 	if err != nil {
 		return err
 	}
 	if call := ParseRuncArgs(args); call.Bundle != "" {
-		// config.json is read once, for the hook and for the daemon.
-		path := filepath.Join(call.Bundle, "config.json")
-		data, err := readConfig(path)
+		dir, err := filepath.Abs(call.Bundle)
+		if err != nil {
+			return err
+		}
+		b := OpenBundle(dir, call.Container)
+		c, err := SelfCommand()
 		if err == nil {
-			var c Command
-			if c, err = SelfCommand(); err == nil {
-				err = addHooks(path, data, StageHook{StagePoststop, c.Detached(StagePoststop)})
-			}
+			err = b.AddPoststop(c)
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "%s: %s %s without snug's poststop hook: %v\n", WrapperName, call.Command, call.Bundle, err)
 		}
-		if err := starting(ctx, call, data, address); err != nil {
+		if _, err := tell(ctx, wire.NewClient(address).ContainerStarting, b.Container()); err != nil {
 			fmt.Fprintf(stderr, "%s: %s %s: warning: %v (the container goes on without it)\n", WrapperName, call.Command, call.Container, err)
 		}
 	}
 	err = syscall.Exec(runc, append([]string{runc}, args...), os.Environ())
 	return fmt.Errorf("exec %s: %w", runc, err)
-}
-
-// starting tells the daemon the container of a create or run is about to
-// start, as the createRuntime hook does; config is the bundle's
-// config.json (nil if it could not be read).
-func starting(ctx context.Context, call RuncCall, config []byte, address string) error {
-	bundle, err := filepath.Abs(call.Bundle)
-	if err != nil {
-		return err
-	}
-	rootfs, annotations := rootfsIn(specs.State{ID: call.Container, Bundle: bundle}, config)
-	_, err = tell(ctx, wire.NewClient(address).ContainerStarting, wire.Container{ID: call.Container, RootFS: rootfs, Annotations: annotations})
-	return err
 }

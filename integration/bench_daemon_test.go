@@ -209,7 +209,7 @@ func TestHookCostBreakdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	bundle := t.TempDir()
-	env := append(os.Environ(), "SNUG_RUNC=/bin/true", "SNUG_CONFIG="+s.snug.Config)
+	env := append(os.Environ(), "SNUG_RUNC=/bin/true", "SNUG_CONFIG="+s.snug.Config, "SNUG_CONTROL="+s.snug.Control)
 	detached := hooks.Command{Path: hook, Args: []string{"snug-hook", "--config", s.snug.Config, "hook"}}.Detached(hooks.StagePoststop)
 	type piece struct {
 		name  string
@@ -224,14 +224,16 @@ func TestHookCostBreakdown(t *testing.T) {
 			return c
 		}
 	}
+	freshConfig := func() {
+		if err := os.WriteFile(filepath.Join(bundle, "config.json"), config, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	pieces := []piece{
 		{"/bin/true (the baseline)", nil, command("", "/bin/true"), 0},
 		{"snug-runc kill (runc = /bin/true)", nil, command("", wrapper, "--root", "/run/x", "kill", "c", "KILL"), 0},
-		{"snug-runc create (runc = /bin/true)", func() {
-			if err := os.WriteFile(filepath.Join(bundle, "config.json"), config, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}, command("", wrapper, "--root", "/run/x", "create", "--bundle", bundle, "c"), 0},
+		{"snug-runc create (runc = /bin/true)", freshConfig, command("", wrapper, "--root", "/run/x", "create", "--bundle", bundle, "c"), 0},
+		{"snug-hook wrap create (the Go path; runc = /bin/true)", freshConfig, command("", hook, "wrap", "--root", "/run/x", "create", "--bundle", bundle, "c"), 0},
 		{"snug-hook hook createRuntime (running container)", nil, command(running, hook, "--config", s.snug.Config, "hook", "createRuntime"), 0},
 		{"snug-hook hook poststop (unknown container)", nil, command(stopped, hook, "--config", s.snug.Config, "hook", "poststop"), 0},
 		{"detached poststop hook (what runc waits for)", nil, command(stopped, detached.Path, detached.Args[1:]...), 0},

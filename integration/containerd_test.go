@@ -138,9 +138,9 @@ func (s *stack) startContainerd() {
 		t.Fatal(err)
 	}
 	s.cmd = exec.Command(filepath.Join(containerdBin(), "containerd"), "--config", filepath.Join(s.dir, "containerd.toml"))
-	// SNUG_CONFIG reaches snug-runc through the shim: its hooks then use
-	// this stack's daemon.
-	s.cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin", "SNUG_CONFIG="+s.snug.Config)
+	// SNUG_CONFIG and SNUG_CONTROL reach snug-runc through the shim: it
+	// and its hooks then use this stack's daemon, not the default one.
+	s.cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin", "SNUG_CONFIG="+s.snug.Config, "SNUG_CONTROL="+s.snug.Control)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -167,13 +167,15 @@ func (s *stack) startContainerd() {
 }
 
 // runcWrapper is snug-runc for this stack, laid out as `make build` does:
-// the script next to snug-hook.
+// next to snug-hook.
 func (s *stack) runcWrapper() string {
 	s.t.Helper()
 	return installWrapper(s.t, filepath.Join(s.dir, "bin"))
 }
 
-// installWrapper puts snug-hook and the snug-runc script in dir.
+// installWrapper puts snug-runc and snug-hook in dir, as links to the
+// binaries the tests built: snug-runc finds snug-hook next to the file it
+// really is.
 func installWrapper(t *testing.T, dir string) string {
 	t.Helper()
 	p := filepath.Join(dir, "snug-runc")
@@ -181,15 +183,11 @@ func installWrapper(t *testing.T, dir string) string {
 		return p
 	}
 	os.MkdirAll(dir, 0o755)
-	if err := os.Symlink(hookBinary(t), filepath.Join(dir, "snug-hook")); err != nil {
-		t.Fatal(err)
-	}
-	script, err := os.ReadFile(repoPath("cmd/snug-hook/snug-runc"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, script, 0o755); err != nil {
-		t.Fatal(err)
+	built := filepath.Dir(hookBinary(t))
+	for _, name := range []string{"snug-runc", "snug-hook"} {
+		if err := os.Symlink(filepath.Join(built, name), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return p
 }

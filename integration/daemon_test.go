@@ -56,6 +56,11 @@ func snugBinary(t testing.TB) string {
 				return
 			}
 		}
+		// snug-runc, the runc wrapper, as make build builds it.
+		if out, err := exec.Command(repoPath("scripts/build-snug-runc.sh"), filepath.Join(dir, "snug-runc")).CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build snug-runc: %v\n%s", err, out)
+			return
+		}
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what snug's tests and demo drive for real, idempotently:
 #   - e2fsprogs (mkfs.ext4, e2fsck, resize2fs, debugfs) and util-linux
-#     (losetup), which snug itself uses;
+#     (losetup), which snug itself uses; gcc and libc6-dev, to build
+#     snug-runc (C, static);
 #   - runc, umoci and busybox-static from Debian, to build test images and
 #     run containers; erofs-utils for the erofs snapshotter make bench
 #     compares; podman, which runs snug's hooks from a hooks.d directory;
@@ -20,6 +21,8 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin
 missing=()
 for tool in mkfs.ext4 e2fsck resize2fs debugfs; do have "$tool" || missing+=(e2fsprogs); done
 have losetup || missing+=(util-linux)
+have cc || missing+=(gcc)                          # snug-runc, the runc wrapper, is C
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(find /usr/lib -name libc.a -print -quit 2>/dev/null)" ] || missing+=(libc6-dev) # ... linked static
 have runc || missing+=(runc)
 have umoci || missing+=(umoci)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)

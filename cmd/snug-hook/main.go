@@ -60,9 +60,13 @@ func run(args []string) int {
 	return hooks.Main(context.Background(), args[1], address, err, os.Stdin, os.Stderr)
 }
 
-// controlAddress is the control socket the policy file at path names, or
-// the default one, with the file's error, when it cannot be read.
+// controlAddress is $SNUG_CONTROL, else the control socket the policy file
+// at path names, or the default one, with the file's error, when it cannot
+// be read.
 func controlAddress(path string) (string, error) {
+	if a := os.Getenv(hooks.EnvControl); a != "" {
+		return a, nil
+	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		return config.Default().ControlAddress, err

@@ -22,6 +22,7 @@ const (
 	PathStatus         = "/v1/status"
 	PathContainerStart = "/v1/containers/start"
 	PathContainerStop  = "/v1/containers/stop"
+	PathBundleCreate   = "/v1/bundles/create"
 	PathReclaim        = "/v1/reclaim"
 	PathIncidents      = "/v1/incidents"
 	PathCheck          = "/v1/check"
@@ -33,6 +34,27 @@ type Container struct {
 	ID          string            `json:"id"`
 	RootFS      string            `json:"rootfs,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// Bundle is the body of the bundle create call, which snug-runc (the runc
+// wrapper, cmd/snug-runc) makes on runc create and run: the daemon adds
+// snug's poststop hook to the bundle's config.json and does what the
+// createRuntime hook does, so the wrapper need not start a Go process.
+type Bundle struct {
+	// ID is the container's id, from runc's command line.
+	ID string `json:"id"`
+	// Bundle is the bundle directory, an absolute path.
+	Bundle string `json:"bundle"`
+	// Hook is snug-hook's absolute path, for the poststop hook.
+	Hook string `json:"hook"`
+	// Config is the policy file the hook is told to read (--config); empty
+	// for the default.
+	Config string `json:"config,omitempty"`
+	// Policy, when set, is the policy file the wrapper reads: a daemon
+	// running another one answers 409. The wrapper sets it when it found
+	// the socket at the default address rather than being told
+	// (SNUG_CONTROL), so it never edits a bundle for the wrong daemon.
+	Policy string `json:"policy,omitempty"`
 }
 
 // ContainerImage answers the container calls: the image the container runs

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/containerd/log"
 
@@ -27,7 +28,11 @@ func (c *CLI) serve(ctx context.Context, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	if err := daemon.Run(ctx, cfg, c.policy); err != nil {
+	file, err := filepath.Abs(c.configPath)
+	if err != nil {
+		return c.fail(err)
+	}
+	if err := daemon.Run(ctx, cfg, file, c.policy); err != nil {
 		return c.fail(err)
 	}
 	return exitOK
