@@ -38,6 +38,7 @@ const (
 	PathContainerStart = wire.PathContainerStart
 	PathContainerStop  = wire.PathContainerStop
 	PathBundleCreate   = wire.PathBundleCreate
+	PathPoststop       = wire.PathPoststop
 	PathReclaim        = wire.PathReclaim
 	PathIncidents      = wire.PathIncidents
 	PathCheck          = wire.PathCheck
@@ -137,6 +138,20 @@ func NewServer(src Source, policy string) *http.Server {
 			return
 		}
 		writeJSON(w, img)
+	})
+	mux.HandleFunc("POST "+PathPoststop, func(w http.ResponseWriter, r *http.Request) {
+		st, err := hooks.ReadState(r.Body)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		c := hooks.StateContainer(st)
+		img, err := src.ContainerStopped(r.Context(), snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations})
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes})
 	})
 	mux.HandleFunc("POST "+PathReclaim, func(w http.ResponseWriter, r *http.Request) {
 		var req ReclaimRequest

@@ -289,8 +289,8 @@ func TestBundleCreate(t *testing.T) {
 	roottest.Require(t) // the control API answers root only
 	dir := t.TempDir()
 	policy := filepath.Join(dir, "config.toml")
-	hook := filepath.Join(dir, "snug-hook")
-	for _, f := range []string{policy, hook} {
+	wrapper := filepath.Join(dir, "snug-runc")
+	for _, f := range []string{policy, wrapper} {
 		if err := os.WriteFile(f, nil, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -300,7 +300,8 @@ func TestBundleCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	var seen snapshotter.Container
-	c := NewClient(servePolicy(t, fakeSource{seen: &seen}, policy))
+	sock := servePolicy(t, fakeSource{seen: &seen}, policy)
+	c := NewClient(sock)
 	bundle := func(config string) string {
 		b := t.TempDir()
 		if config != "" {
@@ -316,14 +317,15 @@ func TestBundleCreate(t *testing.T) {
 		req  wire.Bundle
 		code int // 0: success
 	}{
-		{"ok", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: hook, Config: policy, Policy: policy}, 0},
-		{"ok, socket named by SNUG_CONTROL", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: hook}, 0},
-		{"another policy", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: hook, Policy: "/etc/snug/config.toml"}, http.StatusConflict},
-		{"no config.json", wire.Bundle{ID: "c1", Bundle: bundle(""), Hook: hook}, http.StatusNotFound},
-		{"broken config.json", wire.Bundle{ID: "c1", Bundle: bundle("{not json"), Hook: hook}, http.StatusBadRequest},
-		{"relative bundle", wire.Bundle{ID: "c1", Bundle: "rel", Hook: hook}, http.StatusBadRequest},
-		{"no hook there", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: filepath.Join(dir, "none")}, http.StatusBadRequest},
-		{"hook not executable", wire.Bundle{ID: "c1", Bundle: bundle(spec), Hook: plain}, http.StatusBadRequest},
+		{"ok", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: wrapper, Control: sock, Policy: policy}, 0},
+		{"ok, socket named by SNUG_CONTROL", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: wrapper, Control: sock}, 0},
+		{"another policy", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: wrapper, Control: sock, Policy: "/etc/snug/config.toml"}, http.StatusConflict},
+		{"no config.json", wire.Bundle{ID: "c1", Bundle: bundle(""), Wrapper: wrapper, Control: sock}, http.StatusNotFound},
+		{"broken config.json", wire.Bundle{ID: "c1", Bundle: bundle("{not json"), Wrapper: wrapper, Control: sock}, http.StatusBadRequest},
+		{"relative bundle", wire.Bundle{ID: "c1", Bundle: "rel", Wrapper: wrapper, Control: sock}, http.StatusBadRequest},
+		{"relative control socket", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: wrapper, Control: "control.sock"}, http.StatusBadRequest},
+		{"no wrapper there", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: filepath.Join(dir, "none"), Control: sock}, http.StatusBadRequest},
+		{"wrapper not executable", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: plain, Control: sock}, http.StatusBadRequest},
 	} {
 		seen = snapshotter.Container{}
 		var before []byte
@@ -358,9 +360,32 @@ func TestBundleCreate(t *testing.T) {
 		if err := json.Unmarshal(after, &doc); err != nil || len(doc.Hooks.Poststop) != 1 {
 			t.Fatalf("%s: config.json after: %v\n%s", tc.name, err, after)
 		}
-		want := hooks.HookCommand(hook, tc.req.Config).Detached(hooks.StagePoststop)
+		want := hooks.WrapperPoststop(wrapper, sock)
 		if got := doc.Hooks.Poststop[0]; got.Path != want.Path || !slices.Equal(got.Args, want.Args) {
 			t.Errorf("%s: poststop hook %+v, want %+v", tc.name, got, want)
 		}
+	}
+}
+
+// TestPoststopState: snug-runc's poststop hook sends the OCI state as it
+// is; the daemon reads it as snug-hook would and reports the stop, and
+// refuses a state that is not one with 400.
+func TestPoststopState(t *testing.T) {
+	roottest.Require(t) // the control API answers root only
+	var seen snapshotter.Container
+	c := NewClient(serve(t, fakeSource{seen: &seen}))
+	bundle := t.TempDir()
+	state := json.RawMessage(fmt.Sprintf(`{"ociVersion":"1.2.0","id":"c1","status":"stopped","bundle":%q}`, bundle))
+	var img wire.ContainerImage
+	if err := c.Call(context.Background(), http.MethodPost, PathPoststop, state, &img); err != nil || img.ID != "7" {
+		t.Fatalf("%v, %+v", err, img)
+	}
+	if seen.ID != "c1" || seen.RootFS != filepath.Join(bundle, "rootfs") {
+		t.Errorf("told %+v", seen)
+	}
+	seen = snapshotter.Container{}
+	var se *wire.StatusError
+	if err := c.Call(context.Background(), http.MethodPost, PathPoststop, json.RawMessage(`{"id":"c1","bundle":"rel"}`), &img); !errors.As(err, &se) || se.Code != http.StatusBadRequest || seen.ID != "" {
+		t.Errorf("a bad state: %v; told %+v", err, seen)
 	}
 }

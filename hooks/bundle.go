@@ -13,7 +13,7 @@ import (
 )
 
 // ErrBadBundle is returned for a bundle create call that cannot be
-// carried out as asked: a relative path, no snug-hook at the path given,
+// carried out as asked: a relative path, no snug-runc at the path given,
 // or a config.json AddHooks refuses.
 var ErrBadBundle = errors.New("bad bundle")
 
@@ -37,12 +37,21 @@ func OpenBundle(dir, id string) *Bundle {
 	return b
 }
 
-// AddPoststop adds snug's poststop hook, c run detached, to config.json.
-func (b *Bundle) AddPoststop(c Command) error {
+// AddPoststop adds h to config.json as snug's poststop hook.
+func (b *Bundle) AddPoststop(h specs.Hook) error {
 	if b.Err != nil {
 		return b.Err
 	}
-	return addHooks(filepath.Join(b.Dir, "config.json"), b.config, StageHook{StagePoststop, c.Detached(StagePoststop)})
+	return addHooks(filepath.Join(b.Dir, "config.json"), b.config, StageHook{StagePoststop, h})
+}
+
+// WrapperPoststop is the poststop hook the daemon adds for snug-runc at
+// wrapper: snug-runc's own hook mode, which hands the OCI state to the
+// daemon at control (wire.PathPoststop). It is small C and makes one
+// call, so runc waits for it rather than for a detached Go process.
+func WrapperPoststop(wrapper, control string) specs.Hook {
+	t := HookTimeout
+	return specs.Hook{Path: wrapper, Args: []string{WrapperName, "hook", StagePoststop, "--control", control}, Timeout: &t}
 }
 
 // Container is what the daemon is told of the container when it starts:
@@ -54,7 +63,7 @@ func (b *Bundle) Container() wire.Container {
 
 // PrepareBundle is the bundle create call, in the daemon: the work of
 // snug-runc on create and run. It adds the poststop hook to the bundle's
-// config.json, running snug-hook at req.Hook detached, then calls start
+// config.json (WrapperPoststop), then calls start
 // (the daemon's ContainerStarting) with what config.json says of the
 // container. A config.json that does not exist is fs.ErrNotExist (the
 // daemon may not see the bundle: the wrapper then does the work itself);
@@ -64,11 +73,14 @@ func PrepareBundle(ctx context.Context, req wire.Bundle, start func(context.Cont
 	if !filepath.IsAbs(req.Bundle) {
 		return wire.ContainerImage{}, fmt.Errorf("%w: bundle %q is not an absolute path", ErrBadBundle, req.Bundle)
 	}
-	if err := executable(req.Hook); err != nil {
-		return wire.ContainerImage{}, fmt.Errorf("%w: hook: %w", ErrBadBundle, err)
+	if err := executable(req.Wrapper); err != nil {
+		return wire.ContainerImage{}, fmt.Errorf("%w: wrapper: %w", ErrBadBundle, err)
+	}
+	if !filepath.IsAbs(req.Control) {
+		return wire.ContainerImage{}, fmt.Errorf("%w: control socket %q is not an absolute path", ErrBadBundle, req.Control)
 	}
 	b := OpenBundle(filepath.Clean(req.Bundle), req.ID)
-	if err := b.AddPoststop(HookCommand(req.Hook, req.Config)); err != nil {
+	if err := b.AddPoststop(WrapperPoststop(req.Wrapper, req.Control)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return wire.ContainerImage{}, fmt.Errorf("bundle %s: %w", b.Dir, err)
 		}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/snugfs/snug/control/wire"
 )
 
@@ -56,13 +58,20 @@ func Hook(ctx context.Context, stage string, stdin io.Reader, client *wire.Clien
 		return res, err
 	}
 	res.Container = st.ID
-	rootfs, annotations := rootfsOf(st)
-	out, err := tell(ctx, call, wire.Container{ID: st.ID, RootFS: rootfs, Annotations: annotations})
+	out, err := tell(ctx, call, StateContainer(st))
 	res.Image, res.Class, res.FreeBytes = out.ID, out.Class, out.FreeBytes
 	if err != nil {
 		res.Warning = err
 	}
 	return res, nil
+}
+
+// StateContainer is what a hook tells the daemon of the container whose
+// OCI state is st: its id, and its rootfs and annotations from the state
+// and the bundle's config.json.
+func StateContainer(st specs.State) wire.Container {
+	rootfs, annotations := rootfsOf(st)
+	return wire.Container{ID: st.ID, RootFS: rootfs, Annotations: annotations}
 }
 
 // tell makes one hook call to the daemon, bounded by Timeout.

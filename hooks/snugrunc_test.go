@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -88,6 +89,7 @@ type fakeDaemon struct {
 	status int
 	mu     sync.Mutex
 	got    []wire.Bundle
+	states []string // poststop hook bodies
 }
 
 func startFakeDaemon(t testing.TB, status int) *fakeDaemon {
@@ -98,6 +100,15 @@ func startFakeDaemon(t testing.TB, status int) *fakeDaemon {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == wire.PathPoststop {
+			body, _ := io.ReadAll(r.Body)
+			d.mu.Lock()
+			d.states = append(d.states, string(body))
+			d.mu.Unlock()
+			w.WriteHeader(d.status)
+			json.NewEncoder(w).Encode(wire.ErrorBody{Error: "the fake says no"})
+			return
+		}
 		var b wire.Bundle
 		if r.Method != http.MethodPost || r.URL.Path != wire.PathBundleCreate || json.NewDecoder(r.Body).Decode(&b) != nil {
 			http.Error(w, "bad call", http.StatusTeapot)
@@ -161,8 +172,8 @@ func checkWrapperCall(t testing.TB, w runcWrapper, d *fakeDaemon, args []string)
 	if len(got) != 1 {
 		t.Fatalf("%q: %d daemon calls, want 1; ran %q, stderr %q", args, len(got), stdout, stderr)
 	}
-	if b := got[0]; b.ID != call.Container || filepath.Clean(b.Bundle) != bundle || b.Hook != w.hook || b.Config != "" || b.Policy != "" {
-		t.Fatalf("%q: daemon told %+v, want id %q, bundle %q, hook %q", args, b, call.Container, bundle, w.hook)
+	if b := got[0]; b.ID != call.Container || filepath.Clean(b.Bundle) != bundle || b.Wrapper != w.path || b.Control != d.socket || b.Policy != "" {
+		t.Fatalf("%q: daemon told %+v, want id %q, bundle %q, wrapper %q, control %q", args, b, call.Container, bundle, w.path, d.socket)
 	}
 	want := called("runc", args)
 	switch d.status {
@@ -233,10 +244,67 @@ func TestRuncWrapperHandsOver(t *testing.T) {
 	if out, _ := w.run(t, t.TempDir(), d.socket, create, "SNUG_CONFIG=rel.toml"); out != called("snug-hook", append([]string{"wrap"}, create...)) {
 		t.Errorf("relative SNUG_CONFIG: ran %q", out)
 	}
-	// An absolute one is passed on for the hook's --config.
+	// An absolute one is no matter: SNUG_CONTROL names the daemon.
 	w.run(t, t.TempDir(), d.socket, create, "SNUG_CONFIG=/etc/snug/other.toml")
-	if got := d.take(); len(got) != 1 || got[0].Config != "/etc/snug/other.toml" || got[0].Policy != "" {
+	if got := d.take(); len(got) != 1 || got[0].Policy != "" {
 		t.Errorf("SNUG_CONFIG: daemon told %+v", got)
+	}
+}
+
+// TestRuncWrapperPoststopHook: `snug-runc hook poststop --control S`
+// hands its stdin to the daemon as it is, and exits as a hook should: 0
+// when done or when the daemon is down or fails (with a warning), 2 with
+// the daemon's message for a state it refuses, 2 for a usage error.
+func TestRuncWrapperPoststopHook(t *testing.T) {
+	w := buildRuncWrapper(t)
+	state := `{"ociVersion":"1.2.0","id":"c1","status":"stopped","bundle":"/b/c1"}`
+	hook := func(control, stdin string, args ...string) (int, string) {
+		t.Helper()
+		if args == nil {
+			args = []string{"hook", "poststop", "--control", control}
+		}
+		cmd := exec.Command(w.path, args...)
+		cmd.Stdin = strings.NewReader(stdin)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		return cmd.ProcessState.ExitCode(), stderr.String()
+	}
+	for _, tc := range []struct {
+		status, exit int
+		stderr       string
+	}{
+		{http.StatusOK, 0, ""},
+		{http.StatusBadRequest, 2, "the fake says no"},
+		{http.StatusInternalServerError, 0, "warning: snug daemon: 500"},
+	} {
+		d := startFakeDaemon(t, tc.status)
+		code, stderr := hook(d.socket, state)
+		if code != tc.exit || !strings.Contains(stderr, tc.stderr) || (tc.stderr == "" && stderr != "") {
+			t.Errorf("daemon answering %d: exit %d, stderr %q; want %d and %q", tc.status, code, stderr, tc.exit, tc.stderr)
+		}
+		if d.mu.Lock(); len(d.states) != 1 || d.states[0] != state {
+			t.Errorf("daemon answering %d: got %q", tc.status, d.states)
+		}
+		d.mu.Unlock()
+	}
+	if code, stderr := hook(filepath.Join(t.TempDir(), "none.sock"), state); code != 0 || !strings.Contains(stderr, "warning") {
+		t.Errorf("no daemon: exit %d, stderr %q", code, stderr)
+	}
+	for _, args := range [][]string{{"hook", "poststop"}, {"hook", "prestart", "--control", "/x"}, {"hook", "poststop", "--control", "rel"}} {
+		if code, stderr := hook("", state, args...); code != 2 || !strings.Contains(stderr, "usage") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+	// A state of 2 MiB: the daemon gets more than it reads (1 MiB) and
+	// refuses it; the hook does not hang or read it all.
+	d := startFakeDaemon(t, http.StatusOK)
+	if code, _ := hook(d.socket, strings.Repeat("x", 2<<20)); code != 0 || len(d.states) != 1 || len(d.states[0]) != 1<<20+1 {
+		t.Errorf("2 MiB state: exit %d, daemon got %d bytes", code, len(d.states[0]))
 	}
 }
 
@@ -251,6 +319,7 @@ func TestRuncWrapperDefaults(t *testing.T) {
 		"DEFAULT_CONTROL":    config.Default().ControlAddress,
 		"DEFAULT_POLICY":     config.DefaultPath,
 		"PATH_BUNDLE_CREATE": wire.PathBundleCreate,
+		"PATH_POSTSTOP":      wire.PathPoststop,
 		"TIMEOUT_SECONDS":    fmt.Sprint(int(hooks.Timeout.Seconds())),
 	} {
 		m := regexp.MustCompile(`#define ` + name + ` "?([^"\s]*)"?`).FindSubmatch(src)

@@ -319,7 +319,7 @@ func Wrap(ctx context.Context, args []string, address string, stderr io.Writer) 
 		b := OpenBundle(dir, call.Container)
 		c, err := SelfCommand()
 		if err == nil {
-			err = b.AddPoststop(c)
+			err = b.AddPoststop(c.Detached(StagePoststop))
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "%s: %s %s without snug's poststop hook: %v\n", WrapperName, call.Command, call.Bundle, err)

@@ -77,13 +77,15 @@ func TestHooksThroughRuncWrapper(t *testing.T) {
 	if n := strings.Count(spec, `"hook","createRuntime"`); n != 0 {
 		t.Errorf("createRuntime hook %d times in config.json:\n%s", n, spec)
 	}
-	if n := strings.Count(spec, `"hook","poststop"`); n != 1 {
+	// The daemon added it: snug-runc's own hook mode, on this daemon.
+	if n := strings.Count(spec, fmt.Sprintf(`"snug-runc","hook","poststop","--control",%q`, s.snug.Control)); n != 1 {
 		t.Errorf("poststop hook %d times in config.json:\n%s", n, spec)
 	}
 }
 
 // TestWrapperFailsSafe: with no daemon to answer, and with a bundle it
-// cannot edit, snug-runc still runs runc, with the same arguments, and
+// cannot edit (whether snug-runc hands it to snug-hook wrap or the daemon
+// refuses it), snug-runc still runs runc, with the same arguments, and
 // says on stderr what it could not do.
 func TestWrapperFailsSafe(t *testing.T) {
 	dir := t.TempDir()
@@ -98,15 +100,19 @@ func TestWrapperFailsSafe(t *testing.T) {
 	}
 	bundle := filepath.Join(dir, "bundle")
 	os.Mkdir(bundle, 0o755)
-	for _, tc := range []struct{ name, config, warn string }{
-		{"daemon down", `{"ociVersion":"1.2.0","root":{"path":"rootfs"}}`, "snug daemon is not running"},
-		{"broken config.json", `{not json`, "without snug's poststop hook"},
+	os.Mkdir(filepath.Join(dir, "live"), 0o700)
+	live := startDaemon(t, filepath.Join(dir, "live"), "")
+	for _, tc := range []struct{ name, config, control, warn string }{
+		{"daemon down", `{"ociVersion":"1.2.0","root":{"path":"rootfs"}}`, "", "snug daemon is not running"},
+		{"broken config.json", `{not json`, "", "without snug's poststop hook"},
+		// The daemon is up and refuses the bundle: snug-runc says why.
+		{"broken config.json, daemon up", `{not json`, live.Control, "snug daemon: 400"},
 	} {
 		if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(tc.config), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(wrapper, "--root", "/run/x", "create", "--bundle", bundle, "--pid-file", "p", "c1")
-		cmd.Env = append(os.Environ(), "SNUG_RUNC="+fakeRunc, "SNUG_CONFIG="+policy)
+		cmd.Env = append(os.Environ(), "SNUG_RUNC="+fakeRunc, "SNUG_CONFIG="+policy, "SNUG_CONTROL="+tc.control)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()

@@ -9,13 +9,17 @@
  *
  *   - Every call but create and run: exec the real runc at once.
  *   - create and run: one call to the snug daemon's control socket,
- *     POST /v1/bundles/create with the container id, the bundle and the
- *     path of snug-hook (next to this binary). The daemon adds snug's
- *     poststop hook to the bundle's config.json and does the
- *     createRuntime hook's work (hooks.PrepareBundle). Then exec runc.
+ *     POST /v1/bundles/create with the container id and the bundle. The
+ *     daemon adds snug's poststop hook to the bundle's config.json and
+ *     does the createRuntime hook's work (hooks.PrepareBundle). Then exec
+ *     runc.
+ *   - The poststop hook is this binary too: `snug-runc hook poststop
+ *     --control SOCKET` hands the OCI state on stdin to the daemon as it is
+ *     (POST /v1/hooks/poststop), and exits.
  *   - When that call cannot be made here (no daemon at the socket, a daemon
  *     running another policy, one that does not see the bundle, an older
- *     one, a path JSON cannot carry), exec `snug-hook wrap` with the same
+ *     one, a path JSON cannot carry), exec `snug-hook wrap` (next to this
+ *     binary) with the same
  *     arguments: the same work in Go (hooks.Wrap), which reads the policy
  *     file and reports what fails.
  *   - Anything else that fails is a warning on stderr, and runc runs all
@@ -45,6 +49,7 @@
 #define DEFAULT_CONTROL "/run/snug/control.sock"
 #define DEFAULT_POLICY "/etc/snug/config.toml"
 #define PATH_BUNDLE_CREATE "/v1/bundles/create"
+#define PATH_POSTSTOP "/v1/hooks/poststop"
 #define TIMEOUT_SECONDS 5 /* hooks.Timeout */
 
 extern char **environ;
@@ -96,21 +101,6 @@ static void put_json_string(struct buf *b, const char *s)
 		}
 	}
 	put(b, "\"", 1);
-}
-
-/* self_dir is the directory of this binary, symlinks resolved. */
-static int self_dir(char *out, size_t size)
-{
-	ssize_t n = readlink("/proc/self/exe", out, size - 1);
-	char *slash;
-	if (n <= 0)
-		return -1;
-	out[n] = 0;
-	slash = strrchr(out, '/');
-	if (!slash)
-		return -1;
-	*slash = 0;
-	return 0;
 }
 
 static int same_file(const char *a, const char *b)
@@ -223,6 +213,93 @@ static struct call parse(int argc, char **argv)
 	return c;
 }
 
+/* write_all writes n bytes of p to fd; -1 on error (errno set). */
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+enum { CANNOT_CONNECT = -1, NO_ANSWER = -2 };
+
+/*
+ * post sends body to path on the control socket, as HTTP/1.0 (the daemon
+ * answers, then closes), bounded by TIMEOUT_SECONDS each way. It returns
+ * the answer's status, with the start of the answer in resp, or
+ * CANNOT_CONNECT or NO_ANSWER (*why says what failed).
+ */
+static int post(const char *control, const char *path, const char *body, size_t len, struct buf *resp, const char **why)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct timeval tv = {.tv_sec = TIMEOUT_SECONDS};
+	char head[256];
+	int fd, code, n;
+
+	*why = "";
+	if (strlen(control) >= sizeof sa.sun_path) {
+		*why = "socket path too long";
+		return CANNOT_CONNECT;
+	}
+	strcpy(sa.sun_path, control);
+	n = snprintf(head, sizeof head, "POST %s HTTP/1.0\r\nHost: snug\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n", path, len);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*why = strerror(errno);
+		return CANNOT_CONNECT;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+		*why = strerror(errno);
+		close(fd);
+		return CANNOT_CONNECT;
+	}
+	if (write_all(fd, head, (size_t)n) != 0 || write_all(fd, body, len) != 0) {
+		*why = strerror(errno);
+		close(fd);
+		return NO_ANSWER;
+	}
+	for (;;) {
+		ssize_t r = read(fd, resp->data + resp->len, sizeof resp->data - 1 - resp->len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			*why = errno == EAGAIN ? "no answer in time" : strerror(errno);
+			close(fd);
+			return NO_ANSWER;
+		}
+		if (r == 0)
+			break;
+		resp->len += (size_t)r;
+		resp->data[resp->len] = 0;
+		if (resp->len == sizeof resp->data - 1)
+			break; /* the status line is what matters */
+	}
+	close(fd);
+	if (sscanf(resp->data, "HTTP/1.%*d %d", &code) != 1) {
+		*why = "not an HTTP answer";
+		return NO_ANSWER;
+	}
+	return code;
+}
+
+/* message is the answer's body, up to its first newline. */
+static const char *message(const struct buf *resp, int *len)
+{
+	const char *msg = strstr(resp->data, "\r\n\r\n");
+	msg = msg ? msg + 4 : "";
+	*len = (int)strcspn(msg, "\n");
+	return msg;
+}
+
 enum outcome { DONE, HAND_OVER, WARNED };
 
 /*
@@ -230,18 +307,14 @@ enum outcome { DONE, HAND_OVER, WARNED };
  * daemon did the work, HAND_OVER when the Go path should do it, WARNED
  * when it failed in a way the Go path would repeat (a warning is printed).
  */
-static enum outcome bundle_create(const struct call *c, const char *hook)
+static enum outcome bundle_create(const struct call *c, const char *self)
 {
 	const char *control = getenv("SNUG_CONTROL");
 	const char *config = getenv("SNUG_CONFIG");
-	const char *policy = NULL;
+	const char *policy = NULL, *why;
 	char dir[PATH_MAX];
-	struct buf body = {0}, req = {0}, resp = {0};
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	struct timeval tv = {.tv_sec = TIMEOUT_SECONDS};
-	char len[32];
-	int fd, code;
-	size_t off;
+	struct buf body = {0}, resp = {0};
+	int code, n;
 
 	if (config && !*config)
 		config = NULL;
@@ -251,9 +324,8 @@ static enum outcome bundle_create(const struct call *c, const char *hook)
 		control = DEFAULT_CONTROL;
 		policy = config ? config : DEFAULT_POLICY;
 	}
-	if (strlen(control) >= sizeof sa.sun_path)
+	if (control[0] != '/')
 		return HAND_OVER;
-	strcpy(sa.sun_path, control);
 
 	puts_(&body, "{\"id\":");
 	put_json_string(&body, c->id ? c->id : "");
@@ -264,18 +336,16 @@ static enum outcome bundle_create(const struct call *c, const char *hook)
 		if (!getcwd(dir, sizeof dir))
 			return HAND_OVER;
 		if (!is(c->bundle, ".")) {
-			size_t n = strlen(dir);
-			if (snprintf(dir + n, sizeof dir - n, "/%s", c->bundle) >= (int)(sizeof dir - n))
+			size_t len = strlen(dir);
+			if (snprintf(dir + len, sizeof dir - len, "/%s", c->bundle) >= (int)(sizeof dir - len))
 				return HAND_OVER;
 		}
 		put_json_string(&body, dir);
 	}
-	puts_(&body, ",\"hook\":");
-	put_json_string(&body, hook);
-	if (config) {
-		puts_(&body, ",\"config\":");
-		put_json_string(&body, config);
-	}
+	puts_(&body, ",\"wrapper\":");
+	put_json_string(&body, self);
+	puts_(&body, ",\"control\":");
+	put_json_string(&body, control);
 	if (policy) {
 		puts_(&body, ",\"policy\":");
 		put_json_string(&body, policy);
@@ -284,91 +354,106 @@ static enum outcome bundle_create(const struct call *c, const char *hook)
 	if (body.bad)
 		return HAND_OVER;
 
-	/* HTTP/1.0: the daemon answers with a length or until it closes. */
-	snprintf(len, sizeof len, "%zu", body.len);
-	puts_(&req, "POST " PATH_BUNDLE_CREATE " HTTP/1.0\r\nHost: snug\r\nContent-Type: application/json\r\nContent-Length: ");
-	puts_(&req, len);
-	puts_(&req, "\r\n\r\n");
-	put(&req, body.data, body.len);
-	if (req.bad)
-		return HAND_OVER;
-
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return HAND_OVER;
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-		close(fd);
-		return HAND_OVER; /* snug-hook says whether the daemon is down */
-	}
-	for (off = 0; off < req.len;) {
-		ssize_t n = write(fd, req.data + off, req.len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			fprintf(stderr, NAME ": %s %s: warning: snug daemon at %s: %s (the container goes on without it)\n", c->command, c->id ? c->id : "", control, strerror(errno));
-			close(fd);
-			return WARNED;
-		}
-		off += (size_t)n;
-	}
-	for (;;) {
-		ssize_t n = read(fd, resp.data + resp.len, sizeof resp.data - 1 - resp.len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			fprintf(stderr, NAME ": %s %s: warning: snug daemon at %s: %s (the container goes on without it)\n", c->command, c->id ? c->id : "", control, errno == EAGAIN ? "no answer in time" : strerror(errno));
-			close(fd);
-			return WARNED;
-		}
-		if (n == 0)
-			break;
-		resp.len += (size_t)n;
-		resp.data[resp.len] = 0;
-		if (resp.len == sizeof resp.data - 1)
-			break; /* the status line is all that matters */
-	}
-	close(fd);
-	if (sscanf(resp.data, "HTTP/1.%*d %d", &code) != 1) {
-		fprintf(stderr, NAME ": %s %s: warning: snug daemon at %s: not an HTTP answer (the container goes on without it)\n", c->command, c->id ? c->id : "", control);
-		return WARNED;
-	}
+	code = post(control, PATH_BUNDLE_CREATE, body.data, body.len, &resp, &why);
 	switch (code) {
-	case 200:
-		return DONE;
+	case CANNOT_CONNECT: /* snug-hook says whether the daemon is down */
 	case 404: /* a bundle the daemon cannot see, or a daemon without this call */
 	case 405:
 	case 409: /* a daemon running another policy */
 		return HAND_OVER;
+	case NO_ANSWER:
+		fprintf(stderr, NAME ": %s %s: warning: snug daemon at %s: %s (the container goes on without it)\n", c->command, c->id ? c->id : "", control, why);
+		return WARNED;
+	case 200:
+		return DONE;
 	default: {
-		const char *msg = strstr(resp.data, "\r\n\r\n");
-		msg = msg ? msg + 4 : "";
-		fprintf(stderr, NAME ": %s %s: warning: snug daemon: %d %.*s (the container goes on without it)\n", c->command, c->id ? c->id : "", code, (int)strcspn(msg, "\n"), msg);
+		const char *msg = message(&resp, &n);
+		fprintf(stderr, NAME ": %s %s: warning: snug daemon: %d %.*s (the container goes on without it)\n", c->command, c->id ? c->id : "", code, n, msg);
 		return WARNED;
 	}
 	}
 }
 
+/*
+ * poststop_hook is `snug-runc hook poststop --control SOCKET`, the
+ * poststop hook the daemon puts in config.json: it hands the OCI state on
+ * stdin, unparsed, to the daemon, which schedules the reclaim and answers
+ * at once. Like snug-hook: a state the daemon refuses exits 2 with its
+ * message; a daemon that is down or fails is a warning, exit 0 (the exit
+ * event still reaches the daemon through containerd).
+ */
+static int poststop_hook(int argc, char **argv)
+{
+	const size_t max = (1 << 20) + 1; /* hooks.ReadState reads at most 1 MiB */
+	struct buf resp = {0};
+	const char *why, *msg;
+	char *state;
+	size_t len = 0;
+	int code, n;
+
+	if (argc != 5 || !is(argv[2], "poststop") || !is(argv[3], "--control") || argv[4][0] != '/') {
+		fprintf(stderr, "usage: " NAME " hook poststop --control SOCKET < state.json\n");
+		return 2;
+	}
+	state = malloc(max);
+	if (!state) {
+		fprintf(stderr, NAME " hook poststop: warning: %s\n", strerror(errno));
+		return 0;
+	}
+	for (;;) {
+		ssize_t r = read(0, state + len, max - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			fprintf(stderr, NAME " hook poststop: reading the state: %s\n", strerror(errno));
+			return 2;
+		}
+		if (r == 0 || (len += (size_t)r) == max)
+			break;
+	}
+	code = post(argv[4], PATH_POSTSTOP, state, len, &resp, &why);
+	free(state);
+	msg = message(&resp, &n);
+	switch (code) {
+	case 200:
+		return 0;
+	case 400:
+		fprintf(stderr, NAME " hook poststop: %.*s\n", n, msg);
+		return 2;
+	case CANNOT_CONNECT:
+	case NO_ANSWER:
+		fprintf(stderr, NAME " hook poststop: warning: snug daemon at %s: %s (the container goes on without it)\n", argv[4], why);
+		return 0;
+	default:
+		fprintf(stderr, NAME " hook poststop: warning: snug daemon: %d %.*s (the container goes on without it)\n", code, n, msg);
+		return 0;
+	}
+}
+
 int main(int argc, char **argv)
 {
-	struct call c = parse(argc, argv);
-	char hook[PATH_MAX];
-	size_t n;
+	struct call c;
+	char self[PATH_MAX], hook[PATH_MAX];
+	ssize_t n;
+	char *slash;
 
+	if (argc > 1 && is(argv[1], "hook"))
+		return poststop_hook(argc, argv);
+	c = parse(argc, argv);
 	if (!c.bundle)
 		exec_runc(argv);
-	if (self_dir(hook, sizeof hook - sizeof "/snug-hook") != 0) {
-		fprintf(stderr, NAME ": cannot find its own directory: %s; runc runs without snug's hooks\n", strerror(errno));
+	n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n > 0)
+		self[n] = 0;
+	if (n <= 0 || !(slash = strrchr(self, '/'))) {
+		fprintf(stderr, NAME ": cannot find itself (/proc/self/exe); runc runs without snug's hooks\n");
 		exec_runc(argv);
 	}
-	n = strlen(hook);
-	memcpy(hook + n, "/snug-hook", sizeof "/snug-hook");
-	if (access(hook, X_OK) != 0) {
+	if (snprintf(hook, sizeof hook, "%.*s/snug-hook", (int)(slash - self), self) >= (int)sizeof hook || access(hook, X_OK) != 0) {
 		fprintf(stderr, NAME ": %s: %s; runc runs without snug's hooks\n", hook, strerror(errno));
 		exec_runc(argv);
 	}
-	if (bundle_create(&c, hook) == HAND_OVER)
+	if (bundle_create(&c, self) == HAND_OVER)
 		exec_go(hook, argc, argv);
 	exec_runc(argv);
 	return 127;

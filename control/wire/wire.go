@@ -23,6 +23,9 @@ const (
 	PathContainerStart = "/v1/containers/start"
 	PathContainerStop  = "/v1/containers/stop"
 	PathBundleCreate   = "/v1/bundles/create"
+	// PathPoststop takes a poststop hook's OCI state as it is, from
+	// snug-runc's hook mode, which does not parse JSON.
+	PathPoststop = "/v1/hooks/poststop"
 	PathReclaim        = "/v1/reclaim"
 	PathIncidents      = "/v1/incidents"
 	PathCheck          = "/v1/check"
@@ -45,11 +48,11 @@ type Bundle struct {
 	ID string `json:"id"`
 	// Bundle is the bundle directory, an absolute path.
 	Bundle string `json:"bundle"`
-	// Hook is snug-hook's absolute path, for the poststop hook.
-	Hook string `json:"hook"`
-	// Config is the policy file the hook is told to read (--config); empty
-	// for the default.
-	Config string `json:"config,omitempty"`
+	// Wrapper is snug-runc's absolute path: the poststop hook is
+	// `snug-runc hook poststop --control Control`.
+	Wrapper string `json:"wrapper"`
+	// Control is the control socket the call came on, for the hook.
+	Control string `json:"control"`
 	// Policy, when set, is the policy file the wrapper reads: a daemon
 	// running another one answers 409. The wrapper sets it when it found
 	// the socket at the default address rather than being told
