@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # exec-cost.sh: what one extra exec costs on this machine, the floor of any
 # runc wrapper's overhead per runc call. Prints the mean of N runs (default
-# 300) of: /bin/true; /bin/sh exec'ing /bin/true (snug-runc is a sh script);
-# a static C program exec'ing /bin/true (needs gcc); snug-hook's Go start.
+# 300) of: /bin/true; /bin/sh exec'ing /bin/true (what snug-runc was);
+# a static C program exec'ing /bin/true (what snug-runc is, needs gcc);
+# snug-hook's Go start.
 set -euo pipefail
 n=${1:-300}
 here=$(cd "$(dirname "$0")/.." && pwd)

@@ -6,15 +6,17 @@
 //     container's window its headroom before the process starts (and applies
 //     the class its io.snugfs.policy annotation picks). poststop: the daemon
 //     schedules a reclaim of its image and returns at once.
-//   - Wrap is the runc wrapper, in the pattern of nvidia-container-runtime:
-//     `snug-hook wrap`, which the snug-runc script calls for create and run
-//     (it execs runc directly for every other call). On `create` and `run`
-//     it does the createRuntime hook's work itself, adds the poststop hook,
-//     detached (runc does not wait for it), to the bundle's config.json,
-//     then execs the real runc. It is what `ctr run --runc-binary` and a
-//     containerd runtime's BinaryName option (CRI included) point at.
+//   - The runc wrapper, in the pattern of nvidia-container-runtime, is
+//     snug-runc (cmd/snug-runc, C), what `ctr run --runc-binary` and a
+//     containerd runtime's BinaryName option (CRI included) point at. On
+//     create and run it asks the daemon to do the work: PrepareBundle adds
+//     the poststop hook (WrapperPoststop: snug-runc's own hook mode) to the
+//     bundle's config.json and tells the snapshotter the container starts.
+//     Wrap is the same work in Go (`snug-hook wrap`), which snug-runc hands
+//     over to when the daemon cannot do it; its poststop hook is detached
+//     (runc does not wait for a Go process).
 //
-// Both run in cmd/snug-hook, a small binary (the standard library, the
+// Hook and Wrap run in cmd/snug-hook, a small binary (the standard library, the
 // runtime-spec types, the policy file reader) that starts in about 2 ms,
 // since container starts and stops go through it.
 //

@@ -112,7 +112,7 @@ func TestHookLatencyBenchmark(t *testing.T) {
 	if out == "" {
 		t.Skip("benchmark: run with make bench (SNUG_BENCH_OUT)")
 	}
-	runs := envInt(t, "SNUG_BENCH_RUNS", 30)
+	runs := envInt(t, "SNUG_BENCH_RUNS", 80)
 	s := startStack(t, "")
 	s.importImage()
 	wrapper := s.runcWrapper()
@@ -152,17 +152,38 @@ func TestHookLatencyBenchmark(t *testing.T) {
 		"run_median_ms":  map[string]float64{"plain": median(runMs["plain"]), "hooks": median(runMs["hooks"])},
 		"kill_median_ms": map[string]float64{"plain": median(killMs["plain"]), "hooks": median(killMs["hooks"])},
 	}
-	runRatio := median(runMs["hooks"]) / median(runMs["plain"])
-	killRatio := median(killMs["hooks"]) / median(killMs["plain"])
-	table := fmt.Sprintf("%-28s %10s %10s %8s\n%-28s %10.1f %10.1f %7.3fx\n%-28s %10.1f %10.1f %7.3fx\nmedians of %d each, round robin; hooks = ctr run --runc-binary snug-runc\nreproduce: make bench-daemon\n",
-		"latency (ms)", "plain", "hooks", "ratio",
-		"ctr run --rm ... /bin/true", median(runMs["plain"]), median(runMs["hooks"]), runRatio,
-		"ctr task kill -s KILL", median(killMs["plain"]), median(killMs["hooks"]), killRatio, runs)
+	// Each round runs both variants back to back: the median of the
+	// differences within rounds is what the hooks add, with the drift of
+	// this noisy host between rounds taken out. The goal is judged on it.
+	runAdded, killAdded := medianDiff(runMs["hooks"], runMs["plain"]), medianDiff(killMs["hooks"], killMs["plain"])
+	runRatio := 1 + runAdded/median(runMs["plain"])
+	killRatio := 1 + killAdded/median(killMs["plain"])
+	report["run_added_ms"], report["kill_added_ms"] = runAdded, killAdded
+	report["run_ratio"], report["kill_ratio"] = runRatio, killRatio
+	table := fmt.Sprintf("%-28s %10s %10s %10s %8s\n%-28s %10.1f %10.1f %10.2f %7.3fx\n%-28s %10.1f %10.1f %10.2f %7.3fx\n"+
+		"medians of %d each, round robin; hooks = ctr run --runc-binary snug-runc\n"+
+		"added = median of (hooks - plain) within each round; ratio = 1 + added / plain\nreproduce: make bench-daemon\n",
+		"latency (ms)", "plain", "hooks", "added", "ratio",
+		"ctr run --rm ... /bin/true", median(runMs["plain"]), median(runMs["hooks"]), runAdded, runRatio,
+		"ctr task kill -s KILL", median(killMs["plain"]), median(killMs["hooks"]), killAdded, killRatio, runs)
 	t.Log("\n" + table)
 	writeBench(t, out, "hook-latency", report, table)
-	if runRatio > 1.05 || killRatio > 1.05 {
-		t.Errorf("hooks add more than 5%%: run %.3fx, kill %.3fx", runRatio, killRatio)
+	// Judged on the larger of the two estimates (paired, and ratio of
+	// medians): this host's noise moves each by a few ms.
+	runWorst := max(runRatio, median(runMs["hooks"])/median(runMs["plain"]))
+	killWorst := max(killRatio, median(killMs["hooks"])/median(killMs["plain"]))
+	if runWorst > 1.05 || killWorst > 1.05 {
+		t.Errorf("hooks add more than 5%%: run %.3fx, kill %.3fx", runWorst, killWorst)
 	}
+}
+
+// medianDiff is the median of a[i] - b[i].
+func medianDiff(a, b []float64) float64 {
+	d := make([]float64, len(a))
+	for i := range a {
+		d[i] = a[i] - b[i]
+	}
+	return median(d)
 }
 
 // writeBench writes name.json and name.txt into out.
@@ -236,7 +257,8 @@ func TestHookCostBreakdown(t *testing.T) {
 		{"snug-hook wrap create (the Go path; runc = /bin/true)", freshConfig, command("", hook, "wrap", "--root", "/run/x", "create", "--bundle", bundle, "c"), 0},
 		{"snug-hook hook createRuntime (running container)", nil, command(running, hook, "--config", s.snug.Config, "hook", "createRuntime"), 0},
 		{"snug-hook hook poststop (unknown container)", nil, command(stopped, hook, "--config", s.snug.Config, "hook", "poststop"), 0},
-		{"detached poststop hook (what runc waits for)", nil, command(stopped, detached.Path, detached.Args[1:]...), 0},
+		{"snug-runc hook poststop (what runc waits for)", nil, command(stopped, wrapper, "hook", "poststop", "--control", s.snug.Control), 0},
+		{"detached poststop hook (the Go path's)", nil, command(stopped, detached.Path, detached.Args[1:]...), 0},
 		{"sh -c 'exec /bin/true' (one sh)", nil, command("", "/bin/sh", "-c", "exec /bin/true"), 0},
 		{"snug-hook, usage error (Go start alone)", nil, command("", hook), 2},
 	}

@@ -37,8 +37,9 @@ TOML
   sed -e "s|@DIR@|$dir|g" -e "s|@SNUG_SOCKET@|$dir/run/snug.sock|g" -e "s|@EXTRA_UNPACK@|${SNUG_EXTRA_UNPACK:-}|" \
     -e "s|@DISABLED_PLUGINS@|$off|" \
     "$here/containerd.toml.in" > "$dir/containerd.toml"
-  # SNUG_CONFIG: snug-runc's hooks (run by the shim) use this stack's daemon.
-  SNUG_CONFIG="$dir/snug.toml" containerd --config "$dir/containerd.toml" > "$dir/containerd.log" 2>&1 &
+  # SNUG_CONFIG, SNUG_CONTROL: snug-runc and its hooks (run by the shim)
+  # use this stack's daemon.
+  SNUG_CONFIG="$dir/snug.toml" SNUG_CONTROL="$dir/run/control.sock" containerd --config "$dir/containerd.toml" > "$dir/containerd.log" 2>&1 &
   echo $! > "$dir/containerd.pid"
   wait_socket "$dir/containerd.sock" "$(cat "$dir/containerd.pid")" containerd "$dir/containerd.log"
 }

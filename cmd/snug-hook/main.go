@@ -5,12 +5,12 @@
 //	snug-hook [--config PATH] hook createRuntime|prestart|poststop   (state on stdin)
 //	snug-hook wrap RUNC-ARGS...   (on create and run: createRuntime's work, add the poststop hook; exec runc)
 //
-// snug-runc, the runc wrapper, is the shell script next to this file: it
-// sends create and run here and execs runc for every other call, so those
-// do not pay for a Go process. A symlink snug-runc -> snug-hook also works
-// (every call then goes through snug-hook).
+// snug-runc, the runc wrapper (cmd/snug-runc, C), hands create and run
+// here when the daemon cannot do the work for it (no daemon at the socket,
+// another policy, a bundle it cannot see). A symlink snug-runc -> snug-hook
+// also works: every call then goes through snug-hook.
 //
-// It reads control_address from the policy file (default
+// It reads control_address from $SNUG_CONTROL or the policy file (default
 // /etc/snug/config.toml) and behaves as `snug hook`: bad input exits 2
 // with a message; a daemon that is down or fails is a warning, exit 0.
 package main

@@ -25,10 +25,10 @@ const (
 	PathBundleCreate   = "/v1/bundles/create"
 	// PathPoststop takes a poststop hook's OCI state as it is, from
 	// snug-runc's hook mode, which does not parse JSON.
-	PathPoststop = "/v1/hooks/poststop"
-	PathReclaim        = "/v1/reclaim"
-	PathIncidents      = "/v1/incidents"
-	PathCheck          = "/v1/check"
+	PathPoststop  = "/v1/hooks/poststop"
+	PathReclaim   = "/v1/reclaim"
+	PathIncidents = "/v1/incidents"
+	PathCheck     = "/v1/check"
 )
 
 // Container is the body of the container start and stop calls: what an OCI

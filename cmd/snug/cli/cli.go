@@ -64,8 +64,9 @@ commands:
   version                                         print the version
 
 SIZE is bytes or a number with a unit: 10GiB, 512MiB, 1.5G.
-The runc wrapper that adds the hooks to each container is snug-runc, a
-script next to snug-hook; $SNUG_RUNC names the real runc.
+The runc wrapper that adds the hooks to each container is snug-runc, next
+to snug-hook; $SNUG_RUNC names the real runc, $SNUG_CONTROL the control
+socket if it is not the default.
 The policy file (default /etc/snug/config.toml) gives the defaults.
 `
 
