@@ -308,6 +308,32 @@ func TestRuncWrapperPoststopHook(t *testing.T) {
 	}
 }
 
+// TestRuncWrapperFindsRunc: without SNUG_RUNC, snug-runc runs the first
+// runc on PATH that is an executable file and not snug-runc itself (as
+// hooks.RealRunc): installed under the name runc, it must not run itself.
+func TestRuncWrapperFindsRunc(t *testing.T) {
+	w := buildRuncWrapper(t)
+	dir := t.TempDir()
+	aDir, self, real := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "c")
+	for _, d := range []string{filepath.Join(aDir, "runc"), self, real} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(w.path, filepath.Join(self, "runc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(w.runc, filepath.Join(real, "runc")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(w.path, "start", "c1")
+	cmd.Env = append(os.Environ(), "SNUG_RUNC=", "PATH="+strings.Join([]string{aDir, self, real}, ":"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || string(out) != called("runc", []string{"start", "c1"}) {
+		t.Errorf("ran %q (%v), want the runc in %s", out, err, real)
+	}
+}
+
 // TestRuncWrapperDefaults: the defaults compiled into snug-runc are
 // config's.
 func TestRuncWrapperDefaults(t *testing.T) {

@@ -103,10 +103,13 @@ static void put_json_string(struct buf *b, const char *s)
 	put(b, "\"", 1);
 }
 
-static int same_file(const char *a, const char *b)
+/* other_runc tells whether path is an executable file that is not this one. */
+static int other_runc(const char *path)
 {
-	struct stat sa, sb;
-	return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+	struct stat sp, self;
+	if (stat(path, &sp) != 0 || !S_ISREG(sp.st_mode) || access(path, X_OK) != 0)
+		return 0;
+	return stat("/proc/self/exe", &self) != 0 || sp.st_dev != self.st_dev || sp.st_ino != self.st_ino;
 }
 
 /*
@@ -135,7 +138,7 @@ static void exec_runc(char **argv)
 		else
 			n = snprintf(cand, sizeof cand, "%.*s/runc", n, path);
 		path = *end ? end + 1 : end;
-		if (n < 0 || (size_t)n >= sizeof cand || access(cand, X_OK) != 0 || same_file(cand, "/proc/self/exe"))
+		if (n < 0 || (size_t)n >= sizeof cand || !other_runc(cand))
 			continue;
 		argv[0] = cand;
 		execv(cand, argv);
