@@ -47,6 +47,7 @@ func buildRuncWrapper(t testing.TB) runcWrapper {
 		}
 		w := runcWrapper{path: filepath.Join(dir, "snug-runc"), hook: filepath.Join(dir, "snug-hook"), runc: filepath.Join(dir, "fake-runc")}
 		if out, err := exec.Command("../scripts/build-snug-runc.sh", w.path).CombinedOutput(); err != nil {
+			os.RemoveAll(dir)
 			wrapperErr = fmt.Errorf("build snug-runc: %v\n%s", err, out)
 			return
 		}
@@ -55,6 +56,7 @@ func buildRuncWrapper(t testing.TB) runcWrapper {
 			w.runc: "#!/bin/sh\nprintf 'runc'; for a do printf ' [%s]' \"$a\"; done; echo\n",
 		} {
 			if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+				os.RemoveAll(dir)
 				wrapperErr = err
 				return
 			}
@@ -71,6 +73,15 @@ func buildRuncWrapper(t testing.TB) runcWrapper {
 }
 
 var errSkip = errors.New("skip")
+
+// TestMain removes the wrapper the tests built once.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if wrapperBuilt.path != "" {
+		os.RemoveAll(filepath.Dir(wrapperBuilt.path))
+	}
+	os.Exit(code)
+}
 
 // called is how a fake was called: "runc [a] [b]".
 func called(name string, args []string) string {
