@@ -99,7 +99,7 @@ func NewServer(src Source, policy string) *http.Server {
 			if !readJSON(w, r, &c) {
 				return
 			}
-			img, err := call(r.Context(), snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations})
+			img, err := call(r.Context(), fromWire(c))
 			if err != nil {
 				code := http.StatusInternalServerError
 				if errdefs.IsInvalidArgument(err) {
@@ -108,7 +108,7 @@ func NewServer(src Source, policy string) *http.Server {
 				writeError(w, code, err)
 				return
 			}
-			writeJSON(w, wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes})
+			writeJSON(w, toWire(img))
 		}
 	}
 	mux.HandleFunc("POST "+PathContainerStart, container(src.ContainerStarting))
@@ -123,8 +123,8 @@ func NewServer(src Source, policy string) *http.Server {
 			return
 		}
 		img, err := hooks.PrepareBundle(r.Context(), req, func(ctx context.Context, c wire.Container) (wire.ContainerImage, error) {
-			img, err := src.ContainerStarting(ctx, snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations})
-			return wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes}, err
+			img, err := src.ContainerStarting(ctx, fromWire(c))
+			return toWire(img), err
 		})
 		if err != nil {
 			code := http.StatusInternalServerError
@@ -145,13 +145,12 @@ func NewServer(src Source, policy string) *http.Server {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		c := hooks.StateContainer(st)
-		img, err := src.ContainerStopped(r.Context(), snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations})
+		img, err := src.ContainerStopped(r.Context(), fromWire(hooks.StateContainer(st)))
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
-		writeJSON(w, wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes})
+		writeJSON(w, toWire(img))
 	})
 	mux.HandleFunc("POST "+PathReclaim, func(w http.ResponseWriter, r *http.Request) {
 		var req ReclaimRequest
@@ -211,6 +210,16 @@ func NewServer(src Source, policy string) *http.Server {
 			return context.WithValue(ctx, peerKey{}, peerCred(c))
 		},
 	}
+}
+
+// fromWire is the snapshotter's view of a container a hook reports.
+func fromWire(c wire.Container) snapshotter.Container {
+	return snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations}
+}
+
+// toWire is the answer to a hook's call.
+func toWire(img snapshotter.ContainerImage) wire.ContainerImage {
+	return wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes}
 }
 
 // samePath tells whether a and b name the same file: the same inode, or

@@ -95,6 +95,11 @@ func executable(path string) error {
 	if !filepath.IsAbs(path) {
 		return fmt.Errorf("%q is not an absolute path", path)
 	}
+	return executableFile(path)
+}
+
+// executableFile refuses a path that is not an executable regular file.
+func executableFile(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err

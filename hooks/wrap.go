@@ -75,16 +75,6 @@ type StageHook struct {
 	Hook  specs.Hook
 }
 
-// HookCommand is the Command of snug-hook at path, told to read the
-// policy file config ("" for the default).
-func HookCommand(path, config string) Command {
-	args := []string{filepath.Base(path)}
-	if config != "" {
-		args = append(args, "--config", config)
-	}
-	return Command{Path: path, Args: append(args, "hook")}
-}
-
 // SelfCommand is the Command of the running binary (snug-hook), with the
 // policy file from EnvConfig.
 func SelfCommand() (Command, error) {
@@ -92,7 +82,11 @@ func SelfCommand() (Command, error) {
 	if err != nil {
 		return Command{}, err
 	}
-	return HookCommand(exe, os.Getenv(EnvConfig)), nil
+	args := []string{filepath.Base(exe)}
+	if cfg := os.Getenv(EnvConfig); cfg != "" {
+		args = append(args, "--config", cfg)
+	}
+	return Command{Path: exe, Args: append(args, "hook")}, nil
 }
 
 // runcGlobalsWithValue are runc's global flags that take a separate value.
@@ -285,7 +279,7 @@ func RealRunc() (string, error) {
 	self, _ := os.Executable()
 	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
 		p := filepath.Join(dir, "runc")
-		if fi, err := os.Stat(p); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		if executableFile(p) != nil {
 			continue
 		}
 		if r, err := filepath.EvalSymlinks(p); err == nil && r == self {
