@@ -5,7 +5,7 @@ BIN     := bin
 SNUG    := $(BIN)/snug
 PKGS    := ./...
 
-.PHONY: all build deps demo test test-unit test-root fuzz soak bench bench-imagefs bench-containerd bench-churn bench-daemon bench-fsck vet clean
+.PHONY: all build deps demo test test-unit test-root fuzz soak bench bench-imagefs bench-containerd bench-churn bench-daemon bench-fsck bench-io vet clean
 
 all: build
 
@@ -107,7 +107,17 @@ bench-fsck: deps
 	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
 	  $(GO) test -count=1 -timeout 30m -run '^TestRepairBenchmark$$' -v ./integration
 
-bench: bench-imagefs bench-containerd bench-churn bench-daemon bench-fsck
+# bench-io: a container's I/O (fio, small files, SQLite) on snug,
+# overlayfs, blockfile and erofs's ext4 writable layer in one containerd,
+# round robin; medians and ratios to overlayfs in bench/results/io.{json,txt,png}.
+# SNUG_BENCH_ROUNDS (3) sets the rounds; SNUG_BENCH_IO_POLICY adds TOML to
+# snug's policy and SNUG_BENCH_IO_NAME names the results (io-NAME.*).
+bench-io: deps
+	@mkdir -p bench/results
+	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
+	  $(GO) test -count=1 -timeout 60m -run '^TestIOBenchmark$$' -v ./integration
+
+bench: bench-imagefs bench-containerd bench-churn bench-daemon bench-fsck bench-io
 
 clean:
 	rm -rf $(BIN)

@@ -34,6 +34,8 @@ type CreateOptions struct {
 	BytesPerInode int64
 	// DirectIO attaches the image with direct I/O while Create fills it.
 	DirectIO bool
+	// FastCommit formats the image with ext4 fast commits (see mkfs).
+	FastCommit bool
 }
 
 func (o *CreateOptions) normalize() error {
@@ -91,7 +93,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	if terr != nil || cerr != nil {
 		return fmt.Errorf("create %s: %w", path, HostError(errors.Join(terr, cerr)))
 	}
-	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, BytesPerInode: o.BytesPerInode, UUID: uuid}); err != nil {
+	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, BytesPerInode: o.BytesPerInode, FastCommit: o.FastCommit, UUID: uuid}); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	if err := placeBalloon(ctx, tmp, o.Window, o.DirectIO); err != nil {

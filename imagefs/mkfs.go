@@ -11,6 +11,7 @@ import (
 type mkfsOptions struct {
 	JournalBytes  int64
 	BytesPerInode int64
+	FastCommit    bool
 	UUID          string
 }
 
@@ -25,13 +26,22 @@ type mkfsOptions struct {
 //     resizes them offline, where resize2fs does not need it;
 //   - lazy inode tables (mounts use noinit_itable so they stay unwritten);
 //   - nodiscard: the file is new, there is nothing to discard;
+//   - with FastCommit, ext4 fast commits: an fsync that only changes a
+//     file's data and inode writes one fast-commit block (with a cache
+//     flush before and after it, as a jbd2 commit has) instead of a jbd2
+//     transaction of descriptor, metadata and commit blocks. mkfs adds the
+//     fast-commit area to the journal (512 KiB to a 4 MiB one);
 //   - an explicit random UUID: ext4's fsid, which fanotify reports, derives
 //     from it, so two images must never share one.
 func mkfs(ctx context.Context, path string, o mkfsOptions) error {
 	journalMiB := (o.JournalBytes + (1<<20 - 1)) >> 20
+	features := "^resize_inode"
+	if o.FastCommit {
+		features += ",fast_commit"
+	}
 	run, err := runTool(ctx, "mkfs.ext4",
 		"-F", "-q", "-t", "ext4", "-b", "4096", "-m", "0",
-		"-O", "^resize_inode",
+		"-O", features,
 		"-J", "size="+strconv.FormatInt(journalMiB, 10),
 		"-i", strconv.FormatInt(o.BytesPerInode, 10),
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",

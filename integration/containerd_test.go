@@ -104,7 +104,14 @@ const noCRI = `"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.c
 func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stack {
 	t.Helper()
 	requireStack(t)
-	dir := roottest.TempDir(t)
+	return startStackIn(t, roottest.TempDir(t), policy, extraUnpack, extraConfig)
+}
+
+// startStackIn is startStackWith in a directory the caller made (with
+// roottest.TempDir), e.g. with another filesystem mounted on its state/,
+// snug's root.
+func startStackIn(t *testing.T, dir, policy, extraUnpack, extraConfig string) *stack {
+	t.Helper()
 	s := &stack{t: t, dir: dir}
 	// snug follows this containerd's task exits.
 	s.snug = startDaemon(t, dir, fmt.Sprintf("containerd_address = %q\n", filepath.Join(dir, "containerd.sock"))+policy)

@@ -45,3 +45,48 @@ func plotChurn(path string, series []churnSeries) error {
 	p.Legend.TextStyle.Font.Size = vg.Points(9)
 	return p.Save(10*vg.Inch, 6*vg.Inch, path)
 }
+
+// plotIO draws each snapshotter's ratio to overlayfs per workload as
+// grouped bars, with overlayfs's 1.0 as a line.
+func plotIO(path string, rep ioReport) error {
+	p := plot.New()
+	p.Title.Text = "Container I/O: ratio to overlayfs (higher is better), " + rep.Kernel
+	p.Y.Label.Text = "× overlayfs (median)"
+	p.Legend.Top = true
+	names := make([]string, len(ioWorkloads))
+	for i, w := range ioWorkloads {
+		names[i] = w.Name
+	}
+	colors := []color.Color{color.RGBA{0x1f, 0x77, 0xb4, 0xff}, color.RGBA{0xd6, 0x27, 0x28, 0xff}, color.RGBA{0x2c, 0xa0, 0x2c, 0xff}, color.RGBA{0x94, 0x67, 0xbd, 0xff}}
+	var shown []string
+	for _, sn := range rep.Snapshotters {
+		if sn != "overlayfs" {
+			shown = append(shown, sn)
+		}
+	}
+	w := vg.Points(14)
+	for i, sn := range shown {
+		vals := make(plotter.Values, len(ioWorkloads))
+		for j, wl := range ioWorkloads {
+			vals[j] = rep.Ratios[wl.Name][sn]
+		}
+		bars, err := plotter.NewBarChart(vals, w)
+		if err != nil {
+			return err
+		}
+		bars.Color = colors[i%len(colors)]
+		bars.LineStyle.Width = 0
+		bars.Offset = w * vg.Length(float64(i)-float64(len(shown)-1)/2)
+		p.Add(bars)
+		p.Legend.Add(sn, bars)
+	}
+	one, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: 1}, {X: float64(len(ioWorkloads)) - 0.5, Y: 1}})
+	if err != nil {
+		return err
+	}
+	one.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	p.Add(one)
+	p.Legend.Add("overlayfs = 1", one)
+	p.NominalX(names...)
+	return p.Save(10*vg.Inch, 5*vg.Inch, path)
+}

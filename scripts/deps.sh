@@ -6,7 +6,9 @@
 #   - runc, umoci and busybox-static from Debian, to build test images and
 #     run containers; erofs-utils for the erofs snapshotter make bench
 #     compares; podman, which runs snug's hooks from a hooks.d directory;
-#     xfsprogs, for a host filesystem that clones files (the online check);
+#     xfsprogs, for a host filesystem that clones files (the online check
+#     and the durability test's crash images); fio and sqlite3 for make
+#     bench-io;
 #   - containerd v2.4.2 (containerd, ctr, containerd-shim-runc-v2), built
 #     from the Go module proxy once (about 2 minutes) into $SNUG_CACHE
 #     (default /var/cache/snug), then reused; crictl v1.37.0 the same way, for
@@ -29,6 +31,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 have mkfs.erofs || missing+=(erofs-utils) # the erofs snapshotter, compared in make bench
 have podman || missing+=(podman)          # runs snug's hooks.d files in a test
 have mkfs.xfs || missing+=(xfsprogs)      # a reflink-capable host for the online check's test
+have fio || missing+=(fio)                # make bench-io's workloads
+have sqlite3 || missing+=(sqlite3)        # ... and its SQLite one
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need ${missing[*]}; run as root or install them" >&2

@@ -36,6 +36,7 @@ func policyFrom(cfg config.Config) policy {
 			JournalSize:   int64(cfg.Image.JournalSize),
 			BytesPerInode: int64(cfg.Image.BytesPerInode),
 			DirectIO:      cfg.Image.DirectIO,
+			FastCommit:    cfg.Image.FastCommit,
 		},
 		mount: imagefs.MountOptions{DirectIO: cfg.Image.DirectIO, Discard: cfg.Image.Discard},
 	}

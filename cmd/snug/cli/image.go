@@ -54,7 +54,7 @@ func (c *CLI) imageCreate(ctx context.Context, args []string) int {
 	o := imagefs.CreateOptions{
 		Quota: cfg.Image.Quota.Bytes(), Window: cfg.Window.Initial.Bytes(),
 		JournalSize: cfg.Image.JournalSize.Bytes(), BytesPerInode: cfg.Image.BytesPerInode.Bytes(),
-		DirectIO: cfg.Image.DirectIO,
+		DirectIO: cfg.Image.DirectIO, FastCommit: cfg.Image.FastCommit,
 	}
 	if size.set {
 		o.Quota = size.v.Bytes()
