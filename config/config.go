@@ -195,7 +195,7 @@ func Default() Config {
 			BytesPerInode: 16 * KiB,
 			DirectIO:      true,
 			Discard:       false,
-			FastCommit:    true,
+			FastCommit:    false,
 		},
 		Window: WindowPolicy{
 			Initial:       256 * MiB,

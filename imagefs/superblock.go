@@ -22,6 +22,7 @@ type Superblock struct {
 	State       uint16 // 1 = cleanly unmounted, 2 = errors detected, 4 = orphans
 	NeedsRecov  bool   // the journal holds transactions not yet replayed
 	HasJournal  bool
+	FastCommit  bool // the journal has a fast-commit area (mkfs -O fast_commit)
 	ErrorCount  int64
 	FirstError  *FsError
 	LastError   *FsError
@@ -48,6 +49,7 @@ const (
 	stateErrors = 0x2
 
 	compatHasJournal = 0x4
+	compatFastCommit = 0x400
 	incompatRecover  = 0x4
 	incompat64bit    = 0x80
 	maxLogBlockSize  = 6 // 64 KiB blocks
@@ -120,6 +122,7 @@ func parseSuperblock(b []byte, fileSize int64) (*Superblock, error) {
 	sb.Label = cString(b[0x78:0x88])
 	sb.State = le.Uint16(b[0x3A:])
 	sb.HasJournal = compat&compatHasJournal != 0
+	sb.FastCommit = compat&compatFastCommit != 0
 	sb.NeedsRecov = incompat&incompatRecover != 0
 	sb.LastMounted = cString(b[0x88:0xC8])
 	sb.ErrorCount = int64(le.Uint32(b[0x194:]))
