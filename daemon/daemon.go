@@ -8,8 +8,9 @@
 // on SIGHUP.
 //
 // Stopping (ctx ends, on SIGTERM) drains the gRPC calls in flight, then
-// closes the snapshotter; images stay mounted, so running containers are
-// not affected and the next start serves them again.
+// closes the snapshotter: the images containers use stay mounted, so running
+// containers are not affected and the next start serves them again; the
+// others are unmounted and their loop devices detached.
 //
 //	err := daemon.Run(ctx, cfg, "/etc/snug/config.toml", reload)
 package daemon

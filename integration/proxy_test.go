@@ -3,8 +3,10 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -37,6 +39,12 @@ func TestConformanceThroughProxy(t *testing.T) {
 			d.Stop(syscall.SIGTERM)
 			if _, serr := os.Stat(d.Address); serr == nil {
 				err = errors.Join(err, errors.New("socket left after SIGTERM"))
+			}
+			// No container uses these images: a stopped snug must leave
+			// no mount and no loop device behind, or removing its root
+			// (as the suite does next) pins them to deleted files.
+			if left, lerr := roottest.Leftovers(d.Root); lerr != nil || len(left) > 0 {
+				err = errors.Join(err, lerr, fmt.Errorf("left by snug serve after SIGTERM: %s", strings.Join(left, "; ")))
 			}
 			return errors.Join(err, roottest.Sweep(d.Root))
 		}, nil

@@ -43,7 +43,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if err := sn.Commit(ctx, "half", "half-active"); err != nil {
 		t.Fatal(err)
 	}
-	sn.Close()
+	sn.close(false) // the daemon dies: every image stays mounted
 
 	dirs := filepath.Join(root, "snapshots")
 	// 1. Commit recorded, swap not done: rw image mounted on mnt again.

@@ -110,14 +110,22 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 }
 
 // Close stops the watcher, the pool's refill and scheduled reclaims (a
-// reclaim running finishes) and closes the metadata store. It leaves every
-// image mounted: containers keep running while snug restarts.
-func (s *Snapshotter) Close() error {
+// reclaim running finishes), unmounts the images nothing uses and closes
+// the metadata store. The images a container uses stay mounted: containers
+// keep running while snug restarts (releaseUnused).
+func (s *Snapshotter) Close() error { return s.close(true) }
+
+// close is Close; release false leaves every image mounted, as a killed
+// daemon does (the tests' stand-in for a crash).
+func (s *Snapshotter) close(release bool) error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.stopBg()
 		s.bg.Wait()
 		s.pool.wait()
+		if release {
+			s.releaseUnused(context.Background())
+		}
 		err = s.ms.Close()
 	})
 	return err

@@ -1,0 +1,130 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/imagefs"
+)
+
+// releaseWait bounds how long Close spends unmounting unused images.
+const releaseWait = 15 * time.Second
+
+// releaseUnused unmounts every image that nothing outside snug uses: no
+// overlay has its layer or upper directory among its layers, and no other
+// mount (a bind of a snapshot without parent, a propagated copy) shows its
+// filesystem. Autoclear then detaches its loop device. An image a container
+// runs on stays mounted, so the container keeps running while snug restarts;
+// the next start mounts the others again (reconcile). Without this, a
+// stopped daemon left every image mounted and attached, and removing its
+// state directory (as containerd's conformance suite does after each case)
+// deleted the image files under live mounts: loop devices pinned to deleted
+// files, for good. An image still attached after its unmount (its
+// filesystem is in use in another mount namespace) is left to its last
+// user and logged.
+func (s *Snapshotter) releaseUnused(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, releaseWait)
+	defer cancel()
+	used, err := s.imagesInUse()
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("closing: cannot tell which images are in use; leaving every image mounted")
+		return
+	}
+	var released int
+	for _, im := range s.mountedImages() {
+		if used[im.id] {
+			continue
+		}
+		if im.st != nil {
+			im.st.op.Lock() // a reclaim in progress finishes first
+		}
+		err := im.m.Unmount(ctx)
+		if im.st != nil {
+			im.st.op.Unlock()
+		}
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("snapshot", im.id).Warn("closing: image left mounted")
+			continue
+		}
+		released++
+	}
+	log.G(ctx).WithField("released", released).WithField("in use", len(used)).Info("closing: unused images unmounted")
+}
+
+// mountedImage is a mounted image of a snapshot: its rw image (st set) or
+// its layer.
+type mountedImage struct {
+	id string
+	m  *imagefs.Mounted
+	st *imageState
+}
+
+// mountedImages lists the rw images, then the layers: an unused rw image
+// goes before the layers below it.
+func (s *Snapshotter) mountedImages() []mountedImage {
+	var out []mountedImage
+	for _, st := range s.allImages() {
+		if st.m != nil {
+			out = append(out, mountedImage{st.id, st.m, st})
+		}
+	}
+	s.imagesMu.Lock()
+	defer s.imagesMu.Unlock()
+	for id, m := range s.layers {
+		out = append(out, mountedImage{id: id, m: m})
+	}
+	return out
+}
+
+// imagesInUse lists the snapshots whose images a mount other than snug's own
+// mount of the image refers to.
+func (s *Snapshotter) imagesInUse() (map[string]bool, error) {
+	infos, err := mountinfo.GetMounts(nil)
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	type own struct{ id, dir string }
+	byDev := map[uint64]own{}
+	for _, im := range s.mountedImages() {
+		var fi unix.Stat_t
+		if err := unix.Stat(im.m.Device, &fi); err != nil {
+			continue // detached already
+		}
+		dir := im.m.Dir
+		if real, err := filepath.EvalSymlinks(dir); err == nil {
+			dir = real
+		}
+		byDev[fi.Rdev] = own{im.id, dir}
+	}
+	used := map[string]bool{}
+	for _, mi := range infos {
+		if mi.FSType == "overlay" {
+			for _, o := range strings.Split(mi.VFSOptions, ",") {
+				if up, ok := strings.CutPrefix(o, "upperdir="); ok {
+					if id := s.snapshotOfUpper(up); id != "" {
+						used[id] = true
+					}
+				}
+				if lower, ok := strings.CutPrefix(o, "lowerdir="); ok {
+					for _, dir := range strings.Split(lower, ":") {
+						if id := s.snapshotOfLayer(dir); id != "" {
+							used[id] = true
+						}
+					}
+				}
+			}
+			continue
+		}
+		if o, ok := byDev[unix.Mkdev(uint32(mi.Major), uint32(mi.Minor))]; ok && mi.Mountpoint != o.dir {
+			used[o.id] = true
+		}
+	}
+	return used, nil
+}
