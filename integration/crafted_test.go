@@ -33,7 +33,9 @@ func TestCraftedImage(t *testing.T) {
 	prepareOnBase(t, sn, "evil")
 	writeThrough(t, prepareOnBase(t, sn, "badsb"), "badsb-file", "badsb")
 	evil, badsb := imageOf(t, d, "evil"), imageOf(t, d, "badsb")
-	d.Stop(syscall.SIGTERM)
+	// Killed: every image stays mounted for the crafting below (SIGTERM
+	// would unmount the unused ones).
+	d.Stop(syscall.SIGKILL)
 
 	// evil: upper becomes a symlink to /etc.
 	evilMnt := filepath.Join(filepath.Dir(evil.Path), "mnt")

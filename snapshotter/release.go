@@ -2,7 +2,10 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -26,7 +29,8 @@ const releaseWait = 15 * time.Second
 // stopped daemon left every image mounted and attached, and removing its
 // state directory (as containerd's conformance suite does after each case)
 // deleted the image files under live mounts: loop devices pinned to deleted
-// files, for good. An image still attached after its unmount (its
+// files, for good. An image whose file was deleted under its mount stays:
+// the mount is its data's last copy. An image still attached after its unmount (its
 // filesystem is in use in another mount namespace) is left to its last
 // user and logged.
 func (s *Snapshotter) releaseUnused(ctx context.Context) {
@@ -40,6 +44,13 @@ func (s *Snapshotter) releaseUnused(ctx context.Context) {
 	var released int
 	for _, im := range s.mountedImages() {
 		if used[im.id] {
+			continue
+		}
+		if _, err := os.Stat(im.m.Image); errors.Is(err, fs.ErrNotExist) {
+			// The image file was deleted under the mount: the mounted
+			// filesystem is the data's last copy. It stays, for an
+			// operator to copy out (snug status says "deleted").
+			log.G(ctx).WithField("snapshot", im.id).Warn("closing: image file deleted; its filesystem is left mounted, the data's last copy")
 			continue
 		}
 		if im.st != nil {
