@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -17,8 +19,12 @@ import (
 	"github.com/snugfs/snug/imagefs"
 )
 
-// releaseWait bounds how long Close spends unmounting unused images.
-const releaseWait = 15 * time.Second
+// releaseWait bounds how long Close spends unmounting unused images, and
+// releaseParallel how many it unmounts at once.
+const (
+	releaseWait     = 15 * time.Second
+	releaseParallel = 16
+)
 
 // releaseUnused unmounts every image that nothing outside snug uses: no
 // overlay has its layer or upper directory among its layers, and no other
@@ -41,7 +47,11 @@ func (s *Snapshotter) releaseUnused(ctx context.Context) {
 		log.G(ctx).WithError(err).Warn("closing: cannot tell which images are in use; leaving every image mounted")
 		return
 	}
-	var released int
+	var (
+		released atomic.Int64
+		wg       sync.WaitGroup
+		slots    = make(chan struct{}, releaseParallel)
+	)
 	for _, im := range s.mountedImages() {
 		if used[im.id] {
 			continue
@@ -53,20 +63,25 @@ func (s *Snapshotter) releaseUnused(ctx context.Context) {
 			log.G(ctx).WithField("snapshot", im.id).Warn("closing: image file deleted; its filesystem is left mounted, the data's last copy")
 			continue
 		}
-		if im.st != nil {
-			im.st.op.Lock() // a reclaim in progress finishes first
-		}
-		err := im.m.Unmount(ctx)
-		if im.st != nil {
-			im.st.op.Unlock()
-		}
-		if err != nil {
-			log.G(ctx).WithError(err).WithField("snapshot", im.id).Warn("closing: image left mounted")
-			continue
-		}
-		released++
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			if im.st != nil {
+				im.st.op.Lock() // a reclaim in progress finishes first
+				defer im.st.op.Unlock()
+			}
+			// Unmount waits for autoclear to detach the loop device:
+			// tens of milliseconds each, so they run side by side.
+			if err := im.m.Unmount(ctx); err != nil {
+				log.G(ctx).WithError(err).WithField("snapshot", im.id).Warn("closing: image left mounted")
+				return
+			}
+			released.Add(1)
+		}()
 	}
-	log.G(ctx).WithField("released", released).WithField("in use", len(used)).Info("closing: unused images unmounted")
+	wg.Wait()
+	log.G(ctx).WithField("released", released.Load()).WithField("in use", len(used)).Info("closing: unused images unmounted")
 }
 
 // mountedImage is a mounted image of a snapshot: its rw image (st set) or
