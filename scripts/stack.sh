@@ -70,7 +70,8 @@ down() {
   stop_pid "$dir/containerd.pid"
   stop_pid "$dir/snug.pid"
   # Deepest mounts first; then any loop device backed by a file in DIR.
-  grep -F " $dir/" /proc/self/mountinfo | awk '{ print $5 }' | awk '{ print length, $0 }' |
+  # (snug unmounts the images nothing uses when it stops: there may be none.)
+  { grep -F " $dir/" /proc/self/mountinfo || true; } | awk '{ print $5 }' | awk '{ print length, $0 }' |
     sort -rn | cut -d' ' -f2- | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
   losetup -nO NAME,BACK-FILE 2>/dev/null | awk -v d="$dir/" 'index($2, d) == 1 { print $1 }' |
     while read -r dev; do losetup -d "$dev" || true; done
