@@ -74,7 +74,7 @@ func Repair(ctx context.Context, path string, mode RepairMode) (FsckResult, erro
 	switch {
 	case replayed:
 		res.Output = "journal and fast commits replayed by the kernel (a private mount) before e2fsck\n" + res.Output
-	case rerr != nil:
+	case rerr != nil && err == nil:
 		res.Output = fmt.Sprintf("the kernel could not replay the journal (%v): e2fsck replayed it\n", rerr) + res.Output
 	}
 	return res, err

@@ -36,9 +36,9 @@ const (
 // state directory (as containerd's conformance suite does after each case)
 // deleted the image files under live mounts: loop devices pinned to deleted
 // files, for good. An image whose file was deleted under its mount stays:
-// the mount is its data's last copy. An image still attached after its unmount (its
-// filesystem is in use in another mount namespace) is left to its last
-// user and logged.
+// the mount is its data's last copy. An image still attached after its
+// unmount (its filesystem is in use in another mount namespace) is left to
+// its last user and logged.
 func (s *Snapshotter) releaseUnused(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, releaseWait)
 	defer cancel()
