@@ -103,7 +103,7 @@ func TestChurnInContainerBenchmark(t *testing.T) {
 func (s *stack) churn(sn, ref string) churnSeries {
 	t := s.t
 	id := "churn-" + sn
-	cmd := exec.Command(filepath.Join(containerdBin(), "ctr"), "-a", s.socket(), "run", "--snapshotter", sn, ref, id, "/bin/sh", "-c", churnScript)
+	cmd := exec.Command(filepath.Join(containerdBin(), "ctr"), s.ctrArgs("run", "--snapshotter", sn, ref, id, "/bin/sh", "-c", churnScript)...)
 	cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -270,7 +271,7 @@ func (s *stack) ctr(args ...string) string {
 func (s *stack) ctrErr(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(containerdBin(), "ctr"), append([]string{"-a", s.socket()}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(containerdBin(), "ctr"), s.ctrArgs(args...)...)
 	cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -280,6 +281,40 @@ func (s *stack) ctrErr(args ...string) (string, error) {
 	}
 	return stdout.String(), nil
 }
+
+// ctrArgs are ctr's arguments for this stack: its socket, and for the
+// commands that create a container its own runc root. runc's default,
+// /run/containerd/runc, is shared by every containerd on the host: a
+// container another stack (or an interrupted run) left there would make
+// `runc create` of the same name fail with "container with given ID
+// already exists".
+func (s *stack) ctrArgs(args ...string) []string {
+	out := []string{"-a", s.socket()}
+	verb := 0
+	for verb < len(args) && strings.HasPrefix(args[verb], "-") {
+		if args[verb] == "-n" || args[verb] == "--namespace" {
+			verb++
+		}
+		verb++
+	}
+	at := -1
+	switch {
+	case verb < len(args) && args[verb] == "run":
+		at = verb + 1
+	case verb+1 < len(args) && slices.Contains([]string{"containers", "container", "c"}, args[verb]) &&
+		slices.Contains([]string{"create", "c"}, args[verb+1]):
+		at = verb + 2
+	}
+	if at < 0 {
+		return append(out, args...)
+	}
+	out = append(out, args[:at]...)
+	out = append(out, "--runc-root", s.runcRoot())
+	return append(out, args[at:]...)
+}
+
+// runcRoot is the stack's runc state directory (runc adds the namespace).
+func (s *stack) runcRoot() string { return filepath.Join(s.dir, "runc") }
 
 func (s *stack) importImage() {
 	s.t.Helper()
@@ -310,4 +345,21 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+func TestCtrArgsGiveContainersTheStackRuncRoot(t *testing.T) {
+	s := &stack{dir: "/d"}
+	for _, tc := range []struct{ in, want string }{
+		{"run --rm img c /bin/true", "-a /d/containerd.sock run --runc-root /d/runc --rm img c /bin/true"},
+		{"-n k8s.io run -d img c", "-a /d/containerd.sock -n k8s.io run --runc-root /d/runc -d img c"},
+		{"containers create img c", "-a /d/containerd.sock containers create --runc-root /d/runc img c"},
+		{"c c img c", "-a /d/containerd.sock c c --runc-root /d/runc img c"},
+		{"tasks ls -q", "-a /d/containerd.sock tasks ls -q"},
+		{"containers ls", "-a /d/containerd.sock containers ls"},
+		{"--debug images import x", "-a /d/containerd.sock --debug images import x"},
+	} {
+		if got := strings.Join(s.ctrArgs(strings.Fields(tc.in)...), " "); got != tc.want {
+			t.Errorf("ctrArgs(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
 }

@@ -58,7 +58,9 @@ func TestKubernetesCRI(t *testing.T) {
   container_annotations = ["io.snugfs.*"]
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
   BinaryName = %q
-`, wrapper)
+  # This stack's own runc state, not the host's /run/containerd/runc.
+  Root = %q
+`, wrapper, filepath.Join(dir, "runc"))
 	s := startStackWith(t, hookPolicy, "", cri)
 	s.ctr("-n", "k8s.io", "images", "import", "--snapshotter", "snug", "--base-name", "localhost/snug-test", testImage(t))
 	s.ctr("-n", "k8s.io", "images", "import", "--snapshotter", "snug", "--base-name", "localhost/snug-pause", pause)
