@@ -139,9 +139,10 @@ type ReclaimPolicy struct {
 	IdleAfter time.Duration `toml:"idle_after"`
 	// MinGain skips an idle repack that would give back less than this.
 	MinGain Size `toml:"min_gain"`
-	// TrimAfter trims a running container's image once this much was freed
-	// in it since the last trim ("0" turns it off): freed blocks become
-	// holes in the image file, so the footprint follows deletions.
+	// TrimAfter trims a running container's image once its file holds this
+	// much more beyond the data than after the last trim ("0" turns it
+	// off): freed blocks become holes in the image file, so the footprint
+	// follows deletions.
 	TrimAfter Size `toml:"trim_after"`
 }
 

@@ -19,9 +19,11 @@ type Policy struct {
 	// disk: Burst covers the watcher noticing (one interval) and the grow
 	// landing (well under a millisecond), with a margin.
 	Burst time.Duration
-	// TrimAfter trims a running image once this many bytes were freed inside
-	// it since the last trim (0: never while it runs). Freed blocks become
-	// holes in the image file, so the host footprint follows deletions.
+	// TrimAfter trims a running image once its file's footprint beyond the
+	// used space grew by this many bytes since the last trim (0: never
+	// while it runs): blocks freed inside but still allocated on the host.
+	// Freed blocks become holes in the image file, so the host footprint
+	// follows deletions.
 	TrimAfter int64
 	// IdleAfter reports an image idle once its used space and inode count
 	// have not changed for this long (0: never).

@@ -79,6 +79,7 @@ type watched struct {
 	// it. fdMu protects dir and closed.
 	fdMu   sync.Mutex
 	dir    int
+	file   int // O_PATH descriptor of the image file, for fstat
 	closed bool
 
 	seen      bool
@@ -94,8 +95,14 @@ type watched struct {
 	idleSent  bool
 	full      bool
 	failing   bool
-	freed     int64     // freed inside the image since the last trim
-	followUp  time.Time // a trim after the next journal commit
+	// excess is the image file's footprint on the host beyond the used
+	// space, as last read; floor is what it was after the last trim (the
+	// journal, inode tables and other metadata no trim gives back).
+	// floorStale asks the next check to read the floor afresh.
+	excess     int64
+	floor      int64
+	floorStale atomic.Bool
+	followUp   time.Time // a trim after the next journal commit
 }
 
 // fullBelow is the free space under which a window counts as full: less
@@ -128,8 +135,9 @@ func (w *Watcher) Add(key string, m *Mounted, p Policy) {
 	defer w.mu.Unlock()
 	iw, ok := w.images[key]
 	if !ok {
-		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1}
+		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1, file: -1}
 		iw.balloonStale.Store(true)
+		iw.floorStale.Store(true)
 		w.images[key] = iw
 		w.list = nil
 	}
@@ -160,6 +168,7 @@ func (w *Watcher) Repack(key string, fn func() error) error {
 	defer func() {
 		iw.rebase.Store(true)
 		iw.balloonStale.Store(true)
+		iw.floorStale.Store(true)
 		iw.paused.Add(-1)
 	}()
 	return fn()
@@ -207,7 +216,33 @@ func (iw *watched) closeDir() {
 		unix.Close(iw.dir)
 		iw.dir = -1
 	}
+	if iw.file >= 0 {
+		unix.Close(iw.file)
+		iw.file = -1
+	}
 	iw.closed = true
+}
+
+// footprint is the image file's allocated bytes on the host, read through
+// its descriptor, opened on first use.
+func (iw *watched) footprint() (int64, error) {
+	iw.fdMu.Lock()
+	defer iw.fdMu.Unlock()
+	if iw.closed {
+		return 0, ErrNotMounted
+	}
+	if iw.file < 0 {
+		fd, err := unix.Open(iw.m.Image, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, err
+		}
+		iw.file = fd
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(iw.file, &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
 }
 
 // statfs reads the image's filesystem figures through its descriptor,
@@ -387,9 +422,6 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		} else {
 			iw.rate *= 0.5
 		}
-		if d := iw.lastUsed - used; d > 0 {
-			iw.freed += d
-		}
 		if used != iw.lastUsed || sfs.Ffree != iw.lastFiles {
 			iw.changedAt, iw.idleSent = now, false
 		}
@@ -397,6 +429,17 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		iw.seen, iw.changedAt = true, now
 	}
 	iw.lastAt, iw.lastUsed, iw.lastFiles = now, used, sfs.Ffree
+	// The footprint tells what the trim can give back: a deletion shows
+	// in it, and so do writes into space freed but not trimmed yet, where
+	// the used space only shows the net of writes and deletions (a
+	// directory replaced between two checks leaves it as it was).
+	if fp, err := iw.footprint(); err == nil {
+		iw.excess = fp - used
+		if iw.floorStale.CompareAndSwap(true, false) {
+			iw.floor = iw.excess
+		}
+	}
+	followUp := !iw.followUp.IsZero() && now.After(iw.followUp)
 
 	if free < fullBelow && balloon > 0 {
 		if !iw.full && w.obs.Full != nil {
@@ -432,10 +475,10 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		})
 		return
 	}
-	trimNow := pol.TrimAfter > 0 && iw.freed >= pol.TrimAfter
-	followUp := !iw.followUp.IsZero() && now.After(iw.followUp)
+	trimNow := pol.TrimAfter > 0 && iw.excess-iw.floor >= pol.TrimAfter
 	if trimNow || followUp {
 		if w.start(key, iw, func(ctx context.Context) {
+			defer iw.floorStale.Store(true)
 			n, err := iw.m.Trim(ctx)
 			if n > 0 && w.obs.Trimmed != nil {
 				w.obs.Trimmed(key, n)
@@ -444,7 +487,6 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 				w.failed(key, err)
 			}
 		}) {
-			iw.freed = 0
 			iw.followUp = time.Time{}
 			if trimNow {
 				iw.followUp = now.Add(trimFollowUp)

@@ -91,6 +91,38 @@ func TestWatcherTrimsWhatARunningContainerDeletes(t *testing.T) {
 	}
 }
 
+// TestWatcherTrimsDeletionsHiddenByWrites: a directory replaced between
+// two checks leaves the used space as it was, but not the footprint: the
+// blocks of the old files are still allocated on the host. The watcher
+// follows the footprint, so it trims them anyway.
+func TestWatcherTrimsDeletionsHiddenByWrites(t *testing.T) {
+	path, dir := newImage(t, gib, 256*mib)
+	m := mountImage(t, path, dir)
+	var ev events
+	w := NewWatcher(time.Hour, ev.observer(t))
+	w.Add("img", m, Policy{Headroom: 64 * mib, TrimAfter: 8 * mib})
+	t.Cleanup(func() { w.Remove("img") }) // before the unmount
+	iw := w.images["img"]
+	writeFiles(t, filepath.Join(m.Dir, "old"), 10, 5*mib)
+	roottest.Syncfs(t, m.Dir)
+	w.check("img", iw, time.Now()) // reads the floor
+	before := fileFootprint(t, path)
+	// Checks run here only when the test calls them: between these two,
+	// 50 MiB are deleted and 50 MiB written.
+	if err := os.RemoveAll(filepath.Join(m.Dir, "old")); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, filepath.Join(m.Dir, "new"), 10, 5*mib)
+	roottest.Syncfs(t, m.Dir)
+	grown := fileFootprint(t, path)
+	t.Logf("footprint %d MiB before, %d MiB after the swap", before>>20, grown>>20)
+	w.check("img", iw, time.Now().Add(100*time.Millisecond))
+	w.wg.Wait()
+	if got := fileFootprint(t, path); got > before+8*mib || ev.get().trimmed < 40*mib {
+		t.Fatalf("footprint %d MiB after the check (%d before the swap, %d after); events %+v", got>>20, before>>20, grown>>20, ev.get())
+	}
+}
+
 // TestWatcherReportsIdleOncePerPeriod: an image that does not change is
 // reported idle once; a change starts a new period.
 func TestWatcherReportsIdleOncePerPeriod(t *testing.T) {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"image/color"
 
 	"gonum.org/v1/plot"
@@ -9,11 +10,11 @@ import (
 )
 
 // plotChurn draws footprint (solid) and used (dashed) over the rounds for
-// each snapshotter, after-stop points at round 31.
-func plotChurn(path string, series []churnSeries) error {
+// each snapshotter, after-stop points at the round after the last.
+func plotChurn(path string, wl churnWorkload, series []churnSeries) error {
 	p := plot.New()
-	p.Title.Text = "Churn in a container: host footprint vs used (4 GiB quota)"
-	p.X.Label.Text = "round (31 = 5 s after the container stopped)"
+	p.Title.Text = "Churn in a container (" + wl.name + "): host footprint vs used (4 GiB quota)"
+	p.X.Label.Text = fmt.Sprintf("round (%d = 5 s after the container stopped)", wl.rounds+1)
 	p.Y.Label.Text = "MiB"
 	p.Legend.Top = true
 	p.Legend.Left = true
@@ -24,8 +25,8 @@ func plotChurn(path string, series []churnSeries) error {
 			foot = append(foot, plotter.XY{X: float64(r.Round), Y: float64(r.Footprint) / (1 << 20)})
 			used = append(used, plotter.XY{X: float64(r.Round), Y: float64(r.Used) / (1 << 20)})
 		}
-		foot = append(foot, plotter.XY{X: 31, Y: float64(sr.AfterStop.Footprint) / (1 << 20)})
-		used = append(used, plotter.XY{X: 31, Y: float64(sr.AfterStop.Used) / (1 << 20)})
+		foot = append(foot, plotter.XY{X: float64(wl.rounds + 1), Y: float64(sr.AfterStop.Footprint) / (1 << 20)})
+		used = append(used, plotter.XY{X: float64(wl.rounds + 1), Y: float64(sr.AfterStop.Used) / (1 << 20)})
 		fl, err := plotter.NewLine(foot)
 		if err != nil {
 			return err
