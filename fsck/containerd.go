@@ -336,7 +336,7 @@ func (c *Containerd) Publish(ctx context.Context, inc *Incident, step Step) {
 		"io.snugfs.incident":   inc.ID,
 		"io.snugfs.snapshot":   inc.Snapshot,
 		"io.snugfs.image":      inc.Image,
-		"io.snugfs.state":      inc.State,
+		"io.snugfs.state":      string(inc.State),
 		"io.snugfs.step":       step.Name,
 		"io.snugfs.result":     step.Result,
 		"io.snugfs.error":      inc.Error,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
-	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // Images is the snapshotter as the pipeline needs it.
@@ -29,6 +27,11 @@ type Images interface {
 	Offline(ctx context.Context, id string, fn func(image string) error) error
 	// MarkDamaged records that a read-only layer reported errors.
 	MarkDamaged(id, reason string) error
+	// Quarantine marks the active snapshot id's image quarantined with
+	// the reason (its mounts are refused from then on) and unmounts it,
+	// keeping the file. Its containers' tasks must be gone for the
+	// unmount to succeed; the mark stays even when it fails.
+	Quarantine(ctx context.Context, id, reason string) error
 }
 
 // ErrQuarantine is returned by an Offline callback for an image that must
@@ -84,6 +87,24 @@ type Doctor struct {
 	resume []*Incident
 
 	counts counters
+	tools  e2fsprogs
+}
+
+// e2fsprogs is what the pipeline runs e2fsck through: imagefs, except in
+// the tests of the state machine, which make each step end every way it
+// can.
+type e2fsprogs struct {
+	scrub  func(ctx context.Context, m *imagefs.Mounted, method string) (imagefs.ScrubResult, error)
+	repair func(ctx context.Context, image string, mode imagefs.RepairMode) (imagefs.FsckResult, error)
+	verify func(ctx context.Context, image string) (imagefs.FsckResult, error)
+}
+
+var realE2fsprogs = e2fsprogs{
+	scrub: func(ctx context.Context, m *imagefs.Mounted, method string) (imagefs.ScrubResult, error) {
+		return m.Scrub(ctx, method)
+	},
+	repair: imagefs.Repair,
+	verify: imagefs.Check,
 }
 
 type counters struct {
@@ -163,7 +184,7 @@ func NewDoctor(dir string, policy config.FsckPolicy, images Images, ctrs Contain
 	if err != nil {
 		return nil, err
 	}
-	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}}
+	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}, tools: realE2fsprogs}
 	d.policy.Store(&policy)
 	// Incidents a previous daemon left open are the open incidents of
 	// their images from now on: errors their images report while snug
@@ -292,388 +313,6 @@ func (d *Doctor) addToOpenLocked(r Report) bool {
 	return true
 }
 
-func (d *Doctor) start(ctx context.Context, inc *Incident) {
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.work(ctx, inc)
-	}()
-}
-
-// work takes one incident through the pipeline, skipping the steps a
-// previous run finished.
-func (d *Doctor) work(ctx context.Context, inc *Incident) {
-	lg := log.G(ctx).WithField("incident", inc.ID).WithField("snapshot", inc.Snapshot)
-	defer func() {
-		d.mu.Lock()
-		if d.active[inc.Snapshot] == inc && Final(inc.State) {
-			delete(d.active, inc.Snapshot)
-			delete(d.more, inc.Snapshot)
-		}
-		d.mu.Unlock()
-	}()
-	if len(inc.Steps) == 0 {
-		lg.WithField("error", inc.Error).WithField("source", inc.Source).Error("ext4 error in a container image")
-		d.step(ctx, inc, "detect", func(s *Step) error {
-			s.Start, s.End = inc.DetectedAt, inc.DetectedAt
-			s.Result = inc.Source
-			return nil
-		})
-	}
-	pol := d.pol()
-	if err := d.pipeline(ctx, inc, pol); err != nil {
-		if errors.Is(err, errInterrupted) {
-			lg.WithField("state", inc.State).Info("incident interrupted; it resumes at the next start")
-			return
-		}
-		inc.Reason = err.Error()
-		d.finish(ctx, inc, StateQuarantined)
-		lg.WithError(err).Error("incident: image quarantined")
-		return
-	}
-	lg.WithField("state", inc.State).Info("incident closed")
-}
-
-// pipeline runs the steps for the policy's action. It returns an error for
-// a failure that leaves the image to an operator.
-func (d *Doctor) pipeline(ctx context.Context, inc *Incident, pol config.FsckPolicy) error {
-	if !inc.Done("containers") && d.ctrs != nil {
-		if err := d.step(ctx, inc, "containers", func(s *Step) error {
-			cs, err := d.ctrs.Using(ctx, inc.Snapshot, inc.Layer)
-			if err != nil {
-				return err
-			}
-			inc.Containers = cs
-			s.Result = fmt.Sprintf("%d", len(cs))
-			return nil
-		}); err != nil {
-			return err
-		}
-	}
-	if pol.Action == "notify" {
-		d.finish(ctx, inc, StateReported)
-		return nil
-	}
-	// A layer is shared by every container above it and never written:
-	// freezing them all would stop far more than the damage. It is
-	// checked and reported; see docs/design.md.
-	if !inc.Layer && !inc.Done("freeze") {
-		if err := d.step(ctx, inc, "freeze", func(s *Step) error {
-			return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
-				if c.Status != "running" || c.Paused {
-					return false, nil
-				}
-				if err := d.ctrs.Pause(ctx, c); err != nil {
-					return false, err
-				}
-				c.Paused = true
-				return true, nil
-			})
-		}); err != nil {
-			return err
-		}
-	}
-	if pol.Action == "freeze" {
-		inc.Reason = "fsck.action is freeze: the containers stay paused for an operator"
-		d.finish(ctx, inc, StateHeld)
-		return nil
-	}
-	if !inc.Done("check") {
-		if err := d.step(ctx, inc, "check", func(s *Step) error {
-			m, _, ok := d.images.MountedImage(inc.Snapshot)
-			if !ok {
-				s.Result = "skipped"
-				s.Detail = "the image is not mounted"
-				return nil
-			}
-			res, err := d.scrub(ctx, m, pol)
-			inc.Check = &res
-			s.Result = res.Status()
-			s.Detail = fmt.Sprintf("%s, frozen %v, e2fsck %v", res.Method, res.Frozen.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	if inc.Layer {
-		inc.Reason = "a read-only layer reported errors: its containers keep running; remove and re-pull the image to replace the layer"
-		checked := "not checked"
-		if inc.Check != nil {
-			checked = inc.Check.Status()
-		}
-		if err := d.images.MarkDamaged(inc.Snapshot, fmt.Sprintf("%s, %s (incident %s)", inc.Error, checked, inc.ID)); err != nil {
-			inc.Reason += "; marking it failed: " + err.Error()
-		}
-		d.finish(ctx, inc, StateReported)
-		return nil
-	}
-	if pol.Action == "check" {
-		if inc.Check != nil && inc.Check.Clean() && !readOnly(inc) {
-			d.thawAll(ctx, inc)
-			d.finish(ctx, inc, StateResolved)
-			return nil
-		}
-		inc.Reason = "fsck.action is check: the image needs a repair; the containers stay paused for an operator"
-		d.finish(ctx, inc, StateHeld)
-		return nil
-	}
-	if !inc.Done("stop") {
-		if n := d.recentRepairs(inc, pol); pol.MaxRepairs > 0 && n >= pol.MaxRepairs {
-			reason := fmt.Sprintf("%d repairs of this image in the last %s (fsck.max_repairs %d)", n, pol.RepairWindow, pol.MaxRepairs)
-			return d.quarantine(ctx, inc, reason)
-		}
-		if err := d.stopAll(ctx, inc); err != nil {
-			return err
-		}
-	}
-	if !inc.Done("repair") {
-		if err := d.step(ctx, inc, "repair", func(s *Step) error {
-			return d.repair(ctx, inc, s, pol)
-		}); err != nil {
-			return err
-		}
-	}
-	inc.State = StateRepaired
-	d.counts.repaired.Add(1)
-	if !pol.Restart {
-		inc.Reason = "fsck.restart is false: the containers stay stopped"
-		d.finish(ctx, inc, StateResolved)
-		return nil
-	}
-	if !inc.Done("restart") {
-		if err := d.step(ctx, inc, "restart", func(s *Step) error {
-			logDir := filepath.Join(d.store.dir, inc.ID)
-			return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
-				if !c.Stopped || c.Restarted || c.ManagedBy != "" {
-					// A CRI container's restart is the kubelet's: a task
-					// started behind its back would run unseen by it.
-					return false, nil
-				}
-				if err := d.ctrs.Start(ctx, c, logDir); err != nil {
-					return false, err
-				}
-				c.Restarted = true
-				d.counts.restarted.Add(1)
-				return true, nil
-			})
-		}); err != nil {
-			// The image is repaired; a container that cannot start
-			// again is an error of its own, not a damaged image.
-			inc.Reason = "restart: " + err.Error()
-		}
-	}
-	d.finish(ctx, inc, StateResolved)
-	return nil
-}
-
-// quarantine stops the image's containers and takes it out of service,
-// unmounted and marked with the reason, for an operator. It returns the
-// reason as the pipeline's error.
-func (d *Doctor) quarantine(ctx context.Context, inc *Incident, reason string) error {
-	stopErr := d.stopAll(ctx, inc)
-	err := d.step(ctx, inc, "quarantine", func(s *Step) error {
-		s.Detail = reason
-		err := d.images.Offline(ctx, inc.Snapshot, func(string) error {
-			return fmt.Errorf("%w: %s", ErrQuarantine, reason)
-		})
-		if errors.Is(err, ErrQuarantine) {
-			return nil
-		}
-		return err
-	})
-	if errors.Is(err, errInterrupted) || errors.Is(stopErr, errInterrupted) {
-		return errInterrupted
-	}
-	return errors.Join(errors.New(reason), stopErr, err)
-}
-
-// repair runs e2fsck on the unmounted image, then a read-only check to
-// prove it clean.
-func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.FsckPolicy) error {
-	return d.images.Offline(ctx, inc.Snapshot, func(image string) error {
-		cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
-		defer cancel()
-		res, err := imagefs.Repair(cctx, image, imagefs.RepairMode(pol.Repair))
-		inc.Repair = &res
-		if err != nil {
-			return fmt.Errorf("%w: e2fsck could not run: %w", ErrQuarantine, err)
-		}
-		verify, err := imagefs.Check(cctx, image)
-		inc.Verify = &verify
-		s.Result = res.Status()
-		flag := "y"
-		if pol.Repair == "preen" {
-			flag = "p"
-		}
-		s.Detail = fmt.Sprintf("e2fsck -f%s exit %d in %v; verify: %s", flag, res.ExitCode, res.Duration.Round(time.Millisecond), verify.Status())
-		if err != nil {
-			return fmt.Errorf("%w: verify: %w", ErrQuarantine, err)
-		}
-		if !verify.Clean() {
-			return fmt.Errorf("%w: errors remain after the repair (%s)", ErrQuarantine, lastLine(verify.Output))
-		}
-		return nil
-	})
-}
-
-// stopAll stops every container on the image that has a task.
-func (d *Doctor) stopAll(ctx context.Context, inc *Incident) error {
-	return d.step(ctx, inc, "stop", func(s *Step) error {
-		return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
-			if c.Stopped || c.Status == "" || c.Status == "stopped" {
-				return false, nil
-			}
-			if err := d.ctrs.Stop(ctx, c); err != nil {
-				return false, err
-			}
-			c.Stopped = true
-			return true, nil
-		})
-	})
-}
-
-// thawAll resumes the containers the freeze paused.
-func (d *Doctor) thawAll(ctx context.Context, inc *Incident) {
-	_ = d.step(ctx, inc, "thaw", func(s *Step) error {
-		return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
-			if !c.Paused {
-				return false, nil
-			}
-			if err := d.ctrs.Resume(ctx, c); err != nil {
-				return false, err
-			}
-			c.Paused = false
-			return true, nil
-		})
-	})
-}
-
-// eachContainer applies fn to every container of the incident, saving
-// after each one that changed, and sums up in the step's result.
-func (d *Doctor) eachContainer(ctx context.Context, inc *Incident, s *Step, fn func(*ContainerRef) (bool, error)) error {
-	if d.ctrs == nil {
-		s.Result = "no containerd"
-		return nil
-	}
-	var errs []error
-	n := 0
-	for i := range inc.Containers {
-		c := &inc.Containers[i]
-		changed, err := fn(c)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("container %s/%s: %w", c.Namespace, c.ID, err))
-			continue
-		}
-		if changed {
-			n++
-			d.save(ctx, inc)
-		}
-	}
-	s.Result = fmt.Sprintf("%d", n)
-	return errors.Join(errs...)
-}
-
-// recentRepairs counts the repairs of inc's snapshot within the policy's
-// window, this incident excluded.
-func (d *Doctor) recentRepairs(inc *Incident, pol config.FsckPolicy) int {
-	n := 0
-	since := time.Now().Add(-pol.RepairWindow)
-	for _, other := range d.store.list() {
-		if other.Snapshot == inc.Snapshot && other.ID != inc.ID && other.Repair != nil && other.DetectedAt.After(since) {
-			n++
-		}
-	}
-	return n
-}
-
-// step records a step as started, runs fn, records its end and publishes
-// it. The incident is saved before fn acts, so a crash inside fn repeats
-// the step.
-func (d *Doctor) step(ctx context.Context, inc *Incident, name string, fn func(s *Step) error) error {
-	if d.isStopping() {
-		return errInterrupted
-	}
-	// A step a crash interrupted is replaced by its new run.
-	for i := len(inc.Steps) - 1; i >= 0; i-- {
-		if inc.Steps[i].Name == name && inc.Steps[i].End.IsZero() {
-			inc.Steps = append(inc.Steps[:i], inc.Steps[i+1:]...)
-		}
-	}
-	inc.Steps = append(inc.Steps, Step{Name: name, Start: time.Now()})
-	i := len(inc.Steps) - 1
-	d.save(ctx, inc)
-	failpoint.Inject("fsck-" + name)
-	s := inc.Steps[i]
-	err := fn(&s)
-	if s.End.IsZero() {
-		s.End = time.Now()
-	}
-	if err != nil {
-		s.Result = "failed"
-		s.Detail = err.Error()
-	}
-	inc.Steps[i] = s
-	d.counts.step(s)
-	switch name {
-	case "freeze":
-		inc.State = StateFrozen
-	case "check":
-		inc.State = StateChecked
-	case "stop":
-		inc.State = StateStopped
-	}
-	d.save(ctx, inc)
-	if d.ctrs != nil {
-		d.ctrs.Publish(ctx, inc, s)
-	}
-	return err
-}
-
-// errInterrupted ends a pipeline when the daemon stops between two steps.
-var errInterrupted = errors.New("interrupted by shutdown")
-
-func (d *Doctor) isStopping() bool {
-	d.mu.Lock()
-	ch := d.stopping
-	d.mu.Unlock()
-	if ch == nil {
-		return false
-	}
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
-}
-
-// finish records the final state and publishes it as a step of its own.
-func (d *Doctor) finish(ctx context.Context, inc *Incident, state string) {
-	inc.State = state
-	if state == StateQuarantined {
-		d.counts.quarantined.Add(1)
-	}
-	now := time.Now()
-	s := Step{Name: state, Start: now, End: now, Result: state, Detail: inc.Reason}
-	inc.Steps = append(inc.Steps, s)
-	d.counts.step(s)
-	d.save(ctx, inc)
-	if d.ctrs != nil {
-		d.ctrs.Publish(ctx, inc, s)
-	}
-}
-
-func (d *Doctor) save(ctx context.Context, inc *Incident) {
-	d.mu.Lock()
-	inc.Errors += d.more[inc.Snapshot]
-	delete(d.more, inc.Snapshot)
-	d.mu.Unlock()
-	inc.Errors = max(inc.Errors, 1)
-	if err := d.store.save(inc); err != nil {
-		log.G(ctx).WithError(err).Error("cannot record incident")
-	}
-}
-
 // CheckResult is the outcome of an on-demand online check.
 type CheckResult struct {
 	Snapshot string              `json:"snapshot"`
@@ -722,7 +361,7 @@ func (d *Doctor) Check(ctx context.Context, id string) (CheckResult, error) {
 func (d *Doctor) scrub(ctx context.Context, m *imagefs.Mounted, pol config.FsckPolicy) (imagefs.ScrubResult, error) {
 	cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
 	defer cancel()
-	return m.Scrub(cctx, pol.CheckMethod)
+	return d.tools.scrub(cctx, m, pol.CheckMethod)
 }
 
 // scrubEvery checks every watched image online, one at a time, each

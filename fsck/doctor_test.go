@@ -57,6 +57,19 @@ func (h *hostImages) Offline(ctx context.Context, id string, fn func(string) err
 
 func (h *hostImages) MarkDamaged(id, reason string) error { return nil } // no layers here
 
+func (h *hostImages) Quarantine(ctx context.Context, id, reason string) error {
+	h.mu.Lock()
+	h.quarantined[id] = reason
+	m := h.mounted[id]
+	delete(h.mounted, id)
+	h.mu.Unlock()
+	if m == nil {
+		return nil
+	}
+	h.obs.Unmounting(id)
+	return m.Unmount(ctx)
+}
+
 func (h *hostImages) mount(ctx context.Context, id, image string) error {
 	m, err := imagefs.Mount(ctx, image, h.dirs[id], imagefs.MountOptions{})
 	if err != nil {
@@ -157,7 +170,7 @@ func policy(action string) config.FsckPolicy {
 func TestDoctorActions(t *testing.T) {
 	for _, tc := range []struct {
 		action string
-		state  string
+		state  State
 		steps  []string
 	}{
 		{"notify", StateReported, []string{"detect", "reported"}},

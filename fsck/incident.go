@@ -14,30 +14,6 @@ import (
 	"github.com/snugfs/snug/imagefs"
 )
 
-// Incident states. An incident ends resolved, quarantined, reported
-// (action notify, or a damaged read-only layer) or held (containers left
-// frozen for an operator by action freeze or check).
-const (
-	StateOpen        = "open"
-	StateFrozen      = "frozen"
-	StateChecked     = "checked"
-	StateStopped     = "stopped"
-	StateRepaired    = "repaired"
-	StateResolved    = "resolved"
-	StateQuarantined = "quarantined"
-	StateReported    = "reported"
-	StateHeld        = "held"
-)
-
-// Final reports whether an incident in state s needs nothing more.
-func Final(s string) bool {
-	switch s {
-	case StateResolved, StateQuarantined, StateReported, StateHeld:
-		return true
-	}
-	return false
-}
-
 // Incident is one error on one image and what snug did about it. It is
 // written to disk before each step, so a restarted daemon resumes it.
 type Incident struct {
@@ -57,7 +33,7 @@ type Incident struct {
 	DetectedAt time.Time            `json:"detected_at"`
 	Detail     *imagefs.ErrorRecord `json:"detail,omitempty"`
 	Containers []ContainerRef       `json:"containers,omitempty"`
-	State      string               `json:"state"`
+	State      State                `json:"state"`
 	// Reason says why an incident was quarantined, held or failed a step.
 	Reason string `json:"reason,omitempty"`
 	Steps  []Step `json:"steps"`
@@ -207,6 +183,10 @@ func readIncident(path string) (*Incident, error) {
 	}
 	if inc.ID == "" || inc.ID+".json" != filepath.Base(path) {
 		return nil, fmt.Errorf("incident %s: id %q does not match its file", path, inc.ID)
+	}
+	inc.State = upgradeState(inc.State)
+	if !slices.Contains(States, inc.State) {
+		return nil, fmt.Errorf("incident %s: unknown state %q", path, inc.State)
 	}
 	return &inc, nil
 }

@@ -67,7 +67,16 @@ const (
 	// RepairPreen fixes only what is safe without a human (e2fsck -fp) and
 	// leaves the rest reported as uncorrected.
 	RepairPreen RepairMode = "preen"
+	// RepairFromBackup is RepairYes from the first backup superblock (e2fsck
+	// -fy -b 32768 -B 4096): for a primary superblock e2fsck accepts but
+	// cannot repair the image from. An image of one block group has no
+	// backup; e2fsck then fails.
+	RepairFromBackup RepairMode = "backup"
 )
+
+// backupSuperblock is the first backup superblock of a snug image: the
+// start of block group 1 (4 KiB blocks, 32768 blocks per group).
+const backupSuperblock = "32768"
 
 // e2fsck runs e2fsck on an unmounted image and decodes the result. The
 // returned error is set only when e2fsck could not run or failed as a tool;

@@ -66,6 +66,8 @@ func Repair(ctx context.Context, path string, mode RepairMode) (FsckResult, erro
 			res, err = e2fsck(ctx, path, "repair", "-f", "-y")
 		case RepairPreen:
 			res, err = e2fsck(ctx, path, "preen", "-f", "-p")
+		case RepairFromBackup:
+			res, err = e2fsck(ctx, path, "repair", "-f", "-y", "-b", backupSuperblock, "-B", strconv.Itoa(loopBlockSize))
 		default:
 			err = fmt.Errorf("unknown repair mode %q", mode)
 		}

@@ -154,6 +154,37 @@ func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image stri
 	return s.converge(ctx, id, snapshots.KindActive, nil)
 }
 
+// Quarantine marks the active snapshot id's image quarantined with the
+// reason and unmounts it, keeping the file: Mounts refuses the snapshot from
+// then on with the reason, snug status shows it, and start-up leaves it
+// unmounted. The mark is written first, so it stays when the unmount fails
+// (a container's root still on the image): a second call retries it.
+func (s *Snapshotter) Quarantine(ctx context.Context, id, reason string) error {
+	if !isNumericID(id) {
+		return fmt.Errorf("quarantine %q: not a snapshot id: %w", id, errdefs.ErrInvalidArgument)
+	}
+	dir := s.snapshotDir(id)
+	image := filepath.Join(dir, rwImage)
+	if _, err := os.Lstat(image); err != nil {
+		return fmt.Errorf("quarantine snapshot %s: no writable image: %w", id, err)
+	}
+	if err := writeMarker(filepath.Join(dir, quarantineFile), reason); err != nil {
+		return fmt.Errorf("quarantine snapshot %s: %w", id, err)
+	}
+	s.untrack(id)
+	m, err := imagefs.FindMount(image)
+	if errors.Is(err, imagefs.ErrNotMounted) {
+		return nil
+	}
+	if err == nil {
+		err = m.Unmount(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("quarantine snapshot %s: unmount: %w", id, err)
+	}
+	return nil
+}
+
 // quarantined returns the reason snapshot id is quarantined, or "".
 func (s *Snapshotter) quarantined(id string) string {
 	return readMarker(filepath.Join(s.snapshotDir(id), quarantineFile))

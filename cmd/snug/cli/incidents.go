@@ -72,7 +72,7 @@ func (c *CLI) printIncident(inc fsck.Incident, lines int) {
 	if inc.Layer {
 		kind = "layer"
 	}
-	fmt.Fprintf(c.stdout, "incident %s: %s\n", inc.ID, strings.ToUpper(inc.State))
+	fmt.Fprintf(c.stdout, "incident %s: %s\n", inc.ID, strings.ToUpper(string(inc.State)))
 	fmt.Fprintf(c.stdout, "  snapshot %s (%s %s)\n", inc.Snapshot, kind, inc.Image)
 	errName := inc.Error
 	if errName == "" {
