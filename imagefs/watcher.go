@@ -102,6 +102,10 @@ type watched struct {
 	excess     int64
 	floor      int64
 	floorStale atomic.Bool
+	// trimFloor is the excess a trim read as it ended, for the next
+	// check to take (trimDone).
+	trimFloor atomic.Int64
+	trimDone  atomic.Bool
 	followUp   time.Time // a trim after the next journal commit
 }
 
@@ -110,8 +114,9 @@ type watched struct {
 const fullBelow = 1 << 20
 
 // trimFollowUp is how long after a trim a second one catches blocks freed
-// in a transaction that had not committed yet (ext4 commits every 5 s).
-const trimFollowUp = 6 * time.Second
+// while it ran: frees are trimmable only once their transaction commits,
+// and each trim commits first.
+const trimFollowUp = time.Second
 
 // NewWatcher returns a watcher checking every interval. Run starts it.
 func NewWatcher(interval time.Duration, obs Observer) *Watcher {
@@ -435,7 +440,11 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	// directory replaced between two checks leaves it as it was).
 	if fp, err := iw.footprint(); err == nil {
 		iw.excess = fp - used
-		if iw.floorStale.CompareAndSwap(true, false) {
+		switch {
+		case iw.trimDone.Swap(false):
+			iw.floor = iw.trimFloor.Load()
+			iw.floorStale.Store(false)
+		case iw.floorStale.CompareAndSwap(true, false):
 			iw.floor = iw.excess
 		}
 	}
@@ -478,8 +487,17 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	trimNow := pol.TrimAfter > 0 && iw.excess-iw.floor >= pol.TrimAfter
 	if trimNow || followUp {
 		if w.start(key, iw, func(ctx context.Context) {
-			defer iw.floorStale.Store(true)
 			n, err := iw.m.Trim(ctx)
+			// The floor is read as the trim ends: read at the next check,
+			// it would take in what was deleted meanwhile.
+			var after unix.Statfs_t
+			fp, ferr := iw.footprint()
+			if serr := iw.statfs(&after); serr == nil && ferr == nil {
+				iw.trimFloor.Store(fp - (int64(after.Blocks-after.Bfree)*after.Bsize - balloon))
+				iw.trimDone.Store(true)
+			} else {
+				iw.floorStale.Store(true)
+			}
 			if n > 0 && w.obs.Trimmed != nil {
 				w.obs.Trimmed(key, n)
 			}
