@@ -109,7 +109,14 @@ func requireMetrics(t *testing.T, addr string, wants ...string) {
 	resp.Body.Close()
 	for _, want := range wants {
 		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+			name, _, _ := strings.Cut(want, " ")
+			var have []string
+			for _, line := range strings.Split(string(body), "\n") {
+				if strings.HasPrefix(line, strings.TrimRight(name, "{")) {
+					have = append(have, line)
+				}
+			}
+			t.Errorf("metrics lack %q; they have %q", want, have)
 		}
 	}
 }
