@@ -106,7 +106,7 @@ type watched struct {
 	// check to take (trimDone).
 	trimFloor atomic.Int64
 	trimDone  atomic.Bool
-	followUp   time.Time // a trim after the next journal commit
+	followUp  time.Time // a trim after the next journal commit
 }
 
 // fullBelow is the free space under which a window counts as full: less

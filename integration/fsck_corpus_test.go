@@ -88,7 +88,7 @@ var corpus = []corruption{
 			if m == nil {
 				t.Fatalf("no extent tree leaf in:\n%s", debugfsRead(t, path, "ex /upper/frag"))
 			}
-			debugfsW("zap_block -p 0x5a " + m[1])(t, s, path, dir)
+			debugfsW("zap_block -p 0x5a "+m[1])(t, s, path, dir)
 		}},
 	{name: "directory-block", how: "`zap_block -f DIR -p 0x5a 3`: a leaf block of an htree directory",
 		do: debugfsW("zap_block -f /upper/big -p 0x5a 3")},
