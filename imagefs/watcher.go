@@ -437,18 +437,23 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	// The footprint tells what the trim can give back: a deletion shows
 	// in it, and so do writes into space freed but not trimmed yet, where
 	// the used space only shows the net of writes and deletions (a
-	// directory replaced between two checks leaves it as it was).
-	if fp, err := iw.footprint(); err == nil {
-		iw.excess = fp - used
-		switch {
-		case iw.trimDone.Swap(false):
-			iw.floor = iw.trimFloor.Load()
-			iw.floorStale.Store(false)
-		case iw.floorStale.CompareAndSwap(true, false):
-			iw.floor = iw.excess
+	// directory replaced between two checks leaves it as it was). An
+	// image quiet for quietAfter has nothing new to trim: it is read
+	// every balloonEvery checks only, so idle images cost no more.
+	followUp := !iw.followUp.IsZero() && now.After(iw.followUp)
+	quiet := now.Sub(iw.changedAt) >= quietAfter && !followUp && !iw.trimDone.Load() && !iw.floorStale.Load()
+	if !quiet || iw.checks%balloonEvery == 0 {
+		if fp, err := iw.footprint(); err == nil {
+			iw.excess = fp - used
+			switch {
+			case iw.trimDone.Swap(false):
+				iw.floor = iw.trimFloor.Load()
+				iw.floorStale.Store(false)
+			case iw.floorStale.CompareAndSwap(true, false):
+				iw.floor = iw.excess
+			}
 		}
 	}
-	followUp := !iw.followUp.IsZero() && now.After(iw.followUp)
 
 	if free < fullBelow && balloon > 0 {
 		if !iw.full && w.obs.Full != nil {
