@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
@@ -308,45 +309,75 @@ func (d *Doctor) check(ctx context.Context, inc *Incident, s *Step, pol config.F
 // backup superblock (a primary superblock e2fsck accepts but that is
 // wrong, say).
 func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.FsckPolicy) error {
-	return d.images.Offline(ctx, inc.Snapshot, func(image string) error {
-		cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
-		defer cancel()
-		flag := "y"
-		if pol.Repair == "preen" {
-			flag = "p"
+	// An image whose filesystem lives on elsewhere after its unmount is
+	// busy, and that passes: a container being created copies the host's
+	// mounts into its new mount namespace and drops them at its
+	// pivot_root, which takes seconds with 50 containers starting at once.
+	// Offline then serves the image again; the repair waits and retries.
+	var err error
+	for attempt := range repairBusyAttempts {
+		if attempt > 0 {
+			time.Sleep(repairBusyBackoff)
 		}
-		res, err := d.tools.repair(cctx, image, imagefs.RepairMode(pol.Repair))
-		inc.Repair = &res
-		var verify imagefs.FsckResult
-		var verr error
-		if err == nil {
+		var ran bool
+		err = d.images.Offline(ctx, inc.Snapshot, func(image string) error {
+			ran = true
+			return d.repairOffline(ctx, inc, s, pol, image)
+		})
+		if ran || !errors.Is(err, imagefs.ErrBusy) && !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		s.Detail = joinDetail(s.Detail, fmt.Sprintf("busy (attempt %d): %v", attempt+1, err))
+	}
+	return err
+}
+
+// repairBusyAttempts and repairBusyBackoff bound the wait for a busy image:
+// about half a minute.
+var (
+	repairBusyAttempts = 7
+	repairBusyBackoff  = 5 * time.Second
+)
+
+// repairOffline is the repair of the unmounted image file.
+func (d *Doctor) repairOffline(ctx context.Context, inc *Incident, s *Step, pol config.FsckPolicy, image string) error {
+	cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
+	defer cancel()
+	flag := "y"
+	if pol.Repair == "preen" {
+		flag = "p"
+	}
+	res, err := d.tools.repair(cctx, image, imagefs.RepairMode(pol.Repair))
+	inc.Repair = &res
+	var verify imagefs.FsckResult
+	var verr error
+	if err == nil {
+		verify, verr = d.tools.verify(cctx, image)
+		s.Detail = fmt.Sprintf("e2fsck -f%s exit %d in %v; verify: %s", flag, res.ExitCode, res.Duration.Round(time.Millisecond), verify.Status())
+	} else {
+		s.Detail = fmt.Sprintf("e2fsck -f%s: %v", flag, err)
+	}
+	if pol.Repair != "preen" && (err != nil || verr == nil && !verify.Clean()) {
+		if again, aerr := d.tools.repair(cctx, image, imagefs.RepairFromBackup); aerr == nil {
+			inc.Repair, err = &again, nil
 			verify, verr = d.tools.verify(cctx, image)
-			s.Detail = fmt.Sprintf("e2fsck -f%s exit %d in %v; verify: %s", flag, res.ExitCode, res.Duration.Round(time.Millisecond), verify.Status())
+			s.Detail += fmt.Sprintf("; from the backup superblock: exit %d; verify: %s", again.ExitCode, verify.Status())
 		} else {
-			s.Detail = fmt.Sprintf("e2fsck -f%s: %v", flag, err)
+			s.Detail += "; from the backup superblock: " + aerr.Error()
 		}
-		if pol.Repair != "preen" && (err != nil || verr == nil && !verify.Clean()) {
-			if again, aerr := d.tools.repair(cctx, image, imagefs.RepairFromBackup); aerr == nil {
-				inc.Repair, err = &again, nil
-				verify, verr = d.tools.verify(cctx, image)
-				s.Detail += fmt.Sprintf("; from the backup superblock: exit %d; verify: %s", again.ExitCode, verify.Status())
-			} else {
-				s.Detail += "; from the backup superblock: " + aerr.Error()
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("%w: e2fsck could not run: %w", ErrQuarantine, err)
-		}
-		inc.Verify = &verify
-		s.Result = inc.Repair.Status()
-		if verr != nil {
-			return fmt.Errorf("%w: verify: %w", ErrQuarantine, verr)
-		}
-		if !verify.Clean() {
-			return fmt.Errorf("%w: errors remain after the repair (%s)", ErrQuarantine, lastLine(verify.Output))
-		}
-		return nil
-	})
+	}
+	if err != nil {
+		return fmt.Errorf("%w: e2fsck could not run: %w", ErrQuarantine, err)
+	}
+	inc.Verify = &verify
+	s.Result = inc.Repair.Status()
+	if verr != nil {
+		return fmt.Errorf("%w: verify: %w", ErrQuarantine, verr)
+	}
+	if !verify.Clean() {
+		return fmt.Errorf("%w: errors remain after the repair (%s)", ErrQuarantine, lastLine(verify.Output))
+	}
+	return nil
 }
 
 // quarantineAttempts bounds the tries to unmount a quarantined image: a

@@ -185,8 +185,29 @@ func newFakeDoctor(t *testing.T, imgs *fakeImages, ctrs *fakeContainers, check O
 	return d
 }
 
+// TestRepairWaitsForABusyImage: an image whose filesystem lives on in
+// another mount namespace for a while (a container being created) is
+// repaired once it is free, not quarantined.
+func TestRepairWaitsForABusyImage(t *testing.T) {
+	defer func(b time.Duration) { repairBusyBackoff = b }(repairBusyBackoff)
+	repairBusyBackoff = 10 * time.Millisecond
+	for _, tc := range []struct {
+		busy int
+		want State
+	}{{2, StateResolved}, {repairBusyAttempts, StateQuarantined}} {
+		imgs := &fakeImages{mounted: true, busy: tc.busy}
+		d := newFakeDoctor(t, imgs, &fakeContainers{}, Damaged, false)
+		inc := &Incident{ID: "busy", Snapshot: "1", Source: "fanotify", DetectedAt: time.Now(), State: StateOpen}
+		d.work(context.Background(), inc)
+		if inc.State != tc.want {
+			t.Errorf("busy %d times: %s (%s), want %s", tc.busy, inc.State, inc.Reason, tc.want)
+		}
+	}
+}
+
 // fakeImages is one active snapshot, "1".
 type fakeImages struct {
+	busy           int // Offline finds the image busy this many times
 	mounted        bool
 	failQuarantine bool
 	quarantined    string
@@ -200,6 +221,10 @@ func (f *fakeImages) MountedImage(id string) (*imagefs.Mounted, bool, bool) {
 }
 
 func (f *fakeImages) Offline(ctx context.Context, id string, fn func(string) error) error {
+	if f.busy > 0 {
+		f.busy--
+		return fmt.Errorf("offline snapshot %s: still attached after its unmount: %w", id, imagefs.ErrBusy)
+	}
 	f.mounted = false
 	if err := fn("/fake/rw.img"); err != nil {
 		f.quarantined = err.Error()
