@@ -215,16 +215,7 @@ func (d *Doctor) do(ctx context.Context, inc *Incident, step string, s *Step, po
 	case StepCheck:
 		return d.check(ctx, inc, s, pol), nil
 	case StepThaw:
-		err = d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
-			if !c.Paused {
-				return false, nil
-			}
-			if err := d.ctrs.Resume(ctx, c); err != nil {
-				return false, err
-			}
-			c.Paused = false
-			return true, nil
-		})
+		err = d.thawAll(ctx, inc, s)
 	case StepStop:
 		err = d.stopAll(ctx, inc, s)
 	case StepRepair:
@@ -395,16 +386,7 @@ func (d *Doctor) quarantine(ctx context.Context, inc *Incident, s *Step) error {
 	if stopErr != nil {
 		// A task that would not stop is not left frozen for good either:
 		// it runs on, and the reason says so.
-		_ = d.eachContainer(ctx, inc, &stopped, func(c *ContainerRef) (bool, error) {
-			if !c.Paused || c.Stopped {
-				return false, nil
-			}
-			if err := d.ctrs.Resume(ctx, c); err != nil {
-				return false, err
-			}
-			c.Paused = false
-			return true, nil
-		})
+		_ = d.thawAll(ctx, inc, &stopped)
 	}
 	var err error
 	for attempt := range quarantineAttempts {
@@ -419,6 +401,21 @@ func (d *Doctor) quarantine(ctx context.Context, inc *Incident, s *Step) error {
 		stopErr = fmt.Errorf("stop: %w", stopErr)
 	}
 	return errors.Join(stopErr, err)
+}
+
+// thawAll resumes the containers the freeze paused and that still have
+// their task.
+func (d *Doctor) thawAll(ctx context.Context, inc *Incident, s *Step) error {
+	return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
+		if !c.Paused || c.Stopped {
+			return false, nil
+		}
+		if err := d.ctrs.Resume(ctx, c); err != nil {
+			return false, err
+		}
+		c.Paused = false
+		return true, nil
+	})
 }
 
 // stopAll stops every container on the image that has a task.

@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -147,23 +146,7 @@ func TestCorruptionCorpus(t *testing.T) {
 	for _, n := range bystanders {
 		tickers[n] = &ticker{path: filepath.Join(uppers[n], "io", "ticks")}
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			for _, tk := range tickers {
-				tk.poll()
-			}
-		}
-	}()
-	stopTicks := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	stopTicks := followTicks(tickers)
 	defer stopTicks()
 	pids := map[string]string{}
 	for _, n := range bystanders {

@@ -63,6 +63,28 @@ func (tk *ticker) poll() {
 	tk.last, tk.lastAt = st.Size(), now
 }
 
+// followTicks polls the tickers every 2 ms until the function it returns
+// is called (more calls do nothing).
+func followTicks(tickers map[string]*ticker) func() {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			for _, tk := range tickers {
+				tk.poll()
+			}
+		}
+	}()
+	return sync.OnceFunc(func() { close(stop); wg.Wait() })
+}
+
 func (tk *ticker) gap() time.Duration {
 	tk.mu.Lock()
 	defer tk.mu.Unlock()
@@ -184,30 +206,8 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 	for _, n := range names {
 		tickers[n] = &ticker{path: filepath.Join(uppers[n], "io", "ticks")}
 	}
-	stopTicks := make(chan struct{})
-	var tickWG sync.WaitGroup
-	tickWG.Add(1)
-	go func() {
-		defer tickWG.Done()
-		for {
-			select {
-			case <-stopTicks:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			for _, tk := range tickers {
-				tk.poll()
-			}
-		}
-	}()
-	defer func() {
-		select {
-		case <-stopTicks:
-		default:
-			close(stopTicks)
-		}
-		tickWG.Wait()
-	}()
+	stopTicks := followTicks(tickers)
+	defer stopTicks()
 	pids := map[string]string{}
 	for _, n := range names {
 		pids[n] = s.taskPID(n)
@@ -264,8 +264,7 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 	// Every container runs; the ones not hit kept their task; their data
 	// and their logs are intact.
 	time.Sleep(300 * time.Millisecond)
-	close(stopTicks)
-	tickWG.Wait()
+	stopTicks()
 	for _, n := range names {
 		if s.taskPID(n) == "" {
 			t.Errorf("%s is not running", n)
