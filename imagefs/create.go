@@ -114,17 +114,12 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 // placeBalloon mounts a fresh or shrunk image privately and inflates its
 // balloon so that only the first window bytes are free.
 func placeBalloon(ctx context.Context, path string, window int64, directIO bool) error {
-	dir, done, err := makePrivateDir("snug-create-")
-	if err != nil {
-		return err
-	}
-	defer done()
-	m, err := Mount(ctx, path, dir, MountOptions{DirectIO: directIO})
+	m, err := mountPrivate(ctx, path, MountOptions{DirectIO: directIO})
 	if err != nil {
 		return err
 	}
 	failpoint.Inject("create-mounted")
-	err = createBalloon(dir)
+	err = createBalloon(m.Dir)
 	if err == nil {
 		err = m.resetWindow(ctx, window)
 	}
@@ -150,7 +145,8 @@ func (m *Mounted) resetWindow(ctx context.Context, window int64) error {
 }
 
 // RemoveTemporaries deletes what an interrupted Create or Shrink left in dir,
-// first releasing a temporary that a killed process left mounted privately.
+// first releasing a temporary that a killed process of an earlier version
+// left mounted privately (see ReleaseStale).
 // A temporary attached any other way is left alone.
 func RemoveTemporaries(ctx context.Context, dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)

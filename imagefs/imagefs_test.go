@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -557,13 +558,68 @@ func TestRemoveTemporariesReleasesStaleMounts(t *testing.T) {
 		t.Errorf("fresh private directory swept: %v", err)
 	}
 
-	// This process's own private mount is not stale.
+	// This process's private mount is in no mount table: nothing for
+	// ReleaseStale to take.
 	own, _ := newImage(t, 128*mib, 64*mib)
 	err = WithMount(ctx, own, MountOptions{}, func(m *Mounted) error {
+		if _, err := FindMount(own); !errors.Is(err, ErrNotMounted) {
+			return fmt.Errorf("a private mount is in the mount table: %v", err)
+		}
 		if released, err := ReleaseStale(ctx, own); released || err != nil {
 			return fmt.Errorf("ReleaseStale took a live private mount: %v, %v", released, err)
 		}
 		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPrivateMountsStayOutOfNewNamespaces: a process that makes a new mount
+// namespace while snug holds a private mount (runc, starting a container
+// while snug creates an image) copies the host's mounts. A private mount
+// must not be among them, or the copy keeps the image attached after its
+// unmount: Create then failed with "still attached after its unmount"
+// under a churn of container starts (TestLoad, in CI).
+func TestPrivateMountsStayOutOfNewNamespaces(t *testing.T) {
+	roottest.Require(t, "unshare")
+	path, _ := newImage(t, 128*mib, 64*mib)
+	ctx := context.Background()
+	var holder *exec.Cmd
+	err := WithMount(ctx, path, MountOptions{}, func(m *Mounted) error {
+		if err := os.WriteFile(filepath.Join(m.Dir, "file"), []byte("data"), 0o600); err != nil {
+			return err
+		}
+		// A new mount namespace that lives on after the unmount, as a
+		// container's does until its pivot_root.
+		holder = exec.Command("unshare", "--mount", "--propagation", "unchanged", "sleep", "60")
+		if err := holder.Start(); err != nil {
+			return err
+		}
+		// The namespace exists once unshare has run sleep.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", holder.Process.Pid)); strings.HasSuffix(exe, "/sleep") {
+				return nil
+			}
+		}
+		return errors.New("unshare did not start sleep")
+	})
+	if holder != nil && holder.Process != nil {
+		t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	}
+	if err != nil {
+		t.Fatalf("private mount while a new namespace was made: %v", err)
+	}
+	if devs, _ := FindLoops(path); len(devs) != 0 {
+		t.Fatalf("image still attached to %v after its private mount", devs)
+	}
+	// The data written on the private mount is in the image.
+	err = WithMount(ctx, path, MountOptions{ReadOnly: true}, func(m *Mounted) error {
+		got, err := os.ReadFile(filepath.Join(m.Dir, "file"))
+		if err == nil && string(got) != "data" {
+			err = fmt.Errorf("read %q", got)
+		}
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

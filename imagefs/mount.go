@@ -21,9 +21,14 @@ type Mounted struct {
 	Device string
 	// Dir is where the filesystem is mounted. The container's data goes in
 	// subdirectories; /.snug holds the balloon and must stay hidden from it.
+	// A private mount's Dir is a /proc/self/fd path, valid in this process
+	// only and until Unmount.
 	Dir string
 	// ReadOnly reports a read-only mount.
 	ReadOnly bool
+	// private holds a private mount (see mountPrivate), which is in no
+	// mount table; Dir then names it through this process's descriptor.
+	private *os.File
 }
 
 // MountOptions says how an image is mounted.
@@ -96,23 +101,9 @@ func (o MountOptions) mountData() string {
 // (ErrInUse): an image is mounted once. The one exception is an image whose
 // filesystem lives on without a visible mount (see adopt).
 func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, error) {
-	sb, err := ReadSuperblock(path)
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", path, err)
-	}
-	if sb.BlockSize != loopBlockSize {
-		return nil, fmt.Errorf("mount %s: %w: block size %d, snug images use %d", path, ErrNotSnugImage, sb.BlockSize, loopBlockSize)
-	}
-	img, err := canonical(path)
+	img, unlock, err := lockForMount(ctx, path)
 	if err != nil {
 		return nil, err
-	}
-	// Two loop devices on one file would give two ext4 instances writing
-	// the same blocks: refuse an image that is attached anywhere. The lock
-	// makes check and attach one step against other snug processes.
-	unlock, err := lockImage(ctx, img)
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", path, err)
 	}
 	defer unlock()
 	t, err := ReadMountTable()
@@ -144,6 +135,29 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 	return &Mounted{Image: img, Device: loop.Device, Dir: dir, ReadOnly: o.ReadOnly}, nil
 }
 
+// lockForMount checks that path holds a snug image (so a file that is not
+// ext4 is refused before the kernel sees it) and takes the image's lock.
+// Two loop devices on one file would give two ext4 instances writing the
+// same blocks, so a mount refuses an image that is attached anywhere; the
+// lock makes that check and the attach one step against other snug
+// processes.
+func lockForMount(ctx context.Context, path string) (img string, unlock func(), err error) {
+	sb, err := ReadSuperblock(path)
+	if err != nil {
+		return "", nil, fmt.Errorf("mount %s: %w", path, err)
+	}
+	if sb.BlockSize != loopBlockSize {
+		return "", nil, fmt.Errorf("mount %s: %w: block size %d, snug images use %d", path, ErrNotSnugImage, sb.BlockSize, loopBlockSize)
+	}
+	if img, err = canonical(path); err != nil {
+		return "", nil, err
+	}
+	if unlock, err = lockImage(ctx, img); err != nil {
+		return "", nil, fmt.Errorf("mount %s: %w", path, err)
+	}
+	return img, unlock, nil
+}
+
 // Unmount unmounts the image; autoclear then detaches its loop device. It
 // waits (until ctx ends, detachWait at most) for the device to go, so that
 // an offline operation may follow at once; a device that stays has another
@@ -151,6 +165,12 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 // Unmounting what is no longer mounted is not an error.
 func (m *Mounted) Unmount(ctx context.Context) error {
 	defer scrubbing.Delete(m.Image)
+	if m.private != nil {
+		// A private mount goes with its last reference.
+		m.private.Close()
+		m.private = nil
+		return waitDetached(ctx, m.Image, m.Device)
+	}
 	for attempt := 0; ; attempt++ {
 		err := unix.Unmount(m.Dir, 0)
 		if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
@@ -196,7 +216,8 @@ func IsAttached(path string) (bool, error) {
 }
 
 // WithMount runs fn on the image mounted: where it is mounted already, there;
-// otherwise on a private temporary mount that is gone when WithMount returns.
+// otherwise on a private mount (see mountPrivate) that is gone when
+// WithMount returns.
 func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounted) error) (err error) {
 	t, err := ReadMountTable()
 	if err != nil {
@@ -222,12 +243,7 @@ func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounte
 	} else if len(devs) > 0 {
 		return fmt.Errorf("%s: %w but not mounted", path, ErrInUse)
 	}
-	dir, done, err := makePrivateDir("snug-mnt-")
-	if err != nil {
-		return err
-	}
-	defer done()
-	m, err := Mount(ctx, path, dir, o)
+	m, err := mountPrivate(ctx, path, o)
 	if err != nil {
 		return err
 	}

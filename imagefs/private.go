@@ -7,37 +7,112 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// Private mounts are the short-lived mounts imagefs makes for itself (to place
-// a new image's balloon, to work on an unmounted image) on a directory made in
-// the system's temporary directory. A process killed while it holds one leaves
-// the image attached and mounted there; ReleaseStale undoes that.
+// Private mounts are the short-lived mounts imagefs makes for itself: to
+// place a new image's balloon, to work on an unmounted image. They are
+// detached mounts (fsopen, fsmount), in no mount namespace: a process that
+// clones its mount namespace meanwhile (runc does, for every container it
+// starts) copies every mount of the host's, and a copy of a private mount
+// kept the image attached long after its unmount, until that container had
+// pivoted into its root (seconds, when many start at once). A detached mount
+// goes when its descriptor is closed, and with the process that holds it:
+// a process killed while it holds one leaves nothing behind.
+//
+// snug before detached mounts mounted privately on directories made in the
+// system's temporary directory, which a killed process left mounted;
+// ReleaseStale and SweepPrivateDirs clean those up.
 
-// privatePrefixes name the directories of private mounts.
-var privatePrefixes = []string{"snug-create-", "snug-mnt-"}
-
-// privateInUse holds the private mount directories of this process.
-var privateInUse sync.Map
-
-// makePrivateDir makes a directory for a private mount; done removes it.
-func makePrivateDir(prefix string) (dir string, done func(), err error) {
-	dir, err = os.MkdirTemp("", prefix)
+// mountPrivate attaches the image at path and mounts it detached. It refuses
+// an image attached already (ErrInUse).
+func mountPrivate(ctx context.Context, path string, o MountOptions) (*Mounted, error) {
+	img, unlock, err := lockForMount(ctx, path)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	privateInUse.Store(dir, true)
-	return dir, func() {
-		os.Remove(dir)
-		privateInUse.Delete(dir)
-	}, nil
+	defer unlock()
+	if devs, err := FindLoops(img); err != nil {
+		return nil, err
+	} else if len(devs) > 0 {
+		return nil, fmt.Errorf("mount %s: %w (%s)", path, ErrInUse, strings.Join(devs, ", "))
+	}
+	loop, err := Attach(ctx, img, AttachOptions{ReadOnly: o.ReadOnly, DirectIO: o.DirectIO})
+	if err != nil {
+		return nil, err
+	}
+	defer loop.Close() // autoclear: the mount holds the device from here
+	mnt, err := fsmountExt4(loop.Device, o)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s (%s) privately: %w", path, loop.Device, err)
+	}
+	return &Mounted{Image: img, Device: loop.Device, Dir: fmt.Sprintf("/proc/self/fd/%d", mnt.Fd()), ReadOnly: o.ReadOnly, private: mnt}, nil
 }
 
-// isStalePrivate reports whether dir is a private mount directory of
-// another process: one that died holding it, since an image belongs to one
-// daemon and its state directory.
+// fsmountExt4 makes a detached ext4 mount of device with snug's options and
+// returns its descriptor.
+func fsmountExt4(device string, o MountOptions) (*os.File, error) {
+	fsfd, err := unix.Fsopen("ext4", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("fsopen: %w", err)
+	}
+	defer unix.Close(fsfd)
+	if err := unix.FsconfigSetString(fsfd, "source", device); err != nil {
+		return nil, fmt.Errorf("fsconfig source: %w", err)
+	}
+	opts := strings.Split(o.mountData(), ",")
+	attrs := unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+	if o.ReadOnly {
+		opts = append(opts, "ro")
+		attrs |= unix.MOUNT_ATTR_RDONLY
+	}
+	for _, opt := range opts {
+		key, value, hasValue := strings.Cut(opt, "=")
+		if hasValue {
+			err = unix.FsconfigSetString(fsfd, key, value)
+		} else {
+			err = unix.FsconfigSetFlag(fsfd, key)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("fsconfig %s: %w%s", opt, err, fsLog(fsfd))
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return nil, fmt.Errorf("ext4 on %s: %w%s", device, err, fsLog(fsfd))
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return nil, fmt.Errorf("fsmount %s: %w", device, err)
+	}
+	return os.NewFile(uintptr(mfd), "mount of "+device), nil
+}
+
+// fsLog returns the messages the kernel left in a filesystem context, as
+// ": message; message", or "" when there are none.
+func fsLog(fsfd int) string {
+	var msgs []string
+	buf := make([]byte, 1024)
+	for range 8 {
+		n, err := unix.Read(fsfd, buf)
+		if err != nil || n <= 0 {
+			break
+		}
+		msgs = append(msgs, strings.TrimSpace(string(buf[:n])))
+	}
+	if len(msgs) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(msgs, "; ")
+}
+
+// privatePrefixes name the directories of the private mounts of earlier
+// versions.
+var privatePrefixes = []string{"snug-create-", "snug-mnt-"}
+
+// isStalePrivate reports whether dir is a private mount directory of an
+// earlier version: this one makes none.
 func isStalePrivate(dir string) bool {
 	if filepath.Dir(dir) != filepath.Clean(os.TempDir()) {
 		return false
@@ -45,28 +120,25 @@ func isStalePrivate(dir string) bool {
 	base := filepath.Base(dir)
 	for _, p := range privatePrefixes {
 		if strings.HasPrefix(base, p) {
-			_, mine := privateInUse.Load(dir)
-			return !mine
+			return true
 		}
 	}
 	return false
 }
 
 // privateDirAge is how old an empty private mount directory must be to be
-// garbage: a live process mounts on its directory the moment it makes it.
+// garbage: a live process of an earlier version mounted on its directory
+// the moment it made it.
 const privateDirAge = time.Minute
 
 // SweepPrivateDirs removes the empty private mount directories that
-// processes killed between making one and mounting on it left in the
+// processes of earlier versions killed between making one and mounting on it left in the
 // system's temporary directory. A directory still mounted on is not empty
 // to rmdir, and stays (ReleaseStale is for those).
 func SweepPrivateDirs() {
 	for _, p := range privatePrefixes {
 		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), p+"*"))
 		for _, dir := range dirs {
-			if _, mine := privateInUse.Load(dir); mine {
-				continue
-			}
 			if fi, err := os.Lstat(dir); err == nil && fi.IsDir() && time.Since(fi.ModTime()) > privateDirAge {
 				os.Remove(dir) // fails, harmlessly, unless empty and unmounted
 			}
@@ -75,7 +147,7 @@ func SweepPrivateDirs() {
 }
 
 // ReleaseStale unmounts the image at path from a private mount a killed
-// process left behind, detaches its loop device and removes the directory.
+// process of an earlier version left behind, detaches its loop device and removes the directory.
 // It reports whether there was one; an image mounted anywhere else is left
 // alone.
 func ReleaseStale(ctx context.Context, path string) (bool, error) {

@@ -148,8 +148,8 @@ func (s *Snapshotter) ensureMounted(ctx context.Context, tbl *imagefs.MountTable
 			return nil, err
 		}
 	}
-	// A daemon killed while it worked on the image unmounted (a shrink, a
-	// repair) left it on a private mount.
+	// A daemon of an earlier version killed while it worked on the image
+	// unmounted (a shrink, a repair) left it on a private mount.
 	if released, err := tbl.ReleaseStale(ctx, image); err != nil {
 		return nil, err
 	} else if released {

@@ -37,8 +37,7 @@ func newPool(ctx context.Context, root string, opts imagefs.CreateOptions) (*poo
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
-	// What a crash left half made goes (mounted privately, if the daemon
-	// died while it placed the balloon), and images for another policy.
+	// What a crash left half made goes, and images for another policy.
 	if _, err := imagefs.RemoveTemporaries(ctx, p.dir); err != nil {
 		return nil, err
 	}
