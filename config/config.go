@@ -181,6 +181,11 @@ type FsckPolicy struct {
 	// ScrubInterval checks every mounted image online this often ("0s"
 	// turns it off; e2scrub_all runs weekly, "168h").
 	ScrubInterval time.Duration `toml:"scrub_interval"`
+	// CheckAtStart runs e2fsck -fn on every writable image start-up has to
+	// mount (after a host reboot, all of them) before it is mounted; a
+	// damaged one is repaired first. ext4 notices damage only where it
+	// reads: this finds what happened while no kernel had the image.
+	CheckAtStart bool `toml:"check_at_start"`
 }
 
 // Default returns the built-in policy, used for every key a file leaves out.
@@ -220,6 +225,7 @@ func Default() Config {
 			RepairWindow: time.Hour,
 			Monitor:      "auto",
 			CheckMethod:  "auto",
+			CheckAtStart: true,
 		},
 	}
 }

@@ -224,11 +224,16 @@ func (d *Doctor) Mounted(ctx context.Context, id string, layer bool, m *imagefs.
 	}
 }
 
-// MountFailed is told of an image start-up could not mount: an incident
+// MountFailed is told of an image start-up could not mount, or would not:
+// its start-up check found it damaged (imagefs.ErrDamaged). An incident
 // takes it (its repair runs e2fsck on the unmounted image and mounts it).
 func (d *Doctor) MountFailed(ctx context.Context, id string, layer bool, err error) {
-	log.G(ctx).WithError(err).WithField("snapshot", id).Error("image could not be mounted")
-	d.report(Report{Key: id, At: time.Now(), Source: "mount", Event: Event{Count: 1}, layer: &layer})
+	source := "mount"
+	if errors.Is(err, imagefs.ErrDamaged) {
+		source = "start-check"
+	}
+	log.G(ctx).WithError(err).WithField("snapshot", id).WithField("source", source).Error("image not mounted")
+	d.report(Report{Key: id, At: time.Now(), Source: source, Event: Event{Count: 1}, layer: &layer})
 }
 
 // Unmounting is told of every image the snapshotter is about to unmount.

@@ -24,7 +24,9 @@ type Incident struct {
 	Image string `json:"image"`
 	// Source is how the error was noticed: "fanotify", "sysfs",
 	// "existing" (carried by the image when snug started watching it),
-	// or "check" (an online check found damage).
+	// "check" (an online check found damage), "mount" (start-up could not
+	// mount the image) or "start-check" (start-up's e2fsck -fn of an
+	// unmounted image found damage; see fsck.check_at_start).
 	Source string `json:"source"`
 	// Error names the first error ("EUCLEAN", "EIO").
 	Error string `json:"error,omitempty"`

@@ -31,4 +31,6 @@ var (
 	// ErrBusy is returned when an image is locked by another operation and
 	// the context ended before the lock came free.
 	ErrBusy = errors.New("image busy")
+	// ErrDamaged is returned by CheckClean for an image that is not clean.
+	ErrDamaged = errors.New("image damaged")
 )

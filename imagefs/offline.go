@@ -54,6 +54,36 @@ func Check(ctx context.Context, path string) (FsckResult, error) {
 	return res, err
 }
 
+// CheckClean checks an unmounted image as a mount is about to use it:
+// nil for a clean image, an error wrapping ErrDamaged for one that is not
+// (damage found; a superblock that cannot be read; e2fsck exit 8 or 12, or
+// ctx ending, so that the check could not finish), and any other error for
+// a check that could not run at all (e2fsck missing, the image attached).
+// An unreplayed journal is replayed first by a private mount, as the mount
+// to come would replay it: e2fsck -n does not, and would judge metadata the
+// journal completes.
+func CheckClean(ctx context.Context, path string) error {
+	sb, err := ReadSuperblock(path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDamaged, err)
+	}
+	if sb.NeedsRecov {
+		if err := WithMount(ctx, path, MountOptions{}, func(*Mounted) error { return nil }); err != nil {
+			return fmt.Errorf("%w: the journal could not be replayed: %w", ErrDamaged, err)
+		}
+	}
+	res, err := Check(ctx, path)
+	switch {
+	case errors.Is(err, ErrToolFailed) || ctx.Err() != nil:
+		return fmt.Errorf("%w: e2fsck -fn could not finish: %w", ErrDamaged, err)
+	case err != nil:
+		return err
+	case !res.Clean():
+		return fmt.Errorf("%w: e2fsck -fn %s: %s", ErrDamaged, res.Status(), lastLines(res.Output, 2))
+	}
+	return nil
+}
+
 // Repair runs e2fsck to fix an unmounted image: it replays the journal
 // first, then fixes what it finds (-fy, or -fp for RepairPreen). A damaged
 // primary superblock is no obstacle: e2fsck finds a backup.

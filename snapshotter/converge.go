@@ -210,12 +210,25 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var active []string
+	for _, r := range recs {
+		if r.kind == snapshots.KindActive {
+			active = append(active, r.id)
+		}
+	}
+	damaged := s.checkUnmounted(ctx, tbl, active)
 	var errs []error
 	for i, r := range recs {
 		if i == 1 {
 			failpoint.Inject("reconcile-converged") // one snapshot converged, the rest not
 		}
-		if err := s.convergeIn(ctx, tbl, r.id, r.kind, r.parents); err != nil {
+		err := damaged[r.id]
+		if err != nil {
+			err = fmt.Errorf("snapshot %s: %w", r.id, err) // left unmounted for the error monitor
+		} else {
+			err = s.convergeIn(ctx, tbl, r.id, r.kind, r.parents)
+		}
+		if err != nil {
 			// One broken snapshot must not keep the others from being served.
 			log.G(ctx).WithError(err).WithField("id", r.id).Error("cannot restore snapshot")
 			errs = append(errs, err)
