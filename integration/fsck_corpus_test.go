@@ -51,6 +51,9 @@ type corruption struct {
 	// quarantined: no repair can make the image clean; the rest end
 	// repaired and restarted.
 	quarantined bool
+	// runtimeOnly: an event on the mounted filesystem, not damage on disk:
+	// nothing for start-up to find (TestCorruptionCorpusAtStart).
+	runtimeOnly bool
 }
 
 func debugfsW(cmds ...string) func(t *testing.T, s *stack, path, dir string) {
@@ -101,13 +104,13 @@ var corpus = []corruption{
 		do: debugfsW("sif /upper/victim/f3 mode 0170644")},
 	{name: "inode-checksum", how: "`sif FILE checksum 0xbad`: an inode whose checksum does not match",
 		do: debugfsW("sif /upper/victim/f4 checksum 0xbad")},
-	{name: "remount-abort", how: "`mount -o remount,abort`: ext4 aborts its journal",
+	{name: "remount-abort", how: "`mount -o remount,abort`: ext4 aborts its journal", runtimeOnly: true,
 		do: func(t *testing.T, s *stack, path, dir string) {
 			if out, err := exec.Command("mount", "-o", "remount,abort", dir).CombinedOutput(); err != nil {
 				t.Fatalf("remount,abort: %v\n%s", err, out)
 			}
 		}},
-	{name: "sysfs-error", how: "`echo > /sys/fs/ext4/DEV/trigger_fs_error`: an error raised by ext4 itself",
+	{name: "sysfs-error", how: "`echo > /sys/fs/ext4/DEV/trigger_fs_error`: an error raised by ext4 itself", runtimeOnly: true,
 		do: func(t *testing.T, s *stack, path, dir string) {
 			dev := filepath.Base(s.deviceOf(dir))
 			if err := os.WriteFile("/sys/fs/ext4/"+dev+"/trigger_fs_error", []byte("corpus\n"), 0); err != nil {
@@ -141,13 +144,7 @@ func TestCorruptionCorpus(t *testing.T) {
 	s.importImage()
 	s.waitFollowing()
 	bystanders := []string{"by-1", "by-2"}
-	uppers, _, _ := s.startSteady(bystanders...)
-	tickers := map[string]*ticker{}
-	for _, n := range bystanders {
-		tickers[n] = &ticker{path: filepath.Join(uppers[n], "io", "ticks")}
-	}
-	stopTicks := followTicks(tickers)
-	defer stopTicks()
+	tickers, stopTicks := s.startBystanders(bystanders...)
 	pids := map[string]string{}
 	for _, n := range bystanders {
 		pids[n] = s.taskPID(n)

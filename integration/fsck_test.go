@@ -63,6 +63,25 @@ func (tk *ticker) poll() {
 	tk.last, tk.lastAt = st.Size(), now
 }
 
+// tickersOf follows the ticks of the named containers, from their uppers.
+func tickersOf(uppers map[string]string, names []string) map[string]*ticker {
+	tickers := map[string]*ticker{}
+	for _, n := range names {
+		tickers[n] = &ticker{path: filepath.Join(uppers[n], "io", "ticks")}
+	}
+	return tickers
+}
+
+// startBystanders starts steady writers and follows their ticks until the
+// returned function is called (the test's end calls it too).
+func (s *stack) startBystanders(names ...string) (map[string]*ticker, func()) {
+	uppers, _, _ := s.startSteady(names...)
+	tickers := tickersOf(uppers, names)
+	stop := followTicks(tickers)
+	s.t.Cleanup(stop)
+	return tickers, stop
+}
+
 // followTicks polls the tickers every 2 ms until the function it returns
 // is called (more calls do nothing).
 func followTicks(tickers map[string]*ticker) func() {
@@ -202,10 +221,7 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 	}
 
 	// Follow every container's ticks from the host.
-	tickers := map[string]*ticker{}
-	for _, n := range names {
-		tickers[n] = &ticker{path: filepath.Join(uppers[n], "io", "ticks")}
-	}
+	tickers := tickersOf(uppers, names)
 	stopTicks := followTicks(tickers)
 	defer stopTicks()
 	pids := map[string]string{}
