@@ -26,9 +26,11 @@ vet:
 	$(GO) vet $(PKGS)
 
 # test: unit tests, then the root tests on the real kernel. SNUG_REQUIRE_ROOT=1
-# turns a missing dependency into a failure, never a skip.
+# turns a missing dependency into a failure, never a skip. leftovers.sh then
+# fails the run on any loop device, mount or process the tests left.
 test: deps vet
 	SNUG_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 20m $(PKGS)
+	@scripts/leftovers.sh
 
 # soak: TestLoad (part of make test, for 60 s there) for SNUG_LOAD_SECONDS
 # (180): 50 containers started and removed at once, round after round, on

@@ -2,6 +2,7 @@ package imagefs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -76,11 +77,15 @@ type watched struct {
 	// dir is an O_PATH descriptor of the mount point, for fstatfs: a
 	// statfs by path spends half its time walking the path. It pins the
 	// mount, so Remove (always before an unmount) and the end of Run close
-	// it. fdMu protects dir and closed.
+	// it, and so does a check that finds the image no longer mounted there
+	// (unmounted lazily by someone else: the descriptor would keep its
+	// filesystem, and so its loop device, alive). fdMu protects dir, file
+	// and closed.
 	fdMu   sync.Mutex
 	dir    int
 	file   int // O_PATH descriptor of the image file, for fstat
 	closed bool
+	dev    uint64 // the filesystem's device number (the loop device's), 0 if unknown
 
 	seen      bool
 	lastAt    time.Time
@@ -140,7 +145,7 @@ func (w *Watcher) Add(key string, m *Mounted, p Policy) {
 	defer w.mu.Unlock()
 	iw, ok := w.images[key]
 	if !ok {
-		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1, file: -1}
+		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1, file: -1, dev: deviceNumber(m.Device)}
 		iw.balloonStale.Store(true)
 		iw.floorStale.Store(true)
 		w.images[key] = iw
@@ -214,9 +219,22 @@ func (w *Watcher) arm(iw *watched, fsid [2]int32) {
 	}
 }
 
+// closeDir closes the descriptors for good.
 func (iw *watched) closeDir() {
 	iw.fdMu.Lock()
 	defer iw.fdMu.Unlock()
+	iw.releaseLocked()
+	iw.closed = true
+}
+
+// release closes the descriptors; the next check opens them again.
+func (iw *watched) release() {
+	iw.fdMu.Lock()
+	defer iw.fdMu.Unlock()
+	iw.releaseLocked()
+}
+
+func (iw *watched) releaseLocked() {
 	if iw.dir >= 0 {
 		unix.Close(iw.dir)
 		iw.dir = -1
@@ -225,7 +243,29 @@ func (iw *watched) closeDir() {
 		unix.Close(iw.file)
 		iw.file = -1
 	}
-	iw.closed = true
+}
+
+// deviceNumber is the device number of a block device node, 0 when it
+// cannot be read.
+func deviceNumber(device string) uint64 {
+	var st unix.Stat_t
+	if device == "" || unix.Stat(device, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return 0
+	}
+	return st.Rdev
+}
+
+// mountedHere reports whether the filesystem at path is the image's, as
+// far as its device number tells.
+func (iw *watched) mountedHere(st *unix.Stat_t) bool {
+	return iw.dev == 0 || st.Dev == iw.dev
+}
+
+// goneFromDir reports whether the image is no longer mounted at its
+// mount point (someone else unmounted it).
+func (iw *watched) goneFromDir() bool {
+	var st unix.Stat_t
+	return iw.dev != 0 && (unix.Stat(iw.m.Dir, &st) != nil || !iw.mountedHere(&st))
 }
 
 // footprint is the image file's allocated bytes on the host, read through
@@ -262,6 +302,11 @@ func (iw *watched) statfs(sfs *unix.Statfs_t) error {
 		fd, err := unix.Open(iw.m.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || !iw.mountedHere(&st) {
+			unix.Close(fd)
+			return errors.Join(err, fmt.Errorf("%s is not mounted on %s: %w", iw.m.Image, iw.m.Dir, ErrNotMounted))
 		}
 		iw.dir = fd
 	}
@@ -395,12 +440,23 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	// the CLI).
 	if err == nil && (iw.balloonStale.Load() || iw.checks%balloonEvery == 0) {
 		var bst unix.Stat_t
-		if err = unix.Stat(balloonPath(iw.m.Dir), &bst); err == nil {
+		if err = unix.Stat(balloonPath(iw.m.Dir), &bst); err == nil && !iw.mountedHere(&bst) {
+			err = fmt.Errorf("%s is not mounted on %s: %w", iw.m.Image, iw.m.Dir, ErrNotMounted)
+		}
+		if err == nil {
 			iw.balloon = bst.Blocks * 512
 			iw.balloonStale.Store(false)
 		}
 	}
 	iw.checks++
+	if err != nil && iw.goneFromDir() {
+		// Unmounted by someone else (umount -l: a plain umount finds
+		// the image busy while it is watched). Let go of it, so its
+		// filesystem ends and autoclear detaches its loop device; a
+		// check finding it mounted there again takes it up again.
+		iw.release()
+		err = fmt.Errorf("not mounted on %s any more, unmounted outside snug: %w", iw.m.Dir, ErrNotMounted)
+	}
 	if err != nil {
 		// Once per episode: an image unmounted by hand fails every check.
 		if !iw.failing {

@@ -2,11 +2,14 @@ package imagefs
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/internal/roottest"
 )
@@ -61,15 +64,22 @@ func waitFor(d time.Duration, cond func() bool) bool {
 	return cond()
 }
 
-// TestWatcherTrimsWhatARunningContainerDeletes: deleted files go back to the
-// host while the image stays mounted and in use, without a Reclaim.
-func TestWatcherTrimsWhatARunningContainerDeletes(t *testing.T) {
+// watchedImage is a mounted 1 GiB image with a 256 MiB window, watched
+// every 20 ms until the test ends, and what the watcher reports.
+func watchedImage(t *testing.T) (path string, m *Mounted, ev *events) {
 	path, dir := newImage(t, gib, 256*mib)
-	m := mountImage(t, path, dir)
-	var ev events
+	m = mountImage(t, path, dir)
+	ev = &events{}
 	w := NewWatcher(20*time.Millisecond, ev.observer(t))
 	w.Add("img", m, Policy{Headroom: 64 * mib, TrimAfter: 8 * mib})
 	runWatcher(t, w)
+	return path, m, ev
+}
+
+// TestWatcherTrimsWhatARunningContainerDeletes: deleted files go back to the
+// host while the image stays mounted and in use, without a Reclaim.
+func TestWatcherTrimsWhatARunningContainerDeletes(t *testing.T) {
+	path, m, ev := watchedImage(t)
 
 	data := filepath.Join(m.Dir, "data")
 	writeFiles(t, data, 20, 5*mib)
@@ -324,4 +334,28 @@ func FuzzEventFsids(f *testing.F) {
 			t.Fatalf("%d fsids from %d bytes", n, len(b))
 		}
 	})
+}
+
+// TestWatcherLetsGoOfAnImageUnmountedElsewhere: the watcher's descriptor
+// on a mount point pins the mount. An image someone else unmounts lazily
+// (umount -l; a plain umount finds it busy while it is watched) must not
+// stay attached to its loop device for as long as snug runs: the watcher
+// notices, lets go, and autoclear detaches the device.
+func TestWatcherLetsGoOfAnImageUnmountedElsewhere(t *testing.T) {
+	path, m, ev := watchedImage(t)
+	time.Sleep(100 * time.Millisecond) // a few checks: the descriptors are open
+
+	if err := unix.Unmount(m.Dir, 0); !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("plain unmount of a watched image: %v, want EBUSY", err)
+	}
+	if err := unix.Unmount(m.Dir, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool { a, err := IsAttached(path); return err == nil && !a }) {
+		devs, _ := FindLoops(path)
+		t.Fatalf("image still attached to %v after its lazy unmount", devs)
+	}
+	if ev.get().failed == 0 {
+		t.Error("the watcher did not report the image gone")
+	}
 }

@@ -9,11 +9,13 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
+	"github.com/moby/sys/mountinfo"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -60,3 +62,58 @@ initial = "32MiB"
 headroom = "32MiB"
 check_interval = "20ms"
 `
+
+// TestImageUnmountedUnderServeDetaches: an image someone else unmounts
+// while snug serve runs (umount -l; a plain umount finds it busy, as snug
+// watches it) is let go of: no loop device stays attached to it for as
+// long as the daemon runs, and removing the snapshot afterwards leaves
+// nothing behind.
+func TestImageUnmountedUnderServeDetaches(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	snugBinary(t)
+	d := startDaemon(t, roottest.TempDir(t), smallImages)
+	conn, err := grpc.NewClient("unix://"+d.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "snug")
+	ctx := context.Background()
+	if _, err := sn.Prepare(ctx, "active", ""); err != nil {
+		t.Fatal(err)
+	}
+	mnts, _ := filepath.Glob(filepath.Join(d.Root, "snapshots", "*", "mnt"))
+	var mnt string
+	for _, m := range mnts {
+		if mp, _ := mountinfo.Mounted(m); mp {
+			mnt = m
+		}
+	}
+	if mnt == "" || len(loopsUnder(d.Root)) != 1 {
+		t.Fatalf("want one mounted image, found mount %q and loop devices %v", mnt, loopsUnder(d.Root))
+	}
+	time.Sleep(200 * time.Millisecond) // the watcher and the monitor have it
+	if err := syscall.Unmount(mnt, 0); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("plain unmount of a watched image: %v, want EBUSY", err)
+	}
+	if err := syscall.Unmount(mnt, syscall.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(loopsUnder(d.Root)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if left := loopsUnder(d.Root); len(left) > 0 {
+		t.Fatalf("still attached 10 s after its unmount, with snug serve running: %v", left)
+	}
+	if err := sn.Remove(ctx, "active"); err != nil {
+		t.Fatalf("remove after the unmount: %v", err)
+	}
+	if err := errors.Join(sn.Close(), conn.Close()); err != nil {
+		t.Fatal(err)
+	}
+	d.Stop(syscall.SIGTERM)
+	if left, err := roottest.Leftovers(d.Root); err != nil || len(left) > 0 {
+		t.Fatalf("left: %v (%v)", left, err)
+	}
+}
