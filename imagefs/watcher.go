@@ -452,8 +452,9 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	if err != nil && iw.goneFromDir() {
 		// Unmounted by someone else (umount -l: a plain umount finds
 		// the image busy while it is watched). Let go of it, so its
-		// filesystem ends and autoclear detaches its loop device; a
-		// check finding it mounted there again takes it up again.
+		// filesystem ends and autoclear detaches its loop device. The
+		// checks go on failing quietly: mounted again by hand it is on
+		// a new loop device, which snug takes up at its next start.
 		iw.release()
 		err = fmt.Errorf("not mounted on %s any more, unmounted outside snug: %w", iw.m.Dir, ErrNotMounted)
 	}
