@@ -84,7 +84,7 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 	var ctrd *fsck.Containerd
 	var ctrs fsck.Containers
 	if cfg.ContainerdAddress != "" {
-		ctrd = fsck.NewContainerd(cfg.ContainerdAddress, sn.SnapshotOfMounts, sn.LayersOfMounts)
+		ctrd = fsck.NewContainerd(cfg.ContainerdAddress, sn)
 		defer ctrd.Close()
 		ctrs = ctrd
 	}

@@ -43,21 +43,31 @@ const eventNamespace = "snug"
 // Containerd is the pipeline's view of containerd, through its client.
 type Containerd struct {
 	address string
-	// snapshotOf maps a container's root mounts to snug's snapshot id of
-	// its writable image; layersOf to the ids of its layers.
-	snapshotOf func([]mount.Mount) string
-	layersOf   func([]mount.Mount) []string
+	index   SnapshotIndex
 
 	mu     sync.Mutex // protects client
 	client *containerd.Client
+}
+
+// SnapshotIndex relates containerd's view of a container to snug's
+// snapshots (the snapshotter implements it).
+type SnapshotIndex interface {
+	// SnapshotOfMounts maps a container's root mounts to the snapshot
+	// id of its writable image.
+	SnapshotOfMounts(mounts []mount.Mount) string
+	// LayersOfMounts maps them to the ids of its layers.
+	LayersOfMounts(mounts []mount.Mount) []string
+	// ContainerdKey is the containerd namespace and key of a snapshot,
+	// ok false when containerd did not name it.
+	ContainerdKey(ctx context.Context, id string) (namespace, key string, ok bool, err error)
 }
 
 var _ Containers = (*Containerd)(nil)
 
 // NewContainerd talks to containerd at address, connecting when first
 // needed (containerd may start after snug).
-func NewContainerd(address string, snapshotOf func([]mount.Mount) string, layersOf func([]mount.Mount) []string) *Containerd {
-	return &Containerd{address: address, snapshotOf: snapshotOf, layersOf: layersOf}
+func NewContainerd(address string, index SnapshotIndex) *Containerd {
+	return &Containerd{address: address, index: index}
 }
 
 func (c *Containerd) get() (*containerd.Client, error) {
@@ -93,9 +103,21 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 	if err != nil {
 		return nil, err
 	}
-	nss, err := cl.NamespaceService().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list namespaces: %w", err)
+	var nss []string
+	key := "" // the container's snapshot key, when containerd named the image
+	if !layer {
+		var ns string
+		var ok bool
+		if ns, key, ok, err = c.index.ContainerdKey(ctx, snapshot); err != nil {
+			return nil, err
+		} else if ok {
+			nss = []string{ns}
+		}
+	}
+	if nss == nil {
+		if nss, err = cl.NamespaceService().List(ctx); err != nil {
+			return nil, fmt.Errorf("list namespaces: %w", err)
+		}
 	}
 	var out []ContainerRef
 	for _, ns := range nss {
@@ -105,7 +127,10 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 			return nil, fmt.Errorf("list containers of %s: %w", ns, err)
 		}
 		for _, ctr := range cs {
-			if ctr.SnapshotKey == "" || ctr.Snapshotter == "" {
+			if ctr.SnapshotKey == "" || ctr.Snapshotter == "" || key != "" && ctr.SnapshotKey != key {
+				// Under load, asking for every container's mounts
+				// (through containerd and back to snug) cost seconds:
+				// with the key, only the container on it is asked.
 				continue
 			}
 			mounts, err := cl.SnapshotService(ctr.Snapshotter).Mounts(nctx, ctr.SnapshotKey)
@@ -131,9 +156,9 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 
 func (c *Containerd) uses(mounts []mount.Mount, snapshot string, layer bool) bool {
 	if !layer {
-		return c.snapshotOf(mounts) == snapshot
+		return c.index.SnapshotOfMounts(mounts) == snapshot
 	}
-	for _, id := range c.layersOf(mounts) {
+	for _, id := range c.index.LayersOfMounts(mounts) {
 		if id == snapshot {
 			return true
 		}
@@ -376,7 +401,7 @@ func (c *Containerd) SnapshotOfContainer(ctx context.Context, id string) (string
 		if err != nil {
 			continue
 		}
-		if sid := c.snapshotOf(mounts); sid != "" {
+		if sid := c.index.SnapshotOfMounts(mounts); sid != "" {
 			return sid, nil
 		}
 	}

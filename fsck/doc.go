@@ -21,7 +21,7 @@
 // checked and reported without stopping anything. docs/design.md explains
 // each choice.
 //
-//	doctor, err := fsck.NewDoctor(root+"/incidents", cfg.Fsck, sn, fsck.NewContainerd(addr, sn.SnapshotOfMounts, sn.LayersOfMounts))
+//	doctor, err := fsck.NewDoctor(root+"/incidents", cfg.Fsck, sn, fsck.NewContainerd(addr, sn))
 //	sn.Observe(ctx, doctor) // watch every image mounted, now and later
 //	go doctor.Run(ctx)
 package fsck

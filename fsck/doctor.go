@@ -97,14 +97,17 @@ type e2fsprogs struct {
 	scrub  func(ctx context.Context, m *imagefs.Mounted, method string) (imagefs.ScrubResult, error)
 	repair func(ctx context.Context, image string, mode imagefs.RepairMode) (imagefs.FsckResult, error)
 	verify func(ctx context.Context, image string) (imagefs.FsckResult, error)
+	// stopped reports whether ext4 turned the mounted image read-only.
+	stopped func(m *imagefs.Mounted) bool
 }
 
 var realE2fsprogs = e2fsprogs{
 	scrub: func(ctx context.Context, m *imagefs.Mounted, method string) (imagefs.ScrubResult, error) {
 		return m.Scrub(ctx, method)
 	},
-	repair: imagefs.Repair,
-	verify: imagefs.Check,
+	repair:  imagefs.Repair,
+	verify:  imagefs.Check,
+	stopped: (*imagefs.Mounted).Stopped,
 }
 
 type counters struct {

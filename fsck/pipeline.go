@@ -87,6 +87,9 @@ func (d *Doctor) plan(inc *Incident, pol config.FsckPolicy) (step string, end St
 			// written: freezing them all would stop far more than the
 			// damage. It is checked and reported; see docs/design.md.
 			return StepCheck, ""
+		case d.stoppedForRepair(inc, pol):
+			// Nothing can write to it, so nothing needs freezing.
+			return StepCheck, ""
 		}
 		return StepFreeze, ""
 	case StateFrozen:
@@ -277,6 +280,12 @@ func (d *Doctor) check(ctx context.Context, inc *Incident, s *Step, pol config.F
 		s.Detail = "the image is not mounted"
 		return NotMounted
 	}
+	if d.stoppedForRepair(inc, pol) {
+		// Whatever e2fsck -n says, the repair follows: an online check
+		// would only delay it. The repair's own e2fsck records the damage.
+		s.Detail = "not run: ext4 stopped the filesystem read-only after the error; the offline repair checks it"
+		return ReadOnly
+	}
 	res, err := d.scrub(ctx, m, pol)
 	inc.Check = &res
 	s.Detail = fmt.Sprintf("%s, frozen %v, e2fsck %v", res.Method, res.Frozen.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
@@ -295,16 +304,28 @@ func (d *Doctor) check(ctx context.Context, inc *Incident, s *Step, pol config.F
 	return Clean
 }
 
+// stoppedForRepair reports whether the incident's writable image is one
+// ext4 stopped read-only after the error (errors=remount-ro, the usual
+// case) under the repair policy: then every outcome of the online check
+// leads to the offline repair, so the freeze and the check are skipped.
+func (d *Doctor) stoppedForRepair(inc *Incident, pol config.FsckPolicy) bool {
+	if inc.Layer || pol.Action != "repair" {
+		return false
+	}
+	m, layer, ok := d.images.MountedImage(inc.Snapshot)
+	return ok && !layer && d.tools.stopped(m)
+}
+
 // repair runs e2fsck on the unmounted image, then a read-only check to
 // prove it clean. When errors remain it tries once more from the first
 // backup superblock (a primary superblock e2fsck accepts but that is
 // wrong, say).
 func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.FsckPolicy) error {
-	// An image whose filesystem lives on elsewhere after its unmount is
-	// busy, and that passes: a container being created copies the host's
-	// mounts into its new mount namespace and drops them at its
-	// pivot_root, which takes seconds with 50 containers starting at once.
-	// Offline then serves the image again; the repair waits and retries.
+	// An image busy otherwise (a container's root mount not yet gone
+	// after its task's delete, a lock held by another operation) passes:
+	// Offline then serves the image again, and the repair waits and
+	// retries. Offline itself waits out a filesystem that lives on after
+	// its unmount in a mount namespace a container being created copied.
 	var err error
 	for attempt := range repairBusyAttempts {
 		if attempt > 0 {
@@ -326,8 +347,8 @@ func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.
 // repairBusyAttempts and repairBusyBackoff bound the wait for a busy image:
 // about half a minute.
 var (
-	repairBusyAttempts = 7
-	repairBusyBackoff  = 5 * time.Second
+	repairBusyAttempts = 30
+	repairBusyBackoff  = time.Second
 )
 
 // repairOffline is the repair of the unmounted image file.

@@ -181,8 +181,48 @@ func newFakeDoctor(t *testing.T, imgs *fakeImages, ctrs *fakeContainers, check O
 			}
 			return imagefs.FsckResult{Mode: "check"}, nil
 		},
+		stopped: func(*imagefs.Mounted) bool { return imgs.stopped },
 	}
 	return d
+}
+
+// TestStoppedImageGoesStraightToRepair: an image ext4 stopped read-only
+// after its error is neither frozen nor checked online under the repair
+// policy (every outcome of the check would lead to the repair); under
+// the check policy the operator asked for the check, and gets it.
+func TestStoppedImageGoesStraightToRepair(t *testing.T) {
+	for _, tc := range []struct {
+		action string
+		want   []string
+		state  State
+	}{
+		{"repair", []string{StepDetect, StepContainers, StepCheck, StepStop, StepRepair, StepRestart, string(StateResolved)}, StateResolved},
+		{"check", []string{StepDetect, StepContainers, StepFreeze, StepCheck, string(StateHeld)}, StateHeld},
+	} {
+		t.Run(tc.action, func(t *testing.T) {
+			imgs := &fakeImages{mounted: true, stopped: true}
+			ctrs := &fakeContainers{}
+			d := newFakeDoctor(t, imgs, ctrs, Damaged, false)
+			scrubbed := false
+			scrub := d.tools.scrub
+			d.tools.scrub = func(ctx context.Context, m *imagefs.Mounted, method string) (imagefs.ScrubResult, error) {
+				scrubbed = true
+				return scrub(ctx, m, method)
+			}
+			d.SetPolicy(policy(tc.action))
+			inc := &Incident{ID: "ro-" + tc.action, Snapshot: "1", Source: "fanotify", DetectedAt: time.Now(), State: StateOpen}
+			d.work(context.Background(), inc)
+			if got := steps(*inc); !slices.Equal(got, tc.want) || inc.State != tc.state {
+				t.Fatalf("%s: steps %v, want %v", inc.State, got, tc.want)
+			}
+			if scrubbed != (tc.action == "check") {
+				t.Errorf("e2fsck -n ran %v under action %s", scrubbed, tc.action)
+			}
+			if tc.action == "repair" && (ctrs.container.paused || !ctrs.container.running) {
+				t.Errorf("container paused %v, running %v", ctrs.container.paused, ctrs.container.running)
+			}
+		})
+	}
 }
 
 // TestRepairWaitsForABusyImage: an image whose filesystem lives on in
@@ -209,6 +249,7 @@ func TestRepairWaitsForABusyImage(t *testing.T) {
 type fakeImages struct {
 	busy           int // Offline finds the image busy this many times
 	mounted        bool
+	stopped        bool // ext4 turned it read-only
 	failQuarantine bool
 	quarantined    string
 }

@@ -1,6 +1,9 @@
 package imagefs
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrNotImage is returned when a path is not a regular file holding an
@@ -31,6 +34,11 @@ var (
 	// ErrBusy is returned when an image is locked by another operation and
 	// the context ended before the lock came free.
 	ErrBusy = errors.New("image busy")
+	// ErrStillAttached (an ErrBusy) is returned by Unmount when the
+	// filesystem lives on after its unmount, so its loop device stays: a
+	// mount namespace copied the mount (a container being created does,
+	// and drops it at its pivot_root), or an overlay still holds it.
+	ErrStillAttached = fmt.Errorf("still attached after its unmount: %w", ErrBusy)
 	// ErrDamaged is returned by CheckClean for an image that is not clean.
 	ErrDamaged = errors.New("image damaged")
 )

@@ -186,14 +186,22 @@ func (m *Mounted) Unmount(ctx context.Context) error {
 	return waitDetached(ctx, m.Image, m.Device)
 }
 
-// waitDetached waits until device no longer backs the image.
+// waitDetached waits until device no longer backs the image, for at most
+// detachWait.
 func waitDetached(ctx context.Context, image, device string) error {
-	err := waitGone(ctx, func() (bool, error) {
+	return WaitDetached(ctx, image, device, detachWait)
+}
+
+// WaitDetached waits, for at most bound, until device no longer backs the
+// image: after an Unmount that returned ErrStillAttached, a caller that
+// needs the image free (a repair) waits for the other user to let go.
+func WaitDetached(ctx context.Context, image, device string, bound time.Duration) error {
+	err := waitGoneFor(ctx, bound, func() (bool, error) {
 		devs, err := FindLoops(image)
 		return err != nil || !slices.Contains(devs, device), nil
 	})
-	if errors.Is(err, ErrBusy) {
-		return fmt.Errorf("%s still attached to %s after its unmount, the filesystem is in use elsewhere: %w", image, device, err)
+	if errors.Is(err, ErrBusy) && ctx.Err() == nil {
+		return fmt.Errorf("%s on %s: %w for %v, the filesystem is in use elsewhere", image, device, ErrStillAttached, bound)
 	}
 	return err
 }

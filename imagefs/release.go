@@ -62,7 +62,12 @@ const detachWait = 5 * time.Second
 // gone, for at most detachWait; a device still attached then has a user
 // elsewhere, and waitGone returns ErrBusy.
 func waitGone(ctx context.Context, gone func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, detachWait)
+	return waitGoneFor(ctx, detachWait, gone)
+}
+
+// waitGoneFor is waitGone for at most bound.
+func waitGoneFor(ctx context.Context, bound time.Duration, gone func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	for {
 		if ok, err := gone(); err != nil || ok {

@@ -121,6 +121,10 @@ func (m *Mounted) Thaw() error {
 	return nil
 }
 
+// Stopped reports whether ext4 stopped the image after an error: mounted
+// writable, read-only now (errors=remount-ro turns it so).
+func (m *Mounted) Stopped() bool { return !m.ReadOnly && m.readOnlyNow() }
+
 // readOnlyNow reports whether the mount is read-only at the moment (ext4's
 // errors=remount-ro turns it so after an error).
 func (m *Mounted) readOnlyNow() bool {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -182,6 +183,35 @@ func (s *Snapshotter) snapshotOfRootfs(rootfs string) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// ContainerdKey returns the containerd namespace and key of snapshot id.
+// containerd's metadata store names a snapshot "<namespace>/<n>/<key>" to
+// the snapshotter, and a container records <key> in that namespace, so the
+// pair finds the containers on an image without asking containerd for each
+// container's mounts. ok is false for a snapshot named otherwise (made by
+// a client of snug's own socket, or in-process).
+func (s *Snapshotter) ContainerdKey(ctx context.Context, id string) (namespace, key string, ok bool, err error) {
+	var name string
+	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		ids, err := storage.IDMap(ctx)
+		name = ids[id]
+		return err
+	})
+	if err != nil {
+		return "", "", false, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	namespace, key, ok = splitContainerdKey(name)
+	return namespace, key, ok, nil
+}
+
+// splitContainerdKey splits containerd's "<namespace>/<n>/<key>".
+func splitContainerdKey(name string) (namespace, key string, ok bool) {
+	parts := strings.SplitN(name, "/", 3)
+	if len(parts) != 3 || parts[0] == "" || parts[2] == "" || !isNumericID(parts[1]) {
+		return "", "", false
+	}
+	return parts[0], parts[2], true
 }
 
 // SnapshotOfMounts finds the snapshot that containerd's mounts for a

@@ -235,6 +235,35 @@ func TestSnapshotsOfMounts(t *testing.T) {
 	}
 }
 
+// TestContainerdKey: the snapshot containerd named "<ns>/<n>/<key>" is
+// found by its namespace and key; one named otherwise is not.
+func TestContainerdKey(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, ns, key string
+		ok            bool
+	}{
+		{"default/12/ctr-key", "default", "ctr-key", true},
+		{"k8s.io/3/a/b/c", "k8s.io", "a/b/c", true},
+		{"plain-key", "", "", false},
+		{"default/x/key", "", "", false},
+		{"/4/key", "", "", false},
+		{"default/5/", "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := sn.Prepare(ctx, tc.name, ""); err != nil {
+				t.Fatal(err)
+			}
+			id := idOf(t, sn, tc.name)
+			ns, key, ok, err := sn.ContainerdKey(ctx, id)
+			if err != nil || ns != tc.ns || key != tc.key || ok != tc.ok {
+				t.Errorf("ContainerdKey(%s) = %q, %q, %v, %v; want %q, %q, %v", id, ns, key, ok, err, tc.ns, tc.key, tc.ok)
+			}
+		})
+	}
+}
+
 // TestAnnotationClassFromOutside: the class annotation is set by whoever
 // writes a pod spec; a value that cannot be a class name is refused and
 // nothing of it is recorded.

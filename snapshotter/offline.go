@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
@@ -138,7 +139,16 @@ func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image stri
 	}
 	s.untrack(id)
 	if m, err := imagefs.FindMount(image); err == nil {
-		if err := m.Unmount(ctx); err != nil {
+		err := m.Unmount(ctx)
+		if errors.Is(err, imagefs.ErrStillAttached) {
+			// Unmounted here, but the filesystem lives on in a mount
+			// namespace a container being created copied: it goes at
+			// that container's pivot_root, which takes seconds when
+			// many start at once. The containers of this image are
+			// stopped; waiting costs nothing but the repair's time.
+			err = imagefs.WaitDetached(ctx, image, m.Device, offlineDetachWait)
+		}
+		if err != nil {
 			return errors.Join(fmt.Errorf("offline snapshot %s: %w", id, err), s.converge(ctx, id, snapshots.KindActive, nil))
 		}
 	} else if !errors.Is(err, imagefs.ErrNotMounted) {
@@ -153,6 +163,10 @@ func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image stri
 	}
 	return s.converge(ctx, id, snapshots.KindActive, nil)
 }
+
+// offlineDetachWait bounds the wait for an image whose filesystem lives on
+// after its unmount, beyond Unmount's own.
+const offlineDetachWait = 30 * time.Second
 
 // Quarantine marks the active snapshot id's image quarantined with the
 // reason and unmounts it, keeping the file: Mounts refuses the snapshot from
