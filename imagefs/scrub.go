@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -125,11 +126,34 @@ func (m *Mounted) Thaw() error {
 // writable, read-only now (errors=remount-ro turns it so).
 func (m *Mounted) Stopped() bool { return !m.ReadOnly && m.readOnlyNow() }
 
-// readOnlyNow reports whether the mount is read-only at the moment (ext4's
-// errors=remount-ro turns it so after an error).
+// readOnlyNow reports whether the filesystem is read-only at the moment.
+// After an error, errors=remount-ro aborts the journal and stops writes:
+// older kernels set the superblock read-only, which statfs shows; newer
+// ones (6.x) set ext4's emergency read-only flag instead, which statfs
+// does not show and the mount's superblock options do ("emergency_ro",
+// and "shutdown" after a forced shutdown).
 func (m *Mounted) readOnlyNow() bool {
 	var sfs unix.Statfs_t
-	return unix.Statfs(m.Dir, &sfs) == nil && sfs.Flags&unix.ST_RDONLY != 0
+	if unix.Statfs(m.Dir, &sfs) == nil && sfs.Flags&unix.ST_RDONLY != 0 {
+		return true
+	}
+	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(m.Dir))
+	if err != nil || len(infos) == 0 {
+		return false
+	}
+	return stoppedOptions(infos[len(infos)-1].VFSOptions)
+}
+
+// stoppedOptions reports whether ext4's superblock options say it stopped
+// writing: read-only, emergency read-only, or shut down.
+func stoppedOptions(opts string) bool {
+	for _, o := range strings.Split(opts, ",") {
+		switch o {
+		case "ro", "emergency_ro", "shutdown":
+			return true
+		}
+	}
+	return false
 }
 
 func journalSkipped(r FsckResult) bool {

@@ -48,8 +48,14 @@ func TestScrubAfterExt4Error(t *testing.T) {
 	ctx := context.Background()
 	path, dir := newImage(t, 128*mib, 32*mib)
 	m := mountImage(t, path, dir)
+	if m.Stopped() {
+		t.Fatal("a healthy image reads as stopped")
+	}
 	if err := os.WriteFile(filepath.Join(m.SysfsDir(), "trigger_fs_error"), []byte("snug test\n"), 0); err != nil {
 		t.Fatal(err)
+	}
+	if !m.Stopped() {
+		t.Fatal("an image ext4 stopped after an error does not read as stopped")
 	}
 	rec := m.ErrorRecord()
 	if rec.Count != 1 || rec.First == nil || rec.First.Function != "trigger_test_error" || rec.First.Code != "EFSCORRUPTED" {
@@ -116,5 +122,20 @@ func TestScrubReflink(t *testing.T) {
 	t.Logf("reflink scrub: frozen %v, e2fsck %v", res.Frozen, res.Duration)
 	if _, err := os.Stat(filepath.Join(hostDir, ".scrub-img")); !os.IsNotExist(err) {
 		t.Fatalf("the clone was left behind: %v", err)
+	}
+}
+
+func TestStoppedOptions(t *testing.T) {
+	for opts, want := range map[string]bool{
+		"rw,errors=remount-ro":               false,
+		"rw,errors=remount-ro,emergency_ro":  true,
+		"ro,errors=remount-ro":               true,
+		"rw,shutdown":                        true,
+		"rw,errors=remount-ro,noinit_itable": false,
+		"":                                   false,
+	} {
+		if got := stoppedOptions(opts); got != want {
+			t.Errorf("stoppedOptions(%q) = %v, want %v", opts, got, want)
+		}
 	}
 }
