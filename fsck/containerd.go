@@ -6,13 +6,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
-	apitypes "github.com/containerd/containerd/api/types"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -47,6 +45,8 @@ type Containerd struct {
 
 	mu     sync.Mutex // protects client
 	client *containerd.Client
+
+	events eventQueue
 }
 
 // SnapshotIndex relates containerd's view of a container to snug's
@@ -84,8 +84,10 @@ func (c *Containerd) get() (*containerd.Client, error) {
 	return cl, nil
 }
 
-// Close closes the client.
+// Close sends the events still queued (for up to eventDrain) and closes
+// the client.
 func (c *Containerd) Close() error {
+	c.events.drain(eventDrain)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.client == nil {
@@ -340,44 +342,6 @@ func (f fixedIO) Config() cio.Config { return f.cfg }
 func (fixedIO) Cancel()              {}
 func (fixedIO) Wait()                {}
 func (fixedIO) Close() error         { return nil }
-
-// Publish sends a step of an incident as a containerd event on topic
-// /snug/incident/<step>, in the namespace of its first container.
-func (c *Containerd) Publish(ctx context.Context, inc *Incident, step Step) {
-	cl, err := c.get()
-	if err != nil {
-		log.G(ctx).WithError(err).Debug("incident event not published")
-		return
-	}
-	ns := eventNamespace
-	var names []string
-	for _, ref := range inc.Containers {
-		if len(names) == 0 {
-			ns = ref.Namespace
-		}
-		names = append(names, ref.Namespace+"/"+ref.ID)
-	}
-	ann := map[string]string{
-		"io.snugfs.incident":   inc.ID,
-		"io.snugfs.snapshot":   inc.Snapshot,
-		"io.snugfs.image":      inc.Image,
-		"io.snugfs.state":      string(inc.State),
-		"io.snugfs.step":       step.Name,
-		"io.snugfs.result":     step.Result,
-		"io.snugfs.error":      inc.Error,
-		"io.snugfs.containers": strings.Join(names, ","),
-		"io.snugfs.took":       step.Duration().String(),
-	}
-	if step.Detail != "" {
-		ann["io.snugfs.detail"] = step.Detail
-	}
-	ev := &apitypes.Descriptor{MediaType: EventMediaType, Annotations: ann}
-	pctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.WithoutCancel(ctx), ns), 5*time.Second)
-	defer cancel()
-	if err := cl.EventService().Publish(pctx, TopicPrefix+step.Name, ev); err != nil {
-		log.G(ctx).WithError(err).WithField("step", step.Name).Warn("incident event not published")
-	}
-}
 
 // SnapshotOfContainer finds, in every namespace, the container with this
 // id and returns snug's snapshot id of its root ("" when there is none,

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"context"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -9,7 +11,9 @@ import (
 
 // incidentSteps are the steps of an incident that goes the whole way, in
 // order; the daemon has a failpoint at the start of each (fsck-STEP), after
-// the step is recorded and before it acts.
+// the step is recorded and before it acts. An ext4 error stops the image,
+// and its incident goes without the freeze; damage `snug check` finds on
+// an image still writable goes through it.
 var incidentSteps = []string{"detect", "containers", "freeze", "check", "stop", "repair", "restart"}
 
 // TestIncidentCrashMatrix kills snug serve (SIGKILL) at the start of each
@@ -38,7 +42,13 @@ func TestIncidentCrashMatrix(t *testing.T) {
 		s.snug.Env = []string{"SNUG_FAILPOINT=fsck-" + step}
 		s.snug.Restart(syscall.SIGTERM)
 		since := time.Now()
-		s.triggerError(n)
+		if step == "freeze" {
+			s.damageForCheck(n)
+			// The daemon may die at the failpoint before it answers.
+			_, _ = s.snug.Snug(context.Background(), "check", n)
+		} else {
+			s.triggerError(n)
+		}
 		select {
 		case <-s.snug.done:
 		case <-time.After(30 * time.Second):
@@ -57,6 +67,12 @@ func TestIncidentCrashMatrix(t *testing.T) {
 			seen[st.Name]++
 		}
 		for _, want := range incidentSteps {
+			if want == "freeze" && step != "freeze" {
+				if seen[want] != 0 {
+					t.Errorf("%s: an image ext4 stopped was frozen: %+v", n, inc.Steps)
+				}
+				continue
+			}
 			if seen[want] != 1 {
 				t.Errorf("%s (killed at %s): step %s recorded %d times: %+v", n, step, want, seen[want], inc.Steps)
 			}
@@ -71,5 +87,19 @@ func TestIncidentCrashMatrix(t *testing.T) {
 				t.Errorf("killed at %s: %s's process changed from %s to %q", step, other, pids[other], s.taskPID(other))
 			}
 		}
+	}
+}
+
+// damageForCheck corrupts an inode of the container's image on disk, for
+// `snug check` to find while the filesystem runs on unaware: the check
+// first, whose freeze checkpoints the journal, so ext4 holds no newer copy
+// of the inode to write over debugfs's change.
+func (s *stack) damageForCheck(container string) {
+	s.t.Helper()
+	if out, err := s.snug.Snug(context.Background(), "check", container); err != nil {
+		s.t.Fatalf("snug check %s before the damage: %v\n%s", container, err, out)
+	}
+	if out, err := exec.Command("debugfs", "-w", "-R", "sif /upper/victim/f1 block[0] 0x12345678", s.activeImage(container).Path).CombinedOutput(); err != nil {
+		s.t.Fatalf("debugfs: %v\n%s", err, out)
 	}
 }
