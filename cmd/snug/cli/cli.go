@@ -42,7 +42,7 @@ func (c *CLI) WithStdin(r io.Reader) *CLI {
 
 const usage = `snug: thin ext4 images for containers
 
-usage: snug [--config PATH] COMMAND [ARGS]
+usage: snug [--config PATH] COMMAND [ARGS]   (--config may follow the command too)
 
 commands:
   image create --size SIZE [--window SIZE] PATH   make a thin image
@@ -73,7 +73,6 @@ The policy file (default /etc/snug/config.toml) gives the defaults.
 // Run runs one command line and returns the process exit code.
 func (c *CLI) Run(ctx context.Context, args []string) int {
 	fs := c.flagSet("snug")
-	fs.StringVar(&c.configPath, "config", c.configPath, "policy file")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -119,9 +118,13 @@ func (c *CLI) fail(err error) int {
 	return exitFail
 }
 
+// flagSet is a command's flag set. Each knows the global --config too, so
+// it goes before the command or after it (`snug serve --config FILE`, as
+// containerd and the other snapshotter daemons take it).
 func (c *CLI) flagSet(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(c.stderr)
+	fs.StringVar(&c.configPath, "config", c.configPath, "policy file")
 	return fs
 }
 

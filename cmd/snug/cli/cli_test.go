@@ -52,6 +52,39 @@ func TestConfigCheck(t *testing.T) {
 	}
 }
 
+// TestConfigAfterTheCommand: --config goes before the command or after
+// it, as containerd's and other snapshotter daemons' flags do; a bad policy
+// named either way stops the command with its line.
+func TestConfigAfterTheCommand(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[window]\n\nheadrom = \"1GiB\"\n"), 0o600)
+	for _, args := range [][]string{
+		{"serve", "--config", bad},
+		{"serve", "--log-level", "debug", "--config=" + bad},
+		{"status", "--config", bad, "--json"},
+		{"image", "create", "--size", "1GiB", filepath.Join(dir, "img"), "--config", bad},
+		{"incidents", "--config", bad},
+		{"hook", "--config", bad, "prestart"},
+	} {
+		var out, errb bytes.Buffer
+		code := New(&out, &errb).WithStdin(strings.NewReader("not json")).Run(context.Background(), args)
+		stderr := errb.String()
+		if strings.Contains(stderr, "flag provided but not defined") || !strings.Contains(stderr, "line 3") && args[0] != "hook" {
+			t.Errorf("snug %v: exit %d, %q", args, code, stderr)
+		}
+		if args[0] == "hook" && (code == exitOK || strings.Contains(stderr, "flag provided")) {
+			t.Errorf("snug %v with garbage on stdin: exit %d, %q", args, code, stderr)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "img")); err == nil {
+		t.Fatal("create ran despite a bad policy")
+	}
+	if out, _, code := run(t, "version", "--config", bad); code != exitOK || !strings.Contains(out, "snug") {
+		t.Errorf("version --config: exit %d, %q", code, out)
+	}
+}
+
 func TestImageLifecycle(t *testing.T) {
 	roottest.Require(t, "mkfs.ext4", "e2fsck", "resize2fs")
 	dir := roottest.TempDir(t)

@@ -11,6 +11,10 @@ import (
 // exits 2 with a message; a daemon that is down or fails is a warning on
 // stderr and exit 0, so the container is never held up by snug.
 func (c *CLI) hook(ctx context.Context, args []string) int {
+	args, err := parse(c.flagSet("hook"), args)
+	if err != nil {
+		return exitUsage
+	}
 	if len(args) != 1 {
 		return c.usageError("hook takes one stage: %s, %s or %s", hooks.StageCreateRuntime, hooks.StagePrestart, hooks.StagePoststop)
 	}

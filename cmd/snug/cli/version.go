@@ -10,6 +10,10 @@ import (
 var Version = "dev"
 
 func (c *CLI) version(args []string) int {
+	args, err := parse(c.flagSet("version"), args)
+	if err != nil {
+		return exitUsage
+	}
 	if len(args) > 0 {
 		return c.usageError("version takes no arguments")
 	}
