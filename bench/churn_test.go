@@ -69,11 +69,7 @@ type results struct {
 // directory, deleting the previous round's directory and syncing, on a 4 GiB
 // image, in four modes side by side.
 func TestChurnBenchmark(t *testing.T) {
-	out := os.Getenv("SNUG_BENCH_OUT")
-	if out == "" {
-		t.Skip("benchmark: run it with `make bench`")
-	}
-	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	out := benchOut(t, "mkfs.ext4", "e2fsck")
 	quota := int64(32 << 30)
 	if v := os.Getenv("SNUG_BENCH_QUOTA_GIB"); v != "" {
 		n, err := strconv.Atoi(v)

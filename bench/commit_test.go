@@ -33,11 +33,7 @@ type commitOption struct {
 //   - shrink: reclaim the thin image, unmount it, and shrink it in place to
 //     its content with imagefs.Shrink (e2fsck, resize2fs on a copy).
 func TestCommitOptionsBenchmark(t *testing.T) {
-	out := os.Getenv("SNUG_BENCH_OUT")
-	if out == "" {
-		t.Skip("benchmark: run it with `make bench`")
-	}
-	roottest.Require(t, "mkfs.ext4", "e2fsck", "resize2fs")
+	out := benchOut(t, "mkfs.ext4", "e2fsck", "resize2fs")
 	ctx := context.Background()
 	dir := roottest.TempDir(t)
 	img := filepath.Join(dir, "rw.img")

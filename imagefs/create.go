@@ -68,17 +68,10 @@ const tempSuffix = ".snug-tmp"
 // renamed into place only when complete, so a failure (a full host disk, a
 // missing mkfs) leaves nothing behind, and an existing file is never touched.
 func Create(ctx context.Context, path string, o CreateOptions) (err error) {
-	if err := o.normalize(); err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	if _, err := os.Lstat(path); err == nil {
-		return fmt.Errorf("create %s: %w", path, ErrExists)
-	}
-	uuid, err := newUUID()
+	uuid, tmp, err := startCreate(path, &o)
 	if err != nil {
 		return err
 	}
-	tmp := path + "." + uuid[:8] + tempSuffix
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", path, HostError(err))
@@ -99,6 +92,27 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	if err := placeBalloon(ctx, tmp, o.Window, o.DirectIO); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
+	return publishImage(tmp, path)
+}
+
+// startCreate checks the options and that nothing is at path, and picks
+// the new image's UUID and the temporary name it is built under.
+func startCreate(path string, o *CreateOptions) (uuid, tmp string, err error) {
+	if err := o.normalize(); err != nil {
+		return "", "", fmt.Errorf("create %s: %w", path, err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return "", "", fmt.Errorf("create %s: %w", path, ErrExists)
+	}
+	if uuid, err = newUUID(); err != nil {
+		return "", "", err
+	}
+	return uuid, path + "." + uuid[:8] + tempSuffix, nil
+}
+
+// publishImage makes the finished temporary tmp durable and renames it to
+// path, never over an existing file.
+func publishImage(tmp, path string) error {
 	if err := fsyncPath(tmp); err != nil {
 		return fmt.Errorf("create %s: %w", path, HostError(err))
 	}

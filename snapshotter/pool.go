@@ -13,18 +13,20 @@ import (
 	"github.com/snugfs/snug/imagefs"
 )
 
-// poolSize is how many ready-made rw images the pool keeps. Formatting an
-// image (mkfs.ext4 and the balloon) is most of what Prepare costs, and it
-// sits on `ctr run`'s critical path; a taken image is replaced in the
-// background. Each waiting image costs about 1 MiB of host disk.
+// poolSize is how many ready-made rw images the pool keeps. Making an
+// image (a copy of its template and a new UUID) is much of what Prepare
+// costs, and it sits on `ctr run`'s critical path; a taken image is
+// replaced in the background. Each waiting image costs about 1 MiB of
+// host disk.
 const poolSize = 2
 
 // pool keeps fresh rw images made with the policy's default options in
 // root/pool, named by those options, so that an image made for an older
 // policy is never handed out.
 type pool struct {
-	dir  string
-	opts imagefs.CreateOptions
+	dir       string
+	opts      imagefs.CreateOptions
+	templates *imagefs.Templates
 
 	// mu protects filling; refills run one at a time.
 	mu      sync.Mutex
@@ -32,8 +34,8 @@ type pool struct {
 	wg      sync.WaitGroup
 }
 
-func newPool(ctx context.Context, root string, opts imagefs.CreateOptions) (*pool, error) {
-	p := &pool{dir: filepath.Join(root, "pool"), opts: opts}
+func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, templates *imagefs.Templates) (*pool, error) {
+	p := &pool{dir: filepath.Join(root, "pool"), opts: opts, templates: templates}
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -106,7 +108,7 @@ func (p *pool) refill(ctx context.Context) {
 			if _, err := os.Lstat(path); err == nil {
 				continue
 			}
-			if err := imagefs.Create(ctx, path, p.opts); err != nil {
+			if err := p.templates.Create(ctx, path, p.opts); err != nil {
 				log.G(ctx).WithError(err).Warn("cannot fill the image pool; new snapshots make their own")
 				return
 			}

@@ -23,7 +23,11 @@ func TestPool(t *testing.T) {
 	stale := filepath.Join(root, "pool", "q1-w1-j1-i1-dfalse-0.img")
 	os.MkdirAll(filepath.Dir(stale), 0o700)
 	os.WriteFile(stale, nil, 0o600)
-	p, err := newPool(ctx, root, opts)
+	tpls, err := imagefs.NewTemplates(ctx, filepath.Join(root, "templates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPool(ctx, root, opts, tpls)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,7 +123,7 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 		if s.pool.take(s.bgCtx, img, create) {
 			return nil
 		}
-		return imagefs.Create(ctx, img, create)
+		return s.templates.Create(ctx, img, create)
 	case snapshots.KindView:
 		return os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
 	}

@@ -34,6 +34,9 @@ type Snapshotter struct {
 	ms   *storage.MetaStore
 	cfg  atomic.Pointer[config.Config]
 	pool *pool
+	// templates make the rw images (a copy of one made per set of
+	// options, with a UUID of its own).
+	templates *imagefs.Templates
 
 	// bgCtx ends the watcher, the pool's refill and scheduled reclaims
 	// when the snapshotter closes; bg counts them.
@@ -77,7 +80,12 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
 	}
 	imagefs.SweepPrivateDirs()
-	pl, err := newPool(ctx, root, policyFrom(cfg).create)
+	tpls, err := imagefs.NewTemplates(ctx, filepath.Join(root, "templates"))
+	if err != nil {
+		ms.Close()
+		return nil, fmt.Errorf("image templates in %s: %w", root, err)
+	}
+	pl, err := newPool(ctx, root, policyFrom(cfg).create, tpls)
 	if err != nil {
 		ms.Close()
 		return nil, fmt.Errorf("image pool in %s: %w", root, err)
@@ -87,6 +95,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		root:         root,
 		ms:           ms,
 		pool:         pl,
+		templates:    tpls,
 		bgCtx:        bgCtx,
 		stopBg:       stop,
 		images:       map[string]*imageState{},

@@ -1,0 +1,111 @@
+package imagefs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Templates makes new images by copying a template: one image per set of
+// CreateOptions, made by Create the first time those options are asked for,
+// then copied (a reflink where the host filesystem clones files, otherwise
+// a copy of its data extents only, so the copy is as sparse as the
+// template) and given a UUID of its own with `tune2fs -U`. The UUID is what
+// ext4's fsid derives from, and the error monitor tells images apart by it;
+// mkfs's metadata_csum_seed keeps the change to a superblock write. A copy
+// costs a few milliseconds where Create runs mkfs.ext4 and mounts the image
+// to place its balloon (bench: TestTemplateBenchmark).
+//
+// Images made from one template share the rest of their superblock,
+// including the directory hash seed (tune2fs cannot change it, and
+// debugfs changes only the primary superblock, which a repair from a
+// backup would undo); templates are made afresh at each NewTemplates, so
+// the seed differs across daemon starts and nodes.
+type Templates struct {
+	dir string
+
+	mu    sync.Mutex // protects ready, and is held while a template is made
+	ready map[string]string
+}
+
+// NewTemplates keeps templates in dir, which it empties: a template made by
+// an earlier version (or a crash half way) is never copied.
+func NewTemplates(ctx context.Context, dir string) (*Templates, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if _, err := RemoveTemporaries(ctx, dir); err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if attached, err := IsAttached(p); err != nil || attached {
+			continue // a copy in use? never delete what a loop device holds
+		}
+		if err := os.Remove(p); err != nil {
+			return nil, err
+		}
+	}
+	return &Templates{dir: dir, ready: map[string]string{}}, nil
+}
+
+// Create makes a new image at path with options o, as imagefs.Create does,
+// from the template for o.
+func (t *Templates) Create(ctx context.Context, path string, o CreateOptions) error {
+	uuid, tmp, err := startCreate(path, &o)
+	if err != nil {
+		return err
+	}
+	tpl, err := t.template(ctx, o)
+	if err != nil {
+		return err
+	}
+	if err := copySparse(tpl, tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("create %s from %s: %w", path, tpl, HostError(err))
+	}
+	if err := setUUID(ctx, tmp, uuid); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := publishImage(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// template returns the template for o, making it if needed.
+func (t *Templates) template(ctx context.Context, o CreateOptions) (string, error) {
+	key := fmt.Sprintf("q%d-w%d-j%d-i%d-f%t", o.Quota, o.Window, o.JournalSize, o.BytesPerInode, o.FastCommit)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.ready[key]; ok {
+		return p, nil
+	}
+	p := filepath.Join(t.dir, key+".img")
+	os.Remove(p) // left by a Create this process did not finish
+	if err := Create(ctx, p, o); err != nil {
+		return "", fmt.Errorf("template: %w", err)
+	}
+	t.ready[key] = p
+	return p, nil
+}
+
+// setUUID gives an unmounted image a new UUID, in every superblock copy.
+func setUUID(ctx context.Context, path, uuid string) error {
+	run, err := runTool(ctx, "tune2fs", "-U", uuid, path)
+	if err != nil {
+		return err
+	}
+	if run.ExitCode != 0 {
+		return fmt.Errorf("new UUID for %s: %w", path, run.failure("tune2fs"))
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package imagefs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// TestTemplatesMakeDistinctImages: images copied from a template are what
+// Create makes (quota, window, a small footprint, clean, private), each
+// with a UUID of its own in every superblock copy (ext4's fsid derives
+// from it), and they mount side by side.
+func TestTemplatesMakeDistinctImages(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck", "tune2fs", "dumpe2fs")
+	ctx := context.Background()
+	dir := roottest.TempDir(t)
+	tpls, err := NewTemplates(ctx, filepath.Join(dir, "templates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := CreateOptions{Quota: 10 * gib, Window: 256 * mib, DirectIO: true}
+	uuids := map[[16]byte]string{}
+	var paths []string
+	for _, name := range []string{"a", "b", "c"} {
+		p := filepath.Join(dir, name)
+		if err := tpls.Create(ctx, p, o); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+		if fp := fileFootprint(t, p); fp > 8*mib {
+			t.Errorf("%s: a fresh 10GiB image costs %d bytes, want <= 8MiB", name, fp)
+		}
+		st, err := Stat(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.QuotaBytes != 10*gib || st.WindowBytes > 256*mib || st.WindowBytes < 200*mib || st.Health != "ok" {
+			t.Errorf("%s: quota %d window %d health %s, want 10GiB, about 256MiB, ok", name, st.QuotaBytes, st.WindowBytes, st.Health)
+		}
+		requireClean(t, p)
+		requirePrivate(t, p)
+		sb, err := ReadSuperblock(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other, dup := uuids[sb.UUID]; dup {
+			t.Fatalf("%s and %s share a UUID", name, other)
+		}
+		uuids[sb.UUID] = name
+		// The backup superblock (a repair may start from it) has it too.
+		run, err := runTool(ctx, "dumpe2fs", "-h", "-o", "superblock=32768", "-o", "blocksize=4096", p)
+		if err != nil || run.ExitCode != 0 {
+			t.Fatalf("dumpe2fs of the backup superblock: %v %+v", err, run)
+		}
+		if want := sb.UUIDString(); !containsLine(run.Stdout, "Filesystem UUID:", want) {
+			t.Errorf("%s: the backup superblock does not carry the UUID %s:\n%s", name, want, run.Stdout)
+		}
+	}
+	for _, p := range paths {
+		m := mountImage(t, p, filepath.Join(filepath.Dir(p), filepath.Base(p)+".d"))
+		if err := os.WriteFile(filepath.Join(m.Dir, "f"), []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tpls.Create(ctx, paths[0], o); err == nil {
+		t.Error("Create over an existing image succeeded")
+	}
+}
+
+// containsLine reports whether text has a line starting with prefix whose
+// rest, trimmed, is value.
+func containsLine(text, prefix, value string) bool {
+	for _, l := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(l, prefix); ok && strings.TrimSpace(rest) == value {
+			return true
+		}
+	}
+	return false
+}
