@@ -155,6 +155,11 @@ func lockForMount(ctx context.Context, path string) (img string, unlock func(), 
 	if unlock, err = lockImage(ctx, img); err != nil {
 		return "", nil, fmt.Errorf("mount %s: %w", path, err)
 	}
+	// Mounted, the image is no longer as snug left it.
+	if err := Unseal(img); err != nil {
+		unlock()
+		return "", nil, fmt.Errorf("mount %s: %w", path, err)
+	}
 	return img, unlock, nil
 }
 

@@ -77,6 +77,13 @@ func (s *Snapshotter) releaseUnused(ctx context.Context) {
 				log.G(ctx).WithError(err).WithField("snapshot", im.id).Warn("closing: image left mounted")
 				return
 			}
+			if im.st != nil {
+				// A clean unmount by snug: the next start need not check
+				// it, unless something writes it meanwhile.
+				if err := imagefs.Seal(im.m.Image); err != nil {
+					log.G(ctx).WithError(err).WithField("snapshot", im.id).Warn("closing: the image will be checked at the next start")
+				}
+			}
 			released.Add(1)
 		}()
 	}

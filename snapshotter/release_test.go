@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -141,5 +142,56 @@ func TestImagesKeptByCloseDetachWhenUnmountedElsewhere(t *testing.T) {
 	}
 	if len(left) > 0 || err != nil {
 		t.Fatalf("after the unmounts: %v (%v)", left, err)
+	}
+}
+
+// TestStartCheckSparesSealedImages: the images a stop unmounted cleanly are
+// sealed, and the next start checks only those written since. Both images
+// here get the same damage while snug is down; the one whose seal is made
+// to match again (as if nothing had written it) is mounted unchecked, the
+// other is found damaged and left unmounted for the error monitor.
+func TestStartCheckSparesSealedImages(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck", "debugfs")
+	ctx := context.Background()
+	root := roottest.TempDir(t)
+	cfg := testConfig(root)
+	sn, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := map[string]string{}
+	for _, key := range []string{"spared", "checked"} {
+		if _, err := sn.Prepare(ctx, key, ""); err != nil {
+			t.Fatal(err)
+		}
+		images[key] = filepath.Join(root, "snapshots", idOf(t, sn, key), rwImage)
+	}
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for key, img := range images {
+		if !imagefs.Sealed(img) {
+			t.Fatalf("%s: not sealed by Close", key)
+		}
+		if out, err := exec.Command("debugfs", "-w", "-R", "sif <2> links_count 9", img).CombinedOutput(); err != nil {
+			t.Fatalf("debugfs: %v\n%s", err, out)
+		}
+	}
+	if err := imagefs.Seal(images["spared"]); err != nil {
+		t.Fatal(err)
+	}
+	sn, err = New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	for key, img := range images {
+		_, err := imagefs.FindMount(img)
+		if mounted := err == nil; mounted != (key == "spared") {
+			t.Errorf("%s after the start-up check: mounted %v", key, mounted)
+		}
+	}
+	if len(sn.unmountable) != 1 {
+		t.Errorf("start-up left %d images for the error monitor, want 1 (checked): %v", len(sn.unmountable), sn.unmountable)
 	}
 }

@@ -17,7 +17,9 @@ import (
 // checkUnmounted gives every writable image start-up has to mount (none of
 // its loop devices survived: after a host reboot, or a stop of snug that
 // unmounted what no container used) a read-only e2fsck before it is
-// mounted (imagefs.CheckClean). ext4 notices damage only where it reads; an
+// mounted (imagefs.CheckClean), unless snug itself unmounted it cleanly
+// and the file is untouched since (imagefs.Sealed): a stop of snug with
+// 300 idle images spent 26 s checking them at the next start. ext4 notices damage only where it reads; an
 // image damaged while no kernel had it mounted is found here, before a
 // container trips on it. The checks run a few at a time. It returns the
 // damaged images' findings (wrapping imagefs.ErrDamaged) by snapshot id; a
@@ -37,6 +39,9 @@ func (s *Snapshotter) checkUnmounted(ctx context.Context, tbl *imagefs.MountTabl
 		}
 		if devs, err := tbl.Loops(image); err != nil || len(devs) > 0 {
 			continue // alive: mounted, or in a container's overlay
+		}
+		if imagefs.Sealed(image) {
+			continue // unmounted cleanly by snug, and untouched since
 		}
 		todo = append(todo, id)
 	}
