@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -217,33 +218,73 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		}
 	}
 	damaged := s.checkUnmounted(ctx, tbl, active)
-	var errs []error
-	for i, r := range recs {
-		if i == 1 {
-			failpoint.Inject("reconcile-converged") // one snapshot converged, the rest not
-		}
+	var (
+		mu     sync.Mutex // protects failed
+		failed int
+	)
+	one := func(r rec) {
 		err := damaged[r.id]
 		if err != nil {
 			err = fmt.Errorf("snapshot %s: %w", r.id, err) // left unmounted for the error monitor
 		} else {
 			err = s.convergeIn(ctx, tbl, r.id, r.kind, r.parents)
 		}
-		if err != nil {
-			// One broken snapshot must not keep the others from being served.
-			log.G(ctx).WithError(err).WithField("id", r.id).Error("cannot restore snapshot")
-			errs = append(errs, err)
-			if r.kind != snapshots.KindView && !errors.Is(err, ErrQuarantined) {
-				s.imagesMu.Lock()
-				s.unmountable[r.id] = unmountable{layer: r.kind == snapshots.KindCommitted, err: err}
-				s.imagesMu.Unlock()
-			}
+		if err == nil {
+			return
+		}
+		// One broken snapshot must not keep the others from being served.
+		log.G(ctx).WithError(err).WithField("id", r.id).Error("cannot restore snapshot")
+		mu.Lock()
+		failed++
+		mu.Unlock()
+		if r.kind != snapshots.KindView && !errors.Is(err, ErrQuarantined) {
+			s.imagesMu.Lock()
+			s.unmountable[r.id] = unmountable{layer: r.kind == snapshots.KindCommitted, err: err}
+			s.imagesMu.Unlock()
 		}
 	}
-	if len(errs) > 0 {
-		log.G(ctx).Errorf("%d of %d snapshots could not be restored", len(errs), len(recs))
+	// Layers first: an active snapshot's new upper dir takes the owner of
+	// its parent's root. Within each phase the snapshots converge side by
+	// side (converging one touches no other's images): a stop unmounts
+	// every idle image, and 300 of them mounted one after another took
+	// 24 s before snug served again.
+	var layers, others []rec
+	for _, r := range recs {
+		if r.kind == snapshots.KindCommitted {
+			layers = append(layers, r)
+		} else {
+			others = append(others, r)
+		}
+	}
+	order := append(layers, others...)
+	if len(order) > 0 {
+		one(order[0])
+		failpoint.Inject("reconcile-converged") // one snapshot converged, the rest not
+	}
+	for _, phase := range [][]rec{layers, others} {
+		var wg sync.WaitGroup
+		slots := make(chan struct{}, reconcileParallel)
+		for _, r := range phase {
+			if r.id == order[0].id {
+				continue
+			}
+			wg.Add(1)
+			slots <- struct{}{}
+			go func() {
+				defer func() { <-slots; wg.Done() }()
+				one(r)
+			}()
+		}
+		wg.Wait()
+	}
+	if failed > 0 {
+		log.G(ctx).Errorf("%d of %d snapshots could not be restored", failed, len(recs))
 	}
 	return nil
 }
+
+// reconcileParallel is how many snapshots start-up converges at once.
+const reconcileParallel = 8
 
 func removeIfExists(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
