@@ -106,13 +106,20 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 		return nil, err
 	}
 	defer unlock()
-	t, err := ReadMountTable()
+	// The loop devices alone (sysfs) tell whether the image is attached;
+	// the mount table, whose parsing grows with every mount, only matters
+	// when it is.
+	loops, err := readLoops()
 	if err != nil {
 		return nil, err
 	}
-	if devs, err := t.Loops(img); err != nil {
+	if devs, err := loops.Loops(img); err != nil {
 		return nil, err
 	} else if len(devs) > 0 {
+		t, err := ReadMountTable()
+		if err != nil {
+			return nil, err
+		}
 		if m, err := t.Find(img); err == nil {
 			return nil, fmt.Errorf("mount %s: %w: mounted on %s", path, ErrInUse, m.Dir)
 		}

@@ -18,6 +18,7 @@ import (
 type MountTable struct {
 	loops  map[string][]string        // backing file → loop devices
 	mounts map[uint64]*mountinfo.Info // device number → its first root mount
+	points []string                   // every mount point
 }
 
 // ReadMountTable reads the loop devices and the mount table.
@@ -27,11 +28,15 @@ func ReadMountTable() (*MountTable, error) {
 		return nil, err
 	}
 	t.mounts = map[uint64]*mountinfo.Info{}
-	infos, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) { return i.Root != "/", false })
+	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, err
 	}
 	for _, mi := range infos {
+		t.points = append(t.points, mi.Mountpoint)
+		if mi.Root != "/" {
+			continue
+		}
 		dev := unix.Mkdev(uint32(mi.Major), uint32(mi.Minor))
 		if _, ok := t.mounts[dev]; !ok {
 			t.mounts[dev] = mi
@@ -117,4 +122,23 @@ func (t *MountTable) Find(path string) (*Mounted, error) {
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", path, ErrNotMounted)
+}
+
+// Busy reports whether anything is mounted on dir or below it, or a loop
+// device is backed by a file below it: what UnmountBelow would clear.
+func (t *MountTable) Busy(dir string) bool {
+	if d, err := canonical(dir); err == nil {
+		dir = d
+	}
+	for _, p := range t.points {
+		if p == dir || strings.HasPrefix(p, dir+"/") {
+			return true
+		}
+	}
+	for file := range t.loops {
+		if strings.HasPrefix(file, dir+"/") {
+			return true
+		}
+	}
+	return false
 }

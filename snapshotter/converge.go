@@ -166,7 +166,13 @@ func (s *Snapshotter) ensureMounted(ctx context.Context, tbl *imagefs.MountTable
 	case !errors.Is(err, imagefs.ErrNotMounted):
 		return nil, err
 	}
-	// Something else on mnt (the rw image of a finished commit, say) must go.
+	// Something else on mnt (the rw image of a finished commit, say) must
+	// go. The picture tells when nothing is there: UnmountBelow reads the
+	// mount table and every loop device again, which at start-up, once
+	// per snapshot, made reconcile quadratic.
+	if tbl != nil && !tbl.Busy(mnt) {
+		return imagefs.Mount(ctx, image, mnt, o)
+	}
 	if err := imagefs.UnmountBelow(ctx, mnt); err != nil {
 		return nil, err
 	}
