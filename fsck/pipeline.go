@@ -308,13 +308,36 @@ func (d *Doctor) check(ctx context.Context, inc *Incident, s *Step, pol config.F
 // ext4 stopped read-only after the error (errors=remount-ro, the usual
 // case) under the repair policy: then every outcome of the online check
 // leads to the offline repair, so the freeze and the check are skipped.
+//
+// ext4 reports the error (fanotify, sysfs) a moment before it stops the
+// filesystem: it aborts the journal and writes the superblock first. For
+// an incident that an ext4 report opened, the answer is therefore awaited
+// for up to stopWait; any other source (a check, start-up) is asked once.
 func (d *Doctor) stoppedForRepair(inc *Incident, pol config.FsckPolicy) bool {
 	if inc.Layer || pol.Action != "repair" {
 		return false
 	}
 	m, layer, ok := d.images.MountedImage(inc.Snapshot)
-	return ok && !layer && d.tools.stopped(m)
+	if !ok || layer {
+		return false
+	}
+	wait := time.Duration(0)
+	if inc.Source == ModeFanotify || inc.Source == ModeSysfs {
+		wait = stopWait
+	}
+	for end := time.Now().Add(wait); ; time.Sleep(5 * time.Millisecond) {
+		if d.tools.stopped(m) {
+			return true
+		}
+		if !time.Now().Before(end) {
+			return false
+		}
+	}
 }
+
+// stopWait bounds the wait for ext4 to stop an image it reported an error
+// on: a superblock write, milliseconds.
+var stopWait = 250 * time.Millisecond
 
 // repair runs e2fsck on the unmounted image, then a read-only check to
 // prove it clean. When errors remain it tries once more from the first

@@ -155,6 +155,10 @@ func TestEveryStepOutcome(t *testing.T) {
 
 func newFakeDoctor(t *testing.T, imgs *fakeImages, ctrs *fakeContainers, check Outcome, repairFails bool) *Doctor {
 	t.Helper()
+	// The fakes answer at once: no waiting for ext4 to stop an image.
+	wait := stopWait
+	stopWait = 0
+	t.Cleanup(func() { stopWait = wait })
 	d, err := NewDoctor(t.TempDir(), policy("repair"), imgs, ctrs)
 	if err != nil {
 		t.Fatal(err)
