@@ -2,9 +2,11 @@ package imagefs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 )
 
@@ -26,9 +28,14 @@ import (
 type Templates struct {
 	dir string
 
-	mu    sync.Mutex // protects ready, and is held while a template is made
+	mu    sync.Mutex // protects ready and order, and is held while a template is made
 	ready map[string]string
+	order []string // keys of ready, oldest first
 }
+
+// maxTemplates bounds the templates kept: every max-size label a container
+// asks for has its own. Past it the oldest is deleted (about 1 MiB each).
+const maxTemplates = 8
 
 // NewTemplates keeps templates in dir, which it empties: a template made by
 // an earlier version (or a crash half way) is never copied.
@@ -62,12 +69,22 @@ func (t *Templates) Create(ctx context.Context, path string, o CreateOptions) er
 	if err != nil {
 		return err
 	}
-	tpl, err := t.template(ctx, o)
+	key, tpl, err := t.template(ctx, o)
 	if err != nil {
 		return err
 	}
-	if err := copySparse(tpl, tmp); err != nil {
+	err = copySparse(tpl, tmp)
+	if errors.Is(err, os.ErrNotExist) {
+		// The template was deleted from under us: make it again, once.
+		t.forget(key)
+		if _, tpl, err = t.template(ctx, o); err != nil {
+			return err
+		}
+		err = copySparse(tpl, tmp)
+	}
+	if err != nil {
 		os.Remove(tmp)
+		t.forget(key) // made again next time, should it be the trouble
 		return fmt.Errorf("create %s from %s: %w", path, tpl, HostError(err))
 	}
 	if err := setUUID(ctx, tmp, uuid); err != nil {
@@ -81,21 +98,40 @@ func (t *Templates) Create(ctx context.Context, path string, o CreateOptions) er
 	return nil
 }
 
-// template returns the template for o, making it if needed.
-func (t *Templates) template(ctx context.Context, o CreateOptions) (string, error) {
-	key := fmt.Sprintf("q%d-w%d-j%d-i%d-f%t", o.Quota, o.Window, o.JournalSize, o.BytesPerInode, o.FastCommit)
+// template returns the template for o and its key, making it if needed.
+func (t *Templates) template(ctx context.Context, o CreateOptions) (key, path string, err error) {
+	key = fmt.Sprintf("q%d-w%d-j%d-i%d-f%t", o.Quota, o.Window, o.JournalSize, o.BytesPerInode, o.FastCommit)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.ready[key]; ok {
-		return p, nil
+		return key, p, nil
+	}
+	for len(t.order) >= maxTemplates {
+		t.forgetLocked(t.order[0])
 	}
 	p := filepath.Join(t.dir, key+".img")
 	os.Remove(p) // left by a Create this process did not finish
 	if err := Create(ctx, p, o); err != nil {
-		return "", fmt.Errorf("template: %w", err)
+		return "", "", fmt.Errorf("template: %w", err)
 	}
 	t.ready[key] = p
-	return p, nil
+	t.order = append(t.order, key)
+	return key, p, nil
+}
+
+// forget deletes the template of key, if there is one.
+func (t *Templates) forget(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.forgetLocked(key)
+}
+
+func (t *Templates) forgetLocked(key string) {
+	if p, ok := t.ready[key]; ok {
+		os.Remove(p) // a copy under way has its own descriptor of it
+		delete(t.ready, key)
+	}
+	t.order = slices.DeleteFunc(t.order, func(k string) bool { return k == key })
 }
 
 // setUUID gives an unmounted image a new UUID, in every superblock copy.

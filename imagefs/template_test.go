@@ -2,6 +2,7 @@ package imagefs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,4 +81,34 @@ func containsLine(text, prefix, value string) bool {
 		}
 	}
 	return false
+}
+
+// TestTemplatesAreBounded: one template per set of options, the oldest
+// deleted past maxTemplates; a template deleted from under it is made again.
+func TestTemplatesAreBounded(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck", "tune2fs")
+	ctx := context.Background()
+	dir := roottest.TempDir(t)
+	tpls, err := NewTemplates(ctx, filepath.Join(dir, "templates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxTemplates + 2 {
+		o := CreateOptions{Quota: MinQuota + int64(i)<<20}
+		if err := tpls.Create(ctx, filepath.Join(dir, fmt.Sprint("img", i)), o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "templates"))
+	if len(entries) != maxTemplates {
+		t.Fatalf("%d templates kept, want %d", len(entries), maxTemplates)
+	}
+	for _, e := range entries {
+		os.Remove(filepath.Join(dir, "templates", e.Name()))
+	}
+	o := CreateOptions{Quota: MinQuota + int64(maxTemplates+1)<<20}
+	if err := tpls.Create(ctx, filepath.Join(dir, "again"), o); err != nil {
+		t.Fatalf("after its template was deleted: %v", err)
+	}
+	requireClean(t, filepath.Join(dir, "again"))
 }
