@@ -22,12 +22,12 @@ import (
 // hostTools are the e2fsprogs tools snug runs; the fault test serves them
 // from a directory of its own (policy e2fsprogs_dir) to take them away or
 // make them fail.
-var hostTools = []string{"mkfs.ext4", "e2fsck", "resize2fs", "debugfs"}
+var hostTools = []string{"mkfs.ext4", "e2fsck", "resize2fs", "debugfs", "tune2fs"}
 
 // TestHostFaults breaks the host under a running snug, one fault at a time,
 // on a state directory of its own (a small ext4 with few inodes): the host
-// filesystem full, out of inodes, mkfs.ext4 failing and missing, e2fsck
-// missing and failing, and an image file deleted under a mounted snapshot.
+// filesystem full, out of inodes, mkfs.ext4 and tune2fs failing and
+// missing, e2fsck missing and failing, and an image file deleted under a mounted snapshot.
 // Each must fail only the operation that meets it, with an error that says
 // what is wrong, leave nothing half made (snapshots, directories, image
 // files, loop devices as before), and work again once the fault is gone,
@@ -134,13 +134,28 @@ func TestHostFaults(t *testing.T) {
 	os.Remove(faults)
 	recovers("no loop device")
 
-	// mkfs.ext4 failing, then missing.
+	// mkfs.ext4 failing, then missing, where a template must be made: a
+	// quota no image had yet.
+	fresh := snapshots.WithLabels(map[string]string{"containerd.io/snapshot/max-size": fmt.Sprint(3 << 30)})
+	prepareFresh := func(key string) error {
+		_, err := sn.Prepare(ctx, key, "base", fresh)
+		return err
+	}
 	setTools(t, tools, map[string]string{"mkfs.ext4": "echo 'mkfs.ext4: simulated failure' >&2; exit 1"})
-	fails("mkfs failing", "simulated failure", func() error { return prepare("mkfs-fails") })
+	fails("mkfs failing", "simulated failure", func() error { return prepareFresh("mkfs-fails") })
 	os.Remove(filepath.Join(tools, "mkfs.ext4"))
-	fails("mkfs missing", "mkfs.ext4: e2fsprogs tool not found", func() error { return prepare("no-mkfs") })
+	fails("mkfs missing", "mkfs.ext4: e2fsprogs tool not found", func() error { return prepareFresh("no-mkfs") })
 	setTools(t, tools, nil)
 	recovers("mkfs missing")
+
+	// tune2fs failing, then missing: the copy of a template gets no UUID
+	// of its own, and is not used.
+	setTools(t, tools, map[string]string{"tune2fs": "echo 'tune2fs: simulated failure' >&2; exit 1"})
+	fails("tune2fs failing", "simulated failure", func() error { return prepare("tune2fs-fails") })
+	os.Remove(filepath.Join(tools, "tune2fs"))
+	fails("tune2fs missing", "tune2fs: e2fsprogs tool not found", func() error { return prepare("no-tune2fs") })
+	setTools(t, tools, nil)
+	recovers("tune2fs missing")
 
 	// e2fsck missing, then failing: the check says so, the image stays in
 	// service.
