@@ -105,13 +105,8 @@ func TestCloseReleasesUnusedImages(t *testing.T) {
 // operator or a test's sweep with a plain umount, finds no loop device
 // left behind: nothing of snug's holds them once it is closed.
 func TestImagesKeptByCloseDetachWhenUnmountedElsewhere(t *testing.T) {
-	roottest.Require(t, "mkfs.ext4", "e2fsck")
 	ctx := context.Background()
-	root := roottest.TempDir(t)
-	sn, err := New(ctx, testConfig(root))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sn, root := newTestSnapshotter(t)
 	rootfs := containerOnBase(t, sn)
 	if _, err := sn.ContainerStarting(ctx, Container{ID: "c1", RootFS: rootfs}); err != nil {
 		t.Fatal(err)
@@ -151,14 +146,9 @@ func TestImagesKeptByCloseDetachWhenUnmountedElsewhere(t *testing.T) {
 // to match again (as if nothing had written it) is mounted unchecked, the
 // other is found damaged and left unmounted for the error monitor.
 func TestStartCheckSparesSealedImages(t *testing.T) {
-	roottest.Require(t, "mkfs.ext4", "e2fsck", "debugfs")
+	roottest.Require(t, "debugfs")
 	ctx := context.Background()
-	root := roottest.TempDir(t)
-	cfg := testConfig(root)
-	sn, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sn, root := newTestSnapshotter(t)
 	images := map[string]string{}
 	for _, key := range []string{"spared", "checked"} {
 		if _, err := sn.Prepare(ctx, key, ""); err != nil {
@@ -180,7 +170,7 @@ func TestStartCheckSparesSealedImages(t *testing.T) {
 	if err := imagefs.Seal(images["spared"]); err != nil {
 		t.Fatal(err)
 	}
-	sn, err = New(ctx, cfg)
+	sn, err := New(ctx, testConfig(root))
 	if err != nil {
 		t.Fatal(err)
 	}
