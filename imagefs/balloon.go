@@ -30,14 +30,16 @@ type balloon struct {
 	f      *os.File
 	dir    string // mount point
 	sysfs  string // /sys/fs/ext4/<dev>
-	fsSize int64  // bytes: the logical range the balloon may use
+	fsSize int64  // bytes: the logical range the balloon may use (the ceiling)
+	quota  int64  // bytes: the balloon never holds less than fsSize - quota
 	bsize  int64
 }
 
 func balloonPath(dir string) string { return filepath.Join(dir, MetaDir, balloonName) }
 
-// createBalloon makes /.snug and an empty balloon in a fresh filesystem.
-func createBalloon(dir string) error {
+// createBalloon makes /.snug and an empty balloon in a fresh filesystem,
+// with the quota recorded on it.
+func createBalloon(dir string, quota int64) error {
 	if err := os.Mkdir(filepath.Join(dir, MetaDir), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
@@ -45,7 +47,7 @@ func createBalloon(dir string) error {
 	if err != nil {
 		return err
 	}
-	return f.Close()
+	return errors.Join(writeQuota(f, quota), f.Close())
 }
 
 // openBalloon opens the balloon of the filesystem mounted at dir from
@@ -68,7 +70,12 @@ func openBalloon(dir, device string, fsSize int64) (*balloon, error) {
 		f.Close()
 		return nil, err
 	}
-	return &balloon{f: f, dir: dir, sysfs: filepath.Join("/sys/fs/ext4", filepath.Base(device)), fsSize: fsSize, bsize: sfs.Bsize}, nil
+	quota, err := readQuota(f, fsSize)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &balloon{f: f, dir: dir, sysfs: filepath.Join("/sys/fs/ext4", filepath.Base(device)), fsSize: fsSize, quota: quota, bsize: sfs.Bsize}, nil
 }
 
 func (b *balloon) Close() error { return b.f.Close() }
@@ -136,38 +143,12 @@ func (b *balloon) inflateLeaving(margin int64) error {
 	if want <= 0 {
 		return nil
 	}
-	if err := b.f.Truncate(b.fsSize); err != nil {
-		return fmt.Errorf("size balloon: %w", err)
-	}
-	exts, err := b.extents()
-	if err != nil {
+	// ENOSPC: a writer took some of it meanwhile; the balloon keeps what
+	// it got, and the margin is still free.
+	if _, err := b.inflateBy(want); err != nil && !errors.Is(err, unix.ENOSPC) {
 		return err
 	}
-	sort.Slice(exts, func(i, j int) bool { return exts[i].Logical < exts[j].Logical })
-	var at int64
-	fill := func(end int64) error {
-		for at < end && want > 0 {
-			n := min(end-at, b.roundUp(want))
-			err := unix.Fallocate(int(b.f.Fd()), 0, at, n)
-			if errors.Is(err, unix.ENOSPC) {
-				want = 0
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("inflate balloon: %w", err)
-			}
-			at += n
-			want -= n
-		}
-		return nil
-	}
-	for _, e := range exts {
-		if err := fill(e.Logical); err != nil {
-			return err
-		}
-		at = max(at, e.Logical+e.Length)
-	}
-	return fill(b.fsSize)
+	return nil
 }
 
 // punchHost punches the balloon's extents out of the image file itself. The
@@ -220,11 +201,23 @@ func (b *balloon) releaseBytes(exts []extent, n int64) (int64, error) {
 // extent-tree block. Whole extents go first: they free blocks for the splits.
 // On a completely full filesystem (right after inflate) a split can still
 // find no block; then the whole extent is released instead, and the window
-// ends past the target by less than that extent.
+// ends past the target by less than that extent, unless that would take
+// the balloon below its floor. The plan is cut so the balloon keeps its
+// floor (the quota): what lies beyond is never released.
 func (b *balloon) release(exts, plan []extent) (int64, error) {
 	whole := make(map[int64]int64, len(exts))
 	for _, e := range exts {
 		whole[e.Logical] = e.Length
+	}
+	floor, err := b.floor()
+	if err != nil {
+		return 0, err
+	}
+	spare := sizeOf(exts) - floor
+	plan = capPlan(plan, spare)
+	var planned int64
+	for _, p := range plan {
+		planned += p.Length
 	}
 	sort.SliceStable(plan, func(i, j int) bool {
 		return plan[i].Length == whole[plan[i].Logical] && plan[j].Length != whole[plan[j].Logical]
@@ -232,7 +225,8 @@ func (b *balloon) release(exts, plan []extent) (int64, error) {
 	var done int64
 	for _, p := range plan {
 		err := b.punch(p.Logical, p.Length)
-		if errors.Is(err, unix.ENOSPC) && p.Length < whole[p.Logical] {
+		if errors.Is(err, unix.ENOSPC) && p.Length < whole[p.Logical] && planned-p.Length+whole[p.Logical] <= spare {
+			planned += whole[p.Logical] - p.Length
 			p.Length = whole[p.Logical]
 			err = b.punch(p.Logical, p.Length)
 		}
@@ -246,7 +240,7 @@ func (b *balloon) release(exts, plan []extent) (int64, error) {
 
 // ensureFree releases balloon blocks until statfs shows free bytes available
 // to files (the reserve ext4 holds back counts against it), or the balloon is
-// empty. It returns the bytes released.
+// down to its floor (the quota is reached). It returns the bytes released.
 func (b *balloon) ensureFree(free int64) (int64, error) {
 	var done int64
 	for range 4 {
@@ -264,11 +258,25 @@ func (b *balloon) ensureFree(free int64) (int64, error) {
 		}
 		n, err := b.releaseBytes(exts, free-avail)
 		done += n
-		if err != nil {
-			return done, err
+		if err != nil || n == 0 {
+			return done, err // n == 0: the balloon is at its floor
 		}
 	}
 	return done, nil
+}
+
+// capPlan cuts plan to at most spare bytes, in its order.
+func capPlan(plan []extent, spare int64) []extent {
+	var out []extent
+	for _, p := range plan {
+		if spare <= 0 {
+			break
+		}
+		p.Length = min(p.Length, spare)
+		spare -= p.Length
+		out = append(out, p)
+	}
+	return out
 }
 
 func (b *balloon) roundUp(n int64) int64 { return (n + b.bsize - 1) / b.bsize * b.bsize }

@@ -23,9 +23,12 @@ const MinJournal = 4 << 20
 
 // CreateOptions shape a new image.
 type CreateOptions struct {
-	// Quota is the image size: the most its container can store. It is
-	// rounded down to a multiple of 4 KiB.
+	// Quota is the most its container can store. It is rounded down to a
+	// multiple of 4 KiB.
 	Quota int64
+	// Ceiling is the filesystem's size: the most the quota can be raised
+	// to online (SetQuota). 0, or less than Quota, means Quota.
+	Ceiling int64
 	// Window is the initial packing window (clamped to the quota).
 	Window int64
 	// JournalSize is the ext4 journal size (at least 4 MiB).
@@ -55,6 +58,7 @@ func (o *CreateOptions) normalize() error {
 	if o.Window <= 0 || o.Window > o.Quota {
 		o.Window = o.Quota
 	}
+	o.Ceiling = max(o.Quota, o.Ceiling/loopBlockSize*loopBlockSize)
 	return nil
 }
 
@@ -81,7 +85,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	terr := f.Truncate(o.Quota)
+	terr := f.Truncate(o.Ceiling)
 	cerr := f.Close()
 	if terr != nil || cerr != nil {
 		return fmt.Errorf("create %s: %w", path, HostError(errors.Join(terr, cerr)))
@@ -89,7 +93,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, BytesPerInode: o.BytesPerInode, FastCommit: o.FastCommit, UUID: uuid}); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
-	if err := placeBalloon(ctx, tmp, o.Window, o.DirectIO); err != nil {
+	if err := placeBalloon(ctx, tmp, o.Window, o.Quota, o.DirectIO); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	return publishImage(tmp, path)
@@ -127,13 +131,13 @@ func publishImage(tmp, path string) error {
 
 // placeBalloon mounts a fresh or shrunk image privately and inflates its
 // balloon so that only the first window bytes are free.
-func placeBalloon(ctx context.Context, path string, window int64, directIO bool) error {
+func placeBalloon(ctx context.Context, path string, window, quota int64, directIO bool) error {
 	m, err := mountPrivate(ctx, path, MountOptions{DirectIO: directIO})
 	if err != nil {
 		return err
 	}
 	failpoint.Inject("create-mounted")
-	err = createBalloon(m.Dir)
+	err = createBalloon(m.Dir, quota)
 	if err == nil {
 		err = m.resetWindow(ctx, window)
 	}

@@ -29,10 +29,16 @@ const (
 // mount, no loop device left) when the test ends, pass or fail.
 func newImage(t *testing.T, quota, window int64) (path, dir string) {
 	t.Helper()
+	return newImageWith(t, CreateOptions{Quota: quota, Window: window, DirectIO: true})
+}
+
+// newImageWith is newImage with any create options.
+func newImageWith(t *testing.T, o CreateOptions) (path, dir string) {
+	t.Helper()
 	roottest.Require(t, "mkfs.ext4", "e2fsck", "resize2fs")
 	dir = roottest.TempDir(t)
 	path = filepath.Join(dir, "img")
-	if err := Create(context.Background(), path, CreateOptions{Quota: quota, Window: window, DirectIO: true}); err != nil {
+	if err := Create(context.Background(), path, o); err != nil {
 		t.Fatal(err)
 	}
 	return path, dir

@@ -131,7 +131,8 @@ func replayFastCommits(ctx context.Context, path string) (bool, error) {
 	return true, nil
 }
 
-// Shrink lowers the quota of an unmounted image offline: it works on a copy
+// Shrink lowers the ceiling (the filesystem size) of an unmounted image
+// offline, and its quota with it when that was higher: it works on a copy
 // (a reflink where the host filesystem can, else a sparse copy), drops the
 // balloon, checks the copy, resizes it with resize2fs, truncates the file,
 // puts the balloon back with the old window, checks again and renames the
@@ -166,7 +167,7 @@ func Shrink(ctx context.Context, path string, quota int64, directIO bool) error 
 			os.Remove(tmp)
 			return fmt.Errorf("shrink %s: copy: %w", path, HostError(err))
 		}
-		if err := shrinkCopy(ctx, tmp, quota, st.WindowBytes, directIO); err != nil {
+		if err := shrinkCopy(ctx, tmp, quota, min(quota, st.QuotaBytes), st.WindowBytes, directIO); err != nil {
 			os.Remove(tmp)
 			return fmt.Errorf("shrink %s: %w", path, err)
 		}
@@ -178,7 +179,9 @@ func Shrink(ctx context.Context, path string, quota int64, directIO bool) error 
 	})
 }
 
-func shrinkCopy(ctx context.Context, tmp string, quota, window int64, directIO bool) error {
+// shrinkCopy resizes the copy tmp to size bytes (its new ceiling) and
+// puts the balloon back with the window and quota given.
+func shrinkCopy(ctx context.Context, tmp string, size, quota, window int64, directIO bool) error {
 	// resize2fs must move every block beyond the new end; the balloon's
 	// blocks are just free space, so it goes first.
 	if err := WithMount(ctx, tmp, MountOptions{DirectIO: directIO}, func(m *Mounted) error {
@@ -193,20 +196,20 @@ func shrinkCopy(ctx context.Context, tmp string, quota, window int64, directIO b
 	if res.Uncorrected() {
 		return fmt.Errorf("e2fsck before resize: %s", lastLines(res.Output, 3))
 	}
-	run, err := runTool(ctx, "resize2fs", tmp, strconv.FormatInt(quota>>10, 10)+"K")
+	run, err := runTool(ctx, "resize2fs", tmp, strconv.FormatInt(size>>10, 10)+"K")
 	if err != nil {
 		return err
 	}
 	if run.ExitCode != 0 {
 		if strings.Contains(run.Stderr, "smaller than minimum") || strings.Contains(run.Stderr, "No space left") {
-			return fmt.Errorf("%w: the data needs more than %d bytes: %s", ErrQuotaTooSmall, quota, lastLines(strings.TrimSpace(run.Stderr), 2))
+			return fmt.Errorf("%w: the data needs more than %d bytes: %s", ErrQuotaTooSmall, size, lastLines(strings.TrimSpace(run.Stderr), 2))
 		}
 		return run.failure("resize2fs")
 	}
-	if err := os.Truncate(tmp, quota); err != nil {
+	if err := os.Truncate(tmp, size); err != nil {
 		return err
 	}
-	if err := placeBalloon(ctx, tmp, min(window, quota), directIO); err != nil {
+	if err := placeBalloon(ctx, tmp, min(window, quota), quota, directIO); err != nil {
 		return err
 	}
 	res, err = e2fsck(ctx, tmp, "check", "-f", "-n")

@@ -20,8 +20,12 @@ type Stats struct {
 	Device     string `json:"device,omitempty"`
 	Mountpoint string `json:"mountpoint,omitempty"`
 
-	// QuotaBytes is the filesystem size: the most the container can store.
+	// QuotaBytes is the most the container can store (with ext4's own
+	// metadata); -1 when unknown (an image with errors is not mounted).
 	QuotaBytes int64 `json:"quota_bytes"`
+	// CeilingBytes is the filesystem size: the most the quota can be
+	// raised to online.
+	CeilingBytes int64 `json:"ceiling_bytes"`
 	// WindowBytes is the end of the packing window: ext4 allocates below it.
 	WindowBytes int64 `json:"window_bytes"`
 	// UsedBytes is what df shows as used, less the balloon.
@@ -63,7 +67,7 @@ func Stat(ctx context.Context, path string) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	st := Stats{Path: path, UUID: sb.UUIDString(), QuotaBytes: sb.Size()}
+	st := Stats{Path: path, UUID: sb.UUIDString(), QuotaBytes: sb.Size(), CeilingBytes: sb.Size()}
 	if m, err := FindMount(path); err == nil {
 		err = m.stat(&st, sb)
 		return st, err
@@ -92,7 +96,7 @@ func (m *Mounted) Stat() (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	st := Stats{Path: m.Image, UUID: sb.UUIDString(), QuotaBytes: sb.Size()}
+	st := Stats{Path: m.Image, UUID: sb.UUIDString(), QuotaBytes: sb.Size(), CeilingBytes: sb.Size()}
 	return st, m.stat(&st, sb)
 }
 
@@ -108,6 +112,9 @@ func (m *Mounted) stat(st *Stats, sb *Superblock) error {
 	switch {
 	case err == nil:
 		exts, err = fileExtents(f)
+		if err == nil {
+			st.QuotaBytes, err = readQuota(f, sb.Size())
+		}
 		f.Close()
 		if err != nil {
 			return err
@@ -146,7 +153,7 @@ func (m *Mounted) sysfsErrors(st *Stats) {
 }
 
 func fromSuperblock(st *Stats, sb *Superblock) {
-	st.WindowBytes, st.BalloonBytes = -1, -1
+	st.WindowBytes, st.BalloonBytes, st.QuotaBytes = -1, -1, -1
 	st.UsedBytes = (sb.Blocks - sb.FreeBlocks) * sb.BlockSize
 	st.InodesTotal, st.InodesUsed = sb.Inodes, sb.Inodes-sb.FreeInodes
 	st.Health = health(sb.ErrorCount, sb.NeedsRecov)

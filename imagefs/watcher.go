@@ -73,6 +73,9 @@ type watched struct {
 
 	checks  uint64
 	balloon int64 // bytes, as last read
+	// spare is the part of the balloon the window may still grow into:
+	// what it holds beyond its floor (see quotaFloor), as last read.
+	spare int64
 
 	// dir is an O_PATH descriptor of the mount point, for fstatfs: a
 	// statfs by path spends half its time walking the path. It pins the
@@ -445,6 +448,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		}
 		if err == nil {
 			iw.balloon = bst.Blocks * 512
+			iw.spare = iw.balloon - iw.quotaFloor(&sfs)
 			iw.balloonStale.Store(false)
 		}
 	}
@@ -512,7 +516,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		}
 	}
 
-	if free < fullBelow && balloon > 0 {
+	if free < fullBelow && iw.spare > 0 {
 		if !iw.full && w.obs.Full != nil {
 			w.obs.Full(key, free, balloon, iw.m.Dir)
 		}
@@ -528,13 +532,13 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	}
 
 	want := pol.headroomFor(used, iw.rate)
-	iw.hot = balloon > 0 && (growing || free < want)
+	iw.hot = iw.spare > 0 && (growing || free < want)
 	if iw.hot && iw.armed {
 		w.disarm(iw)
 	} else if !iw.hot && !iw.armed && w.waker != nil {
 		w.arm(iw, sfs.Fsid.Val)
 	}
-	if free < want && balloon > 0 {
+	if free < want && iw.spare > 0 {
 		w.start(key, iw, func(ctx context.Context) {
 			grown, err := iw.m.EnsureFree(ctx, want)
 			if grown > 0 && w.obs.Grew != nil {
@@ -573,6 +577,21 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 			}
 		}
 	}
+}
+
+// quotaFloor is the least the balloon holds for the image's quota, 0 when
+// no quota is recorded (it is the ceiling) or it cannot be read.
+func (iw *watched) quotaFloor(sfs *unix.Statfs_t) int64 {
+	buf := make([]byte, 32)
+	n, err := unix.Getxattr(balloonPath(iw.m.Dir), quotaXattr, buf)
+	if err != nil {
+		return 0
+	}
+	q, err := parseQuota(string(buf[:n]))
+	if err != nil {
+		return 0
+	}
+	return quotaFloor(sfs, q)
 }
 
 // start runs op for iw in its own goroutine unless one runs already.

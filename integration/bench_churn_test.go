@@ -207,6 +207,10 @@ func (s *stack) churn(wl churnWorkload, sn, ref string) churnSeries {
 	res.AfterStop = churnPoint{Round: last.Round, Used: last.Used, Footprint: s.layerFootprint(sn, id)}
 	res.AfterStopRatio = float64(res.AfterStop.Footprint) / float64(res.AfterStop.Used)
 	t.Logf("%s %s after stop: footprint %d MiB", wl.name, sn, res.AfterStop.Footprint>>20)
+	if sn == "snug" {
+		// What snug did about the stop, for a reader of a failed goal.
+		t.Logf("snug's reclaims and trims during the run:\n%s", grepLines(s.snug.Log(), "reclaim", "trim", "stop"))
+	}
 	s.ctr("containers", "rm", id)
 	return res
 }
@@ -289,4 +293,19 @@ func footprintOf(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// grepLines returns the lines of s holding any of words.
+func grepLines(s string, words ...string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(s, "\n") {
+		for _, w := range words {
+			if strings.Contains(line, w) {
+				b.WriteString(line)
+				b.WriteByte('\n')
+				break
+			}
+		}
+	}
+	return b.String()
 }
