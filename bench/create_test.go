@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/imagefs"
-	"github.com/snugfs/snug/internal/roottest"
 )
 
 // TestTemplateBenchmark times the two ways to make a new rw image, one
@@ -27,14 +26,9 @@ import (
 //
 // It reports medians and p90 (ms) and each image's host footprint.
 func TestTemplateBenchmark(t *testing.T) {
-	out := benchOut(t, "mkfs.ext4", "e2fsck", "tune2fs")
+	out, dir, tpls := templatesBench(t)
 	ctx := context.Background()
-	dir := roottest.TempDir(t)
 	o := imagefs.CreateOptions{Quota: 10 << 30, Window: 1 << 30, DirectIO: true}
-	tpls, err := imagefs.NewTemplates(ctx, filepath.Join(dir, "templates"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The template itself, made once: not counted.
 	if err := tpls.Create(ctx, filepath.Join(dir, "first"), o); err != nil {
 		t.Fatal(err)
@@ -51,6 +45,7 @@ func TestTemplateBenchmark(t *testing.T) {
 			w := ways[(i+r)%len(ways)]
 			p := filepath.Join(dir, fmt.Sprintf("%s-%d", w.Name, r))
 			start := time.Now()
+			var err error
 			if w.Name == "mkfs" {
 				err = imagefs.Create(ctx, p, o)
 			} else {

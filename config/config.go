@@ -89,12 +89,20 @@ func (c Config) Class(name string) (cl Class, ok bool) {
 
 // ImagePolicy shapes new thin images and how they are attached.
 type ImagePolicy struct {
-	// Quota is the size of a new image: the most a container can store.
+	// Quota is the most a container can store: the quota of a new image
+	// when its snapshot has no max-size label.
 	Quota Size `toml:"quota"`
+	// MaxQuota is the ceiling of a new image: its filesystem's size, and
+	// the most its quota can be raised to while it runs (snug resize). It
+	// costs a fresh image little host space and e2fsck little time (see
+	// docs/benchmarks.md, TestCeilingBenchmark); 0 means the quota itself
+	// (no raise beyond it).
+	MaxQuota Size `toml:"max_quota"`
 	// JournalSize is the ext4 journal of a new image. Every journal block is
 	// written sooner or later, so it is a fixed cost on the host.
 	JournalSize Size `toml:"journal_size"`
-	// BytesPerInode is mkfs.ext4's -i: one inode per this many bytes.
+	// BytesPerInode sets a new image's inode count: one inode per this many
+	// bytes of its quota when it is made (the ceiling adds none).
 	BytesPerInode Size `toml:"bytes_per_inode"`
 	// DirectIO attaches loop devices with direct I/O, so image data is not
 	// cached twice (in the container's and in the host's page cache).
@@ -197,6 +205,7 @@ func Default() Config {
 		ContainerdAddress: "/run/containerd/containerd.sock",
 		Image: ImagePolicy{
 			Quota:         10 * GiB,
+			MaxQuota:      32 * GiB,
 			JournalSize:   4 * MiB,
 			BytesPerInode: 16 * KiB,
 			DirectIO:      true,

@@ -9,9 +9,10 @@ import (
 	"github.com/snugfs/snug/imagefs"
 )
 
-// MinQuota and MinJournal are the engine's own limits.
+// MinQuota, MaxQuota and MinJournal are the engine's own limits.
 const (
 	MinQuota   = Size(imagefs.MinQuota)
+	MaxQuota   = Size(imagefs.MaxSize)
 	MinJournal = Size(imagefs.MinJournal)
 )
 
@@ -62,6 +63,10 @@ func (c Config) validate() error {
 	switch {
 	case im.Quota < MinQuota:
 		return bad("image.quota", "%s is below the minimum %s", im.Quota, MinQuota)
+	case im.MaxQuota != 0 && im.MaxQuota < im.Quota:
+		return bad("image.max_quota", "%s is below image.quota %s (0 means the quota)", im.MaxQuota, im.Quota)
+	case im.MaxQuota > MaxQuota:
+		return bad("image.max_quota", "%s is above the most an image can be, %s", im.MaxQuota, MaxQuota)
 	case im.JournalSize < MinJournal || im.JournalSize > GiB:
 		return bad("image.journal_size", "%s is outside %s..1GiB", im.JournalSize, MinJournal)
 	case im.JournalSize > im.Quota/4:

@@ -42,6 +42,7 @@ const (
 	PathReclaim        = wire.PathReclaim
 	PathIncidents      = wire.PathIncidents
 	PathCheck          = wire.PathCheck
+	PathResize         = wire.PathResize
 )
 
 // Source is what the control API reports on and acts on: the snapshotter.
@@ -54,6 +55,15 @@ type Source interface {
 	Incidents(ctx context.Context) ([]fsck.Incident, error)
 	// Check runs the online check of a container's or snapshot's image.
 	Check(ctx context.Context, target string) (fsck.CheckResult, error)
+	// Resize changes the quota of a container's or snapshot's image.
+	Resize(ctx context.Context, target string, quota int64) (snapshotter.QuotaOutcome, error)
+}
+
+// ResizeRequest is the body of a resize call: a container id, or a
+// snapshot by its key in snug's store or its id, and its new quota.
+type ResizeRequest struct {
+	Target string `json:"target"`
+	Quota  int64  `json:"quota_bytes"`
 }
 
 // CheckRequest is the body of a check call: a container id, or a snapshot
@@ -159,13 +169,7 @@ func NewServer(src Source, policy string) *http.Server {
 		}
 		out, err := src.Reclaim(r.Context(), req.Snapshot)
 		if err != nil {
-			code := http.StatusInternalServerError
-			if errdefs.IsNotFound(err) {
-				code = http.StatusNotFound
-			} else if errdefs.IsFailedPrecondition(err) {
-				code = http.StatusConflict
-			}
-			writeError(w, code, err)
+			writeError(w, statusOf(err), err)
 			return
 		}
 		if out == nil {
@@ -199,6 +203,18 @@ func NewServer(src Source, policy string) *http.Server {
 				code = http.StatusConflict
 			}
 			writeError(w, code, err)
+			return
+		}
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("POST "+PathResize, func(w http.ResponseWriter, r *http.Request) {
+		var req ResizeRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		out, err := src.Resize(r.Context(), req.Target, req.Quota)
+		if err != nil {
+			writeError(w, statusOf(err), err)
 			return
 		}
 		writeJSON(w, out)
@@ -262,6 +278,19 @@ func peerCred(c net.Conn) *unix.Ucred {
 	return cred
 }
 
+// statusOf is the HTTP status of an error by its errdefs class.
+func statusOf(err error) int {
+	switch {
+	case errdefs.IsNotFound(err):
+		return http.StatusNotFound
+	case errdefs.IsInvalidArgument(err):
+		return http.StatusBadRequest
+	case errdefs.IsFailedPrecondition(err), errdefs.IsConflict(err):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
 func writeError(w http.ResponseWriter, code int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -317,6 +346,12 @@ func (c *Client) Reclaim(ctx context.Context, snapshot string) ([]snapshotter.Re
 func (c *Client) Incidents(ctx context.Context) ([]fsck.Incident, error) {
 	var out []fsck.Incident
 	return out, c.Call(ctx, http.MethodGet, PathIncidents, nil, &out)
+}
+
+// Resize changes the quota of a container's or snapshot's image now.
+func (c *Client) Resize(ctx context.Context, target string, quota int64) (snapshotter.QuotaOutcome, error) {
+	var out snapshotter.QuotaOutcome
+	return out, c.Call(ctx, http.MethodPost, PathResize, ResizeRequest{Target: target, Quota: quota}, &out)
 }
 
 // Check runs the online check of a container's or snapshot's image now.

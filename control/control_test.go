@@ -73,6 +73,16 @@ func (f fakeSource) Check(_ context.Context, target string) (fsck.CheckResult, e
 	return fsck.CheckResult{Snapshot: "7", Result: imagefs.ScrubResult{Method: imagefs.ScrubFrozen}}, f.err
 }
 
+func (f fakeSource) Resize(_ context.Context, target string, quota int64) (snapshotter.QuotaOutcome, error) {
+	switch {
+	case target == "missing":
+		return snapshotter.QuotaOutcome{}, fmt.Errorf("resize %s: %w", target, errdefs.ErrNotFound)
+	case quota < 300<<20:
+		return snapshotter.QuotaOutcome{}, fmt.Errorf("%w: %w: it stores 400MiB", errdefs.ErrInvalidArgument, imagefs.ErrQuotaBelowUsage)
+	}
+	return snapshotter.QuotaOutcome{ID: "7", QuotaChange: imagefs.QuotaChange{QuotaBefore: 256 << 20, QuotaAfter: quota}}, f.err
+}
+
 func serve(t *testing.T, src Source) string {
 	t.Helper()
 	return servePolicy(t, src, "")
@@ -186,6 +196,34 @@ func TestIncidentsAndCheck(t *testing.T) {
 	}
 }
 
+// TestResizeAnswers: a quota change comes back as the daemon did it, and
+// its refusals keep their class over the wire (400 for a quota it refused,
+// 404 for a target it does not know), with the daemon's message.
+func TestResizeAnswers(t *testing.T) {
+	roottest.Require(t) // the control API answers root only
+	c := NewClient(serve(t, fakeSource{}))
+	ctx := context.Background()
+	out, err := c.Resize(ctx, "c1", 1<<30)
+	if err != nil || out.QuotaAfter != 1<<30 || out.QuotaBefore != 256<<20 {
+		t.Fatalf("resize: %+v, %v", out, err)
+	}
+	for _, tc := range []struct {
+		target string
+		quota  int64
+		code   int
+		text   string
+	}{
+		{"c1", 100 << 20, http.StatusBadRequest, "it stores 400MiB"},
+		{"missing", 1 << 30, http.StatusNotFound, "resize missing"},
+	} {
+		_, err := c.Resize(ctx, tc.target, tc.quota)
+		var se *wire.StatusError
+		if !errors.As(err, &se) || se.Code != tc.code || !strings.Contains(err.Error(), tc.text) {
+			t.Errorf("resize %s to %d: %v, want status %d with %q", tc.target, tc.quota, err, tc.code, tc.text)
+		}
+	}
+}
+
 // FuzzControlAPI sends arbitrary requests to every path of the API, as root:
 // whatever the body, the server answers with a status, never panics, and
 // refuses what it cannot decode with 400.
@@ -201,6 +239,8 @@ func FuzzControlAPI(f *testing.F) {
 		{"GET", PathIncidents, ``},
 		{"POST", PathCheck, `{"target":"x","extra":1}`},
 		{"POST", PathReclaim, `[`},
+		{"POST", PathResize, `{"target":"c1","quota_bytes":1073741824}`},
+		{"POST", PathResize, `{"target":"c1","quota_bytes":-1}`},
 	} {
 		f.Add(seed.method, seed.path, []byte(seed.body))
 	}

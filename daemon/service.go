@@ -27,12 +27,36 @@ func (s service) Incidents(context.Context) ([]fsck.Incident, error) {
 // key in snug's store, a snapshot id, or a container id (looked up in
 // every containerd namespace).
 func (s service) Check(ctx context.Context, target string) (fsck.CheckResult, error) {
+	id, err := s.snapshotOf(ctx, "check", target)
+	if err != nil {
+		return fsck.CheckResult{}, err
+	}
+	return s.doctor.Check(ctx, id)
+}
+
+// Resize changes the quota of target's image (as Check names it).
+func (s service) Resize(ctx context.Context, target string, quota int64) (snapshotter.QuotaOutcome, error) {
+	id, err := s.snapshotOf(ctx, "resize", target)
+	if err != nil {
+		return snapshotter.QuotaOutcome{}, err
+	}
+	out, err := s.SetQuota(ctx, id, quota)
+	if target != id {
+		out.Snapshot = target
+	}
+	return out, err
+}
+
+// snapshotOf is the id of the snapshot target names: a snapshot's key in
+// snug's store, a snapshot id, or a container id (looked up in every
+// containerd namespace).
+func (s service) snapshotOf(ctx context.Context, verb, target string) (string, error) {
 	if target == "" {
-		return fsck.CheckResult{}, fmt.Errorf("check: name a container or a snapshot: %w", errdefs.ErrInvalidArgument)
+		return "", fmt.Errorf("%s: name a container or a snapshot: %w", verb, errdefs.ErrInvalidArgument)
 	}
 	id, err := s.SnapshotID(ctx, target)
 	if err != nil && !errdefs.IsNotFound(err) {
-		return fsck.CheckResult{}, err
+		return "", err
 	}
 	if id == "" {
 		if _, _, ok := s.MountedImage(target); ok {
@@ -41,11 +65,11 @@ func (s service) Check(ctx context.Context, target string) (fsck.CheckResult, er
 	}
 	if id == "" && s.ctrd != nil {
 		if id, err = s.ctrd.SnapshotOfContainer(ctx, target); err != nil {
-			return fsck.CheckResult{}, err
+			return "", err
 		}
 	}
 	if id == "" {
-		return fsck.CheckResult{}, fmt.Errorf("check %s: no snapshot or container of that name on snug: %w", target, errdefs.ErrNotFound)
+		return "", fmt.Errorf("%s %s: no snapshot or container of that name on snug: %w", verb, target, errdefs.ErrNotFound)
 	}
-	return s.doctor.Check(ctx, id)
+	return id, nil
 }

@@ -18,6 +18,17 @@ import (
 // journal and room for a first window.
 const MinQuota = 32 << 20
 
+// MaxSize is the largest image: ext4 on a host filesystem of 4 KiB blocks
+// cannot hold a larger file.
+const MaxSize = 16 << 40
+
+// The inode counts Create accepts: ext4 needs a few for itself, and
+// counts inodes in 32 bits.
+const (
+	minInodes = 1024
+	maxInodes = 1<<32 - 1
+)
+
 // MinJournal is the smallest ext4 journal (1024 blocks of 4 KiB).
 const MinJournal = 4 << 20
 
@@ -33,8 +44,14 @@ type CreateOptions struct {
 	Window int64
 	// JournalSize is the ext4 journal size (at least 4 MiB).
 	JournalSize int64
-	// BytesPerInode sets the inode count (mkfs.ext4 -i).
+	// BytesPerInode sets the inode count when Inodes is 0: one inode per
+	// this many bytes of the quota.
 	BytesPerInode int64
+	// Inodes is the most files, directories and links the image holds
+	// (ext4 rounds it up to fill its block groups); 0 derives it from the
+	// quota and BytesPerInode. It is fixed when the image is made: raising
+	// the quota later does not add inodes.
+	Inodes int64
 	// DirectIO attaches the image with direct I/O while Create fills it.
 	DirectIO bool
 	// FastCommit formats the image with ext4 fast commits (see mkfs).
@@ -59,6 +76,12 @@ func (o *CreateOptions) normalize() error {
 		o.Window = o.Quota
 	}
 	o.Ceiling = max(o.Quota, o.Ceiling/loopBlockSize*loopBlockSize)
+	if o.Inodes == 0 {
+		o.Inodes = max(o.Quota/o.BytesPerInode, minInodes)
+	}
+	if o.Inodes < minInodes || o.Inodes > maxInodes {
+		return fmt.Errorf("%d inodes is outside %d..%d", o.Inodes, minInodes, int64(maxInodes))
+	}
 	return nil
 }
 
@@ -90,7 +113,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	if terr != nil || cerr != nil {
 		return fmt.Errorf("create %s: %w", path, HostError(errors.Join(terr, cerr)))
 	}
-	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, BytesPerInode: o.BytesPerInode, FastCommit: o.FastCommit, UUID: uuid}); err != nil {
+	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, Inodes: o.Inodes, FastCommit: o.FastCommit, UUID: uuid}); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	if err := placeBalloon(ctx, tmp, o.Window, o.Quota, o.DirectIO); err != nil {

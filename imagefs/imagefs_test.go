@@ -108,8 +108,11 @@ func writeFiles(t *testing.T, dir string, n int, size int64) {
 }
 
 func TestCreateFootprintIsSmall(t *testing.T) {
-	path, dir := newImage(t, 10*gib, 256*mib)
-	if fp := fileFootprint(t, path); fp > 8*mib {
+	// At the default policy's ceiling (image.max_quota, 32 GiB).
+	path, dir := newImageWith(t, CreateOptions{Quota: 10 * gib, Ceiling: 32 * gib, Window: 256 * mib, DirectIO: true})
+	fp := fileFootprint(t, path)
+	t.Logf("fresh 10 GiB image at a 32 GiB ceiling: %d KiB on the host", fp>>10)
+	if fp > 8*mib {
 		t.Fatalf("fresh 10GiB image costs %d bytes, want <= 8MiB", fp)
 	}
 	st, err := Stat(context.Background(), path)

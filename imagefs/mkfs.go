@@ -9,10 +9,10 @@ import (
 
 // mkfsOptions is how Create formats an image for thin use.
 type mkfsOptions struct {
-	JournalBytes  int64
-	BytesPerInode int64
-	FastCommit    bool
-	UUID          string
+	JournalBytes int64
+	Inodes       int64
+	FastCommit   bool
+	UUID         string
 }
 
 // mkfs formats the file at path as ext4 for a thin image:
@@ -24,6 +24,10 @@ type mkfsOptions struct {
 //   - no resize_inode: its reserved GDT blocks are zeroed at mkfs and cost
 //     4 MiB on a 10 GiB image; snug sizes images at their full quota and
 //     resizes them offline, where resize2fs does not need it;
+//   - a set number of inodes (CreateOptions.Inodes), not one per so many
+//     bytes of the filesystem: an image made at a high ceiling has the
+//     inodes of its quota, and its inode tables, bitmaps and e2fsck time
+//     stay those of a filesystem of that size (docs/benchmarks.md);
 //   - lazy inode tables (mounts use noinit_itable so they stay unwritten);
 //   - nodiscard: the file is new, there is nothing to discard;
 //   - with FastCommit, ext4 fast commits: an fsync that only changes a
@@ -47,7 +51,7 @@ func mkfs(ctx context.Context, path string, o mkfsOptions) error {
 		"-F", "-q", "-t", "ext4", "-b", "4096", "-m", "0",
 		"-O", features,
 		"-J", "size="+strconv.FormatInt(journalMiB, 10),
-		"-i", strconv.FormatInt(o.BytesPerInode, 10),
+		"-N", strconv.FormatInt(o.Inodes, 10),
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
 		"-U", o.UUID, "-L", "snug", path)
 	if err != nil {

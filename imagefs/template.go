@@ -100,7 +100,7 @@ func (t *Templates) Create(ctx context.Context, path string, o CreateOptions) er
 
 // template returns the template for o and its key, making it if needed.
 func (t *Templates) template(ctx context.Context, o CreateOptions) (key, path string, err error) {
-	key = fmt.Sprintf("q%d-c%d-w%d-j%d-i%d-f%t", o.Quota, o.Ceiling, o.Window, o.JournalSize, o.BytesPerInode, o.FastCommit)
+	key = fmt.Sprintf("q%d-c%d-w%d-j%d-n%d-f%t", o.Quota, o.Ceiling, o.Window, o.JournalSize, o.Inodes, o.FastCommit)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.ready[key]; ok {

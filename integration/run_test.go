@@ -15,6 +15,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 )
@@ -299,7 +300,9 @@ func usableBytes(t *testing.T, quota int64) int64 {
 	ctx := context.Background()
 	dir := roottest.TempDir(t)
 	img := filepath.Join(dir, "control.img")
-	if err := imagefs.Create(ctx, img, imagefs.CreateOptions{Quota: quota, DirectIO: true}); err != nil {
+	// Made as the stacks' snug makes it: at the default policy's ceiling.
+	o := imagefs.CreateOptions{Quota: quota, Ceiling: config.Default().Image.MaxQuota.Bytes(), DirectIO: true}
+	if err := imagefs.Create(ctx, img, o); err != nil {
 		t.Fatal(err)
 	}
 	var avail int64

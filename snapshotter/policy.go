@@ -15,9 +15,8 @@ import (
 // snug makes it the quota of the snapshot's thin image.
 const LabelMaxSize = "containerd.io/snapshot/max-size"
 
-// MaxQuota bounds the quota a label may ask for: ext4 on a 4 KiB-block host
-// filesystem cannot hold a larger image file.
-const MaxQuota = 16 << 40
+// MaxQuota bounds the quota a label may ask for (imagefs.MaxSize).
+const MaxQuota = imagefs.MaxSize
 
 // policy is what the snapshotter takes from the TOML policy.
 type policy struct {
@@ -32,6 +31,7 @@ func policyFrom(cfg config.Config) policy {
 	return policy{
 		create: imagefs.CreateOptions{
 			Quota:         int64(cfg.Image.Quota),
+			Ceiling:       int64(cfg.Image.MaxQuota),
 			Window:        int64(cfg.Window.Initial),
 			JournalSize:   int64(cfg.Image.JournalSize),
 			BytesPerInode: int64(cfg.Image.BytesPerInode),
@@ -43,7 +43,9 @@ func policyFrom(cfg config.Config) policy {
 }
 
 // createOptions are the image options for a snapshot with these labels:
-// the policy's, with the quota from LabelMaxSize when it is set.
+// the policy's, with the quota from LabelMaxSize when it is set. The
+// ceiling stays the policy's max_quota, or is the label's quota when that
+// is higher.
 func (p policy) createOptions(labels map[string]string) (imagefs.CreateOptions, error) {
 	o := p.create
 	v, ok := labels[LabelMaxSize]

@@ -60,7 +60,7 @@ func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, templ
 // prefix names the images made with the pool's options.
 func (p *pool) prefix() string {
 	o := p.opts
-	return fmt.Sprintf("q%d-w%d-j%d-i%d-d%t-", o.Quota, o.Window, o.JournalSize, o.BytesPerInode, o.DirectIO)
+	return fmt.Sprintf("q%d-c%d-w%d-j%d-i%d-n%d-d%t-f%t-", o.Quota, o.Ceiling, o.Window, o.JournalSize, o.BytesPerInode, o.Inodes, o.DirectIO, o.FastCommit)
 }
 
 // take moves a ready image to dst and reports whether there was one. Only

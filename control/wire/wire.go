@@ -29,6 +29,7 @@ const (
 	PathReclaim   = "/v1/reclaim"
 	PathIncidents = "/v1/incidents"
 	PathCheck     = "/v1/check"
+	PathResize    = "/v1/resize"
 )
 
 // Container is the body of the container start and stop calls: what an OCI

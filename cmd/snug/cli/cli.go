@@ -45,11 +45,12 @@ const usage = `snug: thin ext4 images for containers
 usage: snug [--config PATH] COMMAND [ARGS]   (--config may follow the command too)
 
 commands:
-  image create --size SIZE [--window SIZE] PATH   make a thin image
+  image create --size SIZE [--ceiling SIZE] [--window SIZE] PATH
+                                                  make a thin image (ceiling: the most its quota can grow to)
   image inspect [--json] PATH...                  quota, window, used, footprint, swell, health
   image grow (--window SIZE | --free SIZE) PATH   grow the packing window
   image reclaim [--headroom SIZE] [--json] PATH   trim and repack: give space back to the host
-  image shrink --size SIZE PATH                   lower the quota of an unmounted image
+  image shrink --size SIZE PATH                   lower the ceiling (and quota) of an unmounted image
   image check [--json] PATH                       e2fsck -fn an unmounted image
   image repair [--mode yes|preen] [--json] PATH   e2fsck to fix an unmounted image
   image mount [--ro] PATH DIR                     attach and mount an image
@@ -57,6 +58,7 @@ commands:
   serve [--log-level LEVEL]                       run the daemon: containerd's snapshotter plugin
   status [--json]                                 every image the daemon serves
   reclaim [--json] [SNAPSHOT]                     repack one snapshot's image now, or all
+  resize --quota SIZE [--json] CONTAINER|SNAPSHOT change a running container's quota (up to its ceiling)
   incidents [--json] [ID]                         ext4 errors and what snug did: timeline, e2fsck reports
   check [--json] CONTAINER|SNAPSHOT               online e2fsck -fn of a running container's image
   hook createRuntime|prestart|poststop            the OCI hook (state on stdin)
@@ -92,6 +94,8 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 		return c.status(ctx, args[1:])
 	case "reclaim":
 		return c.reclaim(ctx, args[1:])
+	case "resize":
+		return c.resize(ctx, args[1:])
 	case "incidents":
 		return c.incidents(ctx, args[1:])
 	case "check":

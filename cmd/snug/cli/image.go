@@ -40,8 +40,9 @@ func (c *CLI) onePath(name string, fs *flag.FlagSet, args []string) (string, int
 
 func (c *CLI) imageCreate(ctx context.Context, args []string) int {
 	fs := c.flagSet("image create")
-	var size, window sizeFlag
-	fs.Var(&size, "size", "quota: the image size (default: image.quota of the policy)")
+	var size, ceiling, window sizeFlag
+	fs.Var(&size, "size", "quota: the most its container can store (default: image.quota of the policy)")
+	fs.Var(&ceiling, "ceiling", "the filesystem's size: the most the quota can be raised to online (default: image.max_quota, or the quota)")
 	fs.Var(&window, "window", "initial packing window (default: window.initial)")
 	path, code := c.onePath("image create", fs, args)
 	if code != exitOK {
@@ -52,7 +53,7 @@ func (c *CLI) imageCreate(ctx context.Context, args []string) int {
 		return c.fail(err)
 	}
 	o := imagefs.CreateOptions{
-		Quota: cfg.Image.Quota.Bytes(), Window: cfg.Window.Initial.Bytes(),
+		Quota: cfg.Image.Quota.Bytes(), Ceiling: cfg.Image.MaxQuota.Bytes(), Window: cfg.Window.Initial.Bytes(),
 		JournalSize: cfg.Image.JournalSize.Bytes(), BytesPerInode: cfg.Image.BytesPerInode.Bytes(),
 		DirectIO: cfg.Image.DirectIO, FastCommit: cfg.Image.FastCommit,
 	}
@@ -62,6 +63,9 @@ func (c *CLI) imageCreate(ctx context.Context, args []string) int {
 	if window.set {
 		o.Window = window.v.Bytes()
 	}
+	if ceiling.set {
+		o.Ceiling = ceiling.v.Bytes()
+	}
 	if err := imagefs.Create(ctx, path, o); err != nil {
 		return c.fail(err)
 	}
@@ -69,8 +73,8 @@ func (c *CLI) imageCreate(ctx context.Context, args []string) int {
 	if err != nil {
 		return c.fail(err)
 	}
-	fmt.Fprintf(c.stdout, "created %s: quota %s, window %s, footprint %s\n",
-		path, config.FormatBytes(st.QuotaBytes), config.FormatBytes(st.WindowBytes), config.FormatBytes(st.FootprintBytes))
+	fmt.Fprintf(c.stdout, "created %s: quota %s, ceiling %s, window %s, footprint %s\n", path, config.FormatBytes(st.QuotaBytes),
+		config.FormatBytes(st.CeilingBytes), config.FormatBytes(st.WindowBytes), config.FormatBytes(st.FootprintBytes))
 	return exitOK
 }
 
