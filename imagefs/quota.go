@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -76,6 +78,20 @@ func writeQuota(f *os.File, quota int64) error {
 	return nil
 }
 
+// Quota returns the mounted image's quota.
+func (m *Mounted) Quota() (int64, error) {
+	sb, err := ReadSuperblock(m.Image)
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.Open(balloonPath(m.Dir))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", m.Image, err)
+	}
+	defer f.Close()
+	return readQuota(f, sb.Size())
+}
+
 // QuotaChange says what SetQuota did.
 type QuotaChange struct {
 	QuotaBefore   int64 `json:"quota_before_bytes"`
@@ -117,7 +133,7 @@ func (m *Mounted) SetQuota(ctx context.Context, quota int64) (QuotaChange, error
 		case quota > b.fsSize:
 			return fmt.Errorf("%w: %s is above the ceiling %s", ErrQuotaAboveCeiling, fmtBytes(quota), fmtBytes(b.fsSize))
 		}
-		need := quotaFloor(&sfs, quota) - ch.BalloonBefore
+		need := quotaFloor(&sfs, quota, reserveBytes(b.sysfs, sfs.Bsize)) - ch.BalloonBefore
 		if need > avail {
 			return fmt.Errorf("%w: it stores %s, more than a quota of %s holds",
 				ErrQuotaBelowUsage, fmtBytes(ch.UsedBytes), fmtBytes(quota))
@@ -197,16 +213,33 @@ func (b *balloon) floor() (int64, error) {
 	if err := unix.Fstatfs(int(b.f.Fd()), &sfs); err != nil {
 		return 0, err
 	}
-	return quotaFloor(&sfs, b.quota), nil
+	return quotaFloor(&sfs, b.quota, reserveBytes(b.sysfs, sfs.Bsize)), nil
 }
 
 // quotaFloor is the least the balloon must hold so that files can take no
 // more than quota: statfs's block count (the filesystem less ext4's own
-// metadata) less the quota. The quota so counts what files and directories
-// use, as a filesystem of the quota's size would, and the metadata of a
-// larger ceiling costs the container nothing.
-func quotaFloor(sfs *unix.Statfs_t, quota int64) int64 {
-	return max(0, int64(sfs.Blocks)*sfs.Bsize-quota)
+// metadata) less the quota and less ext4's reserve (resv bytes: free blocks
+// it keeps back from ordinary allocations, up to 16 MiB, which is not the
+// container's to use either way). Files and directories so get the whole
+// quota, and the metadata and reserve of a larger ceiling cost the
+// container nothing.
+func quotaFloor(sfs *unix.Statfs_t, quota, resv int64) int64 {
+	return max(0, int64(sfs.Blocks)*sfs.Bsize-quota-resv)
+}
+
+// reserveBytes is ext4's reserve of the filesystem whose sysfs directory
+// is dir (reserved_clusters; snug's images have one block per cluster),
+// 0 if it cannot be read: the floor is then higher, never lower.
+func reserveBytes(dir string, bsize int64) int64 {
+	b, err := os.ReadFile(filepath.Join(dir, "reserved_clusters"))
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n * bsize
 }
 
 func fmtBytes(n int64) string {

@@ -166,3 +166,16 @@ func TestReclaimKeepsTheQuotaFloor(t *testing.T) {
 		t.Fatalf("used %d + free %d MiB > quota 128 MiB", st.UsedBytes>>20, st.FreeBytes>>20)
 	}
 }
+
+// FuzzParseQuota: a quota record read from an image (which a crafted image
+// can hold anything in) is a quota of at least MinQuota or an error.
+func FuzzParseQuota(f *testing.F) {
+	for _, s := range []string{"268435456", "0", "-1", "", "1e9", "99999999999999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if q, err := parseQuota(s); err == nil && q < MinQuota {
+			t.Fatalf("%q: quota %d", s, q)
+		}
+	})
+}

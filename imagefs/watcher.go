@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -591,7 +592,7 @@ func (iw *watched) quotaFloor(sfs *unix.Statfs_t) int64 {
 	if err != nil {
 		return 0
 	}
-	return quotaFloor(sfs, q)
+	return quotaFloor(sfs, q, reserveBytes(filepath.Join("/sys/fs/ext4", iw.m.sysfsName()), sfs.Bsize))
 }
 
 // start runs op for iw in its own goroutine unless one runs already.

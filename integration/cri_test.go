@@ -2,14 +2,18 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
 
 	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/internal/roottest"
@@ -48,6 +52,7 @@ func TestKubernetesCRI(t *testing.T) {
 	cri := fmt.Sprintf(`
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "snug"
+  stats_collect_period = 1
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "localhost/snug-pause:latest"
 [plugins."io.containerd.cri.v1.runtime"]
@@ -55,7 +60,8 @@ func TestKubernetesCRI(t *testing.T) {
   restrict_oom_score_adj = true
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-  container_annotations = ["io.snugfs.*"]
+  container_annotations = ["io.snugfs.*", "containerd.io/snapshot/max-size"]
+  pod_annotations = ["io.snugfs.*", "containerd.io/snapshot/max-size"]
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
   BinaryName = %q
   # This stack's own runc state, not the host's /run/containerd/runc.
@@ -146,6 +152,62 @@ func TestKubernetesCRI(t *testing.T) {
 	}
 	run("rm", cid)
 
+	// Quotas from Kubernetes: CRI passes no snapshot labels, so snug reads
+	// the quota annotations when the container starts and sets them before
+	// its process runs. A container's own (io.snugfs.quota), and a pod's
+	// (containerd.io/snapshot/max-size, in bytes, passed to its containers
+	// by pod_annotations): dd stops with ENOSPC at the quota.
+	fill := func(cid string) int64 {
+		t.Helper()
+		out := run("exec", cid, "/bin/sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=1024 2>&1; sync; du -sm /fill")
+		if !strings.Contains(out, "No space left on device") {
+			t.Fatalf("no ENOSPC in %s:\n%s", cid, out)
+		}
+		for _, im := range s.status() {
+			if strings.HasSuffix(im.Snapshot, "/"+cid) {
+				t.Logf("%s: quota %d MiB, stores %d MiB at ENOSPC", cid, im.QuotaBytes>>20, im.UsedBytes>>20)
+				return im.QuotaBytes
+			}
+		}
+		t.Fatalf("no image for %s", cid)
+		return 0
+	}
+	ctr3JSON := writeFile(t, dir, "ctr3.json", `{
+  "metadata": {"name": "quota"},
+  "image": {"image": "localhost/snug-test:latest"},
+  "command": ["/bin/sleep", "600"],
+  "annotations": {"io.snugfs.quota": "96MiB"},
+  "log_path": "quota.log",
+  "linux": {}
+}`)
+	cid3 := run("create", pod, ctr3JSON, podJSON)
+	run("start", cid3)
+	// kubelet's view: CRI's container stats of the writable layer are
+	// snug's Usage (the image's host footprint, its inodes in use).
+	run("exec", cid3, "/bin/sh", "-c", "mkdir /many; i=0; while [ $i -lt 300 ]; do echo $i > /many/$i; i=$((i+1)); done; dd if=/dev/urandom of=/blob bs=1M count=20 2>/dev/null; sync")
+	s.requireCRIStats(t, run, cid3)
+	if q := fill(cid3); q != 96<<20 {
+		t.Errorf("container annotated io.snugfs.quota=96MiB has quota %d", q)
+	}
+	run("rm", "-f", cid3)
+	pod2JSON := writeFile(t, dir, "pod2.json", fmt.Sprintf(`{
+  "metadata": {"name": "quota-pod", "namespace": "default", "uid": "quota-pod-uid", "attempt": 0},
+  "annotations": {"containerd.io/snapshot/max-size": "134217728"},
+  "log_directory": %q,
+  "linux": {"security_context": {"namespace_options": {"network": 2}}}
+}`, filepath.Join(dir, "pod2-logs")))
+	pod2 := run("runp", pod2JSON)
+	t.Cleanup(func() {
+		exec.Command(crictl, "--runtime-endpoint", "unix://"+s.socket(), "stopp", pod2).Run()
+		exec.Command(crictl, "--runtime-endpoint", "unix://"+s.socket(), "rmp", "-f", pod2).Run()
+	})
+	cid4 := run("create", pod2, ctr2JSONFor(t, dir, "in-quota-pod"), pod2JSON)
+	run("start", cid4)
+	if q := fill(cid4); q != 128<<20 {
+		t.Errorf("container of a pod annotated max-size=134217728 has quota %d", q)
+	}
+	run("rm", "-f", cid4)
+
 	// An ext4 error in a Kubernetes container's image: snug repairs it and
 	// leaves the restart to the kubelet (a task started behind CRI's back
 	// would run unseen by it); CRI sees the container exited.
@@ -183,6 +245,60 @@ func TestKubernetesCRI(t *testing.T) {
 	if state != "CONTAINER_EXITED" {
 		t.Errorf("CRI says the repaired container is %q, want CONTAINER_EXITED", state)
 	}
+}
+
+// requireCRIStats waits (up to 15 s: CRI refreshes its snapshot usage
+// every stats_collect_period) until `crictl stats` of container cid shows
+// the writable layer snug's Usage reports for it, and fails if it never
+// does.
+func (s *stack) requireCRIStats(t *testing.T, run func(...string) string, cid string) {
+	t.Helper()
+	key := "" // snug's key of the container's snapshot: containerd's namespace/n/cid
+	for _, im := range s.status() {
+		if strings.HasSuffix(im.Snapshot, "/"+cid) {
+			key = im.Snapshot
+		}
+	}
+	var got, want snapshots.Usage
+	for end := time.Now().Add(15 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		var st struct {
+			Stats []struct {
+				WritableLayer struct {
+					UsedBytes  struct{ Value string } `json:"usedBytes"`
+					InodesUsed struct{ Value string } `json:"inodesUsed"`
+				} `json:"writableLayer"`
+			} `json:"stats"`
+		}
+		out := run("stats", "-o", "json", "--id", cid)
+		if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Stats) != 1 {
+			t.Fatalf("crictl stats -o json: %v\n%s", err, out)
+		}
+		got.Size, _ = strconv.ParseInt(st.Stats[0].WritableLayer.UsedBytes.Value, 10, 64)
+		got.Inodes, _ = strconv.ParseInt(st.Stats[0].WritableLayer.InodesUsed.Value, 10, 64)
+		u, err := s.snug.Snapshotter(t).Usage(context.Background(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = u
+		if got == want {
+			t.Logf("crictl stats %s: writable layer %d bytes, %d inodes, as snug's Usage", cid, got.Size, got.Inodes)
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("crictl stats %s: writable layer %+v; snug's Usage %+v", cid, got, want)
+		}
+	}
+}
+
+// ctr2JSONFor writes a plain container config named name (sleep 600).
+func ctr2JSONFor(t *testing.T, dir, name string) string {
+	return writeFile(t, dir, name+".json", fmt.Sprintf(`{
+  "metadata": {"name": %q},
+  "image": {"image": "localhost/snug-test:latest"},
+  "command": ["/bin/sleep", "600"],
+  "log_path": "%s.log",
+  "linux": {}
+}`, name, name))
 }
 
 // restartContainerd stops containerd and starts it again on the same config.

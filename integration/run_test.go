@@ -307,6 +307,10 @@ func usableBytes(t *testing.T, quota int64) int64 {
 	}
 	var avail int64
 	err := imagefs.WithMount(ctx, img, imagefs.MountOptions{DirectIO: true}, func(m *imagefs.Mounted) error {
+		// The window grown as far as the quota lets it.
+		if _, err := m.EnsureFree(ctx, quota); err != nil {
+			return err
+		}
 		var sfs unix.Statfs_t
 		if err := unix.Statfs(m.Dir, &sfs); err != nil {
 			return err

@@ -40,9 +40,10 @@ type ContainerImage struct {
 }
 
 // ContainerStarting is the prestart hook: it notes the container on its
-// image, applies the class its annotation picks, and makes sure the window
-// has the class's headroom free before the process starts. A container that
-// is not on snug is not an error: it gets an empty ContainerImage.
+// image, applies the class and the quota its annotations pick, and makes
+// sure the window has the class's headroom free before the process starts.
+// A container that is not on snug is not an error: it gets an empty
+// ContainerImage.
 func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (ContainerImage, error) {
 	st, err := s.resolve(c, false)
 	if err != nil || st == nil {
@@ -65,6 +66,9 @@ func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (Conta
 			old.container = "" // the id now runs on another image
 			old.mu.Unlock()
 		}
+	}
+	if err := s.applyAnnotatedQuota(ctx, st, c.Annotations); err != nil {
+		return ContainerImage{}, err
 	}
 	st.mu.Lock()
 	st.container, st.running, st.startedAt = c.ID, true, time.Now()

@@ -12,6 +12,59 @@ import (
 	"github.com/snugfs/snug/imagefs"
 )
 
+// The OCI annotations that set a container's quota when it starts, for
+// Kubernetes, whose CRI passes no snapshot labels: AnnotationMaxSize is
+// LabelMaxSize's name and form (bytes), as containerd PR 14070 passes it,
+// so pods keep working if containerd adopts it; AnnotationQuota is snug's
+// own and takes a size with a unit ("512MiB"). AnnotationQuota wins when
+// both are set.
+const (
+	AnnotationMaxSize = LabelMaxSize
+	AnnotationQuota   = "io.snugfs.quota"
+)
+
+// annotatedQuota is the quota a container's annotations ask for, if any.
+// A value snug cannot honour is an invalid argument naming the annotation.
+func annotatedQuota(annotations map[string]string) (quota int64, key string, ok bool, err error) {
+	if v, found := annotations[AnnotationQuota]; found {
+		size, err := config.ParseSize(v)
+		if err != nil {
+			return 0, AnnotationQuota, true, fmt.Errorf("annotation %s=%q: %w: %w", AnnotationQuota, truncate(v, 80), err, errdefs.ErrInvalidArgument)
+		}
+		if q := size.Bytes(); q < imagefs.MinQuota || q > MaxQuota {
+			return 0, AnnotationQuota, true, fmt.Errorf("annotation %s=%q: must be between 32MiB and 16TiB: %w", AnnotationQuota, truncate(v, 80), errdefs.ErrInvalidArgument)
+		}
+		return size.Bytes(), AnnotationQuota, true, nil
+	}
+	if v, found := annotations[AnnotationMaxSize]; found {
+		q, err := parseMaxSize(v)
+		if err != nil {
+			return 0, AnnotationMaxSize, true, fmt.Errorf("annotation: %w", err)
+		}
+		return q, AnnotationMaxSize, true, nil
+	}
+	return 0, "", false, nil
+}
+
+// applyAnnotatedQuota sets the quota a starting container's annotations
+// ask for, before its process runs. An image that has it already is left
+// alone, so a restart changes nothing.
+func (s *Snapshotter) applyAnnotatedQuota(ctx context.Context, st *imageState, annotations map[string]string) error {
+	quota, key, ok, err := annotatedQuota(annotations)
+	if err != nil || !ok {
+		return err
+	}
+	if have, err := st.m.Quota(); err != nil {
+		return fmt.Errorf("snapshot %s: %w", st.id, err)
+	} else if have == quota/4096*4096 {
+		return nil
+	}
+	if _, err := s.SetQuota(ctx, st.id, quota); err != nil {
+		return fmt.Errorf("annotation %s: %w", key, err)
+	}
+	return nil
+}
+
 // QuotaOutcome is what a quota change did.
 type QuotaOutcome struct {
 	Snapshot string `json:"snapshot,omitempty"`
