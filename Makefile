@@ -52,6 +52,7 @@ fuzz:
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzDecodeFiemap$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzParseMaxSize$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzAnnotatedQuota$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./snapshotter -run '^$$' -fuzz '^FuzzParseInodes$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzParseQuota$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzParseRuncArgs$$' -fuzztime $(FUZZTIME)

@@ -104,6 +104,10 @@ type ImagePolicy struct {
 	// BytesPerInode sets a new image's inode count: one inode per this many
 	// bytes of its quota when it is made (the ceiling adds none).
 	BytesPerInode Size `toml:"bytes_per_inode"`
+	// Inodes is a new image's inode count: the most files, directories and
+	// symlinks its container can make. 0 derives it from BytesPerInode.
+	// The label containerd.io/snapshot/snug.inodes overrides it.
+	Inodes int64 `toml:"inodes"`
 	// DirectIO attaches loop devices with direct I/O, so image data is not
 	// cached twice (in the container's and in the host's page cache).
 	DirectIO bool `toml:"direct_io"`

@@ -71,6 +71,8 @@ func (c Config) validate() error {
 		return bad("image.journal_size", "%s is outside %s..1GiB", im.JournalSize, MinJournal)
 	case im.JournalSize > im.Quota/4:
 		return bad("image.journal_size", "%s is more than a quarter of image.quota %s", im.JournalSize, im.Quota)
+	case im.Inodes != 0 && (im.Inodes < imagefs.MinInodes || im.Inodes > imagefs.MaxInodes):
+		return bad("image.inodes", "%d is outside %d..%d (0 derives it from bytes_per_inode)", im.Inodes, imagefs.MinInodes, int64(imagefs.MaxInodes))
 	case im.BytesPerInode < 1024 || im.BytesPerInode > 64*MiB:
 		return bad("image.bytes_per_inode", "%s is outside 1KiB..64MiB", im.BytesPerInode)
 	case c.Fsck.Repair != "yes" && c.Fsck.Repair != "preen":

@@ -25,8 +25,8 @@ const MaxSize = 16 << 40
 // The inode counts Create accepts: ext4 needs a few for itself, and
 // counts inodes in 32 bits.
 const (
-	minInodes = 1024
-	maxInodes = 1<<32 - 1
+	MinInodes = 1024
+	MaxInodes = 1<<32 - 1
 )
 
 // MinJournal is the smallest ext4 journal (1024 blocks of 4 KiB).
@@ -77,10 +77,10 @@ func (o *CreateOptions) normalize() error {
 	}
 	o.Ceiling = max(o.Quota, o.Ceiling/loopBlockSize*loopBlockSize)
 	if o.Inodes == 0 {
-		o.Inodes = max(o.Quota/o.BytesPerInode, minInodes)
+		o.Inodes = max(o.Quota/o.BytesPerInode, MinInodes)
 	}
-	if o.Inodes < minInodes || o.Inodes > maxInodes {
-		return fmt.Errorf("%d inodes is outside %d..%d", o.Inodes, minInodes, int64(maxInodes))
+	if o.Inodes < MinInodes || o.Inodes > MaxInodes {
+		return fmt.Errorf("%d inodes is outside %d..%d", o.Inodes, MinInodes, int64(MaxInodes))
 	}
 	return nil
 }
