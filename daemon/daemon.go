@@ -87,6 +87,7 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 		ctrd = fsck.NewContainerd(cfg.ContainerdAddress, sn)
 		defer ctrd.Close()
 		ctrs = ctrd
+		sn.SetAnnotationSource(ctrd.Annotations)
 	}
 	doctor, err := fsck.NewDoctor(filepath.Join(cfg.Root, "incidents"), cfg.Fsck, sn, ctrs)
 	if err != nil {

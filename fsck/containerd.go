@@ -2,6 +2,7 @@ package fsck
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
@@ -342,6 +343,33 @@ func (f fixedIO) Config() cio.Config { return f.cfg }
 func (fixedIO) Cancel()              {}
 func (fixedIO) Wait()                {}
 func (fixedIO) Close() error         { return nil }
+
+// Annotations returns the OCI annotations of the container in namespace
+// whose root is containerd's snapshot key (a container's snapshot key is
+// its id for ctr and CRI); nil when no container has that root.
+func (c *Containerd) Annotations(ctx context.Context, namespace, key string) (map[string]string, error) {
+	cl, err := c.get()
+	if err != nil {
+		return nil, err
+	}
+	ctr, err := cl.ContainerService().Get(namespaces.WithNamespace(ctx, namespace), key)
+	if errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("container %s/%s: %w", namespace, key, err)
+	}
+	if ctr.SnapshotKey != key || ctr.Spec == nil {
+		return nil, nil
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(ctr.Spec.GetValue(), &spec); err != nil {
+		return nil, fmt.Errorf("container %s/%s: its OCI spec: %w", namespace, key, err)
+	}
+	return spec.Annotations, nil
+}
 
 // SnapshotOfContainer finds, in every namespace, the container with this
 // id and returns snug's snapshot id of its root ("" when there is none,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,8 +39,8 @@ type balloon struct {
 func balloonPath(dir string) string { return filepath.Join(dir, MetaDir, balloonName) }
 
 // createBalloon makes /.snug and an empty balloon in a fresh filesystem,
-// with the quota recorded on it.
-func createBalloon(dir string, quota int64) error {
+// with the quota and the inode count asked for (0: none) recorded on it.
+func createBalloon(dir string, quota, inodes int64) error {
 	if err := os.Mkdir(filepath.Join(dir, MetaDir), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
@@ -47,7 +48,11 @@ func createBalloon(dir string, quota int64) error {
 	if err != nil {
 		return err
 	}
-	return errors.Join(writeQuota(f, quota), f.Close())
+	err = writeQuota(f, quota)
+	if err == nil && inodes > 0 {
+		err = unix.Fsetxattr(int(f.Fd()), inodesXattr, []byte(strconv.FormatInt(inodes, 10)), 0)
+	}
+	return errors.Join(err, f.Close())
 }
 
 // openBalloon opens the balloon of the filesystem mounted at dir from

@@ -116,7 +116,7 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	if err := mkfs(ctx, tmp, mkfsOptions{JournalBytes: o.JournalSize, Inodes: o.Inodes, FastCommit: o.FastCommit, UUID: uuid}); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
-	if err := placeBalloon(ctx, tmp, o.Window, o.Quota, o.DirectIO); err != nil {
+	if err := placeBalloon(ctx, tmp, o.Window, o.Quota, o.Inodes, o.DirectIO); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	return publishImage(tmp, path)
@@ -154,13 +154,13 @@ func publishImage(tmp, path string) error {
 
 // placeBalloon mounts a fresh or shrunk image privately and inflates its
 // balloon so that only the first window bytes are free.
-func placeBalloon(ctx context.Context, path string, window, quota int64, directIO bool) error {
+func placeBalloon(ctx context.Context, path string, window, quota, inodes int64, directIO bool) error {
 	m, err := mountPrivate(ctx, path, MountOptions{DirectIO: directIO})
 	if err != nil {
 		return err
 	}
 	failpoint.Inject("create-mounted")
-	err = createBalloon(m.Dir, quota)
+	err = createBalloon(m.Dir, quota, inodes)
 	if err == nil {
 		err = m.resetWindow(ctx, window)
 	}

@@ -209,7 +209,7 @@ func shrinkCopy(ctx context.Context, tmp string, size, quota, window int64, dire
 	if err := os.Truncate(tmp, size); err != nil {
 		return err
 	}
-	if err := placeBalloon(ctx, tmp, min(window, quota), quota, directIO); err != nil {
+	if err := placeBalloon(ctx, tmp, min(window, quota), quota, 0, directIO); err != nil {
 		return err
 	}
 	res, err = e2fsck(ctx, tmp, "check", "-f", "-n")

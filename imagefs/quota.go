@@ -29,6 +29,29 @@ import (
 // quota equal to its ceiling.
 const quotaXattr = "trusted.snug.quota"
 
+// inodesXattr records, on the balloon, the inode count the image was made
+// for (CreateOptions.Inodes; ext4 rounds it up), so a later request for
+// the same count is known to be met.
+const inodesXattr = "trusted.snug.inodes"
+
+// InodesAsked returns the inode count the mounted image was made for, 0
+// when it does not record one (an older image, or one shrunk offline).
+func (m *Mounted) InodesAsked() (int64, error) {
+	buf := make([]byte, 32)
+	n, err := unix.Getxattr(balloonPath(m.Dir), inodesXattr, buf)
+	if errors.Is(err, unix.ENODATA) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", m.Image, err)
+	}
+	v, err := strconv.ParseInt(string(buf[:n]), 10, 64)
+	if err != nil || v < 0 {
+		return 0, nil
+	}
+	return v, nil
+}
+
 // ErrQuotaAboveCeiling is returned when a quota would exceed the image's
 // ceiling (its filesystem size).
 var ErrQuotaAboveCeiling = errors.New("quota above the image's ceiling")

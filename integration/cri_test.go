@@ -176,7 +176,7 @@ func TestKubernetesCRI(t *testing.T) {
   "metadata": {"name": "quota"},
   "image": {"image": "localhost/snug-test:latest"},
   "command": ["/bin/sleep", "600"],
-  "annotations": {"io.snugfs.quota": "96MiB"},
+  "annotations": {"io.snugfs.quota": "96MiB", "io.snugfs.inodes": "5000"},
   "log_path": "quota.log",
   "linux": {}
 }`)
@@ -188,6 +188,20 @@ func TestKubernetesCRI(t *testing.T) {
 	s.requireCRIStats(t, run, cid3)
 	if q := fill(cid3); q != 96<<20 {
 		t.Errorf("container annotated io.snugfs.quota=96MiB has quota %d", q)
+	}
+	// Its inode count, from io.snugfs.inodes (the image was made again
+	// for it when containerd asked for the root's mounts, before the
+	// container ran): a small-file writer meets ENOSPC at the limit.
+	run("exec", cid3, "/bin/rm", "-f", "/fill")
+	out = run("exec", cid3, "/bin/sh", "-c", "mkdir /inodes; i=0; while echo -n 2>/dev/null >/inodes/$i; do i=$((i+1)); done; echo $i")
+	for _, im := range s.status() {
+		if strings.HasSuffix(im.Snapshot, "/"+cid3) {
+			made, _ := strconv.ParseInt(out, 10, 64)
+			t.Logf("%s: %d inodes, %d files made before ENOSPC", cid3, im.InodesTotal, made)
+			if im.InodesTotal < 5000 || im.InodesTotal > 5000+4096 || made > im.InodesTotal || made < im.InodesTotal-400 {
+				t.Errorf("container annotated io.snugfs.inodes=5000: %d inodes, %d files made", im.InodesTotal, made)
+			}
+		}
 	}
 	run("rm", "-f", cid3)
 	pod2JSON := writeFile(t, dir, "pod2.json", fmt.Sprintf(`{

@@ -41,6 +41,10 @@ type imageState struct {
 	queued      bool // a reclaim is scheduled
 	removed     bool
 
+	// annotated: the annotations of the container on this image were
+	// applied (at a Mounts call; see applyStartAnnotations).
+	annotated atomic.Bool
+
 	grows, growBytes       atomic.Int64
 	reclaims, reclaimBytes atomic.Int64
 	trimmedBytes, fulls    atomic.Int64

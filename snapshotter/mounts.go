@@ -15,6 +15,9 @@ import (
 )
 
 // Mounts returns the mounts of the active or view snapshot key, again.
+// containerd asks for a container's root when it creates its task, before
+// the root is mounted: the quota and inode count the container's
+// annotations ask for are applied then (applyStartAnnotations).
 func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
 	var snap storage.Snapshot
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
@@ -29,6 +32,11 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 	}
 	if err := s.imagesSound(snap); err != nil {
 		return nil, fmt.Errorf("mounts of %s: %w", key, err)
+	}
+	if snap.Kind == snapshots.KindActive {
+		if err := s.applyStartAnnotations(ctx, snap.ID, key, snap.ParentIDs); err != nil {
+			return nil, fmt.Errorf("mounts of %s: %w", key, err)
+		}
 	}
 	return s.mounts(snap), nil
 }

@@ -59,6 +59,9 @@ type Snapshotter struct {
 	// reclaimSlots bounds the repacks running at once.
 	reclaimSlots chan struct{}
 	totals       totals
+	// annotations looks up a container's OCI annotations in containerd
+	// (SetAnnotationSource); nil without containerd.
+	annotations atomic.Pointer[AnnotationSource]
 
 	closeOnce sync.Once
 }

@@ -1,0 +1,139 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// AnnotationInodes is the OCI annotation of a container's inode count,
+// for Kubernetes as AnnotationQuota is for its quota.
+const AnnotationInodes = "io.snugfs.inodes"
+
+// AnnotationSource looks up the OCI annotations of the container in
+// namespace whose root is containerd's snapshot key: nil, nil when no
+// container has it.
+type AnnotationSource func(ctx context.Context, namespace, key string) (map[string]string, error)
+
+// SetAnnotationSource lets the snapshotter read a container's annotations
+// from containerd when containerd asks for its root's mounts, which it does
+// when it creates the task, before the root is mounted: the quota and the
+// inode count the annotations ask for are applied then, with or without
+// snug's hooks.
+func (s *Snapshotter) SetAnnotationSource(src AnnotationSource) {
+	s.annotations.Store(&src)
+}
+
+// applyStartAnnotations applies the quota and inode annotations of the
+// container whose root is the active snapshot id (containerd's name for it
+// is name), once per image. The inode count of an image is fixed when it is
+// made, so an image asked for another count is made again, while its upper
+// directory is empty and no overlay holds it: that is, before the
+// container's first start. Later, a different count is refused.
+func (s *Snapshotter) applyStartAnnotations(ctx context.Context, id, name string, parentIDs []string) error {
+	srcp := s.annotations.Load()
+	st := s.image(id)
+	if srcp == nil || *srcp == nil || st == nil || st.annotated.Load() {
+		return nil
+	}
+	ns, key, ok := splitContainerdKey(name)
+	if !ok {
+		return nil
+	}
+	ann, err := (*srcp)(ctx, ns, key)
+	if err != nil {
+		// containerd answers its own call's lookup; if it cannot, the hook
+		// still applies the quota at start.
+		log.G(ctx).WithError(err).WithField("snapshot", id).Warn("annotations of the container not read")
+		return nil
+	}
+	if ann == nil {
+		return nil // no container on it (yet): an unpack, a view by hand
+	}
+	if v, found := ann[AnnotationInodes]; found {
+		n, err := parseInodes("annotation "+AnnotationInodes, v)
+		if err != nil {
+			return err
+		}
+		if err := s.ensureInodes(ctx, st, name, n, parentIDs); err != nil {
+			return fmt.Errorf("annotation %s: %w", AnnotationInodes, err)
+		}
+		if st = s.image(id); st == nil {
+			return fmt.Errorf("snapshot %s: not served after its image was made again: %w", id, errdefs.ErrUnavailable)
+		}
+	}
+	if err := s.applyAnnotatedQuota(ctx, st, ann); err != nil {
+		return err
+	}
+	st.annotated.Store(true)
+	return nil
+}
+
+// ensureInodes makes st's image (the snapshot name) again with n inodes,
+// unless it was made for n already. Only an image nothing was written to
+// can be made again.
+func (s *Snapshotter) ensureInodes(ctx context.Context, st *imageState, name string, n int64, parentIDs []string) error {
+	if asked, err := st.m.InodesAsked(); err != nil {
+		return err
+	} else if asked == n {
+		return nil
+	}
+	upper := s.upperPath(st.id)
+	entries, err := os.ReadDir(upper)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", st.id, err)
+	}
+	used, err := s.imagesInUse()
+	if err != nil {
+		return err
+	}
+	if len(entries) > 0 || used[st.id] {
+		return fmt.Errorf("snapshot %s holds data already, and ext4 fixes an image's inode count when it is made: %w", st.id, errdefs.ErrFailedPrecondition)
+	}
+	quota, err := st.m.Quota()
+	if err != nil {
+		return err
+	}
+	var info snapshots.Info
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		_, info, _, err = storage.GetInfo(ctx, name)
+		return err
+	}); err != nil {
+		return err
+	}
+	o, err := s.policy().createOptions(info.Labels)
+	if err != nil {
+		return err
+	}
+	o.Quota, o.Inodes = quota, n
+	var made error
+	err = s.Offline(ctx, st.id, func(image string) error {
+		// A failure here keeps the image as it was: it is no damage.
+		tmp := image + ".inodes"
+		os.Remove(tmp)
+		if made = s.templates.Create(ctx, tmp, o); made != nil {
+			return nil
+		}
+		if made = os.Rename(tmp, image); made != nil {
+			os.Remove(tmp)
+		}
+		return nil
+	})
+	if err = errors.Join(made, err); err != nil {
+		return fmt.Errorf("snapshot %s: make its image again: %w", st.id, err)
+	}
+	if len(parentIDs) > 0 {
+		// As at Prepare: the new upper dir takes the owner of the parent's root.
+		if err := chownLike(upper, s.layerPath(parentIDs[0])); err != nil {
+			return fmt.Errorf("snapshot %s: %w", st.id, err)
+		}
+	}
+	log.G(ctx).WithField("snapshot", st.id).WithField("inodes", n).Info("image made again for the container's inode count")
+	return nil
+}
