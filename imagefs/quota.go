@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // An image's quota and its ceiling. The ceiling is the filesystem's size,
@@ -171,10 +173,12 @@ func (m *Mounted) SetQuota(ctx context.Context, quota int64) (QuotaChange, error
 				return err
 			}
 			ch.BalloonAfter += need
+			failpoint.Inject("quota-inflated") // the old quota, a balloon big enough for the new
 		}
 		if err := writeQuota(b.f, quota); err != nil {
 			return err
 		}
+		failpoint.Inject("quota-recorded")
 		b.quota, ch.QuotaAfter = quota, quota
 		return nil
 	})

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,4 +179,64 @@ func FuzzParseQuota(f *testing.F) {
 			t.Fatalf("%q: quota %d", s, q)
 		}
 	})
+}
+
+// TestQuotaLoweredWhileWriting: the quota is lowered while a writer
+// streams into the image; the writer then stops with ENOSPC at the new
+// quota, and the filesystem is clean.
+func TestQuotaLoweredWhileWriting(t *testing.T) {
+	const ceiling = 2 * gib
+	path, dir := newImageWith(t, CreateOptions{Quota: gib, Ceiling: ceiling, Window: 64 * mib, DirectIO: true})
+	m := mountImage(t, path, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	w := NewWatcher(10*time.Millisecond, Observer{Failed: func(_ string, err error) { t.Error(err) }})
+	w.Add("q", m, Policy{Headroom: 32 * mib, Burst: 30 * time.Millisecond})
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	var written atomic.Int64
+	result := make(chan bool)
+	go func() {
+		f, err := os.Create(filepath.Join(m.Dir, "stream"))
+		if err != nil {
+			t.Error(err)
+			result <- false
+			return
+		}
+		defer f.Close()
+		buf := make([]byte, mib)
+		for written.Load() < 900*mib {
+			if _, err := f.Write(buf); err != nil {
+				result <- errors.Is(err, unix.ENOSPC)
+				return
+			}
+			written.Add(mib)
+			if written.Load()%(16*mib) == 0 {
+				f.Sync()
+			}
+		}
+		result <- false
+	}()
+	for written.Load() < 200*mib {
+		time.Sleep(5 * time.Millisecond)
+	}
+	err := w.Repack("q", func() error { _, err := m.SetQuota(ctx, 512*mib); return err })
+	at := written.Load()
+	if err != nil {
+		t.Fatalf("lowered to 512 MiB with %d MiB written: %v", at>>20, err)
+	}
+	full := <-result
+	cancel()
+	<-done
+	st, err := m.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lowered at %d MiB written; the writer stopped at %d MiB (ENOSPC %t), used %d MiB", at>>20, written.Load()>>20, full, st.UsedBytes>>20)
+	if !full || st.UsedBytes > 512*mib || st.UsedBytes < 480*mib {
+		t.Fatalf("after lowering to 512 MiB: ENOSPC %t, used %d MiB", full, st.UsedBytes>>20)
+	}
+	if err := m.Unmount(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	requireClean(t, path)
 }

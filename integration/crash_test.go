@@ -38,6 +38,8 @@ type crashCase struct {
 	early bool
 	// want lists the snapshot names after the restart (kind per name).
 	want map[string]snapshots.Kind
+	// after, if set, checks more once the daemon is back.
+	after func(t *testing.T, d *daemon)
 }
 
 // crashPolicy makes grows frequent and images small, so that a grow and a
@@ -156,6 +158,52 @@ func TestCrashMatrix(t *testing.T) {
 			t.Errorf("snug reclaim succeeded: the failpoint was not reached\n%s", out)
 		}
 	}
+	// resize lowers work's quota from the policy's 1 GiB to 64 MiB after
+	// its window grew to 200 MiB (a file written and deleted), so the
+	// balloon must take free space in the window; after the restart the
+	// quota is one of the two, and what the balloon holds keeps it.
+	growWork := func(ctx context.Context, t *testing.T, _ *daemon, sn snapshots.Snapshotter) {
+		mounts, err := sn.Mounts(ctx, "work")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		if err := mount.All(mounts, dir); err != nil {
+			t.Fatal(err)
+		}
+		defer mount.UnmountAll(dir, 0)
+		f, err := os.Create(filepath.Join(dir, "big"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunk := make([]byte, 1<<20)
+		for range 200 {
+			if _, err := f.Write(chunk); err != nil {
+				t.Fatal(err)
+			}
+			f.Sync() // at disk speed: the 16 MiB headroom keeps ahead
+		}
+		f.Close()
+		if err := os.Remove(filepath.Join(dir, "big")); err != nil {
+			t.Fatal(err)
+		}
+		unix.Sync()
+	}
+	resize := func(ctx context.Context, t *testing.T, d *daemon, _ snapshots.Snapshotter) {
+		if out, err := d.Snug(ctx, "resize", "--quota", "64MiB", "work"); err == nil {
+			t.Errorf("snug resize succeeded: the failpoint was not reached\n%s", out)
+		}
+	}
+	quotaIs := func(want int64) func(t *testing.T, d *daemon) {
+		return func(t *testing.T, d *daemon) {
+			for _, im := range d.Status(t) {
+				if im.Snapshot == "work" && (im.QuotaBytes != want || im.UsedBytes+im.FreeBytes > want) {
+					t.Errorf("work after the restart: quota %d MiB, used %d + free %d MiB; want the quota %d MiB and no more room",
+						im.QuotaBytes>>20, im.UsedBytes>>20, im.FreeBytes>>20, want>>20)
+				}
+			}
+		}
+	}
 	cases := []crashCase{
 		{op: "prepare", point: "prepare-built", hit: prepare, want: with(nil)},
 		{op: "prepare", point: "prepare-renamed", hit: prepare, want: with(nil)},
@@ -172,6 +220,8 @@ func TestCrashMatrix(t *testing.T) {
 		{op: "pool-refill", point: "create-mounted", stopped: emptyPool, want: with(nil)},
 		{op: "grow", point: "grow-released", hit: grow, early: true, want: with(nil)},
 		{op: "reclaim", point: "reclaim-packed", hit: reclaim, want: with(nil)},
+		{op: "resize", point: "quota-inflated", prep: growWork, hit: resize, want: with(nil), after: quotaIs(1 << 30)},
+		{op: "resize", point: "quota-recorded", prep: growWork, hit: resize, want: with(nil), after: quotaIs(64 << 20)},
 		// No image is in the mount table (the writer's live on in its
 		// overlay); the daemon dies after restoring one snapshot.
 		{op: "start-up", point: "reconcile-converged", stopped: unmountImages, want: with(nil)},
@@ -210,6 +260,9 @@ func TestCrashMatrix(t *testing.T) {
 			d.Env = nil
 			d.start()
 			checkAfterCrash(t, d, d.Snapshotter(t), tc.want)
+			if tc.after != nil {
+				tc.after(t, d)
+			}
 			w.requireWriting(t)
 		})
 	}
