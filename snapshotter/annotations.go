@@ -56,6 +56,13 @@ func (s *Snapshotter) applyStartAnnotations(ctx context.Context, id, name string
 	if ann == nil {
 		return nil // no container on it (yet): an unpack, a view by hand
 	}
+	// One at a time, and once: two Mounts calls for one root must not
+	// both make its image again.
+	s.annotateMu.Lock()
+	defer s.annotateMu.Unlock()
+	if st = s.image(id); st == nil || st.annotated.Load() {
+		return nil
+	}
 	if v, found := ann[AnnotationInodes]; found {
 		n, err := parseInodes("annotation "+AnnotationInodes, v)
 		if err != nil {

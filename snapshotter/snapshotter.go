@@ -60,8 +60,10 @@ type Snapshotter struct {
 	reclaimSlots chan struct{}
 	totals       totals
 	// annotations looks up a container's OCI annotations in containerd
-	// (SetAnnotationSource); nil without containerd.
+	// (SetAnnotationSource); nil without containerd. annotateMu is held
+	// while they are applied to an image (never while a lookup runs).
 	annotations atomic.Pointer[AnnotationSource]
+	annotateMu  sync.Mutex
 
 	closeOnce sync.Once
 }
