@@ -116,7 +116,9 @@ bench-fsck: deps
 # overlayfs, blockfile and erofs's ext4 writable layer in one containerd,
 # round robin; medians and ratios to overlayfs in bench/results/io.{json,txt,png}.
 # SNUG_BENCH_ROUNDS (3) sets the rounds; SNUG_BENCH_IO_POLICY adds TOML to
-# snug's policy and SNUG_BENCH_IO_NAME names the results (io-NAME.*).
+# snug's policy, SNUG_BENCH_IO_VARIANT runs a second snug ("snugb") with
+# that TOML added, side by side, and SNUG_BENCH_IO_NAME names the results
+# (io-NAME.*).
 bench-io: deps
 	@mkdir -p bench/results
 	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \

@@ -44,6 +44,7 @@ type ioReport struct {
 	Kernel       string                          `json:"kernel"`
 	Rounds       int                             `json:"rounds"`
 	SnugPolicy   string                          `json:"snug_policy"`
+	SnugbPolicy  string                          `json:"snugb_policy,omitempty"`
 	Snapshotters []string                        `json:"snapshotters"`
 	Samples      map[string]map[string][]float64 `json:"samples"` // workload -> snapshotter -> values
 	Medians      map[string]map[string]float64   `json:"medians"`
@@ -57,7 +58,10 @@ type ioReport struct {
 // workload, round robin, so the machine's noise hits them alike; medians
 // and ratios to overlayfs go to $SNUG_BENCH_OUT as JSON, a table and a
 // plot. $SNUG_BENCH_IO_POLICY adds TOML to snug's policy, to measure a
-// policy option against the default; SNUG_BENCH_ROUNDS sets the rounds (3).
+// policy option against the default; $SNUG_BENCH_IO_VARIANT, when set,
+// adds a second snug daemon ("snugb") with that TOML added to its policy,
+// so two policies take turns in the same run; SNUG_BENCH_ROUNDS sets the
+// rounds (3).
 // It runs under make bench-io only.
 func TestIOBenchmark(t *testing.T) {
 	out := os.Getenv("SNUG_BENCH_OUT")
@@ -93,13 +97,19 @@ func TestIOBenchmark(t *testing.T) {
 	if b, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, b)
 	}
-	s := startStackWith(t, policy,
-		"    { platform = \"linux/amd64\", snapshotter = \"erofs\" },\n"+
-			"    { platform = \"linux/amd64\", snapshotter = \"blockfile\" },\n",
-		fmt.Sprintf("\n[plugins.\"io.containerd.snapshotter.v1.blockfile\"]\n  scratch_file = %q\n  fs_type = \"ext4\"\n", scratch)+
-			"\n[plugins.\"io.containerd.snapshotter.v1.erofs\"]\n  default_size = \"2GiB\"\n")
-
+	unpack := "    { platform = \"linux/amd64\", snapshotter = \"erofs\" },\n" +
+		"    { platform = \"linux/amd64\", snapshotter = \"blockfile\" },\n"
+	extra := fmt.Sprintf("\n[plugins.\"io.containerd.snapshotter.v1.blockfile\"]\n  scratch_file = %q\n  fs_type = \"ext4\"\n", scratch) +
+		"\n[plugins.\"io.containerd.snapshotter.v1.erofs\"]\n  default_size = \"2GiB\"\n"
 	snapshotters := []string{"overlayfs", "snug", "blockfile", "erofs"}
+	variant, hasVariant := os.LookupEnv("SNUG_BENCH_IO_VARIANT")
+	if hasVariant {
+		b := startDaemon(t, roottest.TempDir(t), variant)
+		unpack += "    { platform = \"linux/amd64\", snapshotter = \"snugb\" },\n"
+		extra += fmt.Sprintf("\n[proxy_plugins.snugb]\n  type = \"snapshot\"\n  address = %q\n  platform = \"linux/amd64\"\n", b.Address)
+		snapshotters = append(snapshotters, "snugb")
+	}
+	s := startStackWith(t, policy, unpack, extra)
 	for _, sn := range snapshotters {
 		s.ctr("images", "import", "--snapshotter", sn, "--base-name", "localhost/io-"+sn, testImage(t))
 		s.ctr("run", "-d", "--snapshotter", sn,
@@ -112,7 +122,7 @@ func TestIOBenchmark(t *testing.T) {
 
 	rep := ioReport{
 		Command: "make bench-io", Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(),
-		Rounds: rounds, SnugPolicy: policy, Snapshotters: snapshotters,
+		Rounds: rounds, SnugPolicy: policy, SnugbPolicy: variant, Snapshotters: snapshotters,
 		Samples: map[string]map[string][]float64{},
 	}
 	for _, w := range ioWorkloads {
@@ -299,6 +309,9 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	if rep.SnugPolicy != "" {
 		fmt.Fprintf(&tb, "snug policy: %s\n", strings.ReplaceAll(strings.TrimSpace(rep.SnugPolicy), "\n", "; "))
 	}
+	if slices.Contains(rep.Snapshotters, "snugb") {
+		fmt.Fprintf(&tb, "snugb: a second snug, policy: %s\n", strings.ReplaceAll(strings.TrimSpace(rep.SnugbPolicy), "\n", "; "))
+	}
 	fmt.Fprintf(&tb, "\n%-46s %-8s", "workload", "unit")
 	for _, sn := range rep.Snapshotters {
 		fmt.Fprintf(&tb, " %10s", sn)
@@ -325,6 +338,9 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	fmt.Fprintf(&tb, "reproduce: make bench-io")
 	if rep.SnugPolicy != "" {
 		fmt.Fprintf(&tb, " SNUG_BENCH_IO_POLICY='%s'", strings.ReplaceAll(rep.SnugPolicy, "\n", `\n`))
+	}
+	if slices.Contains(rep.Snapshotters, "snugb") {
+		fmt.Fprintf(&tb, " SNUG_BENCH_IO_VARIANT='%s'", strings.ReplaceAll(rep.SnugbPolicy, "\n", `\n`))
 	}
 	tb.WriteString("\n")
 	t.Log("\n" + tb.String())
