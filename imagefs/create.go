@@ -89,6 +89,10 @@ func (o *CreateOptions) normalize() error {
 // them behind; RemoveTemporaries deletes them.
 const tempSuffix = ".snug-tmp"
 
+// TempSuffix ends the name of a file a caller builds next to an image and
+// renames over it: RemoveTemporaries deletes what a crash left of it.
+const TempSuffix = tempSuffix
+
 // Create makes a thin image at path: a sparse file of the quota size holding
 // an ext4 filesystem made for thin use (see mkfs), with its balloon inflated
 // beyond the initial window. The image is built under a temporary name and

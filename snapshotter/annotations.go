@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/snugfs/snug/imagefs"
 )
 
 // AnnotationInodes is the OCI annotation of a container's inode count,
@@ -122,7 +124,7 @@ func (s *Snapshotter) ensureInodes(ctx context.Context, st *imageState, name str
 	var made error
 	err = s.Offline(ctx, st.id, func(image string) error {
 		// A failure here keeps the image as it was: it is no damage.
-		tmp := image + ".inodes"
+		tmp := image + ".inodes" + imagefs.TempSuffix // start-up deletes what a crash leaves
 		os.Remove(tmp)
 		if made = s.templates.Create(ctx, tmp, o); made != nil {
 			return nil
