@@ -176,6 +176,7 @@ func TestCrashMatrix(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer f.Close() // before the unmount, even on a failure
 		chunk := make([]byte, 1<<20)
 		for range 200 {
 			if _, err := f.Write(chunk); err != nil {
