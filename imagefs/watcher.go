@@ -75,8 +75,11 @@ type watched struct {
 	checks  uint64
 	balloon int64 // bytes, as last read
 	// spare is the part of the balloon the window may still grow into:
-	// what it holds beyond its floor (see quotaFloor), as last read.
-	spare int64
+	// what it holds beyond its floor (see quotaFloor), as last read;
+	// quotaFloorBytes is that floor, read again when the balloon is stale.
+	spare           int64
+	quotaFloorBytes int64
+	floorKnown      bool
 
 	// dir is an O_PATH descriptor of the mount point, for fstatfs: a
 	// statfs by path spends half its time walking the path. It pins the
@@ -442,14 +445,19 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	// again after one of the watcher's own operations, and every
 	// balloonEvery checks for the others (a repack by the snapshotter or
 	// the CLI).
-	if err == nil && (iw.balloonStale.Load() || iw.checks%balloonEvery == 0) {
+	if stale := iw.balloonStale.Load(); err == nil && (stale || iw.checks%balloonEvery == 0) {
 		var bst unix.Stat_t
 		if err = unix.Stat(balloonPath(iw.m.Dir), &bst); err == nil && !iw.mountedHere(&bst) {
 			err = fmt.Errorf("%s is not mounted on %s: %w", iw.m.Image, iw.m.Dir, ErrNotMounted)
 		}
 		if err == nil {
 			iw.balloon = bst.Blocks * 512
-			iw.spare = iw.balloon - iw.quotaFloor(&sfs)
+			// The quota changes only through a repack (SetQuota), which
+			// marks the balloon stale: the periodic reads reuse it.
+			if stale || !iw.floorKnown {
+				iw.quotaFloorBytes, iw.floorKnown = iw.quotaFloor(&sfs), true
+			}
+			iw.spare = iw.balloon - iw.quotaFloorBytes
 			iw.balloonStale.Store(false)
 		}
 	}
