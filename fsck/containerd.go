@@ -346,7 +346,8 @@ func (fixedIO) Close() error         { return nil }
 
 // Annotations returns the OCI annotations of the container in namespace
 // whose root is containerd's snapshot key (a container's snapshot key is
-// its id for ctr and CRI); nil when no container has that root.
+// its id for ctr and CRI); nil when no container has that root, an empty
+// map for a container with no annotations.
 func (c *Containerd) Annotations(ctx context.Context, namespace, key string) (map[string]string, error) {
 	cl, err := c.get()
 	if err != nil {
@@ -367,6 +368,9 @@ func (c *Containerd) Annotations(ctx context.Context, namespace, key string) (ma
 	}
 	if err := json.Unmarshal(ctr.Spec.GetValue(), &spec); err != nil {
 		return nil, fmt.Errorf("container %s/%s: its OCI spec: %w", namespace, key, err)
+	}
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{} // a container, with none
 	}
 	return spec.Annotations, nil
 }

@@ -20,7 +20,8 @@ const AnnotationInodes = "io.snugfs.inodes"
 
 // AnnotationSource looks up the OCI annotations of the container in
 // namespace whose root is containerd's snapshot key: nil, nil when no
-// container has it.
+// container has it, an empty map for a container with none (so the image
+// is not looked up again).
 type AnnotationSource func(ctx context.Context, namespace, key string) (map[string]string, error)
 
 // SetAnnotationSource lets the snapshotter read a container's annotations
