@@ -462,13 +462,8 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		}
 	}
 	iw.checks++
-	if err != nil && iw.goneFromDir() {
-		// Unmounted by someone else (umount -l: a plain umount finds
-		// the image busy while it is watched). Let go of it, so its
-		// filesystem ends and autoclear detaches its loop device. The
-		// checks go on failing quietly: mounted again by hand it is on
-		// a new loop device, which snug takes up at its next start.
-		iw.release()
+	gone := err != nil && iw.goneFromDir()
+	if gone {
 		err = fmt.Errorf("not mounted on %s any more, unmounted outside snug: %w", iw.m.Dir, ErrNotMounted)
 	}
 	if err != nil {
@@ -477,6 +472,15 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 			w.failed(key, fmt.Errorf("check %s: %w", iw.m.Image, err))
 		}
 		iw.failing = true
+		if gone {
+			// Unmounted by someone else (umount -l: a plain umount
+			// finds the image busy while it is watched). Let go of it,
+			// after the report, so its filesystem ends and autoclear
+			// detaches its loop device. The checks go on failing
+			// quietly: mounted again by hand it is on a new loop
+			// device, which snug takes up at its next start.
+			iw.release()
+		}
 		return
 	}
 	iw.failing = false
