@@ -249,25 +249,43 @@ func (d *Doctor) do(ctx context.Context, inc *Incident, step string, s *Step, po
 	return OK, nil
 }
 
-// locateAttempts bounds the tries to list an image's containers: containerd
-// restarting is no reason to quarantine an image.
-const locateAttempts = 3
+// containerdAttempts bounds the tries of a call to containerd that
+// failed: containerd restarting, or a shim's ttrpc connection closing as
+// its task exits ("ttrpc: closed"), is no reason to quarantine an image.
+const containerdAttempts = 3
 
-// locate finds the containers on the incident's image.
-func (d *Doctor) locate(ctx context.Context, inc *Incident, s *Step) error {
+// retryPause is the pause before the second try; it grows with each.
+var retryPause = 500 * time.Millisecond
+
+// retry runs fn until it succeeds, up to containerdAttempts times, and
+// returns its last error.
+func retry(ctx context.Context, fn func() error) error {
 	var err error
-	for attempt := range locateAttempts {
+	for attempt := range containerdAttempts {
 		if attempt > 0 {
-			time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return errors.Join(err, ctx.Err())
+			case <-time.After(time.Duration(attempt) * retryPause):
+			}
 		}
-		var cs []ContainerRef
-		if cs, err = d.ctrs.Using(ctx, inc.Snapshot, inc.Layer); err == nil {
-			inc.Containers = cs
-			s.Result = fmt.Sprintf("%d", len(cs))
+		if err = fn(); err == nil {
 			return nil
 		}
 	}
 	return err
+}
+
+// locate finds the containers on the incident's image.
+func (d *Doctor) locate(ctx context.Context, inc *Incident, s *Step) error {
+	return retry(ctx, func() error {
+		cs, err := d.ctrs.Using(ctx, inc.Snapshot, inc.Layer)
+		if err == nil {
+			inc.Containers = cs
+			s.Result = fmt.Sprintf("%d", len(cs))
+		}
+		return err
+	})
 }
 
 // check runs the online check. Its outcome is advice: damage, a check
@@ -468,7 +486,9 @@ func (d *Doctor) stopAll(ctx context.Context, inc *Incident, s *Step) error {
 		if c.Stopped || c.Status == "" || c.Status == "stopped" {
 			return false, nil
 		}
-		if err := d.ctrs.Stop(ctx, c); err != nil {
+		// Stop is idempotent (a task gone already is stopped), so a
+		// try that failed half way is simply run again.
+		if err := retry(ctx, func() error { return d.ctrs.Stop(ctx, c) }); err != nil {
 			return false, err
 		}
 		c.Stopped = true

@@ -229,6 +229,40 @@ func TestStoppedImageGoesStraightToRepair(t *testing.T) {
 	}
 }
 
+// TestStopRetriedBeforeQuarantine: a task delete that fails once (the
+// shim's ttrpc connection closing as the task exits) is tried again, and
+// the image is repaired and restarted, not quarantined; a stop that keeps
+// failing still ends in the quarantine.
+func TestStopRetriedBeforeQuarantine(t *testing.T) {
+	defer func(p time.Duration) { retryPause = p }(retryPause)
+	retryPause = time.Millisecond
+	for _, tc := range []struct {
+		failTimes int // 0: every time
+		want      State
+		failures  int
+	}{
+		{1, StateResolved, 1},
+		{containerdAttempts - 1, StateResolved, containerdAttempts - 1},
+		{0, StateQuarantined, 2 * containerdAttempts}, // the stop step's tries, then the quarantine's
+	} {
+		t.Run(fmt.Sprint(tc.failTimes), func(t *testing.T) {
+			ctrs := &fakeContainers{fail: StepStop, failTimes: tc.failTimes}
+			d := newFakeDoctor(t, &fakeImages{mounted: true}, ctrs, Damaged, false)
+			inc := &Incident{ID: "stop-retry", Snapshot: "1", Image: "/fake/rw.img", Source: "fanotify", DetectedAt: time.Now(), State: StateOpen}
+			d.work(context.Background(), inc)
+			if inc.State != tc.want {
+				t.Fatalf("state %s (%s), want %s; steps %v", inc.State, inc.Reason, tc.want, steps(*inc))
+			}
+			if ctrs.failed != tc.failures {
+				t.Errorf("stop failed %d times, want %d", ctrs.failed, tc.failures)
+			}
+			if tc.want == StateResolved && !ctrs.container.running {
+				t.Error("the container was not restarted after the repair")
+			}
+		})
+	}
+}
+
 // TestRepairWaitsForABusyImage: an image whose filesystem lives on in
 // another mount namespace for a while (a container being created) is
 // repaired once it is free, not quarantined.
@@ -291,9 +325,11 @@ func (f *fakeImages) Quarantine(ctx context.Context, id, reason string) error {
 }
 
 // fakeContainers is one running container on the image; the step named
-// fail fails each time it acts on it.
+// fail fails each time it acts on it, or its first failTimes times.
 type fakeContainers struct {
 	fail      string
+	failTimes int
+	failed    int
 	container struct{ running, paused bool }
 	published []string
 }
@@ -307,8 +343,9 @@ func (f *fakeContainers) Using(ctx context.Context, snapshot string, layer bool)
 }
 
 func (f *fakeContainers) act(step string) error {
-	if f.fail == step {
-		return fmt.Errorf("%s refused", step)
+	if f.fail == step && (f.failTimes == 0 || f.failed < f.failTimes) {
+		f.failed++
+		return fmt.Errorf("%s refused: ttrpc: closed", step)
 	}
 	return nil
 }
