@@ -359,3 +359,51 @@ func TestWatcherLetsGoOfAnImageUnmountedElsewhere(t *testing.T) {
 		t.Error("the watcher did not report the image gone")
 	}
 }
+
+// TestOverwritesDoNotWakeTheWatcherEachTime: a writer that overwrites a
+// file in place (a database) never makes its image hot, since its used
+// space does not grow. Its first write wakes the watcher; the rest must
+// not raise an event each (a sixth of a container's fsync'd write rate
+// went to that), only one per wakeCooldown.
+func TestOverwritesDoNotWakeTheWatcherEachTime(t *testing.T) {
+	path, dir := newImage(t, 1*gib, 64*mib)
+	m := mountImage(t, path, dir)
+	f, err := os.Create(filepath.Join(m.Dir, "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	page := make([]byte, 4096)
+	for i := range 256 { // 1 MiB, written and synced: its blocks stay put
+		if _, err := f.WriteAt(page, int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	var e events
+	w := NewWatcher(20*time.Millisecond, e.observer(t))
+	if w.waker == nil {
+		t.Fatal("fanotify cannot report modifications here")
+	}
+	w.Add("img", m, Policy{Headroom: 16 * mib})
+	runWatcher(t, w)
+	iw := w.images["img"]
+	if !waitFor(10*time.Second, func() bool { w.armMu.Lock(); defer w.armMu.Unlock(); return iw.armed }) {
+		t.Fatal("the image was never armed")
+	}
+	const writes, span = 2000, 2 * time.Second
+	start := time.Now()
+	for i := range writes {
+		if _, err := f.WriteAt(page, int64(i%256)*4096); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(span / writes)
+	}
+	elapsed := time.Since(start)
+	// One wake per cooldown, and one more for a write just as it ends.
+	if got, most := iw.wakes.Load(), int64(elapsed/wakeCooldown)+2; got < 1 || got > most {
+		t.Errorf("%d overwrites in %v raised %d wake-ups, want 1..%d", writes, elapsed.Round(time.Millisecond), got, most)
+	}
+}
