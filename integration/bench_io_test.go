@@ -49,6 +49,10 @@ type ioReport struct {
 	Samples      map[string]map[string][]float64 `json:"samples"` // workload -> snapshotter -> values
 	Medians      map[string]map[string]float64   `json:"medians"`
 	Ratios       map[string]map[string]float64   `json:"ratios_to_overlayfs"`
+	// FootprintMiB is what each container's writable layer costs the
+	// host disk: "fresh" right after its start, "end" after the rounds
+	// (the 1 GiB file of the sequential rows is still there).
+	FootprintMiB map[string]map[string]float64 `json:"footprint_mib"`
 }
 
 // TestIOBenchmark measures a container's I/O on snug and on containerd's
@@ -123,8 +127,19 @@ func TestIOBenchmark(t *testing.T) {
 	rep := ioReport{
 		Command: "make bench-io", Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(),
 		Rounds: rounds, SnugPolicy: policy, SnugbPolicy: variant, Snapshotters: snapshotters,
-		Samples: map[string]map[string][]float64{},
+		Samples:      map[string]map[string][]float64{},
+		FootprintMiB: map[string]map[string]float64{"fresh": {}, "end": {}},
 	}
+	footprints := func(stage string) {
+		for _, sn := range snapshotters {
+			b, err := writableFootprint("io-" + sn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep.FootprintMiB[stage][sn] = float64(b) / (1 << 20)
+		}
+	}
+	footprints("fresh")
 	for _, w := range ioWorkloads {
 		rep.Samples[w.Name] = map[string][]float64{}
 	}
@@ -137,6 +152,7 @@ func TestIOBenchmark(t *testing.T) {
 			}
 		}
 	}
+	footprints("end")
 	rep.Medians, rep.Ratios = map[string]map[string]float64{}, map[string]map[string]float64{}
 	for _, w := range ioWorkloads {
 		rep.Medians[w.Name], rep.Ratios[w.Name] = map[string]float64{}, map[string]float64{}
@@ -334,6 +350,18 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 			met = "no"
 		}
 		fmt.Fprintf(&tb, " %5.2fx %s\n", w.Goal, met)
+	}
+	fmt.Fprintf(&tb, "\n%-46s %-8s", "host disk of the writable layer", "")
+	for _, sn := range rep.Snapshotters {
+		fmt.Fprintf(&tb, " %10s", sn)
+	}
+	tb.WriteString("\n")
+	for _, stage := range []struct{ key, desc string }{{"fresh", "right after the container's start"}, {"end", "after the rounds (1 GiB file kept)"}} {
+		fmt.Fprintf(&tb, "%-46s %-8s", stage.desc, "MiB")
+		for _, sn := range rep.Snapshotters {
+			fmt.Fprintf(&tb, " %10.1f", rep.FootprintMiB[stage.key][sn])
+		}
+		tb.WriteString("\n")
 	}
 	fmt.Fprintf(&tb, "reproduce: make bench-io")
 	if rep.SnugPolicy != "" {
