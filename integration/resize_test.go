@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,6 +71,10 @@ func TestResizeRunningContainer(t *testing.T) {
 		t.Fatalf("writer past 256 MiB after the raise to 1 GiB: %s", out)
 	}
 	requireCheckClean(t, s.snug, name)
+	// snug status shows the new quota and the ceiling it can be raised to.
+	if out, err := s.snug.Snug(context.Background(), "status"); err != nil || !statusRowHas(out, "/"+name, "1GiB", "32GiB") {
+		t.Fatalf("snug status after the raise: %v\n%s", err, out)
+	}
 	used := s.activeImage(name).Stats.UsedBytes
 	t.Logf("stores %d MiB at a 1 GiB quota", used>>20)
 	if used < 390<<20 {
@@ -111,4 +116,23 @@ func TestResizeRunningContainer(t *testing.T) {
 		t.Fatalf("after kill -9 and a restart, 200 MiB more fit in a 512 MiB quota holding 400 MiB:\n%s", out)
 	}
 	requireCheckClean(t, s.snug, name)
+}
+
+// statusRowHas reports whether the row of snug status's table for the
+// snapshot ending in suffix shows quota and ceiling in their columns.
+func statusRowHas(table, suffix, quota, ceiling string) bool {
+	lines := strings.Split(table, "\n")
+	if len(lines) == 0 {
+		return false
+	}
+	head := strings.Fields(lines[0])
+	qi, ci := slices.Index(head, "QUOTA"), slices.Index(head, "CEILING")
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		// The columns up to SWELL are one word each ("1.4s ago" follows).
+		if len(f) > max(qi, ci, 1) && strings.HasSuffix(f[1], suffix) {
+			return qi >= 0 && ci >= 0 && f[qi] == quota && f[ci] == ceiling
+		}
+	}
+	return false
 }

@@ -33,7 +33,7 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 		}
 		return c.writeJSON(images)
 	}
-	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "WINDOW", "USED", "FOOTPRINT", "SWELL", "LAST GROW", "LAST RECLAIM", "HEALTH"}}
+	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "CEILING", "WINDOW", "USED", "FOOTPRINT", "SWELL", "LAST GROW", "LAST RECLAIM", "HEALTH"}}
 	now := time.Now()
 	for _, im := range images {
 		h := health(im.Stats)
@@ -45,7 +45,7 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 		}
 		rows = append(rows, []string{
 			im.Kind, im.Snapshot,
-			size(im.QuotaBytes), size(im.WindowBytes), size(im.UsedBytes),
+			size(im.QuotaBytes), size(im.CeilingBytes), size(im.WindowBytes), size(im.UsedBytes),
 			size(im.FootprintBytes), swell(im.Stats), ago(now, im.LastGrow), ago(now, im.LastReclaim), h,
 		})
 	}
