@@ -101,9 +101,16 @@ func TestAnnotationQuotaAppliedAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	// Each MiB is synced: the test is of the quota, not of how fast the
+	// window grows ahead of a writer at page-cache speed (32 MiB in a few
+	// ms, less than one check; integration/burst_test.go measures that).
 	var n int64
 	for ; n < 128<<20; n += 1 << 20 {
-		if _, err := f.Write(buf); err != nil {
+		_, err := f.Write(buf)
+		if err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
 			if !errors.Is(err, unix.ENOSPC) {
 				t.Fatal(err)
 			}
