@@ -333,16 +333,8 @@ func requireNothingHalfMade(t *testing.T, d *daemon, fault string) {
 	if len(temps) > 0 {
 		t.Errorf("%s: half-made images left: %v", fault, temps)
 	}
-	// A removed snapshot's image is deleted in the background, after
-	// Remove returns: give that time too.
-	var n, images int
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		images = len(d.Status(t))
-		if n = len(loopsUnder(d.Root + "/snapshots/")); n == images || time.Now().After(end) {
-			break
-		}
-	}
-	if n != images {
+	images := len(d.Status(t))
+	if n := len(loopsUnder(d.Root + "/snapshots/")); n != images {
 		t.Errorf("%s: %d loop devices on snapshot images, %d images", fault, n, images)
 	}
 }

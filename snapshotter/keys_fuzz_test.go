@@ -119,7 +119,6 @@ func TestSweepFuzzLeftovers(t *testing.T) {
 // once every snapshot is removed.
 func requireOnlyState(t *testing.T, sn *Snapshotter, parent, root string) {
 	t.Helper()
-	sn.waitRemovals() // Remove deletes in the background
 	entries, err := os.ReadDir(parent)
 	if err != nil {
 		t.Fatal(err)

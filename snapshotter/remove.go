@@ -15,16 +15,11 @@ import (
 	"github.com/snugfs/snug/internal/failpoint"
 )
 
-// Remove forgets the snapshot key, then unmounts and deletes its image in
-// the background. The record goes first: once Remove returns, the key is
-// free, and a directory no record names is a leftover that Cleanup and the
-// next start-up delete, so a crash before the deletion ends loses nothing.
-// The unmount (ext4 writes its journal and superblock back) and the deletion
-// took 13 ms of `ctr run --rm`'s critical path; containerd's overlayfs
-// snapshotter defers its deletions the same way with async_remove, to its
-// Cleanup. If the image is still busy (a container still has it mounted), it
-// stays until Cleanup or the next start-up deletes it. Close waits for the
-// deletions under way.
+// Remove forgets the snapshot key, then unmounts and deletes its image. The
+// record goes first: once Remove returns, the key is free. If the image is
+// still busy (a container still has it mounted), it stays until Cleanup or
+// the next start-up deletes it; Remove does not fail for that, because the
+// snapshot is gone already.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	var id string
 	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
@@ -35,17 +30,9 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		return fmt.Errorf("remove %s: %w", key, err)
 	}
 	failpoint.Inject("remove-recorded")
-	dir := s.snapshotDir(id)
-	s.removing.Store(dir, true)
-	ctx = context.WithoutCancel(ctx) // the call's end is no reason to stop
-	s.removals.Add(1)
-	go func() {
-		defer s.removals.Done()
-		defer s.removing.Delete(dir)
-		if err := s.removeDir(ctx, dir); err != nil {
-			log.G(ctx).WithError(err).WithField("key", key).Warn("snapshot removed; its image is deleted later")
-		}
-	}()
+	if err := s.removeDir(ctx, s.snapshotDir(id)); err != nil {
+		log.G(ctx).WithError(err).WithField("key", key).Warn("snapshot removed; its image is deleted later")
+	}
 	return nil
 }
 
@@ -80,9 +67,6 @@ func (s *Snapshotter) cleanup(ctx context.Context, startup bool) error {
 			name := e.Name()
 			if _, ok := ids[name]; ok {
 				continue
-			}
-			if _, busy := s.removing.Load(filepath.Join(s.root, "snapshots", name)); busy {
-				continue // Remove is deleting it
 			}
 			if isNumericID(name) || (isTemporary(name) && (startup || olderThan(e, staleAfter))) {
 				dirs = append(dirs, filepath.Join(s.root, "snapshots", name))
@@ -119,6 +103,3 @@ func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
 	failpoint.Inject("removedir-unmounted")
 	return os.RemoveAll(dir)
 }
-
-// waitRemovals waits for the deletions Remove started.
-func (s *Snapshotter) waitRemovals() { s.removals.Wait() }

@@ -43,11 +43,6 @@ type Snapshotter struct {
 	bgCtx  context.Context
 	stopBg context.CancelFunc
 	bg     sync.WaitGroup
-	// removing holds the directories of removed snapshots whose deletion
-	// runs in the background (Remove), so Cleanup leaves them to it;
-	// removals counts those deletions.
-	removing sync.Map
-	removals sync.WaitGroup
 
 	// watcher keeps every mounted rw image's window ahead of its data.
 	watcher *imagefs.Watcher
@@ -141,7 +136,6 @@ func (s *Snapshotter) close(release bool) error {
 	s.closeOnce.Do(func() {
 		s.stopBg()
 		s.bg.Wait()
-		s.waitRemovals()
 		s.pool.wait()
 		if release {
 			s.releaseUnused(context.Background())
