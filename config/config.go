@@ -18,6 +18,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
+
 	"github.com/BurntSushi/toml"
 )
 
@@ -245,7 +249,7 @@ func Default() Config {
 
 // ErrInvalid is returned when a policy file cannot be used: bad syntax, an
 // unknown key, a wrong type or a value out of range.
-var ErrInvalid = errors.New("invalid policy")
+var ErrInvalid = errclass.New("invalid policy", errdefs.ErrInvalidArgument)
 
 // Load reads the policy at path over the defaults. A missing file at the
 // default path is not an error (snug runs on defaults); a missing file that

@@ -1,11 +1,14 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
 )
 
 // Size is a byte count read from the policy or the command line. In TOML it is
@@ -32,7 +35,7 @@ var units = map[string]Size{
 }
 
 // ErrBadSize is returned when a size cannot be parsed or is out of range.
-var ErrBadSize = errors.New("invalid size")
+var ErrBadSize = errclass.New("invalid size", errdefs.ErrInvalidArgument)
 
 // ParseSize parses a size such as "10GiB", "1.5G", "512MiB" or "4096".
 // Binary units (KiB, MiB, GiB, TiB, PiB, and K, M, G, T, P as mkfs and

@@ -1,17 +1,20 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
 )
 
 // ErrRunning is returned when another daemon answers on a socket.
-var ErrRunning = errors.New("another snug daemon is serving")
+var ErrRunning = errclass.New("another snug daemon is serving", errdefs.ErrFailedPrecondition)
 
 // listenUnix listens on a root-only Unix socket at path: its directory is
 // made 0700 if new, the socket is 0600. A socket left by a daemon that died

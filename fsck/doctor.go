@@ -9,6 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
+
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
@@ -21,9 +25,11 @@ type Images interface {
 	// MountedImage is the mounted image of snapshot id, and whether it
 	// is a read-only layer; ok is false when id has no mounted image.
 	MountedImage(id string) (m *imagefs.Mounted, layer bool, ok bool)
-	// Offline unmounts the active snapshot id's image, calls fn with
-	// the image file, and mounts it again unless fn returns an error
-	// wrapping ErrQuarantine.
+	// Offline unmounts the active snapshot id's image and calls fn with
+	// the image file. If fn succeeds the image is mounted and served
+	// again; if it fails (the repair returns imagefs.ErrQuarantined when
+	// e2fsck cannot make the image clean) the snapshot is quarantined:
+	// left unmounted, marked with fn's error, its mounts refused.
 	Offline(ctx context.Context, id string, fn func(image string) error) error
 	// MarkDamaged records that a read-only layer reported errors.
 	MarkDamaged(id, reason string) error
@@ -33,10 +39,6 @@ type Images interface {
 	// unmount to succeed; the mark stays even when it fails.
 	Quarantine(ctx context.Context, id, reason string) error
 }
-
-// ErrQuarantine is returned by an Offline callback for an image that must
-// stay unmounted: e2fsck could not make it clean.
-var ErrQuarantine = errors.New("image quarantined")
 
 // Containers is containerd as the pipeline needs it. Every call must be
 // idempotent: a restarted daemon repeats the step it was in.
@@ -331,7 +333,7 @@ type CheckResult struct {
 
 // ErrIncidentOpen is returned by Check for an image an incident is
 // working on.
-var ErrIncidentOpen = errors.New("an incident is open on this image")
+var ErrIncidentOpen = errclass.New("an incident is open on this image", errdefs.ErrFailedPrecondition)
 
 // Check runs the online check of snapshot id's mounted image now (frozen
 // for the check, or for a reflink clone). A damaged image opens an

@@ -420,15 +420,15 @@ func (d *Doctor) repairOffline(ctx context.Context, inc *Incident, s *Step, pol 
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("%w: e2fsck could not run: %w", ErrQuarantine, err)
+		return fmt.Errorf("%w: e2fsck could not run: %w", imagefs.ErrQuarantined, err)
 	}
 	inc.Verify = &verify
 	s.Result = inc.Repair.Status()
 	if verr != nil {
-		return fmt.Errorf("%w: verify: %w", ErrQuarantine, verr)
+		return fmt.Errorf("%w: verify: %w", imagefs.ErrQuarantined, verr)
 	}
 	if !verify.Clean() {
-		return fmt.Errorf("%w: errors remain after the repair (%s)", ErrQuarantine, lastLine(verify.Output))
+		return fmt.Errorf("%w: errors remain after the repair (%s)", imagefs.ErrQuarantined, lastLine(verify.Output))
 	}
 	return nil
 }

@@ -7,6 +7,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/snugfs/snug/control/wire"
@@ -15,7 +19,7 @@ import (
 // ErrBadBundle is returned for a bundle create call that cannot be
 // carried out as asked: a relative path, no snug-runc at the path given,
 // or a config.json AddHooks refuses.
-var ErrBadBundle = errors.New("bad bundle")
+var ErrBadBundle = errclass.New("bad bundle", errdefs.ErrInvalidArgument)
 
 // Bundle is a container's bundle as the runc wrapper finds it on create
 // and run, with its config.json read once for every use.

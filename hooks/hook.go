@@ -7,6 +7,10 @@ import (
 	"io"
 	"time"
 
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/snugfs/snug/control/wire"
@@ -36,7 +40,7 @@ type Result struct {
 }
 
 // ErrUnknownStage is returned for a stage snug has no hook for.
-var ErrUnknownStage = errors.New("unknown hook stage")
+var ErrUnknownStage = errclass.New("unknown hook stage", errdefs.ErrInvalidArgument)
 
 // Hook runs the hook for stage: it reads the OCI state from stdin and tells
 // the daemon through client. Only bad input is an error (ErrBadState,

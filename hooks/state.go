@@ -3,17 +3,20 @@ package hooks
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // ErrBadState is returned for hook input that is not an OCI state.
-var ErrBadState = errors.New("bad OCI state on stdin")
+var ErrBadState = errclass.New("bad OCI state on stdin", errdefs.ErrInvalidArgument)
 
 // maxState bounds what a hook reads from stdin: a state is a few hundred
 // bytes, its annotations a few KiB.

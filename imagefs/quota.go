@@ -10,6 +10,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/internal/failpoint"
@@ -56,11 +60,11 @@ func (m *Mounted) InodesAsked() (int64, error) {
 
 // ErrQuotaAboveCeiling is returned when a quota would exceed the image's
 // ceiling (its filesystem size).
-var ErrQuotaAboveCeiling = errors.New("quota above the image's ceiling")
+var ErrQuotaAboveCeiling = errclass.New("quota above the image's ceiling", errdefs.ErrInvalidArgument)
 
 // ErrQuotaBelowUsage is returned when a quota would be lower than what the
 // image stores now.
-var ErrQuotaBelowUsage = errors.New("quota below what the container stores")
+var ErrQuotaBelowUsage = errclass.New("quota below what the container stores", errdefs.ErrInvalidArgument)
 
 // readQuota returns the quota recorded on the balloon f, or ceiling when
 // none is. A record above the ceiling (an image shrunk offline below it) is

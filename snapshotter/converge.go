@@ -50,7 +50,7 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 			return err
 		}
 		if reason := s.quarantined(id); reason != "" {
-			return fmt.Errorf("snapshot %s: %w: %s", id, ErrQuarantined, reason)
+			return fmt.Errorf("snapshot %s: %w: %s", id, imagefs.ErrQuarantined, reason)
 		}
 		m, err := s.ensureMounted(ctx, tbl, filepath.Join(dir, rwImage), mnt, s.policy().mount)
 		if err != nil {
@@ -243,7 +243,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		mu.Lock()
 		failed++
 		mu.Unlock()
-		if r.kind != snapshots.KindView && !errors.Is(err, ErrQuarantined) {
+		if r.kind != snapshots.KindView && !errors.Is(err, imagefs.ErrQuarantined) {
 			s.imagesMu.Lock()
 			s.unmountable[r.id] = unmountable{layer: r.kind == snapshots.KindCommitted, err: err}
 			s.imagesMu.Unlock()

@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/imagefs"
 )
 
 // Mounts returns the mounts of the active or view snapshot key, again.
@@ -28,7 +30,7 @@ func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 		return nil, fmt.Errorf("mounts of %s: %w", key, err)
 	}
 	if reason := s.quarantined(snap.ID); reason != "" {
-		return nil, fmt.Errorf("mounts of %s: %w (%s); see snug incidents", key, ErrQuarantined, reason)
+		return nil, fmt.Errorf("mounts of %s: %w (%s); see snug incidents", key, imagefs.ErrQuarantined, reason)
 	}
 	if err := s.imagesSound(snap); err != nil {
 		return nil, fmt.Errorf("mounts of %s: %w", key, err)

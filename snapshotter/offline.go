@@ -38,9 +38,6 @@ func (s *Snapshotter) MarkDamaged(id, reason string) error {
 	return writeMarker(filepath.Join(s.snapshotDir(id), damagedFile), reason)
 }
 
-// ErrQuarantined is returned for a snapshot whose image is quarantined.
-var ErrQuarantined = errors.New("snapshot image quarantined")
-
 // MountObserver learns of every image the snapshotter mounts and of every
 // image it is about to unmount: the error monitor watches each. It also
 // learns of the images start-up could not mount (a damaged superblock, say).

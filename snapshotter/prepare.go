@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/snugfs/snug/internal/errclass"
+
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -153,7 +155,7 @@ func ensureUpper(mnt string) error {
 // ErrCraftedImage is returned for an image whose top directories are not
 // what snug makes: an upper, work or layer directory that is a symlink (or
 // not a directory) would send a container's overlay outside the image.
-var ErrCraftedImage = errors.New("image holds a crafted directory")
+var ErrCraftedImage = errclass.New("image holds a crafted directory", errdefs.ErrFailedPrecondition)
 
 // requireDir checks that path is a directory itself, not a symlink to one.
 func requireDir(path string) error {

