@@ -25,6 +25,23 @@
 // image, loop device or mount is leaked, and images stay mounted across a
 // restart so running containers do not notice it.
 //
+// # Locks
+//
+// From the outermost to the innermost; a lock is only taken while holding
+// those above it:
+//   - annotateMu serialises the remaking of a pristine image for its
+//     container's annotations (Mounts).
+//   - imageState.op runs one long operation on an image at a time: a
+//     reclaim, a quota change, the release at a stop. It is held across
+//     I/O.
+//   - imageState.mu protects an image's small state (class, container,
+//     running, queued, removed, the times of its last grow and reclaim),
+//     held briefly and never across I/O.
+//   - imagesMu protects the maps of mounted rw images and layers, the
+//     mount observer and the images start-up could not mount. It is never
+//     held across I/O, nor while another lock is taken.
+//   - pool.mu protects the pool's refill flag only.
+//
 // Example:
 //
 //	sn, err := snapshotter.New(ctx, cfg) // cfg from config.Load

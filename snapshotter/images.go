@@ -81,13 +81,15 @@ func (s *Snapshotter) Totals() Totals { return s.totals.snapshot() }
 // class is in the class file: written from the snapshot label when the
 // snapshot was made, rewritten when an OCI annotation picks another.
 func (s *Snapshotter) track(ctx context.Context, id string, m *imagefs.Mounted) *imageState {
+	// Read before the lock: imagesMu is never held across I/O.
+	var class string
+	if b, err := os.ReadFile(filepath.Join(s.snapshotDir(id), classFile)); err == nil {
+		class = strings.TrimSpace(string(b))
+	}
 	s.imagesMu.Lock()
 	st, ok := s.images[id]
 	if !ok {
-		st = &imageState{id: id, m: m}
-		if b, err := os.ReadFile(filepath.Join(s.snapshotDir(id), classFile)); err == nil {
-			st.class = strings.TrimSpace(string(b))
-		}
+		st = &imageState{id: id, m: m, class: class}
 		s.images[id] = st
 	}
 	o := s.mountObs
