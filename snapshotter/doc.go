@@ -27,8 +27,8 @@
 //
 // # Locks
 //
-// From the outermost to the innermost; a lock is only taken while holding
-// those above it:
+// From the outermost to the innermost: where two are held at once, the
+// one higher in this list was taken first.
 //   - annotateMu serialises the remaking of a pristine image for its
 //     container's annotations (Mounts).
 //   - imageState.op runs one long operation on an image at a time: a
