@@ -95,7 +95,7 @@ func NewServer(src Source, policy string) *http.Server {
 	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) {
 		images, err := src.Status(r.Context())
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, err)
+			writeError(w, statusOf(err), err)
 			return
 		}
 		if images == nil {
@@ -111,11 +111,7 @@ func NewServer(src Source, policy string) *http.Server {
 			}
 			img, err := call(r.Context(), fromWire(c))
 			if err != nil {
-				code := http.StatusInternalServerError
-				if errdefs.IsInvalidArgument(err) {
-					code = http.StatusBadRequest
-				}
-				writeError(w, code, err)
+				writeError(w, statusOf(err), err)
 				return
 			}
 			writeJSON(w, toWire(img))
@@ -137,14 +133,7 @@ func NewServer(src Source, policy string) *http.Server {
 			return toWire(img), err
 		})
 		if err != nil {
-			code := http.StatusInternalServerError
-			switch {
-			case errors.Is(err, hooks.ErrBadBundle), errdefs.IsInvalidArgument(err):
-				code = http.StatusBadRequest
-			case errors.Is(err, fs.ErrNotExist): // a bundle this daemon cannot see
-				code = http.StatusNotFound
-			}
-			writeError(w, code, err)
+			writeError(w, statusOf(err), err)
 			return
 		}
 		writeJSON(w, img)
@@ -152,12 +141,12 @@ func NewServer(src Source, policy string) *http.Server {
 	mux.HandleFunc("POST "+PathPoststop, func(w http.ResponseWriter, r *http.Request) {
 		st, err := hooks.ReadState(r.Body)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, err)
+			writeError(w, statusOf(err), err) // hooks.ErrBadState: 400
 			return
 		}
 		img, err := src.ContainerStopped(r.Context(), fromWire(hooks.StateContainer(st)))
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, err)
+			writeError(w, statusOf(err), err)
 			return
 		}
 		writeJSON(w, toWire(img))
@@ -180,7 +169,7 @@ func NewServer(src Source, policy string) *http.Server {
 	mux.HandleFunc("GET "+PathIncidents, func(w http.ResponseWriter, r *http.Request) {
 		out, err := src.Incidents(r.Context())
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, err)
+			writeError(w, statusOf(err), err)
 			return
 		}
 		if out == nil {
@@ -195,14 +184,7 @@ func NewServer(src Source, policy string) *http.Server {
 		}
 		out, err := src.Check(r.Context(), req.Target)
 		if err != nil {
-			code := http.StatusInternalServerError
-			switch {
-			case errdefs.IsNotFound(err):
-				code = http.StatusNotFound
-			case errors.Is(err, fsck.ErrIncidentOpen), errdefs.IsFailedPrecondition(err):
-				code = http.StatusConflict
-			}
-			writeError(w, code, err)
+			writeError(w, statusOf(err), err)
 			return
 		}
 		writeJSON(w, out)
@@ -278,15 +260,20 @@ func peerCred(c net.Conn) *unix.Ucred {
 	return cred
 }
 
-// statusOf is the HTTP status of an error by its errdefs class.
+// statusOf is the HTTP status of an error by its errdefs class (every
+// sentinel of snug's has one: internal/errclass), the one mapping every
+// route uses. A file that does not exist (a bundle this daemon cannot see)
+// is not found.
 func statusOf(err error) int {
 	switch {
-	case errdefs.IsNotFound(err):
-		return http.StatusNotFound
-	case errdefs.IsInvalidArgument(err):
+	case errdefs.IsInvalidArgument(err): // first: a bad bundle may also name a missing file
 		return http.StatusBadRequest
-	case errdefs.IsFailedPrecondition(err), errdefs.IsConflict(err):
+	case errdefs.IsNotFound(err), errors.Is(err, fs.ErrNotExist):
+		return http.StatusNotFound
+	case errdefs.IsFailedPrecondition(err), errdefs.IsConflict(err), errdefs.IsAlreadyExists(err):
 		return http.StatusConflict
+	case errdefs.IsUnavailable(err):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }
