@@ -133,7 +133,7 @@ func NewServer(src Source, policy string) *http.Server {
 			return toWire(img), err
 		})
 		if err != nil {
-			writeError(w, statusOf(err), err)
+			writeError(w, bundleStatus(err), err)
 			return
 		}
 		writeJSON(w, img)
@@ -274,6 +274,20 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errdefs.IsUnavailable(err):
 		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// bundleStatus is the HTTP status of a failed bundle create. It is not
+// statusOf's: snug-runc hands a call answered 404 or 409 over to the Go
+// wrapper (a bundle the daemon cannot see, a daemon running another
+// policy), so those two codes mean only that here.
+func bundleStatus(err error) int {
+	switch {
+	case errdefs.IsInvalidArgument(err):
+		return http.StatusBadRequest
+	case errors.Is(err, fs.ErrNotExist):
+		return http.StatusNotFound
 	}
 	return http.StatusInternalServerError
 }
