@@ -771,3 +771,14 @@ func TestSuperblockMatchesDumpe2fs(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBackingFiles is the sysfs scan every Mount and Remove makes:
+// go test -run XXX -bench BackingFiles ./imagefs (the figure in
+// backingFiles' doc; it grows with the host's loop devices).
+func BenchmarkBackingFiles(b *testing.B) {
+	for range b.N {
+		if _, err := backingFiles(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -38,8 +38,8 @@ func UnmountBelow(ctx context.Context, dir string) error {
 		}
 	}
 	devs, err := loopsBelow(dir)
-	if err != nil {
-		return err
+	if err != nil || len(devs) == 0 {
+		return err // none attached: nothing to detach or wait for
 	}
 	var errs []error
 	for _, dev := range devs {
