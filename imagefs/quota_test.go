@@ -58,10 +58,18 @@ func TestQuotaChangesOnline(t *testing.T) {
 	var stopOnce sync.Once
 	stop := func() { stopOnce.Do(func() { cancel(); <-done }) }
 	defer stop()
+	// setQuota changes the quota as snug resize does (snapshotter.Resize):
+	// a raise also frees the headroom at once, so a writer stopped at the
+	// old quota does not wait for the watcher's next check (under load in
+	// CI, its first write met ENOSPC before that check came).
 	setQuota := func(q int64) (QuotaChange, error) {
 		var ch QuotaChange
 		err := w.Repack("q", func() (err error) {
 			ch, err = m.SetQuota(ctx, q)
+			if err != nil || ch.QuotaAfter <= ch.QuotaBefore {
+				return err
+			}
+			_, err = m.EnsureFree(ctx, 32*mib)
 			return err
 		})
 		return ch, err
