@@ -84,7 +84,6 @@ func (k *waker) run(ctx context.Context) {
 			iw := k.byFsid[fsid]
 			k.mu.Unlock()
 			if iw != nil {
-				iw.wakes.Add(1)
 				iw.woken.Store(true)
 			}
 		}

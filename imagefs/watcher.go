@@ -98,12 +98,10 @@ type watched struct {
 	lastAt    time.Time
 	lastUsed  int64
 	lastFiles uint64
-	rate      float64      // bytes/s: recent fastest growth of used space
-	hot       bool         // checked every lane: growing, or short of room
-	woken     atomic.Bool  // written to since it went cold (the waker)
-	wakes     atomic.Int64 // the waker's events for it, in all
-	armed     bool         // the waker's mark is on (Run's goroutine)
-	warmUntil time.Time    // checked at the hot rate, unmarked, until then (woken lately)
+	rate      float64     // bytes/s: recent fastest growth of used space
+	hot       bool        // checked every lane: growing, or short of room
+	woken     atomic.Bool // written to since it went cold (the waker)
+	armed     bool        // the waker's mark is on (Run's goroutine)
 	fsid      [2]int32
 	changedAt time.Time
 	idleSent  bool
@@ -398,29 +396,13 @@ func (w *Watcher) checkHot(now time.Time) bool {
 	w.mu.Unlock()
 	hot := false
 	for _, iw := range list {
-		if iw.woken.Swap(false) {
-			iw.warmUntil = now.Add(wakeCooldown)
-		}
-		if iw.hot || now.Before(iw.warmUntil) {
+		if iw.woken.Swap(false) || iw.hot {
 			w.check(iw.key, iw, now)
-			hot = hot || iw.fast(now)
+			hot = hot || iw.hot
 		}
 	}
 	return hot
 }
-
-// wakeCooldown is how long an image the waker woke is checked at the hot
-// rate with its mark off, before the mark goes back on. A writer that
-// overwrites in place (a database) never makes an image hot, since its
-// used space does not grow: with the mark back on at once, each of its
-// writes would raise an event and wake the watcher (measured: a sixth of
-// a container's fsync'd write rate). Off for this long, it wakes the
-// watcher once per cooldown instead, and meanwhile a write that allocates
-// is seen within a hot lane.
-const wakeCooldown = time.Second
-
-// fast reports whether iw is checked every lane: hot, or woken lately.
-func (iw *watched) fast(now time.Time) bool { return iw.hot || now.Before(iw.warmUntil) }
 
 // checkAll checks every image (quiet ones every other time) and reports
 // whether any is hot.
@@ -444,7 +426,7 @@ func (w *Watcher) checkAll(now time.Time) bool {
 			continue
 		}
 		w.check(iw.key, iw, now)
-		hot = hot || iw.fast(now)
+		hot = hot || iw.hot
 	}
 	return hot
 }
@@ -564,9 +546,9 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 
 	want := pol.headroomFor(used, iw.rate)
 	iw.hot = iw.spare > 0 && (growing || free < want)
-	if fast := iw.fast(now); fast && iw.armed {
+	if iw.hot && iw.armed {
 		w.disarm(iw)
-	} else if !fast && !iw.armed && w.waker != nil {
+	} else if !iw.hot && !iw.armed && w.waker != nil {
 		w.arm(iw, sfs.Fsid.Val)
 	}
 	if free < want && iw.spare > 0 {
