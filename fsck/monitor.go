@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/imagefs"
 )
 
 // Monitor modes (config fsck.monitor).
@@ -105,11 +107,11 @@ func (m *Monitor) Mode() string { return m.mode }
 // carries already (ext4 keeps its count across mounts), which no event will
 // report.
 func (m *Monitor) Watch(key, dir, sysfs string) (existing int64, err error) {
-	var sfs unix.Statfs_t
-	if err := unix.Statfs(dir, &sfs); err != nil {
-		return 0, fmt.Errorf("watch %s (%s): %w", key, dir, err)
+	sp, err := imagefs.SpaceOf(dir)
+	if err != nil {
+		return 0, fmt.Errorf("watch %s: %w", key, err)
 	}
-	w := &watch{key: key, dir: dir, fsid: Fsid(sfs.Fsid.Val), sysfs: sysfs}
+	w := &watch{key: key, dir: dir, fsid: Fsid(sp.Fsid), sysfs: sysfs}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old, ok := m.watched[key]; ok {

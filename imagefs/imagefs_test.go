@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snugfs/snug/internal/roottest"
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/roottest"
 )
 
 const (

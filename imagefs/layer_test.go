@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/snugfs/snug/internal/roottest"
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/roottest"
 )
 
 // TestCreateLayerKeepsOverlayMetadata packs a tree holding everything an

@@ -4,21 +4,41 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
-// MountTable is what the kernel shows of loop devices and their mounts, read
-// once: every attached loop device with its backing file (sysfs), and every
-// mount of a whole filesystem. Start-up looks up each of hundreds of images
-// in one table, rather than reading sysfs and the mount table once per
-// image. It is a picture: it does not see what changes after it was read.
+// MountTable is snug's one view of what the kernel shows of loop devices
+// and mounts, read once: every attached loop device with its backing file
+// (sysfs), and the mount table. Start-up looks up each of hundreds of
+// images in one table, rather than reading sysfs and the mount table once
+// per image. It is a picture: it does not see what changes after it was
+// read. Nothing outside imagefs reads mountinfo or sysfs's loop devices.
 type MountTable struct {
-	loops  map[string][]string        // backing file → loop devices
-	mounts map[uint64]*mountinfo.Info // device number → its first root mount
-	points []string                   // every mount point
+	loops   map[string][]string   // backing file → loop devices
+	entries []MountEntry          // the mount table, in its order
+	roots   map[uint64]int        // device number → its first mount of the root
+	tops    map[string]MountEntry // mount point → the top mount on it
+}
+
+// MountEntry is one mount of the mount table, as snug reads it.
+type MountEntry struct {
+	// Point is the mount point; Source the device or what stands for it.
+	Point, Source string
+	FSType        string
+	// Root is the directory of the filesystem mounted there: "/" for a
+	// mount of a whole filesystem, another for a bind mount.
+	Root string
+	// Device is the filesystem's device number.
+	Device   uint64
+	ReadOnly bool
+	// Upper and Lowers are an overlay's upper and lower directories.
+	Upper  string
+	Lowers []string
 }
 
 // ReadMountTable reads the loop devices and the mount table.
@@ -27,22 +47,117 @@ func ReadMountTable() (*MountTable, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.mounts = map[uint64]*mountinfo.Info{}
-	infos, err := mountinfo.GetMounts(nil)
+	return t, t.readMounts(nil)
+}
+
+// ReadMountsBelow reads the mounts on dir and below it, and no loop device:
+// a table whose Find sees no image, for lookups by mount point.
+func ReadMountsBelow(dir string) (*MountTable, error) {
+	if d, err := canonical(dir); err == nil {
+		dir = d
+	}
+	t := &MountTable{loops: map[string][]string{}}
+	return t, t.readMounts(mountinfo.PrefixFilter(dir))
+}
+
+// readMounts fills the table's mounts from the mount table.
+func (t *MountTable) readMounts(filter mountinfo.FilterFunc) error {
+	infos, err := mountinfo.GetMounts(filter)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("read the mount table: %w", err)
 	}
+	t.roots, t.tops = map[uint64]int{}, map[string]MountEntry{}
 	for _, mi := range infos {
-		t.points = append(t.points, mi.Mountpoint)
-		if mi.Root != "/" {
-			continue
-		}
-		dev := unix.Mkdev(uint32(mi.Major), uint32(mi.Minor))
-		if _, ok := t.mounts[dev]; !ok {
-			t.mounts[dev] = mi
+		e := entryOf(mi)
+		t.entries = append(t.entries, e)
+		t.tops[e.Point] = e // a later line is mounted over an earlier one
+		if _, ok := t.roots[e.Device]; !ok && e.Root == "/" {
+			t.roots[e.Device] = len(t.entries) - 1
 		}
 	}
-	return t, nil
+	return nil
+}
+
+// entryOf reads one line of the mount table.
+func entryOf(mi *mountinfo.Info) MountEntry {
+	e := MountEntry{
+		Point: mi.Mountpoint, Source: mi.Source, FSType: mi.FSType, Root: mi.Root,
+		Device:   unix.Mkdev(uint32(mi.Major), uint32(mi.Minor)),
+		ReadOnly: slices.Contains(strings.Split(mi.Options, ","), "ro"),
+	}
+	if mi.FSType == "overlay" {
+		for _, o := range strings.Split(mi.VFSOptions, ",") {
+			if up, ok := strings.CutPrefix(o, "upperdir="); ok {
+				e.Upper = up
+			}
+			if lower, ok := strings.CutPrefix(o, "lowerdir="); ok {
+				e.Lowers = strings.Split(lower, ":")
+			}
+		}
+	}
+	return e
+}
+
+// At returns the top mount on dir, if anything is mounted on it.
+func (t *MountTable) At(dir string) (MountEntry, bool) {
+	if d, err := canonical(dir); err == nil {
+		dir = d
+	}
+	e, ok := t.tops[dir]
+	return e, ok
+}
+
+// Overlays returns every overlay mount.
+func (t *MountTable) Overlays() []MountEntry {
+	var out []MountEntry
+	for _, e := range t.entries {
+		if e.FSType == "overlay" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// OnDevice returns every mount of the filesystem on the block device at
+// path dev (a loop device): none if it is gone.
+func (t *MountTable) OnDevice(dev string) []MountEntry {
+	var st unix.Stat_t
+	if unix.Stat(dev, &st) != nil {
+		return nil
+	}
+	var out []MountEntry
+	for _, e := range t.entries {
+		if e.Device == st.Rdev {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// MountedAt returns the image at path as the table shows it mounted on dir,
+// without asking sysfs which device backs it: for a table of
+// ReadMountsBelow, when the caller knows which image dir holds.
+func (t *MountTable) MountedAt(path, dir string) (*Mounted, bool) {
+	e, ok := t.At(dir)
+	if !ok {
+		return nil, false
+	}
+	img, err := canonical(path)
+	if err != nil {
+		img = filepath.Clean(path)
+	}
+	return &Mounted{Image: img, Device: e.Source, Dir: e.Point, ReadOnly: e.ReadOnly}, true
+}
+
+// IsMountPoint reports whether something is mounted on dir, by one stat
+// pair: a mount point has another device than its parent directory. It
+// does not see a bind mount of a directory of the same filesystem.
+func IsMountPoint(dir string) bool {
+	var st, parent unix.Stat_t
+	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
 }
 
 // readLoops reads the loop devices alone: a table whose Find sees no mount.
@@ -116,9 +231,9 @@ func (t *MountTable) Find(path string) (*Mounted, error) {
 		if err := unix.Stat(dev, &st); err != nil {
 			continue
 		}
-		if mi, ok := t.mounts[st.Rdev]; ok {
-			ro := strings.Contains(","+mi.Options+",", ",ro,")
-			return &Mounted{Image: img, Device: dev, Dir: mi.Mountpoint, ReadOnly: ro}, nil
+		if i, ok := t.roots[st.Rdev]; ok {
+			e := t.entries[i]
+			return &Mounted{Image: img, Device: dev, Dir: e.Point, ReadOnly: e.ReadOnly}, nil
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", path, ErrNotMounted)
@@ -130,8 +245,8 @@ func (t *MountTable) Busy(dir string) bool {
 	if d, err := canonical(dir); err == nil {
 		dir = d
 	}
-	for _, p := range t.points {
-		if p == dir || strings.HasPrefix(p, dir+"/") {
+	for _, e := range t.entries {
+		if p := e.Point; p == dir || strings.HasPrefix(p, dir+"/") {
 			return true
 		}
 	}

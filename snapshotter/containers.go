@@ -10,8 +10,6 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
-	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
@@ -78,11 +76,11 @@ func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (Conta
 	if _, err := st.m.EnsureFree(ctx, int64(cl.Window.Headroom)); err != nil {
 		return ContainerImage{ID: st.id, Class: class}, err
 	}
-	var sfs unix.Statfs_t
-	if err := unix.Statfs(st.m.Dir, &sfs); err != nil {
-		return ContainerImage{ID: st.id, Class: class}, err
+	free, err := st.m.Free()
+	if err != nil {
+		return ContainerImage{ID: st.id, Class: class}, fmt.Errorf("snapshot %s: %w", st.id, err)
 	}
-	return ContainerImage{ID: st.id, Class: class, FreeBytes: int64(sfs.Bavail) * sfs.Bsize}, nil
+	return ContainerImage{ID: st.id, Class: class, FreeBytes: free}, nil
 }
 
 // ContainerStopped is the poststop hook and the task exit event: it notes
@@ -164,20 +162,18 @@ func (s *Snapshotter) snapshotOfRootfs(rootfs string) (string, error) {
 	if err != nil {
 		return "", nil // gone already: the caller tries the container id
 	}
-	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dir))
+	tbl, err := imagefs.ReadMountsBelow(dir)
 	if err != nil {
-		return "", fmt.Errorf("read mounts of %s: %w", dir, err)
+		return "", fmt.Errorf("mounts of %s: %w", dir, err)
 	}
-	if len(mounts) == 0 {
+	mi, ok := tbl.At(dir) // the top one, if mounted over
+	if !ok {
 		return "", nil
 	}
-	mi := mounts[len(mounts)-1] // the top one, if mounted over
 	switch mi.FSType {
 	case "overlay":
-		for _, o := range strings.Split(mi.VFSOptions, ",") {
-			if up, ok := strings.CutPrefix(o, "upperdir="); ok {
-				return s.snapshotOfUpper(up), nil
-			}
+		if mi.Upper != "" {
+			return s.snapshotOfUpper(mi.Upper), nil
 		}
 	case "ext4":
 		for _, st := range s.allImages() {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
-	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/imagefs"
 )
@@ -62,9 +61,9 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 	if err != nil {
 		return usage, fmt.Errorf("usage of %s: %w", key, err)
 	}
-	var sfs unix.Statfs_t
-	if err := unix.Statfs(s.upperPath(id), &sfs); err != nil {
+	sp, err := imagefs.SpaceOf(s.upperPath(id))
+	if err != nil {
 		return usage, fmt.Errorf("usage of %s: %w", key, err)
 	}
-	return snapshots.Usage{Size: size, Inodes: int64(sfs.Files - sfs.Ffree)}, nil
+	return snapshots.Usage{Size: size, Inodes: sp.InodesUsed}, nil
 }

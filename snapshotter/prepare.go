@@ -14,7 +14,6 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
@@ -174,7 +173,7 @@ func requireDir(path string) error {
 // parent: a mount point has another device than its directory's parent.
 func (s *Snapshotter) ensureLayersMounted(ctx context.Context, parentIDs []string) error {
 	for _, p := range parentIDs {
-		if isMountPoint(s.mountPath(p)) {
+		if imagefs.IsMountPoint(s.mountPath(p)) {
 			continue
 		}
 		if err := s.converge(ctx, p, snapshots.KindCommitted, nil); err != nil {
@@ -182,12 +181,4 @@ func (s *Snapshotter) ensureLayersMounted(ctx context.Context, parentIDs []strin
 		}
 	}
 	return nil
-}
-
-func isMountPoint(dir string) bool {
-	var st, parent unix.Stat_t
-	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
-		return false
-	}
-	return st.Dev != parent.Dev
 }

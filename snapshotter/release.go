@@ -3,18 +3,14 @@ package snapshotter
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
-	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/imagefs"
 )
@@ -119,44 +115,30 @@ func (s *Snapshotter) mountedImages() []mountedImage {
 // imagesInUse lists the snapshots whose images a mount other than snug's own
 // mount of the image refers to.
 func (s *Snapshotter) imagesInUse() (map[string]bool, error) {
-	infos, err := mountinfo.GetMounts(nil)
+	tbl, err := imagefs.ReadMountTable()
 	if err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
+		return nil, err
 	}
-	type own struct{ id, dir string }
-	byDev := map[uint64]own{}
-	for _, im := range s.mountedImages() {
-		var fi unix.Stat_t
-		if err := unix.Stat(im.m.Device, &fi); err != nil {
-			continue // detached already
+	used := map[string]bool{}
+	for _, ov := range tbl.Overlays() {
+		if id := s.snapshotOfUpper(ov.Upper); ov.Upper != "" && id != "" {
+			used[id] = true
 		}
+		for _, dir := range ov.Lowers {
+			if id := s.snapshotOfLayer(dir); id != "" {
+				used[id] = true
+			}
+		}
+	}
+	for _, im := range s.mountedImages() {
 		dir := im.m.Dir
 		if real, err := filepath.EvalSymlinks(dir); err == nil {
 			dir = real
 		}
-		byDev[fi.Rdev] = own{im.id, dir}
-	}
-	used := map[string]bool{}
-	for _, mi := range infos {
-		if mi.FSType == "overlay" {
-			for _, o := range strings.Split(mi.VFSOptions, ",") {
-				if up, ok := strings.CutPrefix(o, "upperdir="); ok {
-					if id := s.snapshotOfUpper(up); id != "" {
-						used[id] = true
-					}
-				}
-				if lower, ok := strings.CutPrefix(o, "lowerdir="); ok {
-					for _, dir := range strings.Split(lower, ":") {
-						if id := s.snapshotOfLayer(dir); id != "" {
-							used[id] = true
-						}
-					}
-				}
+		for _, e := range tbl.OnDevice(im.m.Device) { // none: detached already
+			if e.FSType != "overlay" && e.Point != dir {
+				used[im.id] = true
 			}
-			continue
-		}
-		if o, ok := byDev[unix.Mkdev(uint32(mi.Major), uint32(mi.Minor))]; ok && mi.Mountpoint != o.dir {
-			used[o.id] = true
 		}
 	}
 	return used, nil

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/moby/sys/mountinfo"
 
 	"github.com/snugfs/snug/imagefs"
 )
@@ -86,20 +85,15 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	// One read of the mount table for all images, not one per image.
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Join(s.root, "snapshots")))
+	tbl, err := imagefs.ReadMountsBelow(filepath.Join(s.root, "snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
-	}
-	devices := map[string]string{}
-	for _, mi := range mounts {
-		devices[mi.Mountpoint] = mi.Source
 	}
 	for i := range out {
 		st := &out[i]
 		kind := snapshots.ParseKind(st.Kind)
 		image := s.imagePath(st.ID, kind)
-		mnt, _ := filepath.EvalSymlinks(s.mountPath(st.ID))
-		dev, ok := devices[mnt]
+		m, ok := tbl.MountedAt(image, s.mountPath(st.ID))
 		if !ok {
 			st.Stats.Path = image
 			st.Problem = "not mounted"
@@ -113,10 +107,9 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 		}
 		if _, err := os.Lstat(image); errors.Is(err, os.ErrNotExist) {
 			st.Stats.Path = image
-			st.Problem = fmt.Sprintf("%v (mounted on %s, its data goes when it is unmounted): remove the snapshot", ErrImageDeleted, dev)
+			st.Problem = fmt.Sprintf("%v (mounted on %s, its data goes when it is unmounted): remove the snapshot", ErrImageDeleted, m.Device)
 			continue
 		}
-		m := &imagefs.Mounted{Image: image, Device: dev, Dir: mnt, ReadOnly: kind == snapshots.KindCommitted}
 		stats, err := m.Stat()
 		st.Stats = stats
 		if err != nil {
