@@ -71,15 +71,25 @@ func NewContainerd(address string, index SnapshotIndex) *Containerd {
 	return &Containerd{address: address, index: index}
 }
 
+// get returns the client, connecting first if need be. The dial runs
+// outside c.mu: two first calls may both dial, and the second client is
+// closed.
 func (c *Containerd) get() (*containerd.Client, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.client != nil {
-		return c.client, nil
+	cl := c.client
+	c.mu.Unlock()
+	if cl != nil {
+		return cl, nil
 	}
 	cl, err := containerd.New(c.address, containerd.WithTimeout(5*time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("containerd at %s: %w", c.address, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client != nil {
+		cl.Close()
+		return c.client, nil
 	}
 	c.client = cl
 	return cl, nil

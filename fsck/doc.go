@@ -21,6 +21,26 @@
 // checked and reported without stopping anything. docs/design.md explains
 // each choice.
 //
+// # Files
+//
+// doctor.go holds the Doctor and what it is told (mounts, reports);
+// states.go names the states, steps and outcomes; table.go is the state
+// machine, a table of steps ({from, step, skip, run, next}); pipeline.go
+// drives an incident through it, recording each step; steps.go is each
+// step's work; scrub.go the online check on demand and on schedule;
+// counters.go the metrics; incident.go the records; monitor.go and
+// sysfs.go the detection; containerd.go and events.go containerd.
+//
+// # Locks
+//
+// None is held across disk I/O or a call to containerd, and none is taken
+// while another is held, except Monitor.mu, then sysfsPoller.mu (Watch and
+// Unwatch). Doctor.mu protects the open incidents (active, more) and Run's
+// context; counters.mu the step counts; store.mu the incidents in memory
+// (each incident's file is written by the one goroutine working it);
+// Monitor.mu the watched images; Containerd.mu the client; eventQueue.mu
+// the queued events.
+//
 //	doctor, err := fsck.NewDoctor(root+"/incidents", cfg.Fsck, sn, fsck.NewContainerd(addr, sn))
 //	sn.Observe(ctx, doctor) // watch every image mounted, now and later
 //	go doctor.Run(ctx)

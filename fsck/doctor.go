@@ -3,15 +3,9 @@ package fsck
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/containerd/errdefs"
-
-	"github.com/snugfs/snug/internal/errclass"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -110,68 +104,6 @@ var realE2fsprogs = e2fsprogs{
 	repair:  imagefs.Repair,
 	verify:  imagefs.Check,
 	stopped: (*imagefs.Mounted).Stopped,
-}
-
-type counters struct {
-	reports, incidents, repaired, quarantined, restarted atomic.Int64
-
-	mu    sync.Mutex // protects steps
-	steps map[stepKey]*StepStat
-}
-
-type stepKey struct{ name, result string }
-
-// StepStat counts the steps of one name and result since the daemon
-// started, and the time they took.
-type StepStat struct {
-	Step    string  `json:"step"`
-	Result  string  `json:"result"`
-	Count   int64   `json:"count"`
-	Seconds float64 `json:"seconds"`
-}
-
-func (c *counters) step(s Step) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.steps == nil {
-		c.steps = map[stepKey]*StepStat{}
-	}
-	result := s.Result
-	if _, err := strconv.Atoi(result); err == nil {
-		result = "ok" // a count of containers
-	}
-	k := stepKey{s.Name, result}
-	st, ok := c.steps[k]
-	if !ok {
-		st = &StepStat{Step: s.Name, Result: result}
-		c.steps[k] = st
-	}
-	st.Count++
-	st.Seconds += s.Duration().Seconds()
-}
-
-// StepStats returns the step counters.
-func (d *Doctor) StepStats() []StepStat {
-	d.counts.mu.Lock()
-	defer d.counts.mu.Unlock()
-	out := make([]StepStat, 0, len(d.counts.steps))
-	for _, st := range d.counts.steps {
-		out = append(out, *st)
-	}
-	return out
-}
-
-// Counts are the doctor's cumulative counters, for metrics.
-type Counts struct {
-	// Reports counts error reports received (each may stand for more
-	// than one error).
-	Reports     int64 `json:"reports"`
-	Incidents   int64 `json:"incidents"`
-	Repaired    int64 `json:"repaired"`
-	Quarantined int64 `json:"quarantined"`
-	Restarted   int64 `json:"restarted"`
-	// Open is the number of incidents being worked on.
-	Open int `json:"open"`
 }
 
 // NewDoctor opens the incident records in dir and a Monitor in the
@@ -323,103 +255,8 @@ func (d *Doctor) addToOpenLocked(r Report) bool {
 	return true
 }
 
-// CheckResult is the outcome of an on-demand online check.
-type CheckResult struct {
-	Snapshot string              `json:"snapshot"`
-	Result   imagefs.ScrubResult `json:"result"`
-	// Incident is the incident a damaged image opened.
-	Incident string `json:"incident,omitempty"`
-}
-
-// ErrIncidentOpen is returned by Check for an image an incident is
-// working on.
-var ErrIncidentOpen = errclass.New("an incident is open on this image", errdefs.ErrFailedPrecondition)
-
-// Check runs the online check of snapshot id's mounted image now (frozen
-// for the check, or for a reflink clone). A damaged image opens an
-// incident (source "check") that the pipeline takes on.
-func (d *Doctor) Check(ctx context.Context, id string) (CheckResult, error) {
-	out := CheckResult{Snapshot: id}
-	d.mu.Lock()
-	inc, busy := d.active[id]
-	d.mu.Unlock()
-	if busy {
-		return out, fmt.Errorf("check %s: %w (%s)", id, ErrIncidentOpen, inc.ID)
-	}
-	m, _, ok := d.images.MountedImage(id)
-	if !ok {
-		return out, fmt.Errorf("check %s: %w", id, imagefs.ErrNotMounted)
-	}
-	res, err := d.scrub(ctx, m, d.pol())
-	out.Result = res
-	if err != nil {
-		return out, fmt.Errorf("check %s: %w", id, err)
-	}
-	if res.Uncorrected() {
-		at := time.Now()
-		d.report(Report{Key: id, At: at, Source: "check", Event: Event{Count: 1}})
-		d.mu.Lock()
-		if inc, ok := d.active[id]; ok {
-			out.Incident = inc.ID
-		}
-		d.mu.Unlock()
-	}
-	return out, nil
-}
-
-// scrub checks an image online within the policy's timeout.
-func (d *Doctor) scrub(ctx context.Context, m *imagefs.Mounted, pol config.FsckPolicy) (imagefs.ScrubResult, error) {
-	cctx, cancel := context.WithTimeout(ctx, pol.Timeout)
-	defer cancel()
-	return d.tools.scrub(cctx, m, pol.CheckMethod)
-}
-
-// scrubEvery checks every watched image online, one at a time, each
-// policy scrub_interval.
-func (d *Doctor) scrubEvery(ctx context.Context) {
-	for {
-		iv := d.pol().ScrubInterval
-		if iv <= 0 {
-			iv = time.Hour // turned off by a reload: look again later
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(iv):
-		}
-		if d.pol().ScrubInterval <= 0 {
-			continue
-		}
-		for _, id := range d.mon.Watched() {
-			res, err := d.Check(ctx, id)
-			entry := log.G(ctx).WithField("snapshot", id)
-			switch {
-			case errors.Is(err, ErrIncidentOpen):
-			case err != nil:
-				entry.WithError(err).Warn("scheduled check")
-			case res.Incident != "":
-				entry.WithField("incident", res.Incident).Error("scheduled check found damage")
-			default:
-				entry.WithField("frozen", res.Result.Frozen).Debug("scheduled check: clean")
-			}
-		}
-	}
-}
-
 // Incidents lists every recorded incident, oldest first.
 func (d *Doctor) Incidents() []Incident { return d.store.list() }
-
-// Counts returns the doctor's counters.
-func (d *Doctor) Counts() Counts {
-	d.mu.Lock()
-	open := len(d.active)
-	d.mu.Unlock()
-	return Counts{
-		Reports: d.counts.reports.Load(), Incidents: d.counts.incidents.Load(),
-		Repaired: d.counts.repaired.Load(), Quarantined: d.counts.quarantined.Load(),
-		Restarted: d.counts.restarted.Load(), Open: open,
-	}
-}
 
 func readOnly(inc *Incident) bool {
 	return inc.Check != nil && inc.Check.Method == imagefs.ScrubReadOnly

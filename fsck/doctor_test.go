@@ -154,7 +154,7 @@ func waitFinal(t *testing.T, d *Doctor, id string) Incident {
 func steps(inc Incident) []string {
 	var out []string
 	for _, s := range inc.Steps {
-		out = append(out, s.Name)
+		out = append(out, s.Name.String())
 	}
 	return out
 }

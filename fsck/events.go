@@ -31,7 +31,7 @@ func (c *Containerd) Publish(ctx context.Context, inc *Incident, step Step) {
 		"io.snugfs.snapshot":   inc.Snapshot,
 		"io.snugfs.image":      inc.Image,
 		"io.snugfs.state":      string(inc.State),
-		"io.snugfs.step":       step.Name,
+		"io.snugfs.step":       step.Name.String(),
 		"io.snugfs.result":     step.Result,
 		"io.snugfs.error":      inc.Error,
 		"io.snugfs.containers": strings.Join(names, ","),
@@ -40,7 +40,7 @@ func (c *Containerd) Publish(ctx context.Context, inc *Incident, step Step) {
 	if step.Detail != "" {
 		ann["io.snugfs.detail"] = step.Detail
 	}
-	ev := incidentEvent{ns: ns, step: step.Name, desc: &apitypes.Descriptor{MediaType: EventMediaType, Annotations: ann}}
+	ev := incidentEvent{ns: ns, step: step.Name.String(), desc: &apitypes.Descriptor{MediaType: EventMediaType, Annotations: ann}}
 	c.events.push(context.WithoutCancel(ctx), ev, c.send)
 }
 

@@ -74,7 +74,7 @@ type ContainerRef struct {
 
 // Step is one step of the pipeline.
 type Step struct {
-	Name   string    `json:"name"`
+	Name   StepName  `json:"name"`
 	Start  time.Time `json:"start"`
 	End    time.Time `json:"end,omitzero"`
 	Result string    `json:"result,omitempty"`
@@ -90,7 +90,7 @@ func (s Step) Duration() time.Duration {
 }
 
 // Done reports whether the incident went through step name to the end.
-func (inc *Incident) Done(name string) bool {
+func (inc *Incident) Done(name StepName) bool {
 	for _, s := range inc.Steps {
 		if s.Name == name && !s.End.IsZero() {
 			return true
@@ -105,7 +105,7 @@ func (inc *Incident) Done(name string) bool {
 type store struct {
 	dir string
 
-	mu        sync.Mutex // protects incidents and the files
+	mu        sync.Mutex // protects incidents; never held across I/O
 	incidents map[string]*Incident
 }
 
@@ -193,15 +193,14 @@ func readIncident(path string) (*Incident, error) {
 	return &inc, nil
 }
 
-// save writes inc (a copy is kept in memory).
+// save writes inc (a copy is kept in memory). An incident is saved only
+// by the goroutine that works it, so its writes never race each other.
 func (s *store) save(inc *Incident) error {
 	inc.UpdatedAt = time.Now().UTC()
 	data, err := json.MarshalIndent(inc, "", "  ")
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	path := filepath.Join(s.dir, inc.ID+".json")
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -225,7 +224,9 @@ func (s *store) save(inc *Incident) error {
 	cp := *inc
 	cp.Steps = slices.Clone(inc.Steps)
 	cp.Containers = slices.Clone(inc.Containers)
+	s.mu.Lock()
 	s.incidents[inc.ID] = &cp
+	s.mu.Unlock()
 	return nil
 }
 

@@ -1,10 +1,9 @@
 package fsck
 
-import "fmt"
-
 // State is where an incident stands. Each step of the pipeline ends with
-// an Outcome, and the table transitions gives the state that follows: no
-// step can leave an incident in a state this file does not name.
+// an Outcome, and its row of the table pipeline (steps.go) gives the state
+// that follows: no step can leave an incident in a state this file does
+// not name.
 //
 // An incident ends in one of four final states:
 //   - resolved: the image is clean (checked clean, or repaired and verified)
@@ -17,6 +16,8 @@ import "fmt"
 //   - held: fsck.action is freeze or check, and the containers stay paused
 //     for an operator.
 type State string
+
+func (s State) String() string { return string(s) }
 
 // Incident states: the open ones in the order a repair goes through them,
 // then the final ones.
@@ -60,22 +61,30 @@ func Final(s State) bool {
 	return false
 }
 
-// Steps of the pipeline, as recorded in an incident. detect is the report
-// itself; the final states are recorded as steps of their own too.
+// StepName names a step of the pipeline, as recorded in an incident.
+// detect is the report itself; the final states are recorded as steps of
+// their own too.
+type StepName string
+
+func (s StepName) String() string { return string(s) }
+
+// Steps of the pipeline, in the order a repair goes through them.
 const (
-	StepDetect     = "detect"
-	StepContainers = "containers"
-	StepFreeze     = "freeze"
-	StepCheck      = "check"
-	StepThaw       = "thaw"
-	StepStop       = "stop"
-	StepRepair     = "repair"
-	StepRestart    = "restart"
-	StepQuarantine = "quarantine"
+	StepDetect     StepName = "detect"
+	StepContainers StepName = "containers"
+	StepFreeze     StepName = "freeze"
+	StepCheck      StepName = "check"
+	StepThaw       StepName = "thaw"
+	StepStop       StepName = "stop"
+	StepRepair     StepName = "repair"
+	StepRestart    StepName = "restart"
+	StepQuarantine StepName = "quarantine"
 )
 
 // Outcome is how a step ended.
 type Outcome string
+
+func (o Outcome) String() string { return string(o) }
 
 const (
 	OK     Outcome = "ok"
@@ -87,34 +96,6 @@ const (
 	ReadOnly     Outcome = "read-only"    // clean, but ext4 stopped the filesystem: it must be remounted
 	NotMounted   Outcome = "not-mounted"  // nothing to check online (start-up could not mount it)
 )
-
-// transitions is the state after each step's outcome.
-var transitions = map[string]map[Outcome]State{
-	StepContainers: {OK: StateLocated, Failed: StateFailing},
-	// A container that cannot be frozen is stopped instead.
-	StepFreeze: {OK: StateFrozen, Failed: StateDamaged},
-	// The check is advice: only a clean one spares the repair.
-	StepCheck: {Clean: StateClean, Damaged: StateDamaged, Inconclusive: StateDamaged, ReadOnly: StateDamaged, NotMounted: StateDamaged},
-	// A container that cannot be thawed is stopped, and the image
-	// repaired and verified before it starts again.
-	StepThaw:   {OK: StateResolved, Failed: StateDamaged},
-	StepStop:   {OK: StateStopped, Failed: StateFailing},
-	StepRepair: {OK: StateRepaired, Failed: StateFailing},
-	// The image is clean: a container that cannot start again is an error
-	// of its own, recorded in the reason.
-	StepRestart: {OK: StateResolved, Failed: StateResolved},
-	// Final whatever happens: what could not be done is in the reason.
-	StepQuarantine: {OK: StateQuarantined, Failed: StateQuarantined},
-}
-
-// next is the state after step ended with outcome out.
-func next(step string, out Outcome) (State, error) {
-	s, ok := transitions[step][out]
-	if !ok {
-		return "", fmt.Errorf("no transition for step %s with outcome %s", step, out)
-	}
-	return s, nil
-}
 
 // upgradeState maps the states of records an older snug wrote to the ones
 // of this table, so an incident it left open resumes: "checked" did not

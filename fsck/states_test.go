@@ -13,7 +13,7 @@ import (
 )
 
 // outcomes lists what each step can end with.
-var outcomes = map[string][]Outcome{
+var outcomes = map[StepName][]Outcome{
 	StepContainers: {OK, Failed},
 	StepFreeze:     {OK, Failed},
 	StepCheck:      {Clean, Damaged, Inconclusive, ReadOnly, NotMounted},
@@ -33,9 +33,22 @@ func TestEveryOutcomeHasAState(t *testing.T) {
 			}
 		}
 	}
-	for step := range transitions {
-		if _, ok := outcomes[step]; !ok {
-			t.Errorf("step %s has transitions but no outcomes listed here", step)
+	for _, row := range pipeline {
+		if _, ok := outcomes[row.step]; !ok {
+			t.Errorf("step %s has transitions but no outcomes listed here", row.step)
+		}
+		for out := range row.next {
+			if !slices.Contains(outcomes[row.step], out) {
+				t.Errorf("step %s leads somewhere on outcome %s, which is not listed here", row.step, out)
+			}
+		}
+		if row.run == nil || Final(row.from) {
+			t.Errorf("step %s: no work, or it starts from a final state (%s)", row.step, row.from)
+		}
+	}
+	for _, st := range States {
+		if !Final(st) && rowFrom(st).from != st {
+			t.Errorf("open state %s has no row of its own", st)
 		}
 	}
 }
@@ -58,7 +71,7 @@ func TestEveryOpenStateHasAPlan(t *testing.T) {
 					if (step == "") == (end == "") || end != "" && !Final(end) {
 						t.Errorf("state %s, action %s, layer %v: step %q, end %q", st, action, layer, step, end)
 					}
-					if _, ok := transitions[step]; step != "" && !ok {
+					if step != "" && rowOf(step).run == nil {
 						t.Errorf("state %s, action %s: step %q has no transitions", st, action, step)
 					}
 				}
@@ -76,7 +89,7 @@ func TestEveryStepOutcome(t *testing.T) {
 		state  State
 		reason string // in the incident's reason
 	}
-	wants := map[string]map[Outcome]want{
+	wants := map[StepName]map[Outcome]want{
 		StepContainers: {OK: {StateResolved, ""}, Failed: {StateQuarantined, "containers: "}},
 		StepFreeze:     {OK: {StateResolved, ""}, Failed: {StateResolved, ""}},
 		StepCheck: {Clean: {StateResolved, ""}, Damaged: {StateResolved, ""}, Inconclusive: {StateResolved, ""},
@@ -89,7 +102,7 @@ func TestEveryStepOutcome(t *testing.T) {
 	}
 	for step, outs := range outcomes {
 		for _, out := range outs {
-			t.Run(step+"/"+string(out), func(t *testing.T) {
+			t.Run(step.String()+"/"+out.String(), func(t *testing.T) {
 				w, ok := wants[step][out]
 				if !ok {
 					t.Fatalf("no expectation for step %s, outcome %s", step, out)
@@ -116,7 +129,7 @@ func TestEveryStepOutcome(t *testing.T) {
 					imgs.mounted = false
 				}
 				d := newFakeDoctor(t, imgs, ctrs, checkOut, repairFails)
-				inc := &Incident{ID: "i-" + step, Snapshot: "1", Image: "/fake/rw.img", Source: "fanotify", DetectedAt: time.Now(), State: StateOpen}
+				inc := &Incident{ID: "i-" + step.String(), Snapshot: "1", Image: "/fake/rw.img", Source: "fanotify", DetectedAt: time.Now(), State: StateOpen}
 				d.work(context.Background(), inc)
 
 				if inc.State != w.state || !strings.Contains(inc.Reason, w.reason) {
@@ -200,8 +213,8 @@ func TestStoppedImageGoesStraightToRepair(t *testing.T) {
 		want   []string
 		state  State
 	}{
-		{"repair", []string{StepDetect, StepContainers, StepCheck, StepStop, StepRepair, StepRestart, string(StateResolved)}, StateResolved},
-		{"check", []string{StepDetect, StepContainers, StepFreeze, StepCheck, string(StateHeld)}, StateHeld},
+		{"repair", []string{"detect", "containers", "check", "stop", "repair", "restart", "resolved"}, StateResolved},
+		{"check", []string{"detect", "containers", "freeze", "check", "held"}, StateHeld},
 	} {
 		t.Run(tc.action, func(t *testing.T) {
 			imgs := &fakeImages{mounted: true, stopped: true}
@@ -327,7 +340,7 @@ func (f *fakeImages) Quarantine(ctx context.Context, id, reason string) error {
 // fakeContainers is one running container on the image; the step named
 // fail fails each time it acts on it, or its first failTimes times.
 type fakeContainers struct {
-	fail      string
+	fail      StepName
 	failTimes int
 	failed    int
 	container struct{ running, paused bool }
@@ -342,7 +355,7 @@ func (f *fakeContainers) Using(ctx context.Context, snapshot string, layer bool)
 	return []ContainerRef{{Namespace: "default", ID: "c1", Status: "running"}}, nil
 }
 
-func (f *fakeContainers) act(step string) error {
+func (f *fakeContainers) act(step StepName) error {
 	if f.fail == step && (f.failTimes == 0 || f.failed < f.failTimes) {
 		f.failed++
 		return fmt.Errorf("%s refused: ttrpc: closed", step)

@@ -119,17 +119,17 @@ func TestRepairBenchmark(t *testing.T) {
 			rr.Details = map[string]string{}
 			var inSteps float64
 			for _, st := range inc.Steps {
-				rr.Steps[st.Name] += ms(st.Duration())
+				rr.Steps[st.Name.String()] += ms(st.Duration())
 				inSteps += ms(st.Duration())
 				if st.Detail != "" {
-					rr.Details[st.Name] = st.Detail
+					rr.Details[st.Name.String()] = st.Detail
 				}
 			}
 			last := inc.Steps[len(inc.Steps)-1]
 			rr.TotalMS = ms(last.End.Sub(inc.DetectedAt))
 			rr.GapMS = rr.TotalMS - inSteps
 			if load {
-				t.Logf("round %d (%s, under load): total %.0f ms, between steps %.0f ms; repair: %s", r, kind, rr.TotalMS, rr.GapMS, rr.Details[fsck.StepRepair])
+				t.Logf("round %d (%s, under load): total %.0f ms, between steps %.0f ms; repair: %s", r, kind, rr.TotalMS, rr.GapMS, rr.Details[fsck.StepRepair.String()])
 			}
 			if inc.Repair != nil {
 				rr.RepairExit = inc.Repair.ExitCode

@@ -64,7 +64,7 @@ func TestIncidentCrashMatrix(t *testing.T) {
 		s.checkRepaired(inc, n, "", false)
 		seen := map[string]int{}
 		for _, st := range inc.Steps {
-			seen[st.Name]++
+			seen[st.Name.String()]++
 		}
 		for _, want := range incidentSteps {
 			if want == "freeze" && step != "freeze" {

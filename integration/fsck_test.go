@@ -433,7 +433,7 @@ func (s *stack) checkRepaired(inc fsck.Incident, container, wantErr string, want
 }
 
 // stepOf is the incident's step named name, or nil.
-func stepOf(inc fsck.Incident, name string) *fsck.Step {
+func stepOf(inc fsck.Incident, name fsck.StepName) *fsck.Step {
 	for i := range inc.Steps {
 		if inc.Steps[i].Name == name {
 			return &inc.Steps[i]

@@ -121,7 +121,7 @@ func (c *CLI) printIncident(inc fsck.Incident, lines int) {
 		}
 		rows = append(rows, []string{
 			"  +" + s.Start.Sub(inc.DetectedAt).Round(100*time.Microsecond).String(),
-			s.Name, s.Result, took, s.Detail,
+			s.Name.String(), s.Result, took, s.Detail,
 		})
 	}
 	c.table(rows)
