@@ -1,7 +1,9 @@
-// Package control is snug's control API: HTTP with JSON bodies on a
-// root-only Unix socket (config control_address), served by `snug serve`,
-// and Client, the one typed client through which the CLI and the OCI hooks
-// reach the daemon.
+// Package control is the transport of snug's control API: HTTP with JSON
+// bodies on a root-only Unix socket (config control_address), served by
+// `snug serve` for a Service the daemon implements, and Client, the one
+// typed client through which the CLI reaches the daemon (the OCI hooks use
+// package wire's). It knows routes, bodies and statuses, nothing of what
+// the calls do: the bodies are package wire's and package api's.
 //
 // The socket is created 0600 in a 0700 directory, and every connection's
 // peer credentials are checked as well: only root (uid 0) is answered.
@@ -19,17 +21,13 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/control/wire"
-	"github.com/snugfs/snug/fsck"
-	"github.com/snugfs/snug/hooks"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // Paths of the API (package wire has the protocol).
@@ -45,41 +43,31 @@ const (
 	PathResize         = wire.PathResize
 )
 
-// Source is what the control API reports on and acts on: the snapshotter.
-type Source interface {
-	Status(ctx context.Context) ([]snapshotter.ImageStatus, error)
-	ContainerStarting(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
-	ContainerStopped(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
-	Reclaim(ctx context.Context, key string) ([]snapshotter.ReclaimOutcome, error)
+// Service is what the routes call: the daemon implements it. Its errors
+// carry their errdefs class, which statusOf turns into the HTTP status.
+type Service interface {
+	Status(ctx context.Context) ([]api.ImageStatus, error)
+	// ContainerStarting and ContainerStopped are the hooks' calls.
+	ContainerStarting(ctx context.Context, c wire.Container) (wire.ContainerImage, error)
+	ContainerStopped(ctx context.Context, c wire.Container) (wire.ContainerImage, error)
+	// BundleCreate is snug-runc's call on runc create and run. snug-runc
+	// hands a call answered 404 or 409 over to the Go wrapper, so only a
+	// bundle the daemon cannot see (fs.ErrNotExist) and a daemon running
+	// another policy (a conflict) may fail with those classes.
+	BundleCreate(ctx context.Context, b wire.Bundle) (wire.ContainerImage, error)
+	// Poststop is snug-runc's poststop hook: the OCI state as it came.
+	Poststop(ctx context.Context, state io.Reader) (wire.ContainerImage, error)
+	Reclaim(ctx context.Context, snapshot string) ([]api.ReclaimOutcome, error)
 	// Incidents lists the error monitor's incidents, oldest first.
-	Incidents(ctx context.Context) ([]fsck.Incident, error)
+	Incidents(ctx context.Context) ([]api.Incident, error)
 	// Check runs the online check of a container's or snapshot's image.
-	Check(ctx context.Context, target string) (fsck.CheckResult, error)
+	Check(ctx context.Context, target string) (api.CheckResult, error)
 	// Resize changes the quota of a container's or snapshot's image.
-	Resize(ctx context.Context, target string, quota int64) (snapshotter.QuotaOutcome, error)
-}
-
-// ResizeRequest is the body of a resize call: a container id, or a
-// snapshot by its key in snug's store or its id, and its new quota.
-type ResizeRequest struct {
-	Target string `json:"target"`
-	Quota  int64  `json:"quota_bytes"`
-}
-
-// CheckRequest is the body of a check call: a container id, or a snapshot
-// by its key in snug's store or its id.
-type CheckRequest struct {
-	Target string `json:"target"`
+	Resize(ctx context.Context, target string, quota int64) (api.QuotaOutcome, error)
 }
 
 // Container is the body of the container start and stop calls.
 type Container = wire.Container
-
-// ReclaimRequest is the body of a reclaim call: one snapshot by its key in
-// snug's store, or every active snapshot when Snapshot is empty.
-type ReclaimRequest struct {
-	Snapshot string `json:"snapshot,omitempty"`
-}
 
 // ErrDaemonDown is returned by the Client when nothing answers on the socket.
 var ErrDaemonDown = wire.ErrDaemonDown
@@ -87,120 +75,21 @@ var ErrDaemonDown = wire.ErrDaemonDown
 // peerKey carries a connection's peer credentials into its requests.
 type peerKey struct{}
 
-// NewServer returns the HTTP server of the control API for src. policy is
-// the policy file the daemon runs ("" if unknown): the bundle create call
-// of a wrapper that reads another one is refused.
-func NewServer(src Source, policy string) *http.Server {
+// NewServer returns the HTTP server of the control API for svc: one
+// handler per route, each decoding its body, calling svc and encoding the
+// answer.
+func NewServer(svc Service) *http.Server {
+	h := handlers{svc}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) {
-		images, err := src.Status(r.Context())
-		if err != nil {
-			writeError(w, statusOf(err), err)
-			return
-		}
-		if images == nil {
-			images = []snapshotter.ImageStatus{}
-		}
-		writeJSON(w, images)
-	})
-	container := func(call func(context.Context, snapshotter.Container) (snapshotter.ContainerImage, error)) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			var c Container
-			if !readJSON(w, r, &c) {
-				return
-			}
-			img, err := call(r.Context(), fromWire(c))
-			if err != nil {
-				writeError(w, statusOf(err), err)
-				return
-			}
-			writeJSON(w, toWire(img))
-		}
-	}
-	mux.HandleFunc("POST "+PathContainerStart, container(src.ContainerStarting))
-	mux.HandleFunc("POST "+PathContainerStop, container(src.ContainerStopped))
-	mux.HandleFunc("POST "+PathBundleCreate, func(w http.ResponseWriter, r *http.Request) {
-		var req wire.Bundle
-		if !readJSON(w, r, &req) {
-			return
-		}
-		if req.Policy != "" && policy != "" && !samePath(req.Policy, policy) {
-			writeError(w, http.StatusConflict, fmt.Errorf("this daemon runs policy %s, not %s", policy, req.Policy))
-			return
-		}
-		img, err := hooks.PrepareBundle(r.Context(), req, func(ctx context.Context, c wire.Container) (wire.ContainerImage, error) {
-			img, err := src.ContainerStarting(ctx, fromWire(c))
-			return toWire(img), err
-		})
-		if err != nil {
-			writeError(w, bundleStatus(err), err)
-			return
-		}
-		writeJSON(w, img)
-	})
-	mux.HandleFunc("POST "+PathPoststop, func(w http.ResponseWriter, r *http.Request) {
-		st, err := hooks.ReadState(r.Body)
-		if err != nil {
-			writeError(w, statusOf(err), err) // hooks.ErrBadState: 400
-			return
-		}
-		img, err := src.ContainerStopped(r.Context(), fromWire(hooks.StateContainer(st)))
-		if err != nil {
-			writeError(w, statusOf(err), err)
-			return
-		}
-		writeJSON(w, toWire(img))
-	})
-	mux.HandleFunc("POST "+PathReclaim, func(w http.ResponseWriter, r *http.Request) {
-		var req ReclaimRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		out, err := src.Reclaim(r.Context(), req.Snapshot)
-		if err != nil {
-			writeError(w, statusOf(err), err)
-			return
-		}
-		if out == nil {
-			out = []snapshotter.ReclaimOutcome{}
-		}
-		writeJSON(w, out)
-	})
-	mux.HandleFunc("GET "+PathIncidents, func(w http.ResponseWriter, r *http.Request) {
-		out, err := src.Incidents(r.Context())
-		if err != nil {
-			writeError(w, statusOf(err), err)
-			return
-		}
-		if out == nil {
-			out = []fsck.Incident{}
-		}
-		writeJSON(w, out)
-	})
-	mux.HandleFunc("POST "+PathCheck, func(w http.ResponseWriter, r *http.Request) {
-		var req CheckRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		out, err := src.Check(r.Context(), req.Target)
-		if err != nil {
-			writeError(w, statusOf(err), err)
-			return
-		}
-		writeJSON(w, out)
-	})
-	mux.HandleFunc("POST "+PathResize, func(w http.ResponseWriter, r *http.Request) {
-		var req ResizeRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		out, err := src.Resize(r.Context(), req.Target, req.Quota)
-		if err != nil {
-			writeError(w, statusOf(err), err)
-			return
-		}
-		writeJSON(w, out)
-	})
+	mux.HandleFunc("GET "+PathStatus, h.status)
+	mux.HandleFunc("POST "+PathContainerStart, passing(svc.ContainerStarting))
+	mux.HandleFunc("POST "+PathContainerStop, passing(svc.ContainerStopped))
+	mux.HandleFunc("POST "+PathBundleCreate, passing(svc.BundleCreate))
+	mux.HandleFunc("POST "+PathPoststop, h.poststop)
+	mux.HandleFunc("POST "+PathReclaim, h.reclaim)
+	mux.HandleFunc("GET "+PathIncidents, h.incidents)
+	mux.HandleFunc("POST "+PathCheck, h.check)
+	mux.HandleFunc("POST "+PathResize, h.resize)
 	return &http.Server{
 		Handler:           rootOnly(mux),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -210,25 +99,75 @@ func NewServer(src Source, policy string) *http.Server {
 	}
 }
 
-// fromWire is the snapshotter's view of a container a hook reports.
-func fromWire(c wire.Container) snapshotter.Container {
-	return snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations}
+// handlers are the routes of the API.
+type handlers struct{ svc Service }
+
+func (h handlers) status(w http.ResponseWriter, r *http.Request) {
+	images, err := h.svc.Status(r.Context())
+	answer(w, nonNil(images), err)
 }
 
-// toWire is the answer to a hook's call.
-func toWire(img snapshotter.ContainerImage) wire.ContainerImage {
-	return wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes}
-}
-
-// samePath tells whether a and b name the same file: the same inode, or
-// the same clean path when either cannot be read.
-func samePath(a, b string) bool {
-	fa, errA := os.Stat(a)
-	fb, errB := os.Stat(b)
-	if errA == nil && errB == nil {
-		return os.SameFile(fa, fb)
+// passing is the handler of a route whose body the service takes as it
+// is: it decodes the body, calls fn with it, and answers.
+func passing[In, Out any](fn func(context.Context, In) (Out, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if readJSON(w, r, &in) {
+			out, err := fn(r.Context(), in)
+			answer(w, out, err)
+		}
 	}
-	return filepath.Clean(a) == filepath.Clean(b)
+}
+
+func (h handlers) poststop(w http.ResponseWriter, r *http.Request) {
+	img, err := h.svc.Poststop(r.Context(), r.Body) // the service bounds what it reads
+	answer(w, img, err)
+}
+
+func (h handlers) reclaim(w http.ResponseWriter, r *http.Request) {
+	var req wire.ReclaimRequest
+	if readJSON(w, r, &req) {
+		out, err := h.svc.Reclaim(r.Context(), req.Snapshot)
+		answer(w, nonNil(out), err)
+	}
+}
+
+func (h handlers) incidents(w http.ResponseWriter, r *http.Request) {
+	out, err := h.svc.Incidents(r.Context())
+	answer(w, nonNil(out), err)
+}
+
+func (h handlers) check(w http.ResponseWriter, r *http.Request) {
+	var req wire.CheckRequest
+	if readJSON(w, r, &req) {
+		out, err := h.svc.Check(r.Context(), req.Target)
+		answer(w, out, err)
+	}
+}
+
+func (h handlers) resize(w http.ResponseWriter, r *http.Request) {
+	var req wire.ResizeRequest
+	if readJSON(w, r, &req) {
+		out, err := h.svc.Resize(r.Context(), req.Target, req.Quota)
+		answer(w, out, err)
+	}
+}
+
+// answer writes v, or err with the status of its class.
+func answer(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, v)
+}
+
+// nonNil makes a nil list answer [], not null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }
 
 // rootOnly answers only connections whose peer is root.
@@ -278,20 +217,6 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-// bundleStatus is the HTTP status of a failed bundle create. It is not
-// statusOf's: snug-runc hands a call answered 404 or 409 over to the Go
-// wrapper (a bundle the daemon cannot see, a daemon running another
-// policy), so those two codes mean only that here.
-func bundleStatus(err error) int {
-	switch {
-	case errdefs.IsInvalidArgument(err):
-		return http.StatusBadRequest
-	case errors.Is(err, fs.ErrNotExist):
-		return http.StatusNotFound
-	}
-	return http.StatusInternalServerError
-}
-
 func writeError(w http.ResponseWriter, code int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -332,31 +257,31 @@ func NewClient(address string) *Client {
 }
 
 // Status returns every image the daemon serves.
-func (c *Client) Status(ctx context.Context) ([]snapshotter.ImageStatus, error) {
-	var out []snapshotter.ImageStatus
+func (c *Client) Status(ctx context.Context) ([]api.ImageStatus, error) {
+	var out []api.ImageStatus
 	return out, c.Call(ctx, http.MethodGet, PathStatus, nil, &out)
 }
 
 // Reclaim repacks one snapshot's image now, or every one for "".
-func (c *Client) Reclaim(ctx context.Context, snapshot string) ([]snapshotter.ReclaimOutcome, error) {
-	var out []snapshotter.ReclaimOutcome
-	return out, c.Call(ctx, http.MethodPost, PathReclaim, ReclaimRequest{Snapshot: snapshot}, &out)
+func (c *Client) Reclaim(ctx context.Context, snapshot string) ([]api.ReclaimOutcome, error) {
+	var out []api.ReclaimOutcome
+	return out, c.Call(ctx, http.MethodPost, PathReclaim, wire.ReclaimRequest{Snapshot: snapshot}, &out)
 }
 
 // Incidents lists the error monitor's incidents, oldest first.
-func (c *Client) Incidents(ctx context.Context) ([]fsck.Incident, error) {
-	var out []fsck.Incident
+func (c *Client) Incidents(ctx context.Context) ([]api.Incident, error) {
+	var out []api.Incident
 	return out, c.Call(ctx, http.MethodGet, PathIncidents, nil, &out)
 }
 
 // Resize changes the quota of a container's or snapshot's image now.
-func (c *Client) Resize(ctx context.Context, target string, quota int64) (snapshotter.QuotaOutcome, error) {
-	var out snapshotter.QuotaOutcome
-	return out, c.Call(ctx, http.MethodPost, PathResize, ResizeRequest{Target: target, Quota: quota}, &out)
+func (c *Client) Resize(ctx context.Context, target string, quota int64) (api.QuotaOutcome, error) {
+	var out api.QuotaOutcome
+	return out, c.Call(ctx, http.MethodPost, PathResize, wire.ResizeRequest{Target: target, Quota: quota}, &out)
 }
 
 // Check runs the online check of a container's or snapshot's image now.
-func (c *Client) Check(ctx context.Context, target string) (fsck.CheckResult, error) {
-	var out fsck.CheckResult
-	return out, c.Call(ctx, http.MethodPost, PathCheck, CheckRequest{Target: target}, &out)
+func (c *Client) Check(ctx context.Context, target string) (api.CheckResult, error) {
+	var out api.CheckResult
+	return out, c.Call(ctx, http.MethodPost, PathCheck, wire.CheckRequest{Target: target}, &out)
 }

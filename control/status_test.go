@@ -34,19 +34,4 @@ func TestStatusOfSentinels(t *testing.T) {
 			t.Errorf("%v: status %d, want %d", tc.err, got, tc.want)
 		}
 	}
-	// A bundle create answers 404 and 409 only for what makes snug-runc
-	// hand over to the Go wrapper: a quarantined image is no such thing.
-	for _, tc := range []struct {
-		err  error
-		want int
-	}{
-		{fmt.Errorf("%w: %w", hooks.ErrBadBundle, fs.ErrNotExist), http.StatusBadRequest},
-		{fmt.Errorf("wrapper: %w", fs.ErrNotExist), http.StatusNotFound},
-		{imagefs.ErrQuarantined, http.StatusInternalServerError},
-		{imagefs.ErrBusy, http.StatusInternalServerError},
-	} {
-		if got := bundleStatus(tc.err); got != tc.want {
-			t.Errorf("bundle create, %v: status %d, want %d", tc.err, got, tc.want)
-		}
-	}
 }

@@ -98,7 +98,7 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 
 	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
-	ctl := control.NewServer(service{Snapshotter: sn, doctor: doctor, ctrd: ctrd}, file)
+	ctl := control.NewServer(service{hookCalls: hookCalls{sn: sn, policy: file}, sn: sn, doctor: doctor, ctrd: ctrd})
 
 	bgCtx, stopBg := context.WithCancel(ctx)
 	defer stopBg()

@@ -11,93 +11,19 @@ import (
 	"sync"
 	"time"
 
-	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/api"
 )
 
-// Incident is one error on one image and what snug did about it. It is
-// written to disk before each step, so a restarted daemon resumes it.
-type Incident struct {
-	ID       string `json:"id"`
-	Snapshot string `json:"snapshot"`
-	// Layer reports a committed (read-only, shared) layer image.
-	Layer bool   `json:"layer,omitempty"`
-	Image string `json:"image"`
-	// Source is how the error was noticed: "fanotify", "sysfs",
-	// "existing" (carried by the image when snug started watching it),
-	// "check" (an online check found damage), "mount" (start-up could not
-	// mount the image) or "start-check" (start-up's e2fsck -fn of an
-	// unmounted image found damage; see fsck.check_at_start).
-	Source string `json:"source"`
-	// Error names the first error ("EUCLEAN", "EIO").
-	Error string `json:"error,omitempty"`
-	// Errors counts the errors reported while the incident was open.
-	Errors     uint64               `json:"errors"`
-	DetectedAt time.Time            `json:"detected_at"`
-	Detail     *imagefs.ErrorRecord `json:"detail,omitempty"`
-	Containers []ContainerRef       `json:"containers,omitempty"`
-	State      State                `json:"state"`
-	// Reason says why an incident was quarantined, held or failed a step.
-	Reason string `json:"reason,omitempty"`
-	Steps  []Step `json:"steps"`
-	// Check and Repair keep e2fsck's reports.
-	Check  *imagefs.ScrubResult `json:"check,omitempty"`
-	Repair *imagefs.FsckResult  `json:"repair,omitempty"`
-	// Verify is the e2fsck -fn after the repair.
-	Verify    *imagefs.FsckResult `json:"verify,omitempty"`
-	UpdatedAt time.Time           `json:"updated_at"`
-}
+// Incident is one error on one image and what snug did about it
+// (api.Incident). It is written to disk before each step, so a restarted
+// daemon resumes it.
+type Incident = api.Incident
 
-// ContainerRef is a container using an incident's image, and what the
-// pipeline did to it.
-type ContainerRef struct {
-	Namespace string `json:"namespace"`
-	ID        string `json:"id"`
-	// Status is the task's status when the incident found it ("running",
-	// "paused", "stopped", "" for no task).
-	Status string `json:"status"`
-	// Stdout, Stderr, Terminal are the task's stdio as containerd knew it
-	// when it was stopped, for its restart.
-	Stdout    string `json:"stdout,omitempty"`
-	Stderr    string `json:"stderr,omitempty"`
-	Terminal  bool   `json:"terminal,omitempty"`
-	Paused    bool   `json:"paused,omitempty"`
-	Stopped   bool   `json:"stopped,omitempty"`
-	Restarted bool   `json:"restarted,omitempty"`
-	// Log is where its output goes after a restart, when its stdio was a
-	// client's FIFOs that are gone.
-	Log string `json:"log,omitempty"`
-	// ManagedBy names the manager that restarts the container itself
-	// ("kubernetes" for a CRI container): snug repairs its image and
-	// leaves the restart to it.
-	ManagedBy string `json:"managed_by,omitempty"`
-}
+// ContainerRef is a container using an incident's image (api.ContainerRef).
+type ContainerRef = api.ContainerRef
 
-// Step is one step of the pipeline.
-type Step struct {
-	Name   StepName  `json:"name"`
-	Start  time.Time `json:"start"`
-	End    time.Time `json:"end,omitzero"`
-	Result string    `json:"result,omitempty"`
-	Detail string    `json:"detail,omitempty"`
-}
-
-// Duration is how long the step took (zero while it runs).
-func (s Step) Duration() time.Duration {
-	if s.End.IsZero() {
-		return 0
-	}
-	return s.End.Sub(s.Start)
-}
-
-// Done reports whether the incident went through step name to the end.
-func (inc *Incident) Done(name StepName) bool {
-	for _, s := range inc.Steps {
-		if s.Name == name && !s.End.IsZero() {
-			return true
-		}
-	}
-	return false
-}
+// Step is one step of the pipeline, as an incident records it (api.Step).
+type Step = api.Step
 
 // store keeps incidents as JSON files in one directory, one per incident,
 // each replaced atomically (write, fsync, rename), so a crash leaves the

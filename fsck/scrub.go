@@ -9,18 +9,14 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/errclass"
 )
 
-// CheckResult is the outcome of an on-demand online check.
-type CheckResult struct {
-	Snapshot string              `json:"snapshot"`
-	Result   imagefs.ScrubResult `json:"result"`
-	// Incident is the incident a damaged image opened.
-	Incident string `json:"incident,omitempty"`
-}
+// CheckResult is the outcome of an on-demand online check (api.CheckResult).
+type CheckResult = api.CheckResult
 
 // ErrIncidentOpen is returned by Check for an image an incident is
 // working on.

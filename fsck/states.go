@@ -1,23 +1,9 @@
 package fsck
 
-// State is where an incident stands. Each step of the pipeline ends with
-// an Outcome, and its row of the table pipeline (steps.go) gives the state
-// that follows: no step can leave an incident in a state this file does
-// not name.
-//
-// An incident ends in one of four final states:
-//   - resolved: the image is clean (checked clean, or repaired and verified)
-//     and its containers run again (or stay stopped by fsck.restart = false);
-//   - quarantined: its containers' tasks are stopped (never left paused),
-//     the image is unmounted and kept, marked with the reason, and snug
-//     refuses to mount it until an operator deals with it;
-//   - reported: fsck.action is notify, or the image is a read-only layer
-//     (its containers run on; the layer is marked damaged);
-//   - held: fsck.action is freeze or check, and the containers stay paused
-//     for an operator.
-type State string
+import "github.com/snugfs/snug/api"
 
-func (s State) String() string { return string(s) }
+// State is where an incident stands (api.IncidentState).
+type State = api.IncidentState
 
 // Incident states: the open ones in the order a repair goes through them,
 // then the final ones.
@@ -61,12 +47,8 @@ func Final(s State) bool {
 	return false
 }
 
-// StepName names a step of the pipeline, as recorded in an incident.
-// detect is the report itself; the final states are recorded as steps of
-// their own too.
-type StepName string
-
-func (s StepName) String() string { return string(s) }
+// StepName names a step of the pipeline (api.StepName).
+type StepName = api.StepName
 
 // Steps of the pipeline, in the order a repair goes through them.
 const (

@@ -8,16 +8,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/api"
 )
 
-// ErrorRecord is ext4's live record of the errors a mounted filesystem
-// found (sysfs). The kernel keeps it even when it cannot write the
-// superblock, as after an I/O error.
-type ErrorRecord struct {
-	Count int64    `json:"count"`
-	First *FsError `json:"first,omitempty"`
-	Last  *FsError `json:"last,omitempty"`
-}
+// ErrorRecord is ext4's live error record (api.ErrorRecord).
+type ErrorRecord = api.ErrorRecord
 
 // ErrorRecord reads the live error record of the mounted image. Fields
 // sysfs does not show are left zero.

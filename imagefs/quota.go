@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/internal/errclass"
 
 	"golang.org/x/sys/unix"
@@ -121,15 +122,8 @@ func (m *Mounted) Quota() (int64, error) {
 	return readQuota(f, sb.Size())
 }
 
-// QuotaChange says what SetQuota did.
-type QuotaChange struct {
-	QuotaBefore   int64 `json:"quota_before_bytes"`
-	QuotaAfter    int64 `json:"quota_after_bytes"`
-	CeilingBytes  int64 `json:"ceiling_bytes"`
-	UsedBytes     int64 `json:"used_bytes"`
-	BalloonBefore int64 `json:"balloon_before_bytes"`
-	BalloonAfter  int64 `json:"balloon_after_bytes"`
-}
+// QuotaChange says what SetQuota did (api.QuotaChange).
+type QuotaChange = api.QuotaChange
 
 // SetQuota changes the quota of the mounted image while its container may
 // write. A quota above the ceiling is refused (ErrQuotaAboveCeiling), and so

@@ -12,6 +12,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/api"
 )
 
 // Ways Scrub takes a consistent view of a mounted image.
@@ -31,18 +33,8 @@ const (
 	ScrubReadOnly = "read-only"
 )
 
-// ScrubResult is an online check of a mounted image.
-type ScrubResult struct {
-	FsckResult
-	// Method is how the consistent view was taken.
-	Method string `json:"method"`
-	// Frozen is how long writers were held by the freeze.
-	Frozen time.Duration `json:"frozen_ns"`
-	// JournalSkipped reports a read-only view whose journal held
-	// transactions e2fsck could not replay (an image ext4 stopped after an
-	// error): its findings may include what the journal would have fixed.
-	JournalSkipped bool `json:"journal_skipped,omitempty"`
-}
+// ScrubResult is an online check of a mounted image (api.ScrubResult).
+type ScrubResult = api.ScrubResult
 
 // Scrub checks a mounted image without unmounting it: e2scrub's idea
 // without LVM. A frozen ext4 has its journal checkpointed and its writers

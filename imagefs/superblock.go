@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/snugfs/snug/api"
 )
 
 // Superblock holds what snug reads from an ext4 superblock. Every field is
@@ -30,16 +32,8 @@ type Superblock struct {
 	LastMounted string
 }
 
-// FsError is one of the two error records ext4 keeps in its superblock.
-type FsError struct {
-	Time     time.Time
-	Function string
-	Line     uint32
-	Inode    uint32
-	Block    uint64
-	// Code names the error ("EFSCORRUPTED", "EIO"), when ext4 recorded it.
-	Code string `json:",omitempty"`
-}
+// FsError is an error ext4 recorded (api.FsError).
+type FsError = api.FsError
 
 const (
 	superblockOffset = 1024

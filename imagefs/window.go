@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/internal/failpoint"
 )
 
@@ -76,18 +77,8 @@ func (m *Mounted) EnsureFree(ctx context.Context, free int64) (int64, error) {
 	return grown, nil
 }
 
-// ReclaimResult says what a Reclaim did.
-type ReclaimResult struct {
-	TrimmedBytes    int64         `json:"trimmed_bytes"`
-	FootprintBefore int64         `json:"footprint_before_bytes"`
-	FootprintAfter  int64         `json:"footprint_after_bytes"`
-	WindowBefore    int64         `json:"window_before_bytes"`
-	WindowAfter     int64         `json:"window_after_bytes"`
-	Duration        time.Duration `json:"duration_ns"`
-}
-
-// Gain is the host space the reclaim gave back.
-func (r ReclaimResult) Gain() int64 { return r.FootprintBefore - r.FootprintAfter }
+// ReclaimResult says what a Reclaim did (api.ReclaimResult).
+type ReclaimResult = api.ReclaimResult
 
 // ReclaimOptions say how far a Reclaim repacks.
 type ReclaimOptions struct {

@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 )
@@ -64,12 +65,8 @@ func (s *Snapshotter) applyAnnotatedQuota(ctx context.Context, st *imageState, a
 	return nil
 }
 
-// QuotaOutcome is what a quota change did.
-type QuotaOutcome struct {
-	Snapshot string `json:"snapshot,omitempty"`
-	ID       string `json:"id"`
-	imagefs.QuotaChange
-}
+// QuotaOutcome says what a quota change did (api.QuotaOutcome).
+type QuotaOutcome = api.QuotaOutcome
 
 // SetQuota changes the quota of snapshot id's mounted rw image while its
 // container runs (`snug resize`). A quota above the image's ceiling, or

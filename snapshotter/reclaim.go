@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 )
@@ -62,15 +63,8 @@ func (s *Snapshotter) scheduleReclaim(st *imageState, reason string, delay time.
 	}()
 }
 
-// ReclaimOutcome is what one reclaim did, or why it did nothing.
-type ReclaimOutcome struct {
-	Snapshot string `json:"snapshot"`
-	ID       string `json:"id"`
-	Reason   string `json:"reason"`
-	// Skipped says why nothing was done ("" when the image was repacked).
-	Skipped string `json:"skipped,omitempty"`
-	imagefs.ReclaimResult
-}
+// ReclaimOutcome is the outcome of one reclaim (api.ReclaimOutcome).
+type ReclaimOutcome = api.ReclaimOutcome
 
 // reclaim trims and repacks one image now, waiting for a reclaim running on
 // it. A stopped container's image is packed tight; a running (or possibly

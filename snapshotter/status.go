@@ -7,47 +7,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/imagefs"
 )
 
-// ImageStatus is one snapshot's image as `snug status` shows it.
-type ImageStatus struct {
-	// Snapshot is the snapshot's key or name in snug's store (containerd
-	// prefixes it with the namespace and its own id).
-	Snapshot string `json:"snapshot"`
-	// Kind is "active" (a thin writable image) or "committed" (a layer).
-	Kind string `json:"kind"`
-	ID   string `json:"id"`
-	imagefs.Stats
-	// Problem says why the image could not be measured, if it could not.
-	Problem string `json:"problem,omitempty"`
-	// Damaged is why the error monitor marked a read-only layer damaged.
-	Damaged string `json:"damaged,omitempty"`
-	Activity
-}
+// ImageStatus is one snapshot's image as `snug status` shows it (api.ImageStatus).
+type ImageStatus = api.ImageStatus
 
-// Activity is what the daemon did to an rw image and knows of its
-// container, since the daemon started.
-type Activity struct {
-	// Class is the policy class the image follows ("" for the base).
-	Class     string `json:"class,omitempty"`
-	Container string `json:"container,omitempty"`
-	// State is "running" or "stopped" when a hook or an event said so.
-	State          string     `json:"state,omitempty"`
-	LastGrow       *time.Time `json:"last_grow,omitempty"`
-	LastReclaim    *time.Time `json:"last_reclaim,omitempty"`
-	Grows          int64      `json:"grows"`
-	GrowBytes      int64      `json:"grow_bytes"`
-	Reclaims       int64      `json:"reclaims"`
-	ReclaimedBytes int64      `json:"reclaimed_bytes"`
-	TrimmedBytes   int64      `json:"trimmed_bytes"`
-	// WindowFull counts checks that found the window full before the quota.
-	WindowFull int64 `json:"window_full"`
-}
+// Activity is what the daemon did to an rw image (api.Activity).
+type Activity = api.Activity
 
 func (st *imageState) activity() Activity {
 	st.mu.Lock()

@@ -75,6 +75,25 @@ type ContainerImage struct {
 	FreeBytes int64 `json:"free_bytes,omitempty"`
 }
 
+// ReclaimRequest is the body of a reclaim call: one snapshot by its key in
+// snug's store, or every active snapshot when Snapshot is empty.
+type ReclaimRequest struct {
+	Snapshot string `json:"snapshot,omitempty"`
+}
+
+// CheckRequest is the body of a check call: a container id, or a snapshot
+// by its key in snug's store or its id.
+type CheckRequest struct {
+	Target string `json:"target"`
+}
+
+// ResizeRequest is the body of a resize call: a container id, or a
+// snapshot by its key in snug's store or its id, and its new quota.
+type ResizeRequest struct {
+	Target string `json:"target"`
+	Quota  int64  `json:"quota_bytes"`
+}
+
 // ErrorBody is the body of every error answer.
 type ErrorBody struct {
 	Error string `json:"error"`
