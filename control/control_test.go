@@ -62,7 +62,8 @@ func (f fakeService) BundleCreate(_ context.Context, b wire.Bundle) (wire.Contai
 
 func (f fakeService) Poststop(_ context.Context, state io.Reader) (wire.ContainerImage, error) {
 	var st struct{ ID string }
-	if err := json.NewDecoder(state).Decode(&st); err != nil || st.ID == "" {
+	data, err := io.ReadAll(state)
+	if err != nil || json.Unmarshal(data, &st) != nil || st.ID == "" {
 		return wire.ContainerImage{}, fmt.Errorf("bad state: %w", errdefs.ErrInvalidArgument)
 	}
 	*f.seen = wire.Container{ID: st.ID}
@@ -252,6 +253,8 @@ func FuzzControlAPI(f *testing.F) {
 		{"POST", PathReclaim, `[`},
 		{"POST", PathResize, `{"target":"c1","quota_bytes":1073741824}`},
 		{"POST", PathResize, `{"target":"c1","quota_bytes":-1}`},
+		{"POST", PathPoststop, `{"id":"c1"}x`},
+		{"POST", PathBundleCreate, `{"id":"missing","bundle":"/b"}`},
 	} {
 		f.Add(seed.method, seed.path, []byte(seed.body))
 	}
