@@ -16,6 +16,12 @@ const (
 	ioctlFIEMAP   = 0xc020660b // _IOWR('f', 11, struct fiemap)
 	ioctlFIFREEZE = 0xc0045877 // _IOWR('X', 119, int)
 	ioctlFITHAW   = 0xc0045878 // _IOWR('X', 120, int)
+	// ioctlShutdown is EXT4_IOC_SHUTDOWN (_IOR('X', 125, __u32), also
+	// FS_IOC_SHUTDOWN), from fs/ext4/ext4.h; its argument is how.
+	ioctlShutdown = 0x8004587d
+	// shutdownNoLogFlush stops the filesystem without writing its dirty
+	// data or its journal (EXT4_GOING_FLAGS_NOLOGFLUSH).
+	shutdownNoLogFlush = 2
 )
 
 // ioctlBuf calls an ioctl whose argument is a buffer the kernel reads and

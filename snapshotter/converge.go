@@ -67,7 +67,10 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 		if _, err := os.Lstat(rw); err == nil {
 			s.untrack(id)
 			if m, err := find(tbl, rw); err == nil {
-				if err := m.Unmount(ctx); err != nil {
+				// Its upper dir is in the layer now: what the page
+				// cache holds of it (a layer just unpacked) is dropped,
+				// not written to a file about to be deleted.
+				if err := m.Discard(ctx); err != nil {
 					return fmt.Errorf("snapshot %s: %w", id, err)
 				}
 			} else if !errors.Is(err, imagefs.ErrNotMounted) {
