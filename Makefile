@@ -82,9 +82,12 @@ bench-imagefs: deps
 # snug, overlayfs, erofs and blockfile in one containerd, round robin;
 # medians and ratios to overlayfs in bench/results/containerd.{json,txt}.
 # SNUG_BENCH_IMPORTS and SNUG_BENCH_RUNS set the repetitions (4 and 15).
+# erofs runs with its tar differ, on erofs-utils 1.8 built from Debian
+# trixie's source by scripts/erofs-utils.sh (once, into $SNUG_CACHE,
+# /var/cache/snug by default).
 bench-containerd: deps
 	@mkdir -p bench/results
-	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
+	SNUG_BENCH_EROFS_BIN=$$(scripts/erofs-utils.sh) SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
 	  $(GO) test -count=1 -timeout 60m -run '^TestContainerdBenchmark$$' -v ./integration
 
 # bench-churn: the churn workload in a real container on snug, blockfile

@@ -148,7 +148,13 @@ func (s *stack) startContainerd() {
 	s.cmd = exec.Command(filepath.Join(containerdBin(), "containerd"), "--config", filepath.Join(s.dir, "containerd.toml"))
 	// SNUG_CONFIG and SNUG_CONTROL reach snug-runc through the shim: it
 	// and its hooks then use this stack's daemon, not the default one.
-	s.cmd.Env = append(os.Environ(), "PATH="+containerdBin()+":/usr/sbin:/usr/bin:/sbin:/bin", "SNUG_CONFIG="+s.snug.Config, "SNUG_CONTROL="+s.snug.Control)
+	// SNUG_STACK_PATH puts tools before the system's (the benchmark's
+	// erofs-utils build).
+	path := containerdBin() + ":/usr/sbin:/usr/bin:/sbin:/bin"
+	if extra := os.Getenv("SNUG_STACK_PATH"); extra != "" {
+		path = extra + ":" + path
+	}
+	s.cmd.Env = append(os.Environ(), "PATH="+path, "SNUG_CONFIG="+s.snug.Config, "SNUG_CONTROL="+s.snug.Control)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
