@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/snugfs/snug/internal/errclass"
+	"github.com/snugfs/snug/internal/units"
 )
 
 // Size is a byte count read from the policy or the command line. In TOML it is
@@ -28,7 +29,7 @@ const (
 // image snug will ever handle and leaves room for arithmetic without overflow.
 const maxSize = 1 << 60
 
-var units = map[string]Size{
+var unitSizes = map[string]Size{
 	"": 1, "b": 1,
 	"k": KiB, "kib": KiB, "m": MiB, "mib": MiB, "g": GiB, "gib": GiB, "t": TiB, "tib": TiB, "p": PiB, "pib": PiB,
 	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "pb": 1e15,
@@ -51,7 +52,7 @@ func ParseSize(s string) (Size, error) {
 	if num == "" {
 		return 0, fmt.Errorf("%w %q: no number", ErrBadSize, s)
 	}
-	mult, ok := units[unit]
+	mult, ok := unitSizes[unit]
 	if !ok {
 		return 0, fmt.Errorf("%w %q: unknown unit %q (use B, KiB, MiB, GiB, TiB)", ErrBadSize, s, t[i:])
 	}
@@ -109,21 +110,4 @@ func (s Size) Bytes() int64 { return int64(s) }
 func (s Size) String() string { return FormatBytes(int64(s)) }
 
 // FormatBytes formats n bytes in IEC units: "0B", "4KiB", "9.77GiB".
-func FormatBytes(n int64) string {
-	neg := n < 0
-	if neg {
-		n = -n
-	}
-	names := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	f, i := float64(n), 0
-	for f >= 1024 && i < len(names)-1 {
-		f /= 1024
-		i++
-	}
-	out := strconv.FormatFloat(f, 'f', 2, 64)
-	out = strings.TrimRight(strings.TrimRight(out, "0"), ".")
-	if neg {
-		out = "-" + out
-	}
-	return out + names[i]
-}
+func FormatBytes(n int64) string { return units.FormatBytes(n) }

@@ -97,7 +97,7 @@ func (d *Doctor) check(ctx context.Context, inc *Incident, s *Step, pol config.F
 		s.Detail = "the image is not mounted"
 		return NotMounted
 	}
-	if d.stoppedForRepair(inc, pol) {
+	if d.stoppedForRepair(inc, pol, false) {
 		// Whatever e2fsck -n says, the repair follows: an online check
 		// would only delay it. The repair's own e2fsck records the damage.
 		s.Detail = "not run: ext4 stopped the filesystem read-only after the error; the offline repair checks it"
@@ -128,9 +128,11 @@ func (d *Doctor) check(ctx context.Context, inc *Incident, s *Step, pol config.F
 //
 // ext4 reports the error (fanotify, sysfs) a moment before it stops the
 // filesystem: it aborts the journal and writes the superblock first. For
-// an incident that an ext4 report opened, the answer is therefore awaited
-// for up to stopWait; any other source (a check, start-up) is asked once.
-func (d *Doctor) stoppedForRepair(inc *Incident, pol config.FsckPolicy) bool {
+// an incident that an ext4 report opened, a patient caller (the plan,
+// before the freeze) therefore waits for the answer for up to stopWait;
+// any other source (a check, start-up), and the check step, which comes
+// after that wait, ask once.
+func (d *Doctor) stoppedForRepair(inc *Incident, pol config.FsckPolicy, patient bool) bool {
 	if inc.Layer || pol.Action != "repair" {
 		return false
 	}
@@ -139,7 +141,7 @@ func (d *Doctor) stoppedForRepair(inc *Incident, pol config.FsckPolicy) bool {
 		return false
 	}
 	wait := time.Duration(0)
-	if inc.Source == ModeFanotify || inc.Source == ModeSysfs {
+	if patient && (inc.Source == ModeFanotify || inc.Source == ModeSysfs) {
 		wait = stopWait
 	}
 	for end := time.Now().Add(wait); ; time.Sleep(5 * time.Millisecond) {

@@ -57,7 +57,7 @@ var pipeline = []stepSpec{
 				// than the damage. It is checked and reported; see
 				// docs/design.md.
 				return route{step: StepCheck}
-			case d.stoppedForRepair(inc, pol):
+			case d.stoppedForRepair(inc, pol, true):
 				// Nothing can write to it, so nothing needs freezing.
 				return route{step: StepCheck}
 			}

@@ -59,7 +59,7 @@ type CreateOptions struct {
 }
 
 func (o *CreateOptions) normalize() error {
-	o.Quota = o.Quota / loopBlockSize * loopBlockSize
+	o.Quota = RoundQuota(o.Quota)
 	if o.Quota < MinQuota {
 		return fmt.Errorf("%w: %d bytes is below the minimum %d (32MiB)", ErrQuotaTooSmall, o.Quota, MinQuota)
 	}

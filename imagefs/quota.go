@@ -14,6 +14,7 @@ import (
 
 	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/internal/errclass"
+	"github.com/snugfs/snug/internal/units"
 
 	"golang.org/x/sys/unix"
 
@@ -125,6 +126,10 @@ func (m *Mounted) Quota() (int64, error) {
 // QuotaChange says what SetQuota did (api.QuotaChange).
 type QuotaChange = api.QuotaChange
 
+// RoundQuota is the quota an image records for n bytes: n rounded down to
+// the image's block size.
+func RoundQuota(n int64) int64 { return n / loopBlockSize * loopBlockSize }
+
 // SetQuota changes the quota of the mounted image while its container may
 // write. A quota above the ceiling is refused (ErrQuotaAboveCeiling), and so
 // is one the free space cannot make room for in the balloon: less than the
@@ -135,7 +140,7 @@ type QuotaChange = api.QuotaChange
 // window gives back on demand.
 func (m *Mounted) SetQuota(ctx context.Context, quota int64) (QuotaChange, error) {
 	var ch QuotaChange
-	quota = quota / loopBlockSize * loopBlockSize
+	quota = RoundQuota(quota)
 	err := m.withBalloon(ctx, func(b *balloon) error {
 		ch.QuotaBefore, ch.QuotaAfter, ch.CeilingBytes = b.quota, b.quota, b.fsSize
 		exts, err := b.extents()
@@ -152,14 +157,14 @@ func (m *Mounted) SetQuota(ctx context.Context, quota int64) (QuotaChange, error
 		ch.UsedBytes = max(0, int64(sfs.Blocks-sfs.Bfree)*sfs.Bsize-ch.BalloonBefore)
 		switch {
 		case quota < MinQuota:
-			return fmt.Errorf("%w: %s is below the minimum %s", ErrQuotaTooSmall, fmtBytes(quota), fmtBytes(MinQuota))
+			return fmt.Errorf("%w: %s is below the minimum %s", ErrQuotaTooSmall, units.FormatBytes(quota), units.FormatBytes(MinQuota))
 		case quota > b.fsSize:
-			return fmt.Errorf("%w: %s is above the ceiling %s", ErrQuotaAboveCeiling, fmtBytes(quota), fmtBytes(b.fsSize))
+			return fmt.Errorf("%w: %s is above the ceiling %s", ErrQuotaAboveCeiling, units.FormatBytes(quota), units.FormatBytes(b.fsSize))
 		}
 		need := quotaFloor(&sfs, quota, reserveBytes(b.sysfs, sfs.Bsize)) - ch.BalloonBefore
 		if need > avail {
 			return fmt.Errorf("%w: it stores %s, more than a quota of %s holds",
-				ErrQuotaBelowUsage, fmtBytes(ch.UsedBytes), fmtBytes(quota))
+				ErrQuotaBelowUsage, units.FormatBytes(ch.UsedBytes), units.FormatBytes(quota))
 		}
 		if need > 0 {
 			added, err := b.inflateBy(need)
@@ -265,12 +270,4 @@ func reserveBytes(dir string, bsize int64) int64 {
 		return 0
 	}
 	return n * bsize
-}
-
-func fmtBytes(n int64) string {
-	const mib = 1 << 20
-	if n%mib == 0 || n >= 16*mib {
-		return fmt.Sprintf("%dMiB", (n+mib/2)/mib)
-	}
-	return fmt.Sprintf("%dKiB", n>>10)
 }

@@ -122,12 +122,18 @@ func (m *Mounted) Stopped() bool { return !m.ReadOnly && m.readOnlyNow() }
 // After an error, errors=remount-ro aborts the journal and stops writes:
 // older kernels set the superblock read-only, which statfs shows; newer
 // ones (6.x) set ext4's emergency read-only flag instead, which statfs
-// does not show and the mount's superblock options do ("emergency_ro",
-// and "shutdown" after a forced shutdown).
+// does not show and ext4's options do ("emergency_ro", and "shutdown"
+// after a forced shutdown): /proc/fs/ext4/<device>/options, a few hundred
+// bytes, where the mount table's line says the same after a read of all
+// of it. The pipeline asks every few milliseconds while it waits for ext4
+// to stop an image.
 func (m *Mounted) readOnlyNow() bool {
 	var sfs unix.Statfs_t
 	if unix.Statfs(m.Dir, &sfs) == nil && sfs.Flags&unix.ST_RDONLY != 0 {
 		return true
+	}
+	if b, err := os.ReadFile(filepath.Join("/proc/fs/ext4", m.sysfsName(), "options")); err == nil {
+		return stoppedOptions(strings.Join(strings.Fields(string(b)), ","))
 	}
 	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(m.Dir))
 	if err != nil || len(infos) == 0 {

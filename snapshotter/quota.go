@@ -56,7 +56,7 @@ func (s *Snapshotter) applyAnnotatedQuota(ctx context.Context, st *imageState, a
 	}
 	if have, err := st.m.Quota(); err != nil {
 		return fmt.Errorf("snapshot %s: %w", st.id, err)
-	} else if have == quota/4096*4096 {
+	} else if have == imagefs.RoundQuota(quota) {
 		return nil
 	}
 	if _, err := s.SetQuota(ctx, st.id, quota); err != nil {
