@@ -46,4 +46,24 @@
 // Shrink build under a temporary name and rename into place; loop devices
 // are autoclear; FindMount and FindLoops rebuild the picture from sysfs and
 // the mount table after a restart.
+//
+// # Locks
+//
+// What each protects, in the order they nest (a lock is only taken while
+// one above it is held):
+//   - Templates.mu: the templates made; held while one is made (mkfs and
+//     a private mount, tens of milliseconds), so concurrent Creates of one
+//     set of options make one template, and only another Create waits;
+//   - the image's flock (lockImage, lockForMount): one operation that
+//     changes or mounts an image at a time, across processes; held across
+//     that operation's I/O, which is what it serialises (a template's own
+//     is taken under Templates.mu);
+//   - the per-image check lock (scrubbing): one online check of an image at
+//     a time (a second FIFREEZE of a frozen filesystem fails); held across
+//     the check;
+//   - Watcher.armMu, then watched.fdMu or waker.mu: arming and disarming
+//     fanotify marks, the watched image's descriptors, the marks by fsid;
+//     held across those system calls only;
+//   - Watcher.mu: the watched images; never held across I/O or a call of
+//     the Observer.
 package imagefs
