@@ -81,7 +81,9 @@ bench-imagefs: deps
 # bench-containerd: image import time and `ctr run --rm ... true` latency of
 # snug, overlayfs, erofs and blockfile in one containerd, round robin;
 # medians and ratios to overlayfs in bench/results/containerd.{json,txt}.
-# SNUG_BENCH_IMPORTS and SNUG_BENCH_RUNS set the repetitions (4 and 15).
+# SNUG_BENCH_IMPORTS and SNUG_BENCH_RUNS set the repetitions (4 and 15);
+# SNUG_BENCH_BURST containers at once (50), SNUG_BENCH_BURST_ROUNDS times
+# (2), give the latency percentiles of a burst.
 # erofs runs with its tar differ, on erofs-utils 1.8 built from Debian
 # trixie's source by scripts/erofs-utils.sh (once, into $SNUG_CACHE,
 # /var/cache/snug by default).

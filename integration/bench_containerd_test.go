@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -107,6 +108,40 @@ func TestContainerdBenchmark(t *testing.T) {
 			res[sn].RunMillis = append(res[sn].RunMillis, float64(time.Since(start).Microseconds())/1000)
 		}
 	}
+	// Bursts: SNUG_BENCH_BURST containers started at once, each run to its
+	// end, SNUG_BENCH_BURST_ROUNDS times per snapshotter, in turns.
+	// blockfile sits them out: each of its containers copies the whole
+	// 1 GiB scratch image, 50 GiB a burst.
+	burst, burstRounds := envInt(t, "SNUG_BENCH_BURST", 50), envInt(t, "SNUG_BENCH_BURST_ROUNDS", 2)
+	bursting := []string{"overlayfs", "snug", "erofs"}
+	var failures []string
+	for r := range burstRounds {
+		for _, sn := range rotate(bursting, r) {
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			for i := range burst {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					id := fmt.Sprintf("burst-%s-%d-%d", sn, r, i)
+					start := time.Now()
+					out, err := s.ctrErr("run", "--rm", "--snapshotter", sn, ref(sn), id, "/bin/true")
+					took := float64(time.Since(start).Microseconds()) / 1000
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil {
+						failures = append(failures, fmt.Sprintf("%s: %v: %s", id, err, lastLines(out, 3)))
+						return
+					}
+					res[sn].BurstMillis = append(res[sn].BurstMillis, took)
+				}()
+			}
+			wg.Wait()
+		}
+	}
+	if len(failures) > 0 {
+		t.Errorf("%d runs of the bursts failed; first: %s", len(failures), failures[0])
+	}
 	report := benchReport{
 		Command:      "make bench-containerd",
 		Date:         time.Now().UTC().Format(time.RFC3339),
@@ -121,6 +156,15 @@ func TestContainerdBenchmark(t *testing.T) {
 		r.RunMedian = median(r.RunMillis)
 		r.ImportRatio = r.ImportMedian / median(base.ImportSeconds)
 		r.ImportWrittenMedian = median(r.ImportWrittenMiB)
+		if len(r.BurstMillis) > 0 {
+			sorted := slices.Clone(r.BurstMillis)
+			slices.Sort(sorted)
+			r.Burst = percentiles(sorted)
+			r.BurstRatio = map[string]float64{}
+			for _, p := range []string{"p50", "p90", "p99"} {
+				r.BurstRatio[p] = r.Burst[p] / base.Burst[p]
+			}
+		}
 		r.RunRatio = r.RunMedian / median(base.RunMillis)
 	}
 	var table strings.Builder
@@ -129,7 +173,13 @@ func TestContainerdBenchmark(t *testing.T) {
 		r := res[sn]
 		fmt.Fprintf(&table, "%-10s %12.2f %7.2fx %14.0f %12.1f %7.2fx\n", sn, r.ImportMedian, r.ImportRatio, r.ImportWrittenMedian, r.RunMedian, r.RunRatio)
 	}
-	fmt.Fprintf(&table, "medians of %d imports and %d runs each; written: to the host disk while the import ran; erofs-utils %s\n", imports, runs, report.ErofsUtils)
+	fmt.Fprintf(&table, "\n%d at once, %d rounds  %10s %10s %10s   %s\n", burst, burstRounds, "p50 (ms)", "p90 (ms)", "p99 (ms)", "ratios p50/p90/p99")
+	for _, sn := range bursting {
+		r := res[sn]
+		fmt.Fprintf(&table, "%-22s %10.0f %10.0f %10.0f   %.2fx %.2fx %.2fx\n", sn, r.Burst["p50"], r.Burst["p90"], r.Burst["p99"],
+			r.BurstRatio["p50"], r.BurstRatio["p90"], r.BurstRatio["p99"])
+	}
+	fmt.Fprintf(&table, "medians of %d imports and %d runs each; written: to the host disk while the import ran; blockfile runs no burst (its containers copy 1 GiB each); erofs-utils %s\n", imports, runs, report.ErofsUtils)
 	t.Log("\n" + table.String())
 	js, _ := json.MarshalIndent(report, "", "  ")
 	if err := os.MkdirAll(out, 0o755); err != nil {
@@ -158,6 +208,10 @@ type benchResult struct {
 	RunMillis           []float64 `json:"run_ms"`
 	RunMedian           float64   `json:"run_median_ms"`
 	RunRatio            float64   `json:"run_ratio_to_overlayfs"`
+	// BurstMillis are the runs of the bursts (many started at once).
+	BurstMillis []float64          `json:"burst_ms,omitempty"`
+	Burst       map[string]float64 `json:"burst_percentiles_ms,omitempty"`
+	BurstRatio  map[string]float64 `json:"burst_ratio_to_overlayfs,omitempty"`
 }
 
 func median(v []float64) float64 {
