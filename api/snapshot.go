@@ -48,14 +48,20 @@ type Activity struct {
 	Class     string `json:"class,omitempty"`
 	Container string `json:"container,omitempty"`
 	// State is "running" or "stopped" when a hook or an event said so.
-	State          string     `json:"state,omitempty"`
-	LastGrow       *time.Time `json:"last_grow,omitempty"`
-	LastReclaim    *time.Time `json:"last_reclaim,omitempty"`
-	Grows          int64      `json:"grows"`
-	GrowBytes      int64      `json:"grow_bytes"`
-	Reclaims       int64      `json:"reclaims"`
-	ReclaimedBytes int64      `json:"reclaimed_bytes"`
-	TrimmedBytes   int64      `json:"trimmed_bytes"`
+	State       string     `json:"state,omitempty"`
+	LastGrow    *time.Time `json:"last_grow,omitempty"`
+	LastReclaim *time.Time `json:"last_reclaim,omitempty"`
+	WindowCounts
+}
+
+// WindowCounts count what the daemon did to an image's window, or to all
+// images' (the daemon's totals).
+type WindowCounts struct {
+	Grows          int64 `json:"grows"`
+	GrowBytes      int64 `json:"grow_bytes"`
+	Reclaims       int64 `json:"reclaims"`
+	ReclaimedBytes int64 `json:"reclaimed_bytes"`
+	TrimmedBytes   int64 `json:"trimmed_bytes"`
 	// WindowFull counts checks that found the window full before the quota.
 	WindowFull int64 `json:"window_full"`
 }

@@ -2,7 +2,6 @@ package imagefs
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,17 +34,7 @@ func TestDiscardDropsWhatItHolds(t *testing.T) {
 	// Used by an overlay: not shut down.
 	path2, dir2 := newImage(t, 128*mib, 64*mib)
 	m2 := mountImage(t, path2, dir2)
-	for _, d := range []string{"upper", "work"} {
-		if err := os.Mkdir(filepath.Join(m2.Dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	lower, rootfs := t.TempDir(), t.TempDir()
-	data := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, m2.Dir, m2.Dir)
-	if err := unix.Mount("overlay", rootfs, "overlay", 0, data); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(rootfs, 0) })
+	rootfs, _ := overlayOn(t, m2)
 	if !m2.usedElsewhere() {
 		t.Fatal("an image under a live overlay is not seen used")
 	}

@@ -59,6 +59,25 @@ func mountImage(t *testing.T, path, dir string) *Mounted {
 	return m
 }
 
+// overlayOn mounts an overlay whose upper dir is in the mounted image, as
+// a container's root is, and unmounts it when the test ends. It returns
+// the overlay's mount point and its lower dir.
+func overlayOn(t *testing.T, m *Mounted) (rootfs, lower string) {
+	t.Helper()
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(m.Dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lower, rootfs = t.TempDir(), t.TempDir()
+	data := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, m.Dir, m.Dir)
+	if err := unix.Mount("overlay", rootfs, "overlay", 0, data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(rootfs, 0) })
+	return rootfs, lower
+}
+
 // requirePrivate fails unless the file is readable and writable by its
 // owner (root) alone: an image holds a container's files.
 func requirePrivate(t *testing.T, path string) {
@@ -645,17 +664,7 @@ func TestOverlayKeepsAnUnmountedImageAlive(t *testing.T) {
 	path, dir := newImage(t, 128*mib, 64*mib)
 	ctx := context.Background()
 	m := mountImage(t, path, dir)
-	for _, d := range []string{"upper", "work"} {
-		if err := os.Mkdir(filepath.Join(m.Dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	lower, rootfs := t.TempDir(), t.TempDir()
-	data := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, m.Dir, m.Dir)
-	if err := unix.Mount("overlay", rootfs, "overlay", 0, data); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(rootfs, 0) })
+	rootfs, _ := overlayOn(t, m)
 
 	if err := UnmountBelow(ctx, dir); !errors.Is(err, ErrBusy) {
 		t.Fatalf("UnmountBelow under a live overlay: %v, want ErrBusy", err)

@@ -21,7 +21,7 @@ import (
 type MountTable struct {
 	loops   map[string][]string   // backing file → loop devices
 	entries []MountEntry          // the mount table, in its order
-	roots   map[uint64]int        // device number → its first mount of the root
+	devices map[uint64][]int      // device number → its mounts, as indexes of entries
 	tops    map[string]MountEntry // mount point → the top mount on it
 }
 
@@ -66,14 +66,12 @@ func (t *MountTable) readMounts(filter mountinfo.FilterFunc) error {
 	if err != nil {
 		return fmt.Errorf("read the mount table: %w", err)
 	}
-	t.roots, t.tops = map[uint64]int{}, map[string]MountEntry{}
+	t.devices, t.tops = map[uint64][]int{}, map[string]MountEntry{}
 	for _, mi := range infos {
 		e := entryOf(mi)
 		t.entries = append(t.entries, e)
 		t.tops[e.Point] = e // a later line is mounted over an earlier one
-		if _, ok := t.roots[e.Device]; !ok && e.Root == "/" {
-			t.roots[e.Device] = len(t.entries) - 1
-		}
+		t.devices[e.Device] = append(t.devices[e.Device], len(t.entries)-1)
 	}
 	return nil
 }
@@ -126,10 +124,8 @@ func (t *MountTable) OnDevice(dev string) []MountEntry {
 		return nil
 	}
 	var out []MountEntry
-	for _, e := range t.entries {
-		if e.Device == st.Rdev {
-			out = append(out, e)
-		}
+	for _, i := range t.devices[st.Rdev] {
+		out = append(out, t.entries[i])
 	}
 	return out
 }
@@ -231,9 +227,10 @@ func (t *MountTable) Find(path string) (*Mounted, error) {
 		if err := unix.Stat(dev, &st); err != nil {
 			continue
 		}
-		if i, ok := t.roots[st.Rdev]; ok {
-			e := t.entries[i]
-			return &Mounted{Image: img, Device: dev, Dir: e.Point, ReadOnly: e.ReadOnly}, nil
+		for _, i := range t.devices[st.Rdev] {
+			if e := t.entries[i]; e.Root == "/" { // its first mount of the whole filesystem
+				return &Mounted{Image: img, Device: dev, Dir: e.Point, ReadOnly: e.ReadOnly}, nil
+			}
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", path, ErrNotMounted)

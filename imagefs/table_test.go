@@ -1,7 +1,6 @@
 package imagefs
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,18 +16,9 @@ import (
 func TestMountTableLookups(t *testing.T) {
 	path, dir := newImage(t, 128*mib, 64*mib)
 	m := mountImage(t, path, dir)
-	for _, d := range []string{"upper", "work"} {
-		if err := os.Mkdir(filepath.Join(m.Dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	lower, rootfs, bind := t.TempDir(), t.TempDir(), filepath.Join(dir, "bind")
+	rootfs, lower := overlayOn(t, m)
+	bind := filepath.Join(dir, "bind")
 	os.Mkdir(bind, 0o755)
-	data := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, m.Dir, m.Dir)
-	if err := unix.Mount("overlay", rootfs, "overlay", 0, data); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(rootfs, 0) })
 	if err := unix.Mount(filepath.Join(m.Dir, "upper"), bind, "", unix.MS_BIND, ""); err != nil {
 		t.Fatal(err)
 	}

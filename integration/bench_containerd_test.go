@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -117,26 +116,11 @@ func TestContainerdBenchmark(t *testing.T) {
 	var failures []string
 	for r := range burstRounds {
 		for _, sn := range rotate(bursting, r) {
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			for i := range burst {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					id := fmt.Sprintf("burst-%s-%d-%d", sn, r, i)
-					start := time.Now()
-					out, err := s.ctrErr("run", "--rm", "--snapshotter", sn, ref(sn), id, "/bin/true")
-					took := float64(time.Since(start).Microseconds()) / 1000
-					mu.Lock()
-					defer mu.Unlock()
-					if err != nil {
-						failures = append(failures, fmt.Sprintf("%s: %v: %s", id, err, lastLines(out, 3)))
-						return
-					}
-					res[sn].BurstMillis = append(res[sn].BurstMillis, took)
-				}()
-			}
-			wg.Wait()
+			took, failed := s.runAtOnce(burst, fmt.Sprintf("burst-%s-%d", sn, r), false, func(id string) []string {
+				return []string{"run", "--rm", "--snapshotter", sn, ref(sn), id, "/bin/true"}
+			})
+			res[sn].BurstMillis = append(res[sn].BurstMillis, took...)
+			failures = append(failures, failed...)
 		}
 	}
 	if len(failures) > 0 {

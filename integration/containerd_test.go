@@ -264,6 +264,35 @@ func (s *stack) stop() {
 	}
 }
 
+// runAtOnce runs n containers at once, named prefix-0 to prefix-(n-1),
+// each with the ctr arguments args gives for its name, and waits for all.
+// A run counts when ctr succeeds and, with prints, its output has the
+// container's name; took has the milliseconds of each that did, failed a
+// line for each that did not.
+func (s *stack) runAtOnce(n int, prefix string, prints bool, args func(name string) []string) (took []float64, failed []string) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("%s-%d", prefix, i)
+			start := time.Now()
+			out, err := s.ctrErr(args(name)...)
+			elapsed := ms(time.Since(start))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || prints && !strings.Contains(out, name) {
+				failed = append(failed, fmt.Sprintf("%s: %v: %s", name, err, lastLines(out, 3)))
+				return
+			}
+			took = append(took, elapsed)
+		}()
+	}
+	wg.Wait()
+	return took, failed
+}
+
 // ctr runs ctr against this containerd and fails the test on error.
 func (s *stack) ctr(args ...string) string {
 	s.t.Helper()

@@ -45,30 +45,15 @@ func TestLoad(t *testing.T) {
 	// Churn.
 	lat := map[string][]float64{}
 	var failures []string
-	var mu sync.Mutex
 	end := time.Now().Add(time.Duration(seconds) * time.Second)
 	rounds := 0
 	for ; time.Now().Before(end); rounds++ {
 		for _, sn := range []string{"snug", "overlayfs"} {
-			var wg sync.WaitGroup
-			for i := range parallel {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					name := fmt.Sprintf("load-%s-%d-%d", sn, rounds, i)
-					start := time.Now()
-					out, err := s.ctrErr("run", "--rm", "--snapshotter", sn, testImageRef, name, "/bin/sh", "-c", "echo "+name+" > /f && cat /f")
-					took := time.Since(start)
-					mu.Lock()
-					defer mu.Unlock()
-					if err != nil || !strings.Contains(out, name) {
-						failures = append(failures, fmt.Sprintf("%s: %v: %s", name, err, lastLines(out, 3)))
-						return
-					}
-					lat[sn] = append(lat[sn], ms(took))
-				}()
-			}
-			wg.Wait()
+			took, failed := s.runAtOnce(parallel, fmt.Sprintf("load-%s-%d", sn, rounds), true, func(name string) []string {
+				return []string{"run", "--rm", "--snapshotter", sn, testImageRef, name, "/bin/sh", "-c", "echo " + name + " > /f && cat /f"}
+			})
+			lat[sn] = append(lat[sn], took...)
+			failures = append(failures, failed...)
 		}
 	}
 	if len(failures) > 0 {
@@ -106,6 +91,7 @@ func TestLoad(t *testing.T) {
 	keys := make([]string, count)
 	start := time.Now()
 	var wg sync.WaitGroup
+	var mu sync.Mutex // protects failures
 	work := make(chan int)
 	for range 8 {
 		wg.Add(1)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 )
@@ -45,36 +46,34 @@ type imageState struct {
 	// applied (at a Mounts call; see applyStartAnnotations).
 	annotated atomic.Bool
 
-	grows, growBytes       atomic.Int64
-	reclaims, reclaimBytes atomic.Int64
-	trimmedBytes, fulls    atomic.Int64
+	counts counters
 }
 
 // Totals count what the daemon did to all images since it started,
 // including images removed since.
-type Totals struct {
-	Grows          int64 `json:"grows"`
-	GrowBytes      int64 `json:"grow_bytes"`
-	Reclaims       int64 `json:"reclaims"`
-	ReclaimedBytes int64 `json:"reclaimed_bytes"`
-	TrimmedBytes   int64 `json:"trimmed_bytes"`
-	WindowFull     int64 `json:"window_full"`
-}
+type Totals = api.WindowCounts
 
-type totals struct {
+// counters are an image's window counts, or the daemon's totals, updated
+// as the watcher and the reclaims report.
+type counters struct {
 	grows, growBytes, reclaims, reclaimedBytes, trimmedBytes, windowFull atomic.Int64
 }
 
-func (t *totals) snapshot() Totals {
-	return Totals{
-		Grows: t.grows.Load(), GrowBytes: t.growBytes.Load(),
-		Reclaims: t.reclaims.Load(), ReclaimedBytes: t.reclaimedBytes.Load(),
-		TrimmedBytes: t.trimmedBytes.Load(), WindowFull: t.windowFull.Load(),
+func (c *counters) grew(n int64)      { c.grows.Add(1); c.growBytes.Add(n) }
+func (c *counters) reclaimed(n int64) { c.reclaims.Add(1); c.reclaimedBytes.Add(n) }
+func (c *counters) trimmed(n int64)   { c.trimmedBytes.Add(n) }
+func (c *counters) full()             { c.windowFull.Add(1) }
+
+func (c *counters) load() api.WindowCounts {
+	return api.WindowCounts{
+		Grows: c.grows.Load(), GrowBytes: c.growBytes.Load(),
+		Reclaims: c.reclaims.Load(), ReclaimedBytes: c.reclaimedBytes.Load(),
+		TrimmedBytes: c.trimmedBytes.Load(), WindowFull: c.windowFull.Load(),
 	}
 }
 
 // Totals returns the daemon's cumulative counters.
-func (s *Snapshotter) Totals() Totals { return s.totals.snapshot() }
+func (s *Snapshotter) Totals() Totals { return s.totals.load() }
 
 // track starts serving a mounted rw image: its state (serveActive hands
 // it to the watcher once its headroom is free). Its
@@ -190,26 +189,24 @@ func writeClass(dir, class string) error {
 func (s *Snapshotter) observer() imagefs.Observer {
 	return imagefs.Observer{
 		Grew: func(id string, n int64) {
-			s.totals.grows.Add(1)
-			s.totals.growBytes.Add(n)
+			s.totals.grew(n)
 			if st := s.image(id); st != nil {
-				st.grows.Add(1)
-				st.growBytes.Add(n)
+				st.counts.grew(n)
 				st.mu.Lock()
 				st.lastGrow = time.Now()
 				st.mu.Unlock()
 			}
 		},
 		Trimmed: func(id string, n int64) {
-			s.totals.trimmedBytes.Add(n)
+			s.totals.trimmed(n)
 			if st := s.image(id); st != nil {
-				st.trimmedBytes.Add(n)
+				st.counts.trimmed(n)
 			}
 		},
 		Full: func(id string, free, balloon int64, dir string) {
-			s.totals.windowFull.Add(1)
+			s.totals.full()
 			if st := s.image(id); st != nil {
-				st.fulls.Add(1)
+				st.counts.full()
 			}
 			log.G(s.bgCtx).WithField("snapshot", id).WithField("free", free).WithField("balloon", balloon).WithField("dir", dir).
 				Warn("window full before the quota: a writer may have seen ENOSPC (raise window.burst or window.headroom)")

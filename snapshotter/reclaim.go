@@ -109,10 +109,8 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 	st.mu.Lock()
 	st.lastReclaim = time.Now()
 	st.mu.Unlock()
-	st.reclaims.Add(1)
-	st.reclaimBytes.Add(gain)
-	s.totals.reclaims.Add(1)
-	s.totals.reclaimedBytes.Add(gain)
+	st.counts.reclaimed(gain)
+	s.totals.reclaimed(gain)
 	log.G(ctx).WithFields(log.Fields{
 		"snapshot": st.id, "reason": reason, "gain": config.FormatBytes(gain),
 		"footprint": config.FormatBytes(res.FootprintAfter), "window": config.FormatBytes(res.WindowAfter),

@@ -58,7 +58,7 @@ type Snapshotter struct {
 	unmountable map[string]unmountable
 	// reclaimSlots bounds the repacks running at once.
 	reclaimSlots chan struct{}
-	totals       totals
+	totals       counters
 	// annotations looks up a container's OCI annotations in containerd
 	// (SetAnnotationSource); nil without containerd. annotateMu is held
 	// while they are applied to an image (never while a lookup runs).

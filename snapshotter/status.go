@@ -38,9 +38,7 @@ func (st *imageState) activity() Activity {
 		a.LastReclaim = &t
 	}
 	st.mu.Unlock()
-	a.Grows, a.GrowBytes = st.grows.Load(), st.growBytes.Load()
-	a.Reclaims, a.ReclaimedBytes = st.reclaims.Load(), st.reclaimBytes.Load()
-	a.TrimmedBytes, a.WindowFull = st.trimmedBytes.Load(), st.fulls.Load()
+	a.WindowCounts = st.counts.load()
 	return a
 }
 
