@@ -52,6 +52,7 @@ type Config struct {
 	Window  WindowPolicy  `toml:"window"`
 	Reclaim ReclaimPolicy `toml:"reclaim"`
 	Fsck    FsckPolicy    `toml:"fsck"`
+	Pool    PoolPolicy    `toml:"pool"`
 
 	// Classes are named overrides of [window] and [reclaim], from
 	// [policies.NAME] tables; a container picks one with the snapshot label
@@ -162,6 +163,22 @@ type ReclaimPolicy struct {
 	TrimAfter Size `toml:"trim_after"`
 }
 
+// PoolPolicy sizes the pool of ready-made rw images that Prepare takes
+// from instead of making one on `ctr run`'s critical path. Between Min and
+// Max the pool follows demand: it holds as many images as Prepares took
+// within the busiest few seconds of the last minutes, and shrinks back when
+// that burst is forgotten. Min = Max fixes its size. Each waiting image
+// costs about 1 MiB of host disk.
+type PoolPolicy struct {
+	// Min is how many images the pool always holds ready.
+	Min int `toml:"min"`
+	// Max is the most it holds after a burst of Prepares.
+	Max int `toml:"max"`
+}
+
+// MaxPool bounds PoolPolicy.Max.
+const MaxPool = 1024
+
 // FsckPolicy says how images are checked and repaired.
 type FsckPolicy struct {
 	// Repair is how e2fsck repairs: "yes" (-y, fix everything) or "preen"
@@ -244,6 +261,7 @@ func Default() Config {
 			CheckMethod:  "auto",
 			CheckAtStart: true,
 		},
+		Pool: PoolPolicy{Min: 2, Max: 64},
 	}
 }
 

@@ -22,6 +22,10 @@ direct_io = false
 [window]
 headroom = "1GiB"
 check_interval = "50ms"
+
+[pool]
+min = 0
+max = 8
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +37,7 @@ check_interval = "50ms"
 	want.Image.DirectIO = false
 	want.Window.Headroom = GiB
 	want.Window.CheckInterval = 50 * time.Millisecond
+	want.Pool = PoolPolicy{Min: 0, Max: 8}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
@@ -108,6 +113,9 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"bad interval", "[window]\ncheck_interval = \"0s\"\n", []string{"line 2", "window.check_interval"}},
 		{"dotted key", "window.headroom = \"x\"\n", []string{"line 1", "window.headroom"}},
 		{"unknown class key", "[policies.db.window]\nheadroom = \"1GiB\"\nhedroom = 1\n", []string{"line 3", "policies.db.window.hedroom"}},
+		{"pool max below min", "[pool]\nmin = 8\nmax = 4\n", []string{"line 3", "pool.max", "outside pool.min (8)"}},
+		{"negative pool min", "[pool]\nmin = -1\n", []string{"line 2", "pool.min"}},
+		{"pool too big", "[pool]\n\nmax = 100000\n", []string{"line 3", "pool.max"}},
 		{"bad class size", "[policies.db.reclaim]\n\nmin_gain = \"some\"\n", []string{"line 3", "policies.db.reclaim.min_gain", "invalid size"}},
 		{"class out of range", "[policies.db.window]\nheadroom_ratio = 11.0\n", []string{"line 2", "policies.db.window.headroom_ratio"}},
 		{"class interval", "[policies.db.window]\ncheck_interval = \"1s\"\n", []string{"line 2", "policies.db.window.check_interval", "global"}},

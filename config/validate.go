@@ -79,6 +79,10 @@ func (c Config) validate() error {
 		return bad("fsck.repair", "must be \"yes\" or \"preen\", got %q", c.Fsck.Repair)
 	case c.Fsck.Timeout < time.Second:
 		return bad("fsck.timeout", "%s is below 1s", c.Fsck.Timeout)
+	case c.Pool.Min < 0 || c.Pool.Min > MaxPool:
+		return bad("pool.min", "%d is outside 0..%d", c.Pool.Min, MaxPool)
+	case c.Pool.Max < c.Pool.Min || c.Pool.Max > MaxPool:
+		return bad("pool.max", "%d is outside pool.min (%d)..%d", c.Pool.Max, c.Pool.Min, MaxPool)
 	}
 	return c.Fsck.validate()
 }

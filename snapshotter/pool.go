@@ -5,37 +5,69 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 )
 
-// poolSize is how many ready-made rw images the pool keeps. Making an
-// image (a copy of its template and a new UUID) is much of what Prepare
-// costs, and it sits on `ctr run`'s critical path; a taken image is
-// replaced in the background. Each waiting image costs about 1 MiB of
-// host disk.
-const poolSize = 2
+// How the pool follows demand. Making an image (a copy of its template and
+// a new UUID) is much of what Prepare costs, and it sits on `ctr run`'s
+// critical path; a pool that holds what a burst of Prepares takes lets the
+// whole burst rename instead.
+const (
+	// demandSpan: the pool aims at the most Prepares seen within any
+	// span this long...
+	demandSpan = 5 * time.Second
+	// demandMemory: ...over this long, after which a burst is forgotten
+	// and the pool shrinks back.
+	demandMemory = 2 * time.Minute
+	// quietFor: a refill waits until no Prepare took an image for this
+	// long, so that it does not compete with a burst for the CPUs and the
+	// disk; it waits at most quietWait, so a steady stream is served too.
+	quietFor  = 100 * time.Millisecond
+	quietWait = time.Second
+	// tendEvery: how often the pool is checked against its target without
+	// a take (to shrink once a burst is forgotten).
+	tendEvery = 10 * time.Second
+	// maxDemandRecords bounds the takes remembered.
+	maxDemandRecords = 4 * config.MaxPool
+)
 
 // pool keeps fresh rw images made with the policy's default options in
-// root/pool, named by those options, so that an image made for an older
-// policy is never handed out.
+// root/pool, named by those options, so that an image made for another
+// policy is never handed out. Its size follows demand between the policy's
+// pool.min and pool.max (sizeFor); refills run in parallel, one image per
+// CPU at a time, once Prepares pause.
 type pool struct {
 	dir       string
 	opts      imagefs.CreateOptions
 	templates *imagefs.Templates
+	bounds    atomic.Pointer[config.PoolPolicy]
+	// now is the clock of demand; tests move it.
+	now func() time.Time
+	// born and seq name the images made: unique across restarts.
+	born int64
+	seq  atomic.Int64
 
-	// mu protects filling; refills run one at a time.
-	mu      sync.Mutex
-	filling bool
-	wg      sync.WaitGroup
+	// mu protects takes, lastTake and filling; refills run one at a time
+	// (each makes several images at once).
+	mu       sync.Mutex
+	takes    []time.Time // the takes of the last demandMemory, oldest first
+	lastTake time.Time
+	filling  bool
+	wg       sync.WaitGroup
 }
 
-func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, templates *imagefs.Templates) (*pool, error) {
-	p := &pool{dir: filepath.Join(root, "pool"), opts: opts, templates: templates}
+func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bounds config.PoolPolicy, templates *imagefs.Templates) (*pool, error) {
+	p := &pool{dir: filepath.Join(root, "pool"), opts: opts, templates: templates, now: time.Now, born: time.Now().UnixNano()}
+	p.setBounds(bounds)
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -48,7 +80,7 @@ func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, templ
 		return nil, err
 	}
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), p.prefix()) || !strings.HasSuffix(e.Name(), ".img") {
+		if !p.isOurs(e.Name()) {
 			if err := os.Remove(filepath.Join(p.dir, e.Name())); err != nil {
 				return nil, err
 			}
@@ -57,40 +89,120 @@ func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, templ
 	return p, nil
 }
 
+// setBounds puts a policy's pool.min and pool.max in force (a reload).
+func (p *pool) setBounds(b config.PoolPolicy) { p.bounds.Store(&b) }
+
 // prefix names the images made with the pool's options.
 func (p *pool) prefix() string {
 	o := p.opts
 	return fmt.Sprintf("q%d-c%d-w%d-j%d-i%d-n%d-d%t-f%t-", o.Quota, o.Ceiling, o.Window, o.JournalSize, o.BytesPerInode, o.Inodes, o.DirectIO, o.FastCommit)
 }
 
+// isOurs reports whether name is a ready image made with the pool's
+// options.
+func (p *pool) isOurs(name string) bool {
+	return strings.HasPrefix(name, p.prefix()) && strings.HasSuffix(name, ".img")
+}
+
+// ready lists the pool's ready images.
+func (p *pool) ready() []string {
+	entries, err := os.ReadDir(p.dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		if p.isOurs(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
 // take moves a ready image to dst and reports whether there was one. Only
-// images made with exactly the options wanted are taken.
+// images made with exactly the options wanted are taken; those takes, hit
+// or miss, are the pool's demand.
 func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions) bool {
 	if want != p.opts {
 		return false
 	}
+	p.recordTake()
 	defer p.refill(ctx)
-	entries, err := os.ReadDir(p.dir)
-	if err != nil {
-		return false
-	}
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), p.prefix()) || !strings.HasSuffix(e.Name(), ".img") {
-			continue
-		}
+	for _, name := range p.ready() {
 		// A rename is atomic: two takers cannot get the same image.
-		if err := os.Rename(filepath.Join(p.dir, e.Name()), dst); err == nil {
+		if err := os.Rename(filepath.Join(p.dir, name), dst); err == nil {
 			return true
 		}
 	}
 	return false
 }
 
-// refill makes images in the background until the pool is full.
+func (p *pool) recordTake() {
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastTake = now
+	p.takes = append(p.takes, now)
+	drop := 0
+	for drop < len(p.takes) && (now.Sub(p.takes[drop]) > demandMemory || len(p.takes)-drop > maxDemandRecords) {
+		drop++
+	}
+	p.takes = p.takes[drop:]
+}
+
+// target is how many images the pool should hold now.
+func (p *pool) target() int {
+	now := p.now()
+	p.mu.Lock()
+	recent := p.takes
+	for len(recent) > 0 && now.Sub(recent[0]) > demandMemory {
+		recent = recent[1:]
+	}
+	peak := peakWithin(recent, demandSpan)
+	p.mu.Unlock()
+	return sizeFor(peak, *p.bounds.Load())
+}
+
+// sizeFor is the pool's size for a peak demand: the peak, within the
+// policy's bounds.
+func sizeFor(peak int, b config.PoolPolicy) int {
+	return min(max(peak, b.Min), b.Max)
+}
+
+// peakWithin is the most of the times (in order) that fall within any
+// span of the given length.
+func peakWithin(times []time.Time, span time.Duration) int {
+	peak, first := 0, 0
+	for last := range times {
+		for times[last].Sub(times[first]) >= span {
+			first++
+		}
+		peak = max(peak, last-first+1)
+	}
+	return peak
+}
+
+// tend keeps the pool at its target until ctx ends: at once, then every
+// tendEvery (a take refills it too).
+func (p *pool) tend(ctx context.Context) {
+	t := time.NewTicker(tendEvery)
+	defer t.Stop()
+	for {
+		p.refill(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// refill brings the pool to its target in the background: it deletes what
+// is beyond it, or makes what is missing, several at once.
 func (p *pool) refill(ctx context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.filling {
+	if p.filling || ctx.Err() != nil {
 		return
 	}
 	p.filling = true
@@ -98,22 +210,70 @@ func (p *pool) refill(ctx context.Context) {
 	go func() {
 		defer p.wg.Done()
 		defer func() { p.mu.Lock(); p.filling = false; p.mu.Unlock() }()
-		for n := 0; n < poolSize*2; n++ { // bounded: never spin on errors
-			entries, err := os.ReadDir(p.dir)
-			if err != nil || len(entries) >= poolSize || ctx.Err() != nil {
+		for range 4 * config.MaxPool { // bounded: never spin
+			have, want := p.ready(), p.target()
+			if len(have) > want {
+				p.shrink(ctx, have[want:])
 				return
 			}
-			name := fmt.Sprintf("%s%d.img", p.prefix(), n)
-			path := filepath.Join(p.dir, name)
-			if _, err := os.Lstat(path); err == nil {
-				continue
+			if len(have) == want || !p.waitQuiet(ctx) {
+				return
 			}
-			if err := p.templates.Create(ctx, path, p.opts); err != nil {
-				log.G(ctx).WithError(err).Warn("cannot fill the image pool; new snapshots make their own")
+			if !p.make(ctx, min(want-len(have), runtime.NumCPU())) {
 				return
 			}
 		}
 	}()
+}
+
+// waitQuiet waits until no take for quietFor, at most quietWait; false if
+// ctx ended.
+func (p *pool) waitQuiet(ctx context.Context) bool {
+	deadline := time.Now().Add(quietWait)
+	for {
+		p.mu.Lock()
+		idle := p.now().Sub(p.lastTake)
+		p.mu.Unlock()
+		left := time.Until(deadline)
+		if idle >= quietFor || left <= 0 {
+			return ctx.Err() == nil
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(min(quietFor-idle, left)):
+		}
+	}
+}
+
+// make makes n images at once; false if one failed.
+func (p *pool) make(ctx context.Context, n int) bool {
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("%s%x-%d.img", p.prefix(), p.born, p.seq.Add(1))
+			if err := p.templates.Create(ctx, filepath.Join(p.dir, name), p.opts); err != nil {
+				if failed.CompareAndSwap(false, true) && ctx.Err() == nil {
+					log.G(ctx).WithError(err).Warn("cannot fill the image pool; new snapshots make their own")
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return !failed.Load()
+}
+
+// shrink deletes images the pool holds beyond its target.
+func (p *pool) shrink(ctx context.Context, names []string) {
+	for _, name := range names {
+		if err := os.Remove(filepath.Join(p.dir, name)); err != nil && !os.IsNotExist(err) {
+			log.G(ctx).WithError(err).WithField("image", name).Warn("cannot shrink the image pool")
+			return
+		}
+	}
 }
 
 // wait waits for a refill in progress (for Close).

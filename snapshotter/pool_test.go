@@ -2,14 +2,34 @@ package snapshotter
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 )
+
+var poolTestOptions = imagefs.CreateOptions{Quota: 64 << 20, Window: 32 << 20, JournalSize: imagefs.MinJournal, BytesPerInode: 16 << 10, DirectIO: true}
+
+// newTestPool makes a pool in a new root with the given bounds.
+func newTestPool(t *testing.T, ctx context.Context, bounds config.PoolPolicy) (*pool, string) {
+	t.Helper()
+	root := roottest.TempDir(t)
+	tpls, err := imagefs.NewTemplates(ctx, filepath.Join(root, "templates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPool(ctx, root, poolTestOptions, bounds, tpls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.wait)
+	return p, root
+}
 
 // TestPool hands out ready images made with the policy's options only,
 // refills in the background, and drops images of another policy at start.
@@ -18,8 +38,6 @@ func TestPool(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	root := roottest.TempDir(t)
-	opts := imagefs.CreateOptions{Quota: 64 << 20, Window: 32 << 20, JournalSize: imagefs.MinJournal, BytesPerInode: 16 << 10, DirectIO: true}
-
 	stale := filepath.Join(root, "pool", "q1-w1-j1-i1-dfalse-0.img")
 	os.MkdirAll(filepath.Dir(stale), 0o700)
 	os.WriteFile(stale, nil, 0o600)
@@ -27,38 +45,111 @@ func TestPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool(ctx, root, opts, tpls)
+	p, err := newPool(ctx, root, poolTestOptions, config.PoolPolicy{Min: 2, Max: 2}, tpls)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer p.wait()
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Errorf("image of another policy kept: %v", err)
 	}
 	p.refill(ctx)
 	p.wait()
-	if n := countImages(t, p.dir); n != poolSize {
-		t.Fatalf("pool holds %d images, want %d", n, poolSize)
+	if n := countImages(t, p.dir); n != 2 {
+		t.Fatalf("pool holds %d images, want 2", n)
 	}
-	other := opts
+	other := poolTestOptions
 	other.Quota = 128 << 20
 	if p.take(ctx, filepath.Join(root, "x.img"), other) {
 		t.Error("pool handed out an image made for another quota")
 	}
 	dst := filepath.Join(root, "taken.img")
-	if !p.take(ctx, dst, opts) {
+	if !p.take(ctx, dst, poolTestOptions) {
 		t.Fatal("pool had nothing to take")
 	}
 	sb, err := imagefs.ReadSuperblock(dst)
-	if err != nil || sb.Size() != opts.Quota {
+	if err != nil || sb.Size() != poolTestOptions.Quota {
 		t.Fatalf("taken image: %v, size %d", err, sb.Size())
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for countImages(t, p.dir) < poolSize && time.Now().Before(deadline) {
+	waitForImages(t, p, 2)
+}
+
+// TestPoolFollowsDemand: after a burst of takes the pool holds what the
+// burst took, up to pool.max; once the burst is forgotten it shrinks back
+// to pool.min; a reload's bounds apply at the next refill.
+func TestPoolFollowsDemand(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, root := newTestPool(t, ctx, config.PoolPolicy{Min: 1, Max: 6})
+	p.refill(ctx)
+	p.wait()
+	if n := countImages(t, p.dir); n != 1 {
+		t.Fatalf("an idle pool holds %d images, want pool.min 1", n)
+	}
+	burst := func(n int, name string) {
+		for i := range n {
+			p.take(ctx, filepath.Join(root, fmt.Sprintf("%s-%d.img", name, i)), poolTestOptions)
+		}
+	}
+	burst(4, "a")
+	waitForImages(t, p, 4)
+	burst(9, "b")
+	waitForImages(t, p, 6) // pool.max
+
+	// Two minutes on, the bursts are forgotten.
+	p.wait()
+	p.now = func() time.Time { return time.Now().Add(demandMemory + time.Second) }
+	p.refill(ctx)
+	waitForImages(t, p, 1)
+
+	p.setBounds(config.PoolPolicy{Min: 3, Max: 3})
+	p.refill(ctx)
+	waitForImages(t, p, 3)
+}
+
+// waitForImages waits for the pool's refills to settle at want images.
+func waitForImages(t *testing.T, p *pool, want int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for countImages(t, p.dir) != want && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	p.wait()
-	if n := countImages(t, p.dir); n != poolSize {
-		t.Errorf("pool refilled to %d images, want %d", n, poolSize)
+	if n := countImages(t, p.dir); n != want {
+		t.Fatalf("pool holds %d images, want %d", n, want)
+	}
+}
+
+func TestPoolSize(t *testing.T) {
+	at := func(ms ...int) []time.Time {
+		var out []time.Time
+		base := time.Unix(1000, 0)
+		for _, m := range ms {
+			out = append(out, base.Add(time.Duration(m)*time.Millisecond))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		takes  []time.Time
+		bounds config.PoolPolicy
+		want   int
+	}{
+		{"no demand: the minimum", nil, config.PoolPolicy{Min: 2, Max: 64}, 2},
+		{"a burst", at(0, 10, 20, 30, 40), config.PoolPolicy{Min: 2, Max: 64}, 5},
+		{"a burst over the maximum", at(0, 1, 2, 3, 4, 5, 6, 7), config.PoolPolicy{Min: 2, Max: 4}, 4},
+		{"spread out: one span at a time", at(0, 6000, 12000, 18000), config.PoolPolicy{Min: 0, Max: 64}, 1},
+		{"the busiest span counts", at(0, 6000, 6100, 6200, 20000, 20001), config.PoolPolicy{Min: 0, Max: 64}, 3},
+		{"a span is half open", at(0, 5000), config.PoolPolicy{Min: 0, Max: 64}, 1},
+		{"fixed size", at(0, 1, 2), config.PoolPolicy{Min: 8, Max: 8}, 8},
+		{"no pool", at(0, 1, 2), config.PoolPolicy{Min: 0, Max: 0}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := sizeFor(peakWithin(tc.takes, demandSpan), tc.bounds); got != tc.want {
+				t.Fatalf("size %d, want %d", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -90,7 +90,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		ms.Close()
 		return nil, fmt.Errorf("image templates in %s: %w", root, err)
 	}
-	pl, err := newPool(ctx, root, policyFrom(cfg).create, tpls)
+	pl, err := newPool(ctx, root, policyFrom(cfg).create, cfg.Pool, tpls)
 	if err != nil {
 		ms.Close()
 		return nil, fmt.Errorf("image pool in %s: %w", root, err)
@@ -119,7 +119,11 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		defer s.bg.Done()
 		s.watcher.Run(bgCtx)
 	}()
-	s.pool.refill(bgCtx)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.pool.tend(bgCtx)
+	}()
 	return s, nil
 }
 
@@ -148,14 +152,16 @@ func (s *Snapshotter) close(release bool) error {
 // config is the policy in force.
 func (s *Snapshotter) config() config.Config { return *s.cfg.Load() }
 
-// SetConfig puts a reloaded policy in force: new images use it, and every
-// mounted image's window and reclaim policy change at once. The state
-// directory cannot change while the snapshotter runs.
+// SetConfig puts a reloaded policy in force: new images use it, every
+// mounted image's window and reclaim policy change at once, and so do the
+// pool's bounds. The state directory cannot change while the snapshotter
+// runs.
 func (s *Snapshotter) SetConfig(ctx context.Context, cfg config.Config) error {
 	if cfg.Root != s.root {
 		return fmt.Errorf("root %q: the state directory cannot change without a restart (it is %q)", cfg.Root, s.root)
 	}
 	s.cfg.Store(&cfg)
+	s.pool.setBounds(cfg.Pool)
 	s.watcher.SetInterval(cfg.Window.CheckInterval)
 	for _, st := range s.allImages() {
 		s.watcher.SetPolicy(st.id, s.watchPolicy(ctx, st))
