@@ -40,7 +40,7 @@ func newWaker() *waker {
 
 // arm marks iw's filesystem: its next write wakes the watcher.
 func (k *waker) arm(iw *watched, fsid [2]int32) {
-	if k == nil || iw.armed {
+	if k == nil || iw.armed.Load() {
 		return
 	}
 	if err := unix.FanotifyMark(k.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_MODIFY, unix.AT_FDCWD, iw.m.Dir); err != nil {
@@ -49,12 +49,13 @@ func (k *waker) arm(iw *watched, fsid [2]int32) {
 	k.mu.Lock()
 	k.byFsid[fsid] = iw
 	k.mu.Unlock()
-	iw.fsid, iw.armed = fsid, true
+	iw.fsid = fsid
+	iw.armed.Store(true)
 }
 
 // disarm removes iw's mark.
 func (k *waker) disarm(iw *watched) {
-	if k == nil || !iw.armed {
+	if k == nil || !iw.armed.Load() {
 		return
 	}
 	// ENOENT: the mark went with an unmount already.
@@ -64,7 +65,7 @@ func (k *waker) disarm(iw *watched) {
 		delete(k.byFsid, iw.fsid)
 	}
 	k.mu.Unlock()
-	iw.armed = false
+	iw.armed.Store(false)
 }
 
 // run reads events until the group is closed: each marks its image woken

@@ -101,7 +101,7 @@ type watched struct {
 	rate      float64     // bytes/s: recent fastest growth of used space
 	hot       bool        // checked every lane: growing, or short of room
 	woken     atomic.Bool // written to since it went cold (the waker)
-	armed     bool        // the waker's mark is on (Run's goroutine)
+	armed     atomic.Bool // the waker's mark is on (set under the watcher's armMu)
 	fsid      [2]int32
 	changedAt time.Time
 	idleSent  bool
@@ -546,9 +546,9 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 
 	want := pol.headroomFor(used, iw.rate)
 	iw.hot = iw.spare > 0 && (growing || free < want)
-	if iw.hot && iw.armed {
+	if iw.hot && iw.armed.Load() {
 		w.disarm(iw)
-	} else if !iw.hot && !iw.armed && w.waker != nil {
+	} else if !iw.hot && !iw.armed.Load() && w.waker != nil {
 		w.arm(iw, sfs.Fsid.Val)
 	}
 	if free < want && iw.spare > 0 {

@@ -298,7 +298,7 @@ func TestWriteWakesTheWatcher(t *testing.T) {
 	// The first check finds it cold and arms the mark.
 	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		w.armMu.Lock()
-		armed := w.images["img"].armed
+		armed := w.images["img"].armed.Load()
 		w.armMu.Unlock()
 		if armed {
 			break

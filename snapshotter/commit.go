@@ -25,6 +25,7 @@ import (
 // a crash after it leaves a committed snapshot whose rw image is still there
 // (converge finishes the swap).
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	s.traffic.mark()
 	var (
 		id   string
 		snap storage.Snapshot

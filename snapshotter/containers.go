@@ -43,6 +43,7 @@ type ContainerImage struct {
 // A container that is not on snug is not an error: it gets an empty
 // ContainerImage.
 func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (ContainerImage, error) {
+	s.traffic.mark()
 	st, err := s.resolve(c, false)
 	if err != nil || st == nil {
 		return ContainerImage{}, err
@@ -87,6 +88,7 @@ func (s *Snapshotter) ContainerStarting(ctx context.Context, c Container) (Conta
 // the container stopped and, if the policy says so, schedules a reclaim of
 // its image. It returns at once: the reclaim runs in the background.
 func (s *Snapshotter) ContainerStopped(ctx context.Context, c Container) (ContainerImage, error) {
+	s.traffic.mark()
 	st, err := s.resolve(c, true)
 	if err != nil || st == nil {
 		return ContainerImage{}, err

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -136,13 +137,8 @@ func TestContainerLifecycle(t *testing.T) {
 // right after the stop; the reclaim scheduled by the stop never runs and
 // does not hold the removal up.
 func TestRemoveCancelsAScheduledReclaim(t *testing.T) {
-	roottest.Require(t, "mkfs.ext4", "e2fsck")
 	ctx := context.Background()
-	sn, err := New(ctx, testConfig(roottest.TempDir(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn := startSnapshotter(t, testConfig(roottest.TempDir(t)))
 	mounts, err := sn.Prepare(ctx, "c1", "")
 	if err != nil {
 		t.Fatal(err)
@@ -165,6 +161,126 @@ func TestRemoveCancelsAScheduledReclaim(t *testing.T) {
 	}
 	if _, err := os.Stat(sn.snapshotDir(id)); !os.IsNotExist(err) {
 		t.Errorf("snapshot directory still there: %v", err)
+	}
+}
+
+// TestReclaimOnStopWaitsForALull: a stopped container's reclaim waits
+// while snapshots keep being prepared or removed (a burst of ctr run --rm,
+// whose removals then come first), and runs once they pause.
+func TestReclaimOnStopWaitsForALull(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(roottest.TempDir(t))
+	cfg.Reclaim.TrimAfter = 0 // what the container deletes waits for the reclaim
+	sn := startSnapshotter(t, cfg)
+	mounts, err := sn.Prepare(ctx, "c1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := mountRootfs(t, mounts)
+	defer mount.UnmountAll(rootfs, 0)
+	if _, err := sn.ContainerStarting(ctx, Container{ID: "x", RootFS: rootfs}); err != nil {
+		t.Fatal(err)
+	}
+	writeAndDelete(t, rootfs, 32<<20) // something for the reclaim to give back
+	if _, err := sn.ContainerStopped(ctx, Container{ID: "x", RootFS: rootfs}); err != nil {
+		t.Fatal(err)
+	}
+	// Other containers start and go, one every 50 ms, for twice the stop
+	// delay and more: no reclaim meanwhile.
+	busy := time.Now().Add(2*stopDelay + 500*time.Millisecond)
+	for time.Now().Before(busy) {
+		sn.traffic.mark()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := sn.Totals().Reclaims; n != 0 {
+		t.Fatalf("%d reclaims while snapshots kept being prepared and removed, want 0", n)
+	}
+	sn.traffic.mark() // the last one
+	lull := time.Now()
+	for end := lull.Add(5 * time.Second); sn.Totals().Reclaims == 0 && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := sn.Totals().Reclaims; n != 1 {
+		t.Fatalf("%d reclaims after the lull, want 1", n)
+	}
+	if took := time.Since(lull); took < reclaimLull {
+		t.Errorf("reclaimed %v into the lull, want at least %v", took, reclaimLull)
+	}
+}
+
+// TestStopSkipsAPackedImage: a container that stops with its image packed
+// already (it wrote next to nothing, or the watcher trimmed what it
+// deleted) costs no reclaim; one whose deletions the host still holds
+// does.
+func TestStopSkipsAPackedImage(t *testing.T) {
+	ctx := context.Background()
+	sn := startSnapshotter(t, testConfig(roottest.TempDir(t)))
+	for _, tc := range []struct {
+		name     string
+		deleted  int64 // bytes written and deleted just before the stop
+		reclaims int64
+	}{
+		{"wrote nothing", 0, 0},
+		{"deleted 64 MiB", 64 << 20, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mounts, err := sn.Prepare(ctx, tc.name, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rootfs := mountRootfs(t, mounts)
+			defer mount.UnmountAll(rootfs, 0)
+			c := Container{ID: tc.name, RootFS: rootfs}
+			if _, err := sn.ContainerStarting(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			writeAndDelete(t, rootfs, tc.deleted)
+			before := sn.Totals().Reclaims
+			if _, err := sn.ContainerStopped(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			id := idOf(t, sn, tc.name)
+			out, err := sn.reclaim(ctx, sn.image(id), reasonStop) // what the scheduled one runs
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := sn.Totals().Reclaims - before; got != tc.reclaims {
+				t.Errorf("%d reclaims, want %d (outcome %+v)", got, tc.reclaims, out)
+			}
+			if tc.reclaims == 0 && !strings.HasPrefix(out.Skipped, "already packed") {
+				t.Errorf("skipped %q, want already packed", out.Skipped)
+			}
+		})
+	}
+}
+
+// startSnapshotter starts a snapshotter on cfg (the root tests' tools
+// required) and closes it when the test ends.
+func startSnapshotter(t *testing.T, cfg config.Config) *Snapshotter {
+	t.Helper()
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	sn, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+	return sn
+}
+
+// writeAndDelete writes n bytes into a file in dir, syncs them and deletes
+// the file.
+func writeAndDelete(t *testing.T, dir string, n int64) {
+	t.Helper()
+	if n == 0 {
+		return
+	}
+	path := filepath.Join(dir, "gone")
+	if err := os.WriteFile(path, make([]byte, n), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	roottest.Syncfs(t, dir)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -28,11 +28,11 @@ const (
 	// demandMemory: ...over this long, after which a burst is forgotten
 	// and the pool shrinks back.
 	demandMemory = 2 * time.Minute
-	// quietFor: a refill waits until no Prepare took an image for this
-	// long, so that it does not compete with a burst for the CPUs and the
-	// disk; it waits at most quietWait, so a steady stream is served too.
-	quietFor  = 100 * time.Millisecond
-	quietWait = time.Second
+	// refillLull: a refill waits until no snapshot was prepared or
+	// removed for this long (traffic), at most refillLullMax, so that a
+	// steady stream is served too.
+	refillLull    = 100 * time.Millisecond
+	refillLullMax = time.Second
 	// tendEvery: how often the pool is checked against its target without
 	// a take (to shrink once a burst is forgotten).
 	tendEvery = 10 * time.Second
@@ -50,23 +50,23 @@ type pool struct {
 	opts      imagefs.CreateOptions
 	templates *imagefs.Templates
 	bounds    atomic.Pointer[config.PoolPolicy]
+	traffic   *traffic // the snapshotter's: a refill waits for a lull
 	// now is the clock of demand; tests move it.
 	now func() time.Time
 	// born and seq name the images made: unique across restarts.
 	born int64
 	seq  atomic.Int64
 
-	// mu protects takes, lastTake and filling; refills run one at a time
-	// (each makes several images at once).
-	mu       sync.Mutex
-	takes    []time.Time // the takes of the last demandMemory, oldest first
-	lastTake time.Time
-	filling  bool
-	wg       sync.WaitGroup
+	// mu protects takes and filling; refills run one at a time (each
+	// makes several images at once).
+	mu      sync.Mutex
+	takes   []time.Time // the takes of the last demandMemory, oldest first
+	filling bool
+	wg      sync.WaitGroup
 }
 
-func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bounds config.PoolPolicy, templates *imagefs.Templates) (*pool, error) {
-	p := &pool{dir: filepath.Join(root, "pool"), opts: opts, templates: templates, now: time.Now, born: time.Now().UnixNano()}
+func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bounds config.PoolPolicy, templates *imagefs.Templates, tr *traffic) (*pool, error) {
+	p := &pool{dir: filepath.Join(root, "pool"), opts: opts, templates: templates, traffic: tr, now: time.Now, born: time.Now().UnixNano()}
 	p.setBounds(bounds)
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
@@ -138,10 +138,10 @@ func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions)
 }
 
 func (p *pool) recordTake() {
+	p.traffic.mark()
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.lastTake = now
 	p.takes = append(p.takes, now)
 	drop := 0
 	for drop < len(p.takes) && (now.Sub(p.takes[drop]) > demandMemory || len(p.takes)-drop > maxDemandRecords) {
@@ -216,7 +216,7 @@ func (p *pool) refill(ctx context.Context) {
 				p.shrink(ctx, have[want:])
 				return
 			}
-			if len(have) == want || !p.waitQuiet(ctx) {
+			if len(have) == want || !p.traffic.waitLull(ctx, refillLull, refillLullMax) {
 				return
 			}
 			if !p.make(ctx, min(want-len(have), runtime.NumCPU())) {
@@ -224,26 +224,6 @@ func (p *pool) refill(ctx context.Context) {
 			}
 		}
 	}()
-}
-
-// waitQuiet waits until no take for quietFor, at most quietWait; false if
-// ctx ended.
-func (p *pool) waitQuiet(ctx context.Context) bool {
-	deadline := time.Now().Add(quietWait)
-	for {
-		p.mu.Lock()
-		idle := p.now().Sub(p.lastTake)
-		p.mu.Unlock()
-		left := time.Until(deadline)
-		if idle >= quietFor || left <= 0 {
-			return ctx.Err() == nil
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(min(quietFor-idle, left)):
-		}
-	}
 }
 
 // make makes n images at once; false if one failed.

@@ -23,7 +23,7 @@ func newTestPool(t *testing.T, ctx context.Context, bounds config.PoolPolicy) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool(ctx, root, poolTestOptions, bounds, tpls)
+	p, err := newPool(ctx, root, poolTestOptions, bounds, tpls, &traffic{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool(ctx, root, poolTestOptions, config.PoolPolicy{Min: 2, Max: 2}, tpls)
+	p, err := newPool(ctx, root, poolTestOptions, config.PoolPolicy{Min: 2, Max: 2}, tpls, &traffic{})
 	if err != nil {
 		t.Fatal(err)
 	}

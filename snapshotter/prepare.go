@@ -39,6 +39,7 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 // whose id is not recorded (both deleted on start-up), or a recorded
 // snapshot that start-up mounts.
 func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
+	s.traffic.mark()
 	var base snapshots.Info
 	for _, opt := range opts {
 		if err := opt(&base); err != nil {

@@ -27,8 +27,20 @@ const (
 // deleted whole, with no repack to wait for.
 const stopDelay = 500 * time.Millisecond
 
-// scheduleReclaim reclaims st after delay, off the caller's path, unless a
-// reclaim is scheduled already or the image is removed meanwhile.
+// A scheduled reclaim then waits for a lull in the snapshot operations
+// (traffic): reclaimLull without a Prepare, Commit, Remove or container
+// start or stop, at most reclaimLullMax. Under a burst of `ctr run --rm` the removal comes later
+// than stopDelay, and every stopped container's image was repacked just
+// before its deletion (50 reclaims for 50 containers, measured), competing
+// with the burst; waiting for the lull lets the removal come first.
+const (
+	reclaimLull    = 250 * time.Millisecond
+	reclaimLullMax = 5 * time.Second
+)
+
+// scheduleReclaim reclaims st after delay and a lull in the snapshot
+// operations, off the caller's path, unless a reclaim is scheduled already
+// or the image is removed meanwhile.
 func (s *Snapshotter) scheduleReclaim(st *imageState, reason string, delay time.Duration) {
 	st.mu.Lock()
 	if st.queued || st.removed {
@@ -46,6 +58,9 @@ func (s *Snapshotter) scheduleReclaim(st *imageState, reason string, delay time.
 		case <-s.bgCtx.Done():
 			return
 		case <-t.C:
+		}
+		if !s.traffic.waitLull(s.bgCtx, reclaimLull, reclaimLullMax) {
+			return
 		}
 		// Bound concurrent repacks: each one syncs and trims a filesystem.
 		select {
@@ -69,8 +84,9 @@ type ReclaimOutcome = api.ReclaimOutcome
 // reclaim trims and repacks one image now, waiting for a reclaim running on
 // it. A stopped container's image is packed tight; a running (or possibly
 // running) one keeps a margin of one headroom free, so it never sees ENOSPC
-// meanwhile. An idle reclaim is skipped when it would give back less than
-// the policy's minimum gain.
+// meanwhile. A reclaim at a stop is skipped when the image is packed
+// already (imagefs.Mounted.Packed), an idle reclaim when it would give back
+// less than the policy's minimum gain.
 func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string) (ReclaimOutcome, error) {
 	out := ReclaimOutcome{ID: st.id, Reason: reason}
 	st.op.Lock()
@@ -82,6 +98,17 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 		return out, fmt.Errorf("snapshot %s: %w", st.id, errdefs.ErrNotFound)
 	}
 	cl := s.classOf(ctx, st)
+	if reason == reasonStop && stopped {
+		packed, stats, err := st.m.Packed()
+		if err != nil {
+			return out, err
+		}
+		if packed {
+			out.Skipped = fmt.Sprintf("already packed: %s on the host for %s used", config.FormatBytes(stats.FootprintBytes), config.FormatBytes(stats.UsedBytes))
+			log.G(ctx).WithField("snapshot", st.id).Debug(out.Skipped)
+			return out, nil
+		}
+	}
 	if reason == reasonIdle {
 		stats, err := st.m.Stat()
 		if err != nil {

@@ -21,6 +21,7 @@ import (
 // the next start-up deletes it; Remove does not fail for that, because the
 // snapshot is gone already.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	s.traffic.mark()
 	var id string
 	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		var err error

@@ -34,6 +34,9 @@ type Snapshotter struct {
 	ms   *storage.MetaStore
 	cfg  atomic.Pointer[config.Config]
 	pool *pool
+	// traffic marks Prepare, Commit, Remove and container starts and
+	// stops; background work waits for a lull in it.
+	traffic *traffic
 	// templates make the rw images (a copy of one made per set of
 	// options, with a UUID of its own).
 	templates *imagefs.Templates
@@ -90,7 +93,8 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		ms.Close()
 		return nil, fmt.Errorf("image templates in %s: %w", root, err)
 	}
-	pl, err := newPool(ctx, root, policyFrom(cfg).create, cfg.Pool, tpls)
+	tr := &traffic{}
+	pl, err := newPool(ctx, root, policyFrom(cfg).create, cfg.Pool, tpls, tr)
 	if err != nil {
 		ms.Close()
 		return nil, fmt.Errorf("image pool in %s: %w", root, err)
@@ -100,6 +104,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		root:         root,
 		ms:           ms,
 		pool:         pl,
+		traffic:      tr,
 		templates:    tpls,
 		bgCtx:        bgCtx,
 		stopBg:       stop,
