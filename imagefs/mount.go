@@ -38,6 +38,13 @@ type MountOptions struct {
 	// Discard turns on ext4's online discard: freed blocks become holes in
 	// the image file after each journal commit, without waiting for Reclaim.
 	Discard bool
+	// New says the image was made a moment ago by this process, at a path
+	// nothing else knows yet (a pool image or a template's copy renamed
+	// into a new snapshot): no loop device can hold it, so Mount does not
+	// look for one. That look reads every loop device's backing file in
+	// sysfs; with a hundred containers on the host, it was the daemon's
+	// largest cost in a burst of `ctr run`s.
+	New bool
 }
 
 // flags returns the mount flags snug always uses.
@@ -99,35 +106,18 @@ func (o MountOptions) mountData() string {
 // It checks the superblock first, so a file that is not ext4 is refused
 // before the kernel sees it, and refuses an image attached already
 // (ErrInUse): an image is mounted once. The one exception is an image whose
-// filesystem lives on without a visible mount (see adopt).
+// filesystem lives on without a visible mount (see adopt). With o.New the
+// caller vouches that nothing can hold the image, and Mount does not look.
 func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, error) {
 	img, unlock, err := lockForMount(ctx, path)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	// The loop devices alone (sysfs) tell whether the image is attached;
-	// the mount table, whose parsing grows with every mount, only matters
-	// when it is.
-	loops, err := readLoops()
-	if err != nil {
-		return nil, err
-	}
-	if devs, err := loops.Loops(img); err != nil {
-		return nil, err
-	} else if len(devs) > 0 {
-		t, err := ReadMountTable()
-		if err != nil {
-			return nil, err
+	if !o.New {
+		if m, err := adoptAttached(img, path, dir, o); err != nil || m != nil {
+			return m, err
 		}
-		if m, err := t.Find(img); err == nil {
-			return nil, fmt.Errorf("mount %s: %w: mounted on %s", path, ErrInUse, m.Dir)
-		}
-		m, err := adopt(img, devs, dir, o)
-		if err != nil {
-			return nil, fmt.Errorf("mount %s: %w", path, err)
-		}
-		return m, nil
 	}
 	loop, err := Attach(ctx, img, AttachOptions{ReadOnly: o.ReadOnly, DirectIO: o.DirectIO})
 	if err != nil {
@@ -140,6 +130,34 @@ func Mount(ctx context.Context, path, dir string, o MountOptions) (*Mounted, err
 		return nil, fmt.Errorf("mount %s (%s) on %s: %w", path, loop.Device, dir, err)
 	}
 	return &Mounted{Image: img, Device: loop.Device, Dir: dir, ReadOnly: o.ReadOnly}, nil
+}
+
+// adoptAttached looks for loop devices holding the image: one that is
+// mounted is refused (ErrInUse), one whose filesystem lives on without a
+// visible mount is adopted; nil, nil when none holds it. The loop devices
+// alone (sysfs) tell whether the image is attached; the mount table, whose
+// parsing grows with every mount, only matters when it is.
+func adoptAttached(img, path, dir string, o MountOptions) (*Mounted, error) {
+	loops, err := readLoops()
+	if err != nil {
+		return nil, err
+	}
+	devs, err := loops.Loops(img)
+	if err != nil || len(devs) == 0 {
+		return nil, err
+	}
+	t, err := ReadMountTable()
+	if err != nil {
+		return nil, err
+	}
+	if m, err := t.Find(img); err == nil {
+		return nil, fmt.Errorf("mount %s: %w: mounted on %s", path, ErrInUse, m.Dir)
+	}
+	m, err := adopt(img, devs, dir, o)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", path, err)
+	}
+	return m, nil
 }
 
 // lockForMount checks that path holds a snug image (so a file that is not

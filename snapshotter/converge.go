@@ -100,7 +100,9 @@ func (s *Snapshotter) settle(ctx context.Context, id string, kind snapshots.Kind
 	if kind != snapshots.KindActive {
 		return s.converge(ctx, id, kind, parentIDs)
 	}
-	m, err := imagefs.Mount(ctx, filepath.Join(s.snapshotDir(id), rwImage), s.mountPath(id), s.policy().mount)
+	o := s.policy().mount
+	o.New = true // renamed into place a moment ago, from the pool or a template
+	m, err := imagefs.Mount(ctx, filepath.Join(s.snapshotDir(id), rwImage), s.mountPath(id), o)
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}

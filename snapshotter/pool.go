@@ -30,9 +30,10 @@ const (
 	demandMemory = 2 * time.Minute
 	// refillLull: a refill waits until no snapshot was prepared or
 	// removed for this long (traffic), at most refillLullMax, so that a
-	// steady stream is served too.
+	// steady stream is served too. A pool sized for a burst covers it; its
+	// refill, after the burst, costs the burst nothing.
 	refillLull    = 100 * time.Millisecond
-	refillLullMax = time.Second
+	refillLullMax = 5 * time.Second
 	// tendEvery: how often the pool is checked against its target without
 	// a take (to shrink once a burst is forgotten).
 	tendEvery = 10 * time.Second
