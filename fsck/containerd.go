@@ -364,7 +364,9 @@ func (c *Containerd) Annotations(ctx context.Context, namespace, key string) (ma
 		return nil, err
 	}
 	ctr, err := cl.ContainerService().Get(namespaces.WithNamespace(ctx, namespace), key)
-	if errdefs.IsNotFound(errgrpc.ToNative(err)) {
+	// The client's store answers native errors already (converting one
+	// again makes it Unknown): a container not created yet is no error.
+	if errdefs.IsNotFound(err) || errdefs.IsNotFound(errgrpc.ToNative(err)) {
 		return nil, nil
 	}
 	if err != nil {
