@@ -153,13 +153,15 @@ func (m *Mounted) Reclaim(ctx context.Context, o ReclaimOptions) (ReclaimResult,
 }
 
 // Packed reports whether a stopped container's image has nothing a
-// reclaim would give back: once the journal commits what was deleted (a
-// syncfs), its file holds no more on the host than 1.03 × its used space +
-// 8 MiB, the bound a reclaim on stop packs to. A reclaim costs a sync, a
-// trim and a repack of the balloon (hundreds of milliseconds under load);
-// many containers write next to nothing, and most of those run with --rm,
-// their image deleted whole a moment later.
-func (m *Mounted) Packed() (bool, Stats, error) {
+// reclaim would do: once the journal commits what was deleted (a syncfs),
+// its file holds no more on the host than 1.03 × its used space + 8 MiB, the
+// bound a reclaim on stop packs to, and its window has at most maxFree
+// free (the policy's headroom and a margin: a window the container grew
+// and then emptied is repacked, so that a restart starts packed). A
+// reclaim costs a sync, a trim and a repack of the balloon (hundreds of
+// milliseconds under load); many containers write next to nothing, and
+// most of those run with --rm, their image deleted whole a moment later.
+func (m *Mounted) Packed(maxFree int64) (bool, Stats, error) {
 	d, err := os.Open(m.Dir)
 	if err != nil {
 		return false, Stats{}, err
@@ -173,7 +175,7 @@ func (m *Mounted) Packed() (bool, Stats, error) {
 	if err != nil {
 		return false, st, err
 	}
-	return st.FootprintBytes <= st.UsedBytes*103/100+8<<20, st, nil
+	return st.FootprintBytes <= st.UsedBytes*103/100+8<<20 && st.FreeBytes <= maxFree, st, nil
 }
 
 // Trim discards the free blocks of the window (FITRIM) without touching the

@@ -2,11 +2,13 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -218,10 +220,14 @@ func TestStopSkipsAPackedImage(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		deleted  int64 // bytes written and deleted just before the stop
+		trimmed  bool  // and trimmed (as the watcher does while it runs)
 		reclaims int64
 	}{
-		{"wrote nothing", 0, 0},
-		{"deleted 64 MiB", 64 << 20, 1},
+		{"wrote nothing", 0, false, 0},
+		{"deleted 64 MiB", 64 << 20, false, 1},
+		// Footprint tight, but a window grown far beyond the headroom:
+		// repacked, so that a restart starts packed.
+		{"deleted 128 MiB, trimmed", 128 << 20, true, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mounts, err := sn.Prepare(ctx, tc.name, "")
@@ -235,11 +241,20 @@ func TestStopSkipsAPackedImage(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeAndDelete(t, rootfs, tc.deleted)
+			id := idOf(t, sn, tc.name)
+			if tc.trimmed {
+				roottest.Syncfs(t, rootfs)
+				if _, err := sn.image(id).m.Trim(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if tight, st, err := sn.image(id).m.Packed(1 << 62); err != nil || !tight {
+					t.Fatalf("footprint %d MiB for %d MiB used after the trim (%v): not the window's case", st.FootprintBytes>>20, st.UsedBytes>>20, err)
+				}
+			}
 			before := sn.Totals().Reclaims
 			if _, err := sn.ContainerStopped(ctx, c); err != nil {
 				t.Fatal(err)
 			}
-			id := idOf(t, sn, tc.name)
 			out, err := sn.reclaim(ctx, sn.image(id), reasonStop) // what the scheduled one runs
 			if err != nil {
 				t.Fatal(err)
@@ -267,7 +282,8 @@ func startSnapshotter(t *testing.T, cfg config.Config) *Snapshotter {
 	return sn
 }
 
-// writeAndDelete writes n bytes into a file in dir, syncs them and deletes
+// writeAndDelete writes n bytes into a file in dir, a MiB at a time and
+// each synced (so the watcher grows the window ahead of them), and deletes
 // the file.
 func writeAndDelete(t *testing.T, dir string, n int64) {
 	t.Helper()
@@ -275,10 +291,25 @@ func writeAndDelete(t *testing.T, dir string, n int64) {
 		return
 	}
 	path := filepath.Join(dir, "gone")
-	if err := os.WriteFile(path, make([]byte, n), 0o644); err != nil {
+	f, err := os.Create(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	roottest.Syncfs(t, dir)
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for written := int64(0); written < n; written += int64(len(buf)) {
+		_, err := f.Write(buf)
+		for tries := 0; errors.Is(err, syscall.ENOSPC) && tries < 50; tries++ {
+			time.Sleep(20 * time.Millisecond) // the grow lands at the next check
+			_, err = f.Write(buf)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}

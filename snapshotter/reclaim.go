@@ -38,6 +38,11 @@ const (
 	reclaimLullMax = 5 * time.Second
 )
 
+// packedSlack is how much more than its headroom a stopped image's window
+// may have free and still count as packed (imagefs.Mounted.Packed): what
+// its first EnsureFree and ext4's own metadata leave.
+const packedSlack = 32 << 20
+
 // scheduleReclaim reclaims st after delay and a lull in the snapshot
 // operations, off the caller's path, unless a reclaim is scheduled already
 // or the image is removed meanwhile.
@@ -99,12 +104,12 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 	}
 	cl := s.classOf(ctx, st)
 	if reason == reasonStop && stopped {
-		packed, stats, err := st.m.Packed()
+		packed, stats, err := st.m.Packed(int64(cl.Window.Headroom) + packedSlack)
 		if err != nil {
 			return out, err
 		}
 		if packed {
-			out.Skipped = fmt.Sprintf("already packed: %s on the host for %s used", config.FormatBytes(stats.FootprintBytes), config.FormatBytes(stats.UsedBytes))
+			out.Skipped = fmt.Sprintf("already packed: %s on the host for %s used, %s free", config.FormatBytes(stats.FootprintBytes), config.FormatBytes(stats.UsedBytes), config.FormatBytes(stats.FreeBytes))
 			log.G(ctx).WithField("snapshot", st.id).Debug(out.Skipped)
 			return out, nil
 		}
