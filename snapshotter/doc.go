@@ -40,7 +40,8 @@
 //   - imagesMu protects the maps of mounted rw images and layers, the
 //     mount observer and the images start-up could not mount. It is never
 //     held across I/O, nor while another lock is taken.
-//   - pool.mu protects the pool's refill flag only.
+//   - pool.mu protects the pool's refill flag and its record of takes, held
+//     briefly, never across I/O.
 //
 // Example:
 //
