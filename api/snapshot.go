@@ -64,6 +64,9 @@ type WindowCounts struct {
 	TrimmedBytes   int64 `json:"trimmed_bytes"`
 	// WindowFull counts checks that found the window full before the quota.
 	WindowFull int64 `json:"window_full"`
+	// ReclaimsSkipped counts the reclaims at a stop that found the image
+	// packed already, and did nothing.
+	ReclaimsSkipped int64 `json:"reclaims_skipped"`
 }
 
 // ReclaimOutcome is what one reclaim did, or why it did nothing.

@@ -19,6 +19,7 @@ import (
 type metricsSource interface {
 	Status(ctx context.Context) ([]snapshotter.ImageStatus, error)
 	Totals() snapshotter.Totals
+	Pool() (ready, target int)
 }
 
 // incidentSource is the error monitor's side of the metrics.
@@ -54,6 +55,9 @@ var (
 	descTrimmed   = prometheus.NewDesc("snug_trimmed_bytes_total", "Bytes trimmed from running containers' images since the daemon started.", nil, nil)
 	descFull      = prometheus.NewDesc("snug_window_full_total", "Checks that found a window full before its quota: writers may have seen ENOSPC.", nil, nil)
 	descImages    = prometheus.NewDesc("snug_images", "Images served, by kind.", []string{"kind"}, nil)
+	descSkipped   = prometheus.NewDesc("snug_reclaims_skipped_total", "Reclaims at a container's stop that found its image packed already, since the daemon started.", nil, nil)
+	descPoolReady = prometheus.NewDesc("snug_pool_ready_images", "Ready-made images in the pool.", nil, nil)
+	descPoolAim   = prometheus.NewDesc("snug_pool_target_images", "Images the pool aims at: the policy's [pool], following the recent rate of Prepares.", nil, nil)
 
 	descReports     = prometheus.NewDesc("snug_fs_error_reports_total", "ext4 error reports received (fanotify FAN_FS_ERROR, sysfs, online checks) since the daemon started.", nil, nil)
 	descIncidents   = prometheus.NewDesc("snug_incidents_total", "Incidents opened since the daemon started.", nil, nil)
@@ -67,7 +71,7 @@ var (
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQuota, descWindow, descUsed, descFoot, descErrors, descENOSPC, descIGrows, descIRecl, descIFull,
-		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages,
+		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages, descSkipped, descPoolReady, descPoolAim,
 		descReports, descIncidents, descOpen, descRepaired, descQuarantined, descRestarted, descSteps, descStepSecs} {
 		ch <- d
 	}
@@ -112,7 +116,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	t := c.src.Totals()
 	counters(ch, []total{{descGrows, t.Grows}, {descGrowBytes, t.GrowBytes}, {descReclaims, t.Reclaims},
-		{descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}})
+		{descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}, {descSkipped, t.ReclaimsSkipped}})
+	ready, target := c.src.Pool()
+	ch <- prometheus.MustNewConstMetric(descPoolReady, prometheus.GaugeValue, float64(ready))
+	ch <- prometheus.MustNewConstMetric(descPoolAim, prometheus.GaugeValue, float64(target))
 	if c.incidents == nil {
 		return
 	}

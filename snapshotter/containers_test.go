@@ -265,6 +265,9 @@ func TestStopSkipsAPackedImage(t *testing.T) {
 			if tc.reclaims == 0 && !strings.HasPrefix(out.Skipped, "already packed") {
 				t.Errorf("skipped %q, want already packed", out.Skipped)
 			}
+			if got := statusOf(t, sn, tc.name).ReclaimsSkipped; got != 1-tc.reclaims {
+				t.Errorf("%d reclaims skipped in the image's status, want %d", got, 1-tc.reclaims)
+			}
 		})
 	}
 }

@@ -257,5 +257,9 @@ func (p *pool) shrink(ctx context.Context, names []string) {
 	}
 }
 
+// size is how many images the pool holds ready now, and how many it aims
+// at.
+func (p *pool) size() (ready, target int) { return len(p.ready()), p.target() }
+
 // wait waits for a refill in progress (for Close).
 func (p *pool) wait() { p.wg.Wait() }

@@ -111,6 +111,8 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 		if packed {
 			out.Skipped = fmt.Sprintf("already packed: %s on the host for %s used, %s free", config.FormatBytes(stats.FootprintBytes), config.FormatBytes(stats.UsedBytes), config.FormatBytes(stats.FreeBytes))
 			log.G(ctx).WithField("snapshot", st.id).Debug(out.Skipped)
+			st.counts.packed()
+			s.totals.packed()
 			return out, nil
 		}
 	}

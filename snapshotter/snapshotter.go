@@ -174,6 +174,10 @@ func (s *Snapshotter) SetConfig(ctx context.Context, cfg config.Config) error {
 	return nil
 }
 
+// Pool is how many ready-made images the pool holds now, and how many it
+// aims at (the policy's [pool], and the recent rate of Prepares).
+func (s *Snapshotter) Pool() (ready, target int) { return s.pool.size() }
+
 // Root is the state directory.
 func (s *Snapshotter) Root() string { return s.root }
 
