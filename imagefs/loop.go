@@ -185,12 +185,21 @@ func backingFiles() ([]loopBacking, error) {
 		if !strings.HasPrefix(name, "loop") {
 			continue
 		}
-		b, err := os.ReadFile("/sys/block/" + name + "/loop/backing_file")
-		if err != nil {
+		file, ok := backingFile(name)
+		if !ok {
 			continue // nothing attached, or detached while we looked
 		}
-		file := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
 		out = append(out, loopBacking{device: "/dev/" + name, file: file})
 	}
 	return out, nil
+}
+
+// backingFile is the file the loop device name (loopN) is attached to, as
+// sysfs shows it; false when nothing is attached.
+func backingFile(name string) (string, bool) {
+	b, err := os.ReadFile("/sys/block/" + name + "/loop/backing_file")
+	if err != nil {
+		return "", false
+	}
+	return strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)"), true
 }

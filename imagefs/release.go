@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -118,8 +117,8 @@ func unmountRetry(ctx context.Context, dir string) error {
 // backedBelow reports whether the loop device dev is attached to a file
 // below dir: false once it is detached, or attached to another file.
 func backedBelow(dev, dir string) bool {
-	b, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/loop/backing_file")
-	return err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), dir+"/")
+	file, ok := backingFile(filepath.Base(dev))
+	return ok && strings.HasPrefix(file, dir+"/")
 }
 
 // loopsBelow lists the loop devices whose backing file lies below dir.

@@ -51,7 +51,7 @@ type pool struct {
 	opts      imagefs.CreateOptions
 	templates *imagefs.Templates
 	bounds    atomic.Pointer[config.PoolPolicy]
-	traffic   *traffic // the snapshotter's: a refill waits for a lull
+	traffic   *traffic // the snapshotter's (Prepare marks it): a refill waits for a lull
 	// now is the clock of demand; tests move it.
 	now func() time.Time
 	// born and seq name the images made: unique across restarts.
@@ -139,7 +139,6 @@ func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions)
 }
 
 func (p *pool) recordTake() {
-	p.traffic.mark()
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
