@@ -93,12 +93,12 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 	if err != nil {
 		return err
 	}
-	sn.Observe(ctx, doctor)
+	sn.Images().Observe(ctx, doctor)
 	log.G(ctx).WithField("monitor", doctor.MonitorMode()).Info("watching images for ext4 errors")
 
 	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
-	ctl := control.NewServer(service{hookCalls: hookCalls{sn: sn, policy: file}, sn: sn, doctor: doctor, ctrd: ctrd})
+	ctl := control.NewServer(service{hookCalls: hookCalls{sn: sn.Images(), policy: file}, sn: sn, images: sn.Images(), doctor: doctor, ctrd: ctrd})
 
 	bgCtx, stopBg := context.WithCancel(ctx)
 	defer stopBg()
@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 	go func() { errc <- rpc.Serve(grpcL) }()
 	if metricsL != nil {
 		go func() {
-			if err := serveMetrics(bgCtx, metricsL, sn, doctor); err != nil {
+			if err := serveMetrics(bgCtx, metricsL, served{sn.Images(), sn}, doctor); err != nil {
 				errc <- fmt.Errorf("metrics: %w", err)
 			}
 		}()

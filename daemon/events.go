@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/snapshotter"
 )
 
@@ -99,7 +100,7 @@ func stopped(ctx context.Context, client *containerd.Client, sn *snapshotter.Sna
 	if sid == "" {
 		return
 	}
-	if _, err := sn.ContainerStopped(ctx, snapshotter.Container{ID: id, SnapshotID: sid}); err != nil {
+	if _, err := sn.Images().ContainerStopped(ctx, images.Container{ID: id, SnapshotID: sid}); err != nil {
 		log.G(ctx).WithError(err).WithField("container", id).Warn("task exit")
 	}
 }

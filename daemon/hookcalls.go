@@ -13,13 +13,13 @@ import (
 
 	"github.com/snugfs/snug/control/wire"
 	"github.com/snugfs/snug/hooks"
-	"github.com/snugfs/snug/snapshotter"
+	"github.com/snugfs/snug/images"
 )
 
 // containerCalls is what the hooks' calls need of the snapshotter.
 type containerCalls interface {
-	ContainerStarting(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
-	ContainerStopped(ctx context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error)
+	ContainerStarting(ctx context.Context, c images.Container) (images.ContainerImage, error)
+	ContainerStopped(ctx context.Context, c images.Container) (images.ContainerImage, error)
 }
 
 // hookCalls answers the calls of the OCI hooks and of snug-runc.
@@ -77,12 +77,12 @@ type unclassed struct{ err error }
 func (u unclassed) Error() string { return u.err.Error() }
 
 // fromWire is the snapshotter's view of a container a hook reports.
-func fromWire(c wire.Container) snapshotter.Container {
-	return snapshotter.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations}
+func fromWire(c wire.Container) images.Container {
+	return images.Container{ID: c.ID, RootFS: c.RootFS, Annotations: c.Annotations}
 }
 
 // toWire is the answer to a hook's call.
-func toWire(img snapshotter.ContainerImage) wire.ContainerImage {
+func toWire(img images.ContainerImage) wire.ContainerImage {
 	return wire.ContainerImage{ID: img.ID, Class: img.Class, FreeBytes: img.FreeBytes}
 }
 

@@ -20,28 +20,28 @@ import (
 	"github.com/snugfs/snug/control/wire"
 	"github.com/snugfs/snug/hooks"
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/internal/roottest"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // fakeContainers stands in for the snapshotter: it records the container
 // it was told of, and fails with err.
 type fakeContainers struct {
-	seen *snapshotter.Container
+	seen *images.Container
 	err  error
 }
 
-func (f fakeContainers) ContainerStarting(_ context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error) {
+func (f fakeContainers) ContainerStarting(_ context.Context, c images.Container) (images.ContainerImage, error) {
 	if f.err != nil {
-		return snapshotter.ContainerImage{}, f.err
+		return images.ContainerImage{}, f.err
 	}
 	*f.seen = c
-	return snapshotter.ContainerImage{ID: "7", Class: c.Annotations["io.snugfs.policy"]}, nil
+	return images.ContainerImage{ID: "7", Class: c.Annotations["io.snugfs.policy"]}, nil
 }
 
-func (f fakeContainers) ContainerStopped(_ context.Context, c snapshotter.Container) (snapshotter.ContainerImage, error) {
+func (f fakeContainers) ContainerStopped(_ context.Context, c images.Container) (images.ContainerImage, error) {
 	*f.seen = c
-	return snapshotter.ContainerImage{ID: "7"}, f.err
+	return images.ContainerImage{ID: "7"}, f.err
 }
 
 // hooksOnly is a control.Service whose hook calls are the daemon's and
@@ -66,7 +66,7 @@ func (hooksOnly) Resize(context.Context, string, int64) (api.QuotaOutcome, error
 
 // serveHooks serves the daemon's hook calls, on a snapshotter that records
 // the container in seen and fails with err, for a daemon running policy.
-func serveHooks(t *testing.T, seen *snapshotter.Container, policy string, err error) string {
+func serveHooks(t *testing.T, seen *images.Container, policy string, err error) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "control.sock")
 	l, lerr := net.Listen("unix", sock)
@@ -100,7 +100,7 @@ func TestBundleCreateFailuresDoNotHandOver(t *testing.T) {
 		{fmt.Errorf("snapshot 3: %w", errdefs.ErrNotFound), http.StatusInternalServerError},
 		{fmt.Errorf("quota: %w", errdefs.ErrInvalidArgument), http.StatusBadRequest},
 	} {
-		var seen snapshotter.Container
+		var seen images.Container
 		sock := serveHooks(t, &seen, "", tc.err)
 		b := t.TempDir()
 		if err := os.WriteFile(filepath.Join(b, "config.json"), []byte(spec), 0o600); err != nil {
@@ -134,7 +134,7 @@ func TestBundleCreate(t *testing.T) {
 	if err := os.WriteFile(plain, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var seen snapshotter.Container
+	var seen images.Container
 	sock := serveHooks(t, &seen, policy, nil)
 	c := control.NewClient(sock)
 	bundle := func(config string) string {
@@ -162,7 +162,7 @@ func TestBundleCreate(t *testing.T) {
 		{"no wrapper there", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: filepath.Join(dir, "none"), Control: sock}, http.StatusBadRequest},
 		{"wrapper not executable", wire.Bundle{ID: "c1", Bundle: bundle(spec), Wrapper: plain, Control: sock}, http.StatusBadRequest},
 	} {
-		seen = snapshotter.Container{}
+		seen = images.Container{}
 		var before []byte
 		if tc.req.Bundle != "rel" {
 			before, _ = os.ReadFile(filepath.Join(tc.req.Bundle, "config.json"))
@@ -207,7 +207,7 @@ func TestBundleCreate(t *testing.T) {
 // refuses a state that is not one with 400.
 func TestPoststopState(t *testing.T) {
 	roottest.Require(t) // the control API answers root only
-	var seen snapshotter.Container
+	var seen images.Container
 	c := control.NewClient(serveHooks(t, &seen, "", nil))
 	bundle := t.TempDir()
 	state := json.RawMessage(fmt.Sprintf(`{"ociVersion":"1.2.0","id":"c1","status":"stopped","bundle":%q}`, bundle))
@@ -218,7 +218,7 @@ func TestPoststopState(t *testing.T) {
 	if seen.ID != "c1" || seen.RootFS != filepath.Join(bundle, "rootfs") {
 		t.Errorf("told %+v", seen)
 	}
-	seen = snapshotter.Container{}
+	seen = images.Container{}
 	var se *wire.StatusError
 	if err := c.Call(context.Background(), http.MethodPost, wire.PathPoststop, json.RawMessage(`{"id":"c1","bundle":"rel"}`), &img); !errors.As(err, &se) || se.Code != http.StatusBadRequest || seen.ID != "" {
 		t.Errorf("a bad state: %v; told %+v", err, seen)

@@ -12,15 +12,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/snapshotter"
 )
 
 // metricsSource is what the metrics are read from at each scrape.
 type metricsSource interface {
-	Status(ctx context.Context) ([]snapshotter.ImageStatus, error)
-	Totals() snapshotter.Totals
+	Status(ctx context.Context) ([]images.ImageStatus, error)
+	Totals() images.Totals
 	Pool() (ready, target int)
 }
+
+// served is the metrics' source: the images in service, and the
+// snapshotter's pool.
+type served struct {
+	*images.Manager
+	sn *snapshotter.Snapshotter
+}
+
+// Pool is how many images the pool holds and aims at.
+func (s served) Pool() (ready, target int) { return s.sn.Pool() }
 
 // incidentSource is the error monitor's side of the metrics.
 type incidentSource interface {

@@ -9,15 +9,17 @@ import (
 	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/control"
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/snapshotter"
 )
 
 // service is what the control API serves (control.Service): the hooks'
-// calls, the snapshotter's status, reclaims and resizes, and the error
-// monitor's incidents and checks.
+// calls, the images' status, reclaims and resizes, and the error monitor's
+// incidents and checks.
 type service struct {
 	hookCalls
 	sn     *snapshotter.Snapshotter
+	images *images.Manager
 	doctor *fsck.Doctor
 	ctrd   *fsck.Containerd // nil without containerd
 }
@@ -25,11 +27,11 @@ type service struct {
 var _ control.Service = service{}
 
 // Status describes every image.
-func (s service) Status(ctx context.Context) ([]api.ImageStatus, error) { return s.sn.Status(ctx) }
+func (s service) Status(ctx context.Context) ([]api.ImageStatus, error) { return s.images.Status(ctx) }
 
 // Reclaim repacks one snapshot's image now, or every one for "".
 func (s service) Reclaim(ctx context.Context, snapshot string) ([]api.ReclaimOutcome, error) {
-	return s.sn.Reclaim(ctx, snapshot)
+	return s.images.Reclaim(ctx, snapshot)
 }
 
 // Incidents lists the error monitor's incidents.
@@ -54,7 +56,7 @@ func (s service) Resize(ctx context.Context, target string, quota int64) (api.Qu
 	if err != nil {
 		return api.QuotaOutcome{}, err
 	}
-	out, err := s.sn.SetQuota(ctx, id, quota)
+	out, err := s.images.SetQuota(ctx, id, quota)
 	if target != id {
 		out.Snapshot = target
 	}

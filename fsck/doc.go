@@ -42,6 +42,6 @@
 // the queued events.
 //
 //	doctor, err := fsck.NewDoctor(root+"/incidents", cfg.Fsck, sn, fsck.NewContainerd(addr, sn))
-//	sn.Observe(ctx, doctor) // watch every image mounted, now and later
+//	sn.Images().Observe(ctx, doctor) // watch every image mounted, now and later
 //	go doctor.Run(ctx)
 package fsck

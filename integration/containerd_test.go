@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/internal/roottest"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // cacheDir is where scripts/deps.sh (make deps) builds containerd and
@@ -357,13 +357,13 @@ func (s *stack) importImage() {
 }
 
 // status is `snug status --json` of the stack's daemon.
-func (s *stack) status() []snapshotter.ImageStatus {
+func (s *stack) status() []api.ImageStatus {
 	s.t.Helper()
 	return s.snug.Status(s.t)
 }
 
 // activeImage is the status of the active snapshot of a container.
-func (s *stack) activeImage(container string) snapshotter.ImageStatus {
+func (s *stack) activeImage(container string) api.ImageStatus {
 	s.t.Helper()
 	for _, im := range s.status() {
 		if im.Kind == "active" && strings.HasSuffix(im.Snapshot, "/"+container) {
@@ -371,7 +371,7 @@ func (s *stack) activeImage(container string) snapshotter.ImageStatus {
 		}
 	}
 	s.t.Fatalf("no active image for container %s in snug status", container)
-	return snapshotter.ImageStatus{}
+	return api.ImageStatus{}
 }
 
 func lastLines(s string, n int) string {

@@ -15,9 +15,9 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/internal/roottest"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // crictlBin is where scripts/deps.sh builds crictl.
@@ -140,7 +140,7 @@ func TestKubernetesCRI(t *testing.T) {
 	run("exec", cid, "/bin/sh", "-c", "dd if=/dev/zero of=/gone bs=1M count=32 2>/dev/null; sync; rm /gone; sync")
 	run("stop", cid)
 	for end := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		var im snapshotter.ImageStatus
+		var im api.ImageStatus
 		for _, x := range s.status() {
 			if strings.HasSuffix(x.Snapshot, "/"+cid) {
 				im = x

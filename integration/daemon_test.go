@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/snugfs/snug/snapshotter"
+	"github.com/snugfs/snug/api"
 )
 
 var (
@@ -208,13 +208,13 @@ func (d *daemon) Snapshotter(t testing.TB) snapshots.Snapshotter {
 }
 
 // Status is `snug status --json` of this daemon.
-func (d *daemon) Status(t testing.TB) []snapshotter.ImageStatus {
+func (d *daemon) Status(t testing.TB) []api.ImageStatus {
 	t.Helper()
 	out, err := d.Snug(context.Background(), "status", "--json")
 	if err != nil {
 		t.Fatalf("snug status: %v\n%s", err, out)
 	}
-	var images []snapshotter.ImageStatus
+	var images []api.ImageStatus
 	if err := json.Unmarshal([]byte(out), &images); err != nil {
 		t.Fatalf("snug status --json: %v\n%s", err, out)
 	}

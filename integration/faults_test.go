@@ -15,8 +15,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/internal/roottest"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // hostTools are the e2fsprogs tools snug runs; the fault test serves them
@@ -203,7 +203,7 @@ func TestHostFaults(t *testing.T) {
 }
 
 // imageOf is the status of the daemon's snapshot name.
-func imageOf(t *testing.T, d *daemon, name string) snapshotter.ImageStatus {
+func imageOf(t *testing.T, d *daemon, name string) api.ImageStatus {
 	t.Helper()
 	for _, im := range d.Status(t) {
 		if im.Snapshot == name {
@@ -211,7 +211,7 @@ func imageOf(t *testing.T, d *daemon, name string) snapshotter.ImageStatus {
 		}
 	}
 	t.Fatalf("no snapshot %s in status", name)
-	return snapshotter.ImageStatus{}
+	return api.ImageStatus{}
 }
 
 // hostFS mounts a fresh 512 MiB ext4 with 512 inodes, made in the file

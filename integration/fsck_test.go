@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/fsck"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // steadyIO is a container's workload for the error monitor's tests: it
@@ -421,7 +421,7 @@ func (s *stack) checkRepaired(inc fsck.Incident, container, wantErr string, want
 	if out, err := s.snug.Snug(context.Background(), "check", container); err != nil {
 		t.Errorf("%s: snug check after the repair: %v\n%s", container, err, out)
 	}
-	var im snapshotter.ImageStatus
+	var im api.ImageStatus
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if im = s.activeImage(container); s.taskPID(container) != "" {
 			break

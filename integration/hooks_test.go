@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snugfs/snug/snapshotter"
+	"github.com/snugfs/snug/api"
 )
 
 // hookPolicy: trimming while running is off, so the space a container
@@ -29,10 +29,10 @@ const churnThenExit = `set -e; for i in 1 2 3; do dd if=/dev/urandom of=/f$i bs=
 // waitReclaimed waits until the stopped container's image has been
 // reclaimed and its footprint is within 1.03 x used + 8 MiB, and returns
 // its status and how long that took.
-func (s *stack) waitReclaimed(container string, limit time.Duration) (snapshotter.ImageStatus, time.Duration) {
+func (s *stack) waitReclaimed(container string, limit time.Duration) (api.ImageStatus, time.Duration) {
 	s.t.Helper()
 	start := time.Now()
-	var im snapshotter.ImageStatus
+	var im api.ImageStatus
 	for time.Since(start) < limit {
 		im = s.activeImage(container)
 		if im.LastReclaim != nil && im.FootprintBytes <= im.UsedBytes*103/100+8<<20 {

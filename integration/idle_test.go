@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
-	"golang.org/x/sys/unix"
 )
 
 // idleDuration is how long TestIdleMountedFootprint keeps images mounted:

@@ -14,8 +14,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/internal/roottest"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // freePort is a TCP port nothing listens on right now.
@@ -87,7 +87,7 @@ func TestReloadAndMetrics(t *testing.T) {
 }
 
 // statusByName is the status of the snapshot whose name ends with name.
-func statusByName(t *testing.T, d *daemon, name string) snapshotter.ImageStatus {
+func statusByName(t *testing.T, d *daemon, name string) api.ImageStatus {
 	t.Helper()
 	for _, im := range d.Status(t) {
 		if strings.HasSuffix(im.Snapshot, name) {
@@ -95,7 +95,7 @@ func statusByName(t *testing.T, d *daemon, name string) snapshotter.ImageStatus 
 		}
 	}
 	t.Fatalf("no status for %s", name)
-	return snapshotter.ImageStatus{}
+	return api.ImageStatus{}
 }
 
 // requireMetrics reads /metrics at addr and fails t for each of wants it

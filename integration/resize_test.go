@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snugfs/snug/snapshotter"
+	"github.com/snugfs/snug/api"
 )
 
 // TestResizeRunningContainer is issue 19's scenario, as an operator does
@@ -27,9 +27,9 @@ func TestResizeRunningContainer(t *testing.T) {
 	s.ctr("run", "-d", "--snapshotter", "snug", "--snapshotter-label", fmt.Sprintf("containerd.io/snapshot/max-size=%d", 256<<20),
 		testImageRef, name, "/bin/sleep", "600")
 	defer s.ctrErr("tasks", "kill", "-s", "KILL", name)
-	resize := func(quota string) (snapshotter.QuotaOutcome, string, error) {
+	resize := func(quota string) (api.QuotaOutcome, string, error) {
 		out, err := s.snug.Snug(context.Background(), "resize", "--json", "--quota", quota, name)
-		var res snapshotter.QuotaOutcome
+		var res api.QuotaOutcome
 		if err == nil {
 			if jerr := json.Unmarshal([]byte(out), &res); jerr != nil {
 				t.Fatalf("snug resize --json: %v\n%s", jerr, out)

@@ -11,12 +11,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 )
-
-// AnnotationInodes is the OCI annotation of a container's inode count,
-// for Kubernetes as AnnotationQuota is for its quota.
-const AnnotationInodes = "io.snugfs.inodes"
 
 // AnnotationSource looks up the OCI annotations of the container in
 // namespace whose root is containerd's snapshot key: nil, nil when no
@@ -41,8 +38,10 @@ func (s *Snapshotter) SetAnnotationSource(src AnnotationSource) {
 // container's first start. Later, a different count is refused.
 func (s *Snapshotter) applyStartAnnotations(ctx context.Context, id, name string, parentIDs []string) error {
 	srcp := s.annotations.Load()
-	st := s.image(id)
-	if srcp == nil || *srcp == nil || st == nil || st.annotated.Load() {
+	if srcp == nil || *srcp == nil || s.images.Annotated(id) {
+		return nil
+	}
+	if _, layer, ok := s.images.Mounted(id); !ok || layer {
 		return nil
 	}
 	ns, key, ok := splitContainerdKey(name)
@@ -63,50 +62,51 @@ func (s *Snapshotter) applyStartAnnotations(ctx context.Context, id, name string
 	// both make its image again.
 	s.annotateMu.Lock()
 	defer s.annotateMu.Unlock()
-	if st = s.image(id); st == nil || st.annotated.Load() {
+	m, layer, ok := s.images.Mounted(id)
+	if !ok || layer || s.images.Annotated(id) {
 		return nil
 	}
-	if v, found := ann[AnnotationInodes]; found {
-		n, err := parseInodes("annotation "+AnnotationInodes, v)
+	if v, found := ann[config.AnnotationInodes]; found {
+		n, err := config.ParseInodes("annotation "+config.AnnotationInodes, v)
 		if err != nil {
 			return err
 		}
-		if err := s.ensureInodes(ctx, st, name, n, parentIDs); err != nil {
-			return fmt.Errorf("annotation %s: %w", AnnotationInodes, err)
+		if err := s.ensureInodes(ctx, id, m, name, n, parentIDs); err != nil {
+			return fmt.Errorf("annotation %s: %w", config.AnnotationInodes, err)
 		}
-		if st = s.image(id); st == nil {
+		if _, _, ok := s.images.Mounted(id); !ok {
 			return fmt.Errorf("snapshot %s: not served after its image was made again: %w", id, errdefs.ErrUnavailable)
 		}
 	}
-	if err := s.applyAnnotatedQuota(ctx, st, ann); err != nil {
+	if err := s.images.ApplyAnnotatedQuota(ctx, id, ann); err != nil {
 		return err
 	}
-	st.annotated.Store(true)
+	s.images.SetAnnotated(id)
 	return nil
 }
 
-// ensureInodes makes st's image (the snapshot name) again with n inodes,
-// unless it was made for n already. Only an image nothing was written to
-// can be made again.
-func (s *Snapshotter) ensureInodes(ctx context.Context, st *imageState, name string, n int64, parentIDs []string) error {
-	if asked, err := st.m.InodesAsked(); err != nil {
+// ensureInodes makes the rw image m of snapshot id (named name) again with
+// n inodes, unless it was made for n already. Only an image nothing was
+// written to can be made again.
+func (s *Snapshotter) ensureInodes(ctx context.Context, id string, m *imagefs.Mounted, name string, n int64, parentIDs []string) error {
+	if asked, err := m.InodesAsked(); err != nil {
 		return err
 	} else if asked == n {
 		return nil
 	}
-	upper := s.upperPath(st.id)
+	upper := s.upperPath(id)
 	entries, err := os.ReadDir(upper)
 	if err != nil {
-		return fmt.Errorf("snapshot %s: %w", st.id, err)
+		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	used, err := s.imagesInUse()
 	if err != nil {
 		return err
 	}
-	if len(entries) > 0 || used[st.id] {
-		return fmt.Errorf("snapshot %s holds data already, and ext4 fixes an image's inode count when it is made: %w", st.id, errdefs.ErrFailedPrecondition)
+	if len(entries) > 0 || used[id] {
+		return fmt.Errorf("snapshot %s holds data already, and ext4 fixes an image's inode count when it is made: %w", id, errdefs.ErrFailedPrecondition)
 	}
-	quota, err := st.m.Quota()
+	quota, err := m.Quota()
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ func (s *Snapshotter) ensureInodes(ctx context.Context, st *imageState, name str
 	}
 	o.Quota, o.Inodes = quota, n
 	var made error
-	err = s.Offline(ctx, st.id, func(image string) error {
+	err = s.Offline(ctx, id, func(image string) error {
 		// A failure here keeps the image as it was: it is no damage.
 		tmp := image + ".inodes" + imagefs.TempSuffix // start-up deletes what a crash leaves
 		os.Remove(tmp)
@@ -136,14 +136,14 @@ func (s *Snapshotter) ensureInodes(ctx context.Context, st *imageState, name str
 		return nil
 	})
 	if err = errors.Join(made, err); err != nil {
-		return fmt.Errorf("snapshot %s: make its image again: %w", st.id, err)
+		return fmt.Errorf("snapshot %s: make its image again: %w", id, err)
 	}
 	if len(parentIDs) > 0 {
 		// As at Prepare: the new upper dir takes the owner of the parent's root.
 		if err := chownLike(upper, s.layerPath(parentIDs[0])); err != nil {
-			return fmt.Errorf("snapshot %s: %w", st.id, err)
+			return fmt.Errorf("snapshot %s: %w", id, err)
 		}
 	}
-	log.G(ctx).WithField("snapshot", st.id).WithField("inodes", n).Info("image made again for the container's inode count")
+	log.G(ctx).WithField("snapshot", id).WithField("inodes", n).Info("image made again for the container's inode count")
 	return nil
 }

@@ -25,7 +25,7 @@ import (
 // a crash after it leaves a committed snapshot whose rw image is still there
 // (converge finishes the swap).
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
-	s.traffic.mark()
+	s.traffic.Mark()
 	var (
 		id   string
 		snap storage.Snapshot

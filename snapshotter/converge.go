@@ -65,7 +65,7 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 	case snapshots.KindCommitted:
 		rw := filepath.Join(dir, rwImage)
 		if _, err := os.Lstat(rw); err == nil {
-			s.untrack(id)
+			s.images.Unmounting(id)
 			if m, err := find(tbl, rw); err == nil {
 				// Its upper dir is in the layer now: what the page
 				// cache holds of it (a layer just unpacked) is dropped,
@@ -84,7 +84,7 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 		if err != nil {
 			return err
 		}
-		s.trackLayer(ctx, id, m)
+		s.images.ServeLayer(ctx, id, m)
 		if err := requireDir(s.layerPath(id)); err != nil {
 			return fmt.Errorf("snapshot %s: %w", id, err)
 		}
@@ -109,19 +109,13 @@ func (s *Snapshotter) settle(ctx context.Context, id string, kind snapshots.Kind
 	return s.serveActive(ctx, id, m, parentIDs)
 }
 
-// serveActive readies a mounted rw image: its headroom free, the overlay
-// dirs in place, its window keeper running.
+// serveActive readies a mounted rw image: in service with the images
+// Manager (its headroom free, its window keeper running), the overlay dirs
+// in place.
 func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mounted, parentIDs []string) error {
 	mnt := s.mountPath(id)
-	// The window starts with its headroom free, whatever ext4's own
-	// metadata took of the initial window; the keeper takes over after.
-	st := s.track(ctx, id, m)
-	_, err := m.EnsureFree(ctx, int64(s.classOf(ctx, st).Window.Headroom))
-	// Watched only now: a fresh image's first window may be all ext4
-	// metadata, which the watcher would count as a window found full.
-	s.watcher.Add(id, m, s.watchPolicy(ctx, st))
-	if err != nil {
-		return fmt.Errorf("snapshot %s: %w", id, err)
+	if err := s.images.Serve(ctx, id, s.snapshotDir(id), m); err != nil {
+		return err
 	}
 	_, statErr := os.Lstat(filepath.Join(mnt, upperDir))
 	if err := ensureUpper(mnt); err != nil {
@@ -249,9 +243,7 @@ func (s *Snapshotter) reconcile(ctx context.Context) error {
 		failed++
 		mu.Unlock()
 		if r.kind != snapshots.KindView && !errors.Is(err, imagefs.ErrQuarantined) {
-			s.imagesMu.Lock()
-			s.unmountable[r.id] = unmountable{layer: r.kind == snapshots.KindCommitted, err: err}
-			s.imagesMu.Unlock()
+			s.images.MountFailed(ctx, r.id, r.kind == snapshots.KindCommitted, err)
 		}
 	}
 	// Layers first: an active snapshot's new upper dir takes the owner of

@@ -25,27 +25,27 @@
 // image, loop device or mount is leaked, and images stay mounted across a
 // restart so running containers do not notice it.
 //
+// The life of each image in service (its class, container, window keeper,
+// reclaims, quota changes, counters and status) is package images': the
+// snapshotter tells its images.Manager of every image it mounts and of
+// every image it is about to unmount (Serve, ServeLayer, Unmounting), and
+// the daemon reaches it through Images.
+//
 // # Locks
 //
-// From the outermost to the innermost: where two are held at once, the
-// one higher in this list was taken first.
 //   - annotateMu serialises the remaking of a pristine image for its
-//     container's annotations (Mounts).
-//   - imageState.op runs one long operation on an image at a time: a
-//     reclaim, a quota change, the release at a stop. It is held across
-//     I/O.
-//   - imageState.mu protects an image's small state (class, container,
-//     running, queued, removed, the times of its last grow and reclaim),
-//     held briefly and never across I/O.
-//   - imagesMu protects the maps of mounted rw images and layers, the
-//     mount observer and the images start-up could not mount. It is never
-//     held across I/O, nor while another lock is taken.
+//     container's annotations (Mounts). It is held across I/O, and across
+//     calls into the images.Manager (whose locks nest inside it).
 //   - pool.mu protects the pool's refill flag and its record of takes, held
 //     briefly, never across I/O.
+//
+// Everything else the snapshotter keeps is in containerd's metadata store
+// (its own transactions) and in the snapshot directories (markers written
+// atomically).
 //
 // Example:
 //
 //	sn, err := snapshotter.New(ctx, cfg) // cfg from config.Load
 //	mounts, err := sn.Prepare(ctx, "ctr-1", parentChainID,
-//		snapshots.WithLabels(map[string]string{snapshotter.LabelMaxSize: "1073741824"}))
+//		snapshots.WithLabels(map[string]string{config.LabelMaxSize: "1073741824"}))
 package snapshotter

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/failpoint"
+	"github.com/snugfs/snug/internal/marker"
 )
 
 // quarantineFile marks an active snapshot whose image e2fsck could not make
@@ -35,87 +35,7 @@ func (s *Snapshotter) MarkDamaged(id, reason string) error {
 	if _, err := os.Lstat(filepath.Join(s.snapshotDir(id), layerImage)); err != nil {
 		return fmt.Errorf("mark snapshot %s: no layer image: %w", id, err)
 	}
-	return writeMarker(filepath.Join(s.snapshotDir(id), damagedFile), reason)
-}
-
-// MountObserver learns of every image the snapshotter mounts and of every
-// image it is about to unmount: the error monitor watches each. It also
-// learns of the images start-up could not mount (a damaged superblock, say).
-type MountObserver interface {
-	Mounted(ctx context.Context, id string, layer bool, m *imagefs.Mounted)
-	Unmounting(id string)
-	MountFailed(ctx context.Context, id string, layer bool, err error)
-}
-
-// unmountable is an image start-up could not mount.
-type unmountable struct {
-	layer bool
-	err   error
-}
-
-// Observe makes o the snapshotter's mount observer and tells it of every
-// image mounted already.
-func (s *Snapshotter) Observe(ctx context.Context, o MountObserver) {
-	s.imagesMu.Lock()
-	s.mountObs = o
-	type img struct {
-		id    string
-		layer bool
-		m     *imagefs.Mounted
-	}
-	var now []img
-	for id, st := range s.images {
-		now = append(now, img{id, false, st.m})
-	}
-	for id, m := range s.layers {
-		now = append(now, img{id, true, m})
-	}
-	failed := s.unmountable
-	s.unmountable = map[string]unmountable{}
-	s.imagesMu.Unlock()
-	for _, i := range now {
-		o.Mounted(ctx, i.id, i.layer, i.m)
-	}
-	for id, f := range failed {
-		o.MountFailed(ctx, id, f.layer, f.err)
-	}
-}
-
-// trackLayer records a mounted read-only layer image.
-func (s *Snapshotter) trackLayer(ctx context.Context, id string, m *imagefs.Mounted) {
-	s.imagesMu.Lock()
-	s.layers[id] = m
-	o := s.mountObs
-	s.imagesMu.Unlock()
-	if o != nil {
-		o.Mounted(ctx, id, true, m)
-	}
-}
-
-// untrackLayer forgets a layer image about to be unmounted.
-func (s *Snapshotter) untrackLayer(id string) {
-	s.imagesMu.Lock()
-	_, ok := s.layers[id]
-	delete(s.layers, id)
-	o := s.mountObs
-	s.imagesMu.Unlock()
-	if ok && o != nil {
-		o.Unmounting(id)
-	}
-}
-
-// MountedImage is the mounted image of snapshot id: its rw image, or its
-// layer (layer true). ok is false when it has none mounted.
-func (s *Snapshotter) MountedImage(id string) (m *imagefs.Mounted, layer bool, ok bool) {
-	s.imagesMu.Lock()
-	defer s.imagesMu.Unlock()
-	if st, found := s.images[id]; found {
-		return st.m, false, true
-	}
-	if m, found := s.layers[id]; found {
-		return m, true, true
-	}
-	return nil, false, false
+	return marker.Write(filepath.Join(s.snapshotDir(id), damagedFile), reason)
 }
 
 // Offline takes an active snapshot's image out of service, unmounted, and
@@ -134,7 +54,7 @@ func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image stri
 	if _, err := os.Lstat(image); err != nil {
 		return fmt.Errorf("offline snapshot %s: no writable image: %w", id, err)
 	}
-	s.untrack(id)
+	s.images.Unmounting(id)
 	if m, err := imagefs.FindMount(image); err == nil {
 		err := m.Unmount(ctx)
 		if errors.Is(err, imagefs.ErrStillAttached) {
@@ -153,7 +73,7 @@ func (s *Snapshotter) Offline(ctx context.Context, id string, fn func(image stri
 	}
 	failpoint.Inject("offline-unmounted")
 	if err := fn(image); err != nil {
-		if werr := writeMarker(filepath.Join(dir, quarantineFile), err.Error()); werr != nil {
+		if werr := marker.Write(filepath.Join(dir, quarantineFile), err.Error()); werr != nil {
 			err = errors.Join(err, werr)
 		}
 		return fmt.Errorf("snapshot %s: %w", id, err)
@@ -179,10 +99,10 @@ func (s *Snapshotter) Quarantine(ctx context.Context, id, reason string) error {
 	if _, err := os.Lstat(image); err != nil {
 		return fmt.Errorf("quarantine snapshot %s: no writable image: %w", id, err)
 	}
-	if err := writeMarker(filepath.Join(dir, quarantineFile), reason); err != nil {
+	if err := marker.Write(filepath.Join(dir, quarantineFile), reason); err != nil {
 		return fmt.Errorf("quarantine snapshot %s: %w", id, err)
 	}
-	s.untrack(id)
+	s.images.Unmounting(id)
 	m, err := imagefs.FindMount(image)
 	if errors.Is(err, imagefs.ErrNotMounted) {
 		return nil
@@ -198,27 +118,5 @@ func (s *Snapshotter) Quarantine(ctx context.Context, id, reason string) error {
 
 // quarantined returns the reason snapshot id is quarantined, or "".
 func (s *Snapshotter) quarantined(id string) string {
-	return readMarker(filepath.Join(s.snapshotDir(id), quarantineFile))
-}
-
-// readMarker returns a marker file's reason ("marked" for an empty one),
-// or "" when there is no marker.
-func readMarker(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	if r := strings.TrimSpace(string(b)); r != "" {
-		return r
-	}
-	return "marked"
-}
-
-// writeMarker writes a small file atomically.
-func writeMarker(path, content string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return marker.Read(filepath.Join(s.snapshotDir(id), quarantineFile))
 }

@@ -17,40 +17,13 @@ import (
 	"github.com/snugfs/snug/imagefs"
 )
 
-func TestParseMaxSize(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"1073741824", 1 << 30, true},
-		{" 67108864 ", 64 << 20, true},
-		{"33554432", imagefs.MinQuota, true},
-		{"33554431", 0, false},
-		{"17592186044416", MaxQuota, true},
-		{"17592186044417", 0, false},
-		{"1GiB", 0, false},
-		{"-1", 0, false},
-		{"", 0, false},
-		{"99999999999999999999999", 0, false},
-	} {
-		got, err := parseMaxSize(tc.in)
-		if tc.ok != (err == nil) || got != tc.want {
-			t.Errorf("parseMaxSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
-		}
-		if err != nil && (!errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), LabelMaxSize)) {
-			t.Errorf("parseMaxSize(%q): error %v is not an invalid argument naming the label", tc.in, err)
-		}
-	}
-}
-
 // TestCreateOptionsFromLabel: the label sets the quota; a journal too big
 // for a small quota falls back to the minimum.
 func TestCreateOptionsFromLabel(t *testing.T) {
 	cfg := config.Default()
 	cfg.Image.JournalSize = 64 * config.MiB
 	p := policyFrom(cfg)
-	o, err := p.createOptions(map[string]string{LabelMaxSize: strconv.Itoa(128 << 20)})
+	o, err := p.createOptions(map[string]string{config.LabelMaxSize: strconv.Itoa(128 << 20)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,26 +36,6 @@ func TestCreateOptionsFromLabel(t *testing.T) {
 	}
 }
 
-// FuzzParseMaxSize: labels come from whoever runs containers; any string
-// gives a quota within bounds or an invalid-argument error, never a panic.
-func FuzzParseMaxSize(f *testing.F) {
-	for _, s := range []string{"1073741824", "33554432", "-5", "1e9", "0x10000000", " 4096 ", "\x00"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		n, err := parseMaxSize(s)
-		if err != nil {
-			if !errdefs.IsInvalidArgument(err) {
-				t.Fatalf("%q: %v", s, err)
-			}
-			return
-		}
-		if n < imagefs.MinQuota || n > MaxQuota {
-			t.Fatalf("%q gave %d, out of bounds", s, n)
-		}
-	})
-}
-
 // TestInodesFromLabelAndPolicy: the label sets the inode count, over the
 // policy's image.inodes; a count ext4 cannot have is refused, naming the
 // label.
@@ -93,35 +46,15 @@ func TestInodesFromLabelAndPolicy(t *testing.T) {
 	if o, err := p.createOptions(nil); err != nil || o.Inodes != 50000 {
 		t.Errorf("policy image.inodes = 50000: %d, %v", o.Inodes, err)
 	}
-	if o, err := p.createOptions(map[string]string{LabelInodes: "20000"}); err != nil || o.Inodes != 20000 {
+	if o, err := p.createOptions(map[string]string{config.LabelInodes: "20000"}); err != nil || o.Inodes != 20000 {
 		t.Errorf("label 20000: %d, %v", o.Inodes, err)
 	}
 	for _, bad := range []string{"", "10", "lots", "-5", "4294967296", "1e6"} {
-		_, err := p.createOptions(map[string]string{LabelInodes: bad})
-		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), LabelInodes) {
+		_, err := p.createOptions(map[string]string{config.LabelInodes: bad})
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), config.LabelInodes) {
 			t.Errorf("label %q: %v, want an invalid argument naming the label", bad, err)
 		}
 	}
-}
-
-// FuzzParseInodes: any label value gives a count ext4 can have or an
-// invalid argument.
-func FuzzParseInodes(f *testing.F) {
-	for _, s := range []string{"20000", "1024", "4294967295", "-1", " 5000 ", "0x100000"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		n, err := parseInodes(LabelInodes, s)
-		if err != nil {
-			if !errdefs.IsInvalidArgument(err) {
-				t.Fatalf("%q: %v", s, err)
-			}
-			return
-		}
-		if n < imagefs.MinInodes || n > imagefs.MaxInodes {
-			t.Fatalf("%q gave %d", s, n)
-		}
-	})
 }
 
 // TestInodeLimitHolds: a snapshot made with the inode label holds that
@@ -131,7 +64,7 @@ func FuzzParseInodes(f *testing.F) {
 func TestInodeLimitHolds(t *testing.T) {
 	ctx := context.Background()
 	sn, _ := newTestSnapshotter(t)
-	mounts, err := sn.Prepare(ctx, "few-inodes", "", snapshots.WithLabels(map[string]string{LabelInodes: "5000"}))
+	mounts, err := sn.Prepare(ctx, "few-inodes", "", snapshots.WithLabels(map[string]string{config.LabelInodes: "5000"}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/traffic"
 )
 
 // How the pool follows demand. Making an image (a copy of its template and
@@ -51,7 +52,7 @@ type pool struct {
 	opts      imagefs.CreateOptions
 	templates *imagefs.Templates
 	bounds    atomic.Pointer[config.PoolPolicy]
-	traffic   *traffic // the snapshotter's (Prepare marks it): a refill waits for a lull
+	traffic   *traffic.Meter // the snapshotter's (Prepare marks it): a refill waits for a lull
 	// now is the clock of demand; tests move it.
 	now func() time.Time
 	// born and seq name the images made: unique across restarts.
@@ -66,7 +67,7 @@ type pool struct {
 	wg      sync.WaitGroup
 }
 
-func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bounds config.PoolPolicy, templates *imagefs.Templates, tr *traffic) (*pool, error) {
+func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bounds config.PoolPolicy, templates *imagefs.Templates, tr *traffic.Meter) (*pool, error) {
 	p := &pool{dir: filepath.Join(root, "pool"), opts: opts, templates: templates, traffic: tr, now: time.Now, born: time.Now().UnixNano()}
 	p.setBounds(bounds)
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
@@ -216,7 +217,7 @@ func (p *pool) refill(ctx context.Context) {
 				p.shrink(ctx, have[want:])
 				return
 			}
-			if len(have) == want || !p.traffic.waitLull(ctx, refillLull, refillLullMax) {
+			if len(have) == want || !p.traffic.WaitLull(ctx, refillLull, refillLullMax) {
 				return
 			}
 			if !p.make(ctx, min(want-len(have), runtime.NumCPU())) {

@@ -11,6 +11,7 @@ import (
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
+	"github.com/snugfs/snug/internal/traffic"
 )
 
 var poolTestOptions = imagefs.CreateOptions{Quota: 64 << 20, Window: 32 << 20, JournalSize: imagefs.MinJournal, BytesPerInode: 16 << 10, DirectIO: true}
@@ -23,7 +24,7 @@ func newTestPool(t *testing.T, ctx context.Context, bounds config.PoolPolicy) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool(ctx, root, poolTestOptions, bounds, tpls, &traffic{})
+	p, err := newPool(ctx, root, poolTestOptions, bounds, tpls, &traffic.Meter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func TestPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool(ctx, root, poolTestOptions, config.PoolPolicy{Min: 2, Max: 2}, tpls, &traffic{})
+	p, err := newPool(ctx, root, poolTestOptions, config.PoolPolicy{Min: 2, Max: 2}, tpls, &traffic.Meter{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/internal/errclass"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -39,7 +40,7 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 // whose id is not recorded (both deleted on start-up), or a recorded
 // snapshot that start-up mounts.
 func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
-	s.traffic.mark()
+	s.traffic.Mark()
 	var base snapshots.Info
 	for _, opt := range opts {
 		if err := opt(&base); err != nil {
@@ -69,7 +70,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		if _, ok := s.config().Class(class); !ok {
 			return nil, fmt.Errorf("prepare %s: label %s=%q: no such class in the policy's [policies]: %w", key, config.LabelClass, class, errdefs.ErrInvalidArgument)
 		}
-		if err := writeClass(td, class); err != nil {
+		if err := images.WriteClass(td, class); err != nil {
 			return nil, fmt.Errorf("prepare %s: %w", key, err)
 		}
 	}

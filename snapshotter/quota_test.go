@@ -11,59 +11,9 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
-	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/images"
 )
-
-func TestAnnotatedQuota(t *testing.T) {
-	for _, tc := range []struct {
-		annotations map[string]string
-		quota       int64
-		ok, bad     bool
-	}{
-		{annotations: nil},
-		{annotations: map[string]string{"io.snugfs.policy": "big"}},
-		{annotations: map[string]string{AnnotationQuota: "512MiB"}, quota: 512 << 20, ok: true},
-		{annotations: map[string]string{AnnotationQuota: "1G"}, quota: 1 << 30, ok: true},
-		{annotations: map[string]string{AnnotationMaxSize: "268435456"}, quota: 256 << 20, ok: true},
-		// snug's own wins over containerd's name.
-		{annotations: map[string]string{AnnotationMaxSize: "268435456", AnnotationQuota: "1GiB"}, quota: 1 << 30, ok: true},
-		{annotations: map[string]string{AnnotationQuota: "lots"}, ok: true, bad: true},
-		{annotations: map[string]string{AnnotationQuota: "1MiB"}, ok: true, bad: true},
-		{annotations: map[string]string{AnnotationQuota: "17TiB"}, ok: true, bad: true},
-		{annotations: map[string]string{AnnotationMaxSize: "512MiB"}, ok: true, bad: true}, // bytes only, as the label
-		{annotations: map[string]string{AnnotationMaxSize: "-1"}, ok: true, bad: true},
-	} {
-		q, _, ok, err := annotatedQuota(tc.annotations)
-		if ok != tc.ok || (err != nil) != tc.bad || (!tc.bad && q != tc.quota) {
-			t.Errorf("%v: quota %d ok %t err %v; want %d %t bad %t", tc.annotations, q, ok, err, tc.quota, tc.ok, tc.bad)
-		}
-		if tc.bad && !errdefs.IsInvalidArgument(err) {
-			t.Errorf("%v: %v is not an invalid argument", tc.annotations, err)
-		}
-	}
-}
-
-// FuzzAnnotatedQuota: whatever a pod spec carries, the parser answers a
-// quota in range or an invalid argument, and never panics.
-func FuzzAnnotatedQuota(f *testing.F) {
-	for _, s := range []string{"512MiB", "1.5G", "268435456", "", "0x10", "1e9", "9999999999999999999999"} {
-		f.Add(s, s)
-	}
-	f.Fuzz(func(t *testing.T, quota, maxSize string) {
-		for _, ann := range []map[string]string{{AnnotationQuota: quota}, {AnnotationMaxSize: maxSize}} {
-			q, _, ok, err := annotatedQuota(ann)
-			if !ok {
-				t.Fatalf("%v: not seen", ann)
-			}
-			if err != nil && !errdefs.IsInvalidArgument(err) {
-				t.Fatalf("%v: %v", ann, err)
-			}
-			if err == nil && (q < imagefs.MinQuota || q > MaxQuota) {
-				t.Fatalf("%v: quota %d out of range", ann, q)
-			}
-		}
-	})
-}
 
 // TestAnnotationQuotaAppliedAtStart: a container's quota annotation is
 // applied by the prestart call, before its process writes: the writer gets
@@ -78,7 +28,7 @@ func TestAnnotationQuotaAppliedAtStart(t *testing.T) {
 	}
 	rootfs := mountRootfs(t, mounts)
 	start := func(quota string) error {
-		_, err := sn.ContainerStarting(ctx, Container{ID: "c", RootFS: rootfs, Annotations: map[string]string{AnnotationQuota: quota}})
+		_, err := sn.images.ContainerStarting(ctx, images.Container{ID: "c", RootFS: rootfs, Annotations: map[string]string{config.AnnotationQuota: quota}})
 		return err
 	}
 	if err := start("64MiB"); err != nil {
@@ -131,8 +81,8 @@ func TestAnnotationsAppliedAtMounts(t *testing.T) {
 	ctx := context.Background()
 	sn, _ := newTestSnapshotter(t)
 	asked := map[string]map[string]string{
-		"fresh": {AnnotationInodes: "5000", AnnotationQuota: "64MiB"},
-		"used":  {AnnotationInodes: "5000"},
+		"fresh": {config.AnnotationInodes: "5000", config.AnnotationQuota: "64MiB"},
+		"used":  {config.AnnotationInodes: "5000"},
 	}
 	var lookups int
 	sn.SetAnnotationSource(func(_ context.Context, ns, key string) (map[string]string, error) {

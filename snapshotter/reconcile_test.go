@@ -11,6 +11,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -179,9 +180,9 @@ func idOf(t *testing.T, sn *Snapshotter, key string) string {
 	return id
 }
 
-func mustStatus(t *testing.T, sn *Snapshotter) []ImageStatus {
+func mustStatus(t *testing.T, sn *Snapshotter) []images.ImageStatus {
 	t.Helper()
-	st, err := sn.Status(context.Background())
+	st, err := sn.images.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,36 +48,33 @@ func (s *Snapshotter) releaseUnused(ctx context.Context) {
 		wg       sync.WaitGroup
 		slots    = make(chan struct{}, releaseParallel)
 	)
-	for _, im := range s.mountedImages() {
-		if used[im.id] {
+	for _, im := range s.images.List() {
+		if used[im.ID] {
 			continue
 		}
-		if _, err := os.Stat(im.m.Image); errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Stat(im.M.Image); errors.Is(err, fs.ErrNotExist) {
 			// The image file was deleted under the mount: the mounted
 			// filesystem is the data's last copy. It stays, for an
 			// operator to copy out (snug status says "deleted").
-			log.G(ctx).WithField("snapshot", im.id).Warn("closing: image file deleted; its filesystem is left mounted, the data's last copy")
+			log.G(ctx).WithField("snapshot", im.ID).Warn("closing: image file deleted; its filesystem is left mounted, the data's last copy")
 			continue
 		}
 		wg.Add(1)
 		slots <- struct{}{}
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			if im.st != nil {
-				im.st.op.Lock() // a reclaim in progress finishes first
-				defer im.st.op.Unlock()
-			}
+			s.images.Unmounting(im.ID) // a reclaim in progress finishes first
 			// Unmount waits for autoclear to detach the loop device:
 			// tens of milliseconds each, so they run side by side.
-			if err := im.m.Unmount(ctx); err != nil {
-				log.G(ctx).WithError(err).WithField("snapshot", im.id).Warn("closing: image left mounted")
+			if err := im.M.Unmount(ctx); err != nil {
+				log.G(ctx).WithError(err).WithField("snapshot", im.ID).Warn("closing: image left mounted")
 				return
 			}
-			if im.st != nil {
+			if !im.Layer {
 				// A clean unmount by snug: the next start need not check
 				// it, unless something writes it meanwhile.
-				if err := imagefs.Seal(im.m.Image); err != nil {
-					log.G(ctx).WithError(err).WithField("snapshot", im.id).Warn("closing: the image will be checked at the next start")
+				if err := imagefs.Seal(im.M.Image); err != nil {
+					log.G(ctx).WithError(err).WithField("snapshot", im.ID).Warn("closing: the image will be checked at the next start")
 				}
 			}
 			released.Add(1)
@@ -85,31 +82,6 @@ func (s *Snapshotter) releaseUnused(ctx context.Context) {
 	}
 	wg.Wait()
 	log.G(ctx).WithField("released", released.Load()).WithField("in use", len(used)).Info("closing: unused images unmounted")
-}
-
-// mountedImage is a mounted image of a snapshot: its rw image (st set) or
-// its layer.
-type mountedImage struct {
-	id string
-	m  *imagefs.Mounted
-	st *imageState
-}
-
-// mountedImages lists the rw images, then the layers: an unused rw image
-// goes before the layers below it.
-func (s *Snapshotter) mountedImages() []mountedImage {
-	var out []mountedImage
-	for _, st := range s.allImages() {
-		if st.m != nil {
-			out = append(out, mountedImage{st.id, st.m, st})
-		}
-	}
-	s.imagesMu.Lock()
-	defer s.imagesMu.Unlock()
-	for id, m := range s.layers {
-		out = append(out, mountedImage{id: id, m: m})
-	}
-	return out
 }
 
 // imagesInUse lists the snapshots whose images a mount other than snug's own
@@ -121,7 +93,7 @@ func (s *Snapshotter) imagesInUse() (map[string]bool, error) {
 	}
 	used := map[string]bool{}
 	for _, ov := range tbl.Overlays() {
-		if id := s.snapshotOfUpper(ov.Upper); ov.Upper != "" && id != "" {
+		if id := s.SnapshotOfUpper(ov.Upper); ov.Upper != "" && id != "" {
 			used[id] = true
 		}
 		for _, dir := range ov.Lowers {
@@ -130,14 +102,14 @@ func (s *Snapshotter) imagesInUse() (map[string]bool, error) {
 			}
 		}
 	}
-	for _, im := range s.mountedImages() {
-		dir := im.m.Dir
+	for _, im := range s.images.List() {
+		dir := im.M.Dir
 		if real, err := filepath.EvalSymlinks(dir); err == nil {
 			dir = real
 		}
-		for _, e := range tbl.OnDevice(im.m.Device) { // none: detached already
+		for _, e := range tbl.OnDevice(im.M.Device) { // none: detached already
 			if e.FSType != "overlay" && e.Point != dir {
-				used[im.id] = true
+				used[im.ID] = true
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -108,7 +109,7 @@ func TestImagesKeptByCloseDetachWhenUnmountedElsewhere(t *testing.T) {
 	ctx := context.Background()
 	sn, root := newTestSnapshotter(t)
 	rootfs := containerOnBase(t, sn)
-	if _, err := sn.ContainerStarting(ctx, Container{ID: "c1", RootFS: rootfs}); err != nil {
+	if _, err := sn.images.ContainerStarting(ctx, images.Container{ID: "c1", RootFS: rootfs}); err != nil {
 		t.Fatal(err)
 	}
 	ids := []string{idOf(t, sn, "base"), idOf(t, sn, "running")}
@@ -181,7 +182,19 @@ func TestStartCheckSparesSealedImages(t *testing.T) {
 			t.Errorf("%s after the start-up check: mounted %v", key, mounted)
 		}
 	}
-	if len(sn.unmountable) != 1 {
-		t.Errorf("start-up left %d images for the error monitor, want 1 (checked): %v", len(sn.unmountable), sn.unmountable)
+	var failed failedMounts
+	sn.images.Observe(ctx, &failed)
+	if len(failed) != 1 {
+		t.Errorf("start-up left %d images for the error monitor, want 1 (checked): %v", len(failed), failed)
 	}
+}
+
+// failedMounts is a mount observer that records the images start-up could
+// not mount, as the error monitor learns of them.
+type failedMounts []error
+
+func (f *failedMounts) Mounted(context.Context, string, bool, *imagefs.Mounted) {}
+func (f *failedMounts) Unmounting(string)                                       {}
+func (f *failedMounts) MountFailed(_ context.Context, _ string, _ bool, err error) {
+	*f = append(*f, err)
 }

@@ -21,7 +21,7 @@ import (
 // the next start-up deletes it; Remove does not fail for that, because the
 // snapshot is gone already.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
-	s.traffic.mark()
+	s.traffic.Mark()
 	var id string
 	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		var err error
@@ -96,8 +96,7 @@ func olderThan(e os.DirEntry, d time.Duration) bool {
 // mounted below it and deletes it. It deletes nothing while anything below
 // is still mounted.
 func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
-	s.untrack(filepath.Base(dir))
-	s.untrackLayer(filepath.Base(dir))
+	s.images.Unmounting(filepath.Base(dir))
 	if err := imagefs.UnmountBelow(ctx, dir); err != nil {
 		return fmt.Errorf("delete %s: %w", dir, err)
 	}

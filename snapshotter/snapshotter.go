@@ -14,6 +14,8 @@ import (
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/images"
+	"github.com/snugfs/snug/internal/traffic"
 )
 
 // File names inside a snapshot's directory, root/snapshots/<id>/.
@@ -36,32 +38,20 @@ type Snapshotter struct {
 	pool *pool
 	// traffic marks Prepare, Commit, Remove and container starts and
 	// stops; background work waits for a lull in it.
-	traffic *traffic
+	traffic *traffic.Meter
 	// templates make the rw images (a copy of one made per set of
 	// options, with a UUID of its own).
 	templates *imagefs.Templates
+	// images is told of every image mounted and about to be unmounted:
+	// it keeps each one's life in service (see package images).
+	images *images.Manager
 
-	// bgCtx ends the watcher, the pool's refill and scheduled reclaims
-	// when the snapshotter closes; bg counts them.
+	// bgCtx ends the pool's refill when the snapshotter closes; bg
+	// counts it.
 	bgCtx  context.Context
 	stopBg context.CancelFunc
 	bg     sync.WaitGroup
 
-	// watcher keeps every mounted rw image's window ahead of its data.
-	watcher *imagefs.Watcher
-	// imagesMu protects images (the state of every mounted rw image, by
-	// snapshot id), layers (every mounted layer image) and observer. It is
-	// never held across I/O.
-	imagesMu sync.Mutex
-	images   map[string]*imageState
-	layers   map[string]*imagefs.Mounted
-	mountObs MountObserver
-	// unmountable holds the images start-up could not mount, for the
-	// error monitor.
-	unmountable map[string]unmountable
-	// reclaimSlots bounds the repacks running at once.
-	reclaimSlots chan struct{}
-	totals       counters
 	// annotations looks up a container's OCI annotations in containerd
 	// (SetAnnotationSource); nil without containerd. annotateMu is held
 	// while they are applied to an image (never while a lookup runs).
@@ -93,7 +83,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		ms.Close()
 		return nil, fmt.Errorf("image templates in %s: %w", root, err)
 	}
-	tr := &traffic{}
+	tr := &traffic.Meter{}
 	pl, err := newPool(ctx, root, policyFrom(cfg).create, cfg.Pool, tpls, tr)
 	if err != nil {
 		ms.Close()
@@ -101,29 +91,21 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 	}
 	bgCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Snapshotter{
-		root:         root,
-		ms:           ms,
-		pool:         pl,
-		traffic:      tr,
-		templates:    tpls,
-		bgCtx:        bgCtx,
-		stopBg:       stop,
-		images:       map[string]*imageState{},
-		layers:       map[string]*imagefs.Mounted{},
-		unmountable:  map[string]unmountable{},
-		reclaimSlots: make(chan struct{}, 2),
+		root:      root,
+		ms:        ms,
+		pool:      pl,
+		traffic:   tr,
+		templates: tpls,
+		bgCtx:     bgCtx,
+		stopBg:    stop,
 	}
 	s.cfg.Store(&cfg)
-	s.watcher = imagefs.NewWatcher(cfg.Window.CheckInterval, s.observer())
+	s.images = images.New(ctx, s, cfg, tr)
 	if err := s.reconcile(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("reconcile %s: %w", root, err)
 	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		s.watcher.Run(bgCtx)
-	}()
+	s.images.Start()
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
@@ -132,9 +114,9 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 	return s, nil
 }
 
-// Close stops the watcher, the pool's refill and scheduled reclaims (a
-// reclaim running finishes), unmounts the images nothing uses and closes
-// the metadata store. The images a container uses stay mounted: containers
+// Close stops the pool's refill and the images' life in service (window
+// keepers, scheduled reclaims; a reclaim running finishes), unmounts the
+// images nothing uses and closes the metadata store. The images a container uses stay mounted: containers
 // keep running while snug restarts (releaseUnused).
 func (s *Snapshotter) Close() error { return s.close(true) }
 
@@ -144,6 +126,7 @@ func (s *Snapshotter) close(release bool) error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.stopBg()
+		s.images.Close()
 		s.bg.Wait()
 		s.pool.wait()
 		if release {
@@ -167,11 +150,18 @@ func (s *Snapshotter) SetConfig(ctx context.Context, cfg config.Config) error {
 	}
 	s.cfg.Store(&cfg)
 	s.pool.setBounds(cfg.Pool)
-	s.watcher.SetInterval(cfg.Window.CheckInterval)
-	for _, st := range s.allImages() {
-		s.watcher.SetPolicy(st.id, s.watchPolicy(ctx, st))
-	}
+	s.images.SetConfig(ctx, cfg)
 	return nil
+}
+
+// Images is the record of the images in service and of their life: the
+// daemon's hooks, status, reclaims and quota changes go through it.
+func (s *Snapshotter) Images() *images.Manager { return s.images }
+
+// MountedImage is the mounted image of snapshot id: its rw image, or its
+// layer (layer true). ok is false when it has none in service.
+func (s *Snapshotter) MountedImage(id string) (m *imagefs.Mounted, layer bool, ok bool) {
+	return s.images.Mounted(id)
 }
 
 // Pool is how many ready-made images the pool holds now, and how many it

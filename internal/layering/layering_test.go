@@ -24,14 +24,16 @@ func layer(pkg string) (rank int, ok bool) {
 		return 2, true
 	case pkg == "config":
 		return 3, true
-	case pkg == "snapshotter", pkg == "fsck":
+	case pkg == "images":
 		return 4, true
-	case pkg == "control", pkg == "hooks":
+	case pkg == "snapshotter", pkg == "fsck":
 		return 5, true
-	case pkg == "daemon", pkg == "snapshotter/plugin":
+	case pkg == "control", pkg == "hooks":
 		return 6, true
-	case strings.HasPrefix(pkg, "cmd/"):
+	case pkg == "daemon", pkg == "snapshotter/plugin":
 		return 7, true
+	case strings.HasPrefix(pkg, "cmd/"):
+		return 8, true
 	}
 	return 0, false
 }

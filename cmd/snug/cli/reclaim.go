@@ -3,8 +3,8 @@ package cli
 import (
 	"context"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/control"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // reclaim is `snug reclaim [--json] [SNAPSHOT]`: repack one snapshot's
@@ -33,7 +33,7 @@ func (c *CLI) reclaim(ctx context.Context, args []string) int {
 	}
 	if *asJSON {
 		if out == nil {
-			out = []snapshotter.ReclaimOutcome{}
+			out = []api.ReclaimOutcome{}
 		}
 		return c.writeJSON(out)
 	}

@@ -4,8 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/control"
-	"github.com/snugfs/snug/snapshotter"
 )
 
 // status lists the images the daemon serves: one row per image.
@@ -29,7 +29,7 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 	}
 	if *asJSON {
 		if images == nil {
-			images = []snapshotter.ImageStatus{}
+			images = []api.ImageStatus{}
 		}
 		return c.writeJSON(images)
 	}

@@ -1,4 +1,4 @@
-package snapshotter
+package traffic
 
 import (
 	"context"
@@ -7,18 +7,18 @@ import (
 )
 
 func TestTrafficLull(t *testing.T) {
-	var tr traffic
+	var tr Meter
 	ctx := context.Background()
 
 	start := time.Now()
-	if !tr.waitLull(ctx, 100*time.Millisecond, time.Second) || time.Since(start) > 50*time.Millisecond {
+	if !tr.WaitLull(ctx, 100*time.Millisecond, time.Second) || time.Since(start) > 50*time.Millisecond {
 		t.Errorf("no traffic ever: waited %v, want no wait", time.Since(start))
 	}
 
-	tr.mark()
+	tr.Mark()
 	start = time.Now()
-	if !tr.waitLull(ctx, 100*time.Millisecond, time.Second) {
-		t.Fatal("waitLull false with a live context")
+	if !tr.WaitLull(ctx, 100*time.Millisecond, time.Second) {
+		t.Fatal("WaitLull false with a live context")
 	}
 	if took := time.Since(start); took < 90*time.Millisecond {
 		t.Errorf("a mark just now: waited %v, want about the 100 ms lull", took)
@@ -27,26 +27,26 @@ func TestTrafficLull(t *testing.T) {
 	// Marks that keep coming delay it up to the limit, not forever.
 	stop := make(chan struct{})
 	defer close(stop)
-	tr.mark()
+	tr.Mark()
 	go func() {
 		for {
 			select {
 			case <-stop:
 				return
 			case <-time.After(10 * time.Millisecond):
-				tr.mark()
+				tr.Mark()
 			}
 		}
 	}()
 	start = time.Now()
-	tr.waitLull(ctx, 100*time.Millisecond, 300*time.Millisecond)
+	tr.WaitLull(ctx, 100*time.Millisecond, 300*time.Millisecond)
 	if took := time.Since(start); took < 290*time.Millisecond {
 		t.Errorf("steady marks: waited %v, want the 300 ms limit", took)
 	}
 
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if tr.waitLull(cctx, time.Second, time.Second) {
-		t.Error("waitLull true with an ended context")
+	if tr.WaitLull(cctx, time.Second, time.Second) {
+		t.Error("WaitLull true with an ended context")
 	}
 }

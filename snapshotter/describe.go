@@ -12,43 +12,19 @@ import (
 
 	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/marker"
 )
 
-// ImageStatus is one snapshot's image as `snug status` shows it (api.ImageStatus).
-type ImageStatus = api.ImageStatus
-
-// Activity is what the daemon did to an rw image (api.Activity).
-type Activity = api.Activity
-
-func (st *imageState) activity() Activity {
-	st.mu.Lock()
-	a := Activity{Class: st.class, Container: st.container}
-	switch {
-	case st.running:
-		a.State = "running"
-	case !st.startedAt.IsZero():
-		a.State = "stopped"
-	}
-	if !st.lastGrow.IsZero() {
-		t := st.lastGrow
-		a.LastGrow = &t
-	}
-	if !st.lastReclaim.IsZero() {
-		t := st.lastReclaim
-		a.LastReclaim = &t
-	}
-	st.mu.Unlock()
-	a.WindowCounts = st.counts.load()
-	return a
-}
-
-// Status describes the image of every active and committed snapshot, in
-// snapshot id order. Views have no image and are left out.
-func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
-	var out []ImageStatus
+// Describe describes the image of every active and committed snapshot, in
+// snapshot id order, as the kernel and the files show it: where it is
+// mounted, its stats, and what keeps it out of service. Views have no image
+// and are left out. What the daemon did to each image (api.Activity) is
+// the images.Manager's to add (its Status).
+func (s *Snapshotter) Describe(ctx context.Context) ([]api.ImageStatus, error) {
+	var out []api.ImageStatus
 	if err := s.walkIDs(ctx, func(info snapshots.Info, id string) {
 		if info.Kind != snapshots.KindView {
-			out = append(out, ImageStatus{Snapshot: info.Name, Kind: strings.ToLower(info.Kind.String()), ID: id})
+			out = append(out, api.ImageStatus{Snapshot: info.Name, Kind: strings.ToLower(info.Kind.String()), ID: id})
 		}
 	}); err != nil {
 		return nil, fmt.Errorf("status: %w", err)
@@ -72,7 +48,7 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 			continue
 		}
 		if kind == snapshots.KindCommitted {
-			st.Damaged = readMarker(filepath.Join(s.snapshotDir(st.ID), damagedFile))
+			st.Damaged = marker.Read(filepath.Join(s.snapshotDir(st.ID), damagedFile))
 		}
 		if _, err := os.Lstat(image); errors.Is(err, os.ErrNotExist) {
 			st.Stats.Path = image
@@ -83,9 +59,6 @@ func (s *Snapshotter) Status(ctx context.Context) ([]ImageStatus, error) {
 		st.Stats = stats
 		if err != nil {
 			st.Problem = err.Error()
-		}
-		if is := s.image(st.ID); is != nil {
-			st.Activity = is.activity()
 		}
 	}
 	return out, nil

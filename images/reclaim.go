@@ -1,12 +1,10 @@
-package snapshotter
+package images
 
 import (
 	"context"
 	"fmt"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
@@ -22,19 +20,20 @@ const (
 	reasonManual = "manual"
 )
 
-// stopDelay is how long after a container stops its reclaim starts. A
+// StopDelay is how long after a container stops its reclaim starts. A
 // container run with --rm is removed within this time, and its image
 // deleted whole, with no repack to wait for.
-const stopDelay = 500 * time.Millisecond
+const StopDelay = 500 * time.Millisecond
 
 // A scheduled reclaim then waits for a lull in the snapshot operations
-// (traffic): reclaimLull without a Prepare, Commit, Remove or container
-// start or stop, at most reclaimLullMax. Under a burst of `ctr run --rm` the removal comes later
-// than stopDelay, and every stopped container's image was repacked just
-// before its deletion (50 reclaims for 50 containers, measured), competing
-// with the burst; waiting for the lull lets the removal come first.
+// (traffic): ReclaimLull without a Prepare, Commit, Remove or container
+// start or stop, at most reclaimLullMax. Under a burst of `ctr run --rm`
+// the removal comes later than stopDelay, and every stopped container's
+// image was repacked just before its deletion (50 reclaims for 50
+// containers, measured), competing with the burst; waiting for the lull
+// lets the removal come first.
 const (
-	reclaimLull    = 250 * time.Millisecond
+	ReclaimLull    = 250 * time.Millisecond
 	reclaimLullMax = 5 * time.Second
 )
 
@@ -46,7 +45,7 @@ const packedSlack = 32 << 20
 // scheduleReclaim reclaims st after delay and a lull in the snapshot
 // operations, off the caller's path, unless a reclaim is scheduled already
 // or the image is removed meanwhile.
-func (s *Snapshotter) scheduleReclaim(st *imageState, reason string, delay time.Duration) {
+func (g *Manager) scheduleReclaim(st *imageState, reason string, delay time.Duration) {
 	st.mu.Lock()
 	if st.queued || st.removed {
 		st.mu.Unlock()
@@ -54,31 +53,31 @@ func (s *Snapshotter) scheduleReclaim(st *imageState, reason string, delay time.
 	}
 	st.queued = true
 	st.mu.Unlock()
-	s.bg.Add(1)
+	g.bg.Add(1)
 	go func() {
-		defer s.bg.Done()
+		defer g.bg.Done()
 		t := time.NewTimer(delay)
 		defer t.Stop()
 		select {
-		case <-s.bgCtx.Done():
+		case <-g.bgCtx.Done():
 			return
 		case <-t.C:
 		}
-		if !s.traffic.waitLull(s.bgCtx, reclaimLull, reclaimLullMax) {
+		if !g.traffic.WaitLull(g.bgCtx, ReclaimLull, reclaimLullMax) {
 			return
 		}
 		// Bound concurrent repacks: each one syncs and trims a filesystem.
 		select {
-		case <-s.bgCtx.Done():
+		case <-g.bgCtx.Done():
 			return
-		case s.reclaimSlots <- struct{}{}:
+		case g.reclaimSlots <- struct{}{}:
 		}
-		defer func() { <-s.reclaimSlots }()
+		defer func() { <-g.reclaimSlots }()
 		st.mu.Lock()
 		st.queued = false
 		st.mu.Unlock()
-		if _, err := s.reclaim(s.bgCtx, st, reason); err != nil && !errdefs.IsNotFound(err) {
-			log.G(s.bgCtx).WithError(err).WithField("snapshot", st.id).WithField("reason", reason).Warn("reclaim failed")
+		if _, err := g.reclaim(g.bgCtx, st, reason); err != nil && !errdefs.IsNotFound(err) {
+			log.G(g.bgCtx).WithError(err).WithField("snapshot", st.id).WithField("reason", reason).Warn("reclaim failed")
 		}
 	}()
 }
@@ -92,7 +91,7 @@ type ReclaimOutcome = api.ReclaimOutcome
 // meanwhile. A reclaim at a stop is skipped when the image is packed
 // already (imagefs.Mounted.Packed), an idle reclaim when it would give back
 // less than the policy's minimum gain.
-func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string) (ReclaimOutcome, error) {
+func (g *Manager) reclaim(ctx context.Context, st *imageState, reason string) (ReclaimOutcome, error) {
 	out := ReclaimOutcome{ID: st.id, Reason: reason}
 	st.op.Lock()
 	defer st.op.Unlock()
@@ -102,7 +101,7 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 	if removed {
 		return out, fmt.Errorf("snapshot %s: %w", st.id, errdefs.ErrNotFound)
 	}
-	cl := s.classOf(ctx, st)
+	cl := g.classOf(ctx, st)
 	if reason == reasonStop && stopped {
 		packed, stats, err := st.m.Packed(int64(cl.Window.Headroom) + packedSlack)
 		if err != nil {
@@ -112,7 +111,7 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 			out.Skipped = fmt.Sprintf("already packed: %s on the host for %s used, %s free", config.FormatBytes(stats.FootprintBytes), config.FormatBytes(stats.UsedBytes), config.FormatBytes(stats.FreeBytes))
 			log.G(ctx).WithField("snapshot", st.id).Debug(out.Skipped)
 			st.counts.packed()
-			s.totals.packed()
+			g.totals.packed()
 			return out, nil
 		}
 	}
@@ -131,7 +130,7 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 		o.Margin = int64(cl.Window.Headroom)
 	}
 	var res imagefs.ReclaimResult
-	err := s.watcher.Repack(st.id, func() (err error) {
+	err := g.watcher.Repack(st.id, func() (err error) {
 		res, err = st.m.Reclaim(ctx, o)
 		return err
 	})
@@ -144,7 +143,7 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 	st.lastReclaim = time.Now()
 	st.mu.Unlock()
 	st.counts.reclaimed(gain)
-	s.totals.reclaimed(gain)
+	g.totals.reclaimed(gain)
 	log.G(ctx).WithFields(log.Fields{
 		"snapshot": st.id, "reason": reason, "gain": config.FormatBytes(gain),
 		"footprint": config.FormatBytes(res.FootprintAfter), "window": config.FormatBytes(res.WindowAfter),
@@ -155,28 +154,28 @@ func (s *Snapshotter) reclaim(ctx context.Context, st *imageState, reason string
 
 // Reclaim repacks the image of the snapshot named key now (`snug reclaim`),
 // or of every active snapshot when key is empty.
-func (s *Snapshotter) Reclaim(ctx context.Context, key string) ([]ReclaimOutcome, error) {
+func (g *Manager) Reclaim(ctx context.Context, key string) ([]ReclaimOutcome, error) {
 	var targets []*imageState
 	if key == "" {
-		targets = s.allImages()
+		targets = g.allImages()
 	} else {
-		id, err := s.idOf(ctx, key)
+		id, err := g.snaps.SnapshotID(ctx, key)
 		if err != nil {
 			return nil, fmt.Errorf("reclaim %s: %w", key, err)
 		}
-		st := s.image(id)
+		st := g.image(id)
 		if st == nil {
 			return nil, fmt.Errorf("reclaim %s: not an active snapshot with a mounted image: %w", key, errdefs.ErrFailedPrecondition)
 		}
 		targets = append(targets, st)
 	}
-	names, err := s.namesByID(ctx)
+	names, err := g.snaps.Names(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []ReclaimOutcome
 	for _, st := range targets {
-		o, err := s.reclaim(ctx, st, reasonManual)
+		o, err := g.reclaim(ctx, st, reasonManual)
 		o.Snapshot = names[st.id]
 		if err != nil {
 			return out, fmt.Errorf("reclaim %s: %w", o.Snapshot, err)
@@ -184,43 +183,4 @@ func (s *Snapshotter) Reclaim(ctx context.Context, key string) ([]ReclaimOutcome
 		out = append(out, o)
 	}
 	return out, nil
-}
-
-// SnapshotID is the id of the snapshot named key in snug's store.
-func (s *Snapshotter) SnapshotID(ctx context.Context, key string) (string, error) {
-	return s.idOf(ctx, key)
-}
-
-// idOf is the id of the snapshot named key.
-func (s *Snapshotter) idOf(ctx context.Context, key string) (id string, err error) {
-	err = s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		id, _, _, err = storage.GetInfo(ctx, key)
-		return err
-	})
-	return id, err
-}
-
-// namesByID maps the id of every snapshot to its name.
-func (s *Snapshotter) namesByID(ctx context.Context) (map[string]string, error) {
-	names := map[string]string{}
-	err := s.walkIDs(ctx, func(info snapshots.Info, id string) { names[id] = info.Name })
-	return names, err
-}
-
-// walkIDs calls fn for every snapshot with its id, in one read
-// transaction. A store with no snapshot yet is not an error.
-func (s *Snapshotter) walkIDs(ctx context.Context, fn func(info snapshots.Info, id string)) error {
-	return s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		err := storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
-			id, _, _, err := storage.GetInfo(ctx, info.Name)
-			if err == nil {
-				fn(info, id)
-			}
-			return err
-		})
-		if errdefs.IsNotFound(err) { // a new store has no bucket yet
-			return nil
-		}
-		return err
-	})
 }

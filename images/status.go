@@ -1,0 +1,26 @@
+package images
+
+import (
+	"context"
+
+	"github.com/snugfs/snug/api"
+)
+
+// ImageStatus is one snapshot's image as `snug status` shows it (api.ImageStatus).
+type ImageStatus = api.ImageStatus
+
+// Status describes the image of every active and committed snapshot, in
+// snapshot id order, as the snapshotter describes it (Snapshots.Describe),
+// with what the daemon did to each rw image in service.
+func (g *Manager) Status(ctx context.Context) ([]ImageStatus, error) {
+	out, err := g.snaps.Describe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if st := g.image(out[i].ID); st != nil {
+			out[i].Activity = st.activity()
+		}
+	}
+	return out, nil
+}
