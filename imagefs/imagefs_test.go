@@ -340,7 +340,7 @@ func TestReclaimReturnsFootprintToUsage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		limit := int64(float64(st.UsedBytes)*1.03) + 8*mib
+		limit := PackedFootprint(st.UsedBytes)
 		t.Logf("round %d: used %d footprint %d (limit %d) window %d->%d trimmed %d in %v",
 			round, st.UsedBytes, st.FootprintBytes, limit, res.WindowBefore, res.WindowAfter, res.TrimmedBytes, res.Duration)
 		if st.FootprintBytes > limit {

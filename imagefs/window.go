@@ -152,10 +152,15 @@ func (m *Mounted) Reclaim(ctx context.Context, o ReclaimOptions) (ReclaimResult,
 	return res, nil
 }
 
+// PackedFootprint is the most host space a packed image of used bytes
+// takes: 1.03 × used + 8 MiB, the bound a reclaim on stop packs to (ext4's
+// metadata, the journal and the balloon's extent tree on top of the data).
+func PackedFootprint(used int64) int64 { return used*103/100 + 8<<20 }
+
 // Packed reports whether a stopped container's image has nothing a
 // reclaim would do: once the journal commits what was deleted (a syncfs),
-// its file holds no more on the host than 1.03 × its used space + 8 MiB, the
-// bound a reclaim on stop packs to, and its window has at most maxFree
+// its file holds no more on the host than PackedFootprint of its used
+// space, and its window has at most maxFree
 // free (the policy's headroom and a margin: a window the container grew
 // and then emptied is repacked, so that a restart starts packed). A
 // reclaim costs a sync, a trim and a repack of the balloon (hundreds of
@@ -175,7 +180,7 @@ func (m *Mounted) Packed(maxFree int64) (bool, Stats, error) {
 	if err != nil {
 		return false, st, err
 	}
-	return st.FootprintBytes <= st.UsedBytes*103/100+8<<20 && st.FreeBytes <= maxFree, st, nil
+	return st.FootprintBytes <= PackedFootprint(st.UsedBytes) && st.FreeBytes <= maxFree, st, nil
 }
 
 // Trim discards the free blocks of the window (FITRIM) without touching the

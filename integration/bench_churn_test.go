@@ -159,7 +159,7 @@ func TestChurnInContainerBenchmark(t *testing.T) {
 				t.Errorf("%s: snug round %d: footprint %d MiB > 1.10 x used + 16 MiB = %d MiB", wl.name, p.Round, p.Footprint>>20, limit>>20)
 			}
 		}
-		if p := snug.AfterStop; p.Footprint > p.Used*103/100+8<<20 {
+		if p := snug.AfterStop; p.Footprint > imagefs.PackedFootprint(p.Used) {
 			t.Errorf("%s: snug after stop: footprint %d MiB > 1.03 x used + 8 MiB", wl.name, p.Footprint>>20)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/snugfs/snug/api"
+	"github.com/snugfs/snug/imagefs"
 )
 
 // hookPolicy: trimming while running is off, so the space a container
@@ -35,7 +36,7 @@ func (s *stack) waitReclaimed(container string, limit time.Duration) (api.ImageS
 	var im api.ImageStatus
 	for time.Since(start) < limit {
 		im = s.activeImage(container)
-		if im.LastReclaim != nil && im.FootprintBytes <= im.UsedBytes*103/100+8<<20 {
+		if im.LastReclaim != nil && im.FootprintBytes <= imagefs.PackedFootprint(im.UsedBytes) {
 			return im, time.Since(start)
 		}
 		time.Sleep(100 * time.Millisecond)
