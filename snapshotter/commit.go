@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/failpoint"
 )
@@ -57,6 +59,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if !ok {
 		return fmt.Errorf("commit %s as %s: image not in service: %w", key, name, errdefs.ErrUnavailable)
 	}
+	start := time.Now()
 	layer, err := imagefs.LayerOf(m, s.upperPath(id))
 	if err != nil {
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
@@ -70,11 +73,14 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
 	failpoint.Inject("commit-recorded")
+	synced := time.Since(start)
 	if err := s.converge(ctx, id, snapshots.KindCommitted, snap.ParentIDs); err != nil {
 		// The commit stands (the layer is synced and recorded); only the
 		// conversion or the read-only mount failed. It is retried when a child is prepared and at
 		// start-up, so the caller must not see a failed commit.
 		log.G(ctx).WithError(err).WithField("name", name).Error("committed; mounting the layer failed and will be retried")
 	}
+	log.G(ctx).WithFields(log.Fields{"name": name, "id": id, "layer": config.FormatBytes(layer.Bytes), "files": layer.Inodes,
+		"synced": synced, "converted": time.Since(start) - synced}).Debug("committed")
 	return nil
 }
