@@ -17,10 +17,12 @@ import (
 // of the image file that holds it, once its filesystem is synced, and the
 // files, directories and links in it. A commit records it as the layer's
 // usage before the image becomes the layer (ConvertToLayer).
+//
+// The sync writes what the unpack left in the page cache to the image
+// file. On a host without room for it, it fails with ErrHostFull before
+// writing anything: a write-back the host cannot take fails in the image
+// with EIO, and ext4 drops the pages it could not write.
 func LayerOf(m *Mounted, dir string) (Layer, error) {
-	if err := syncfs(m.Dir); err != nil {
-		return Layer{}, fmt.Errorf("layer of %s: %w", m.Image, err)
-	}
 	t, err := measureTree(dir)
 	if err != nil {
 		return Layer{}, fmt.Errorf("layer of %s: %w", m.Image, err)
@@ -29,7 +31,36 @@ func LayerOf(m *Mounted, dir string) (Layer, error) {
 	if err != nil {
 		return Layer{}, err
 	}
+	if err := hostRoomFor(m.Image, t.bytes-fp); err != nil {
+		return Layer{}, fmt.Errorf("layer of %s: %w", m.Image, err)
+	}
+	if err := syncfs(m.Dir); err != nil {
+		if room := hostRoomFor(m.Image, 0); room != nil {
+			err = fmt.Errorf("%w: %w", room, err)
+		}
+		return Layer{}, fmt.Errorf("layer of %s: %w", m.Image, err)
+	}
+	if fp, err = Footprint(m.Image); err != nil {
+		return Layer{}, err
+	}
 	return Layer{Bytes: fp, Inodes: t.inodes}, nil
+}
+
+// hostSlack is what the host must keep free beyond the bytes about to be
+// written into an image: ext4's metadata and journal blocks, the host's own.
+const hostSlack = 8 << 20
+
+// hostRoomFor fails with ErrHostFull unless the host filesystem holding
+// image has n bytes (and hostSlack) available.
+func hostRoomFor(image string, n int64) error {
+	sp, err := SpaceOf(filepath.Dir(image))
+	if err != nil {
+		return err
+	}
+	if avail := sp.AvailBytes; avail < max(n, 0)+hostSlack {
+		return fmt.Errorf("%w: %d MiB available for %d MiB to write", ErrHostFull, avail>>20, max(n, 0)>>20)
+	}
+	return nil
 }
 
 // convertDetachWait bounds the wait for a thin image's filesystem to end
