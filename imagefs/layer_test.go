@@ -23,6 +23,38 @@ func TestCreateLayerKeepsOverlayMetadata(t *testing.T) {
 	ctx := context.Background()
 	dir := roottest.TempDir(t)
 	src := filepath.Join(dir, "upper")
+	data := writeUpperTree(t, src)
+
+	img := filepath.Join(dir, "layer.img")
+	layer, err := CreateLayer(ctx, img, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(src); err != nil {
+		t.Fatalf("source not restored after packing: %v", err)
+	}
+	if layer.Inodes != upperTreeInodes {
+		t.Errorf("inodes = %d, want %d", layer.Inodes, upperTreeInodes)
+	}
+	// The 1 GiB sparse file and 3 MiB of data must cost about 3 MiB.
+	if layer.Bytes > 8<<20 {
+		t.Errorf("layer footprint %d bytes for 3 MiB of data", layer.Bytes)
+	}
+	requireClean(t, img)
+	requirePrivate(t, img)
+	checkLayerTree(t, mountLayer(t, img, filepath.Join(dir, "mnt")), data)
+}
+
+// upperTreeInodes is what writeUpperTree makes: upper, opaque, sub, gone,
+// data, hardlink, link, sparse.
+const upperTreeInodes = 8
+
+// writeUpperTree writes into src a tree holding everything an overlay
+// upper directory can hold (whiteouts, opaque directories, hard links,
+// symlinks, sparse files, ownership, modes, xattrs). It returns the
+// content of its data file.
+func writeUpperTree(t *testing.T, src string) []byte {
+	t.Helper()
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -44,30 +76,34 @@ func TestCreateLayerKeepsOverlayMetadata(t *testing.T) {
 	_, err = sparse.WriteAt([]byte("end"), 1<<30-3)
 	must(err)
 	must(sparse.Close())
+	return data
+}
 
-	img := filepath.Join(dir, "layer.img")
-	layer, err := CreateLayer(ctx, img, src)
-	must(err)
-	if _, err := os.Stat(src); err != nil {
-		t.Fatalf("source not restored after packing: %v", err)
+// mountLayer mounts a layer image read-only on mnt until the test ends and
+// returns its LayerDir.
+func mountLayer(t *testing.T, img, mnt string) string {
+	t.Helper()
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	if layer.Inodes != 8 { // upper, opaque, sub, gone, data, hardlink, link, sparse
-		t.Errorf("inodes = %d, want 8", layer.Inodes)
+	m, err := Mount(context.Background(), img, mnt, MountOptions{ReadOnly: true, DirectIO: true})
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The 1 GiB sparse file and 3 MiB of data must cost about 3 MiB.
-	if layer.Bytes > 8<<20 {
-		t.Errorf("layer footprint %d bytes for 3 MiB of data", layer.Bytes)
-	}
-	requireClean(t, img)
-	requirePrivate(t, img)
-
-	mnt := filepath.Join(dir, "mnt")
-	must(os.Mkdir(mnt, 0o755))
-	m, err := Mount(ctx, img, mnt, MountOptions{ReadOnly: true, DirectIO: true})
-	must(err)
 	t.Cleanup(func() { m.Unmount(context.Background()) })
+	return filepath.Join(mnt, LayerDir)
+}
 
-	root := filepath.Join(mnt, LayerDir)
+// checkLayerTree checks that root shows writeUpperTree's tree, whole, and
+// nothing else.
+func checkLayerTree(t *testing.T, root string, data []byte) {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	entries, err := os.ReadDir(root)
 	must(err)
 	var names []string

@@ -65,7 +65,8 @@ func (m *Mounted) stat(st *Stats, sb *Superblock) error {
 	if err := unix.Statfs(m.Dir, &sfs); err != nil {
 		return err
 	}
-	// A layer image (CreateLayer) has no balloon: its window is all of it.
+	// A packed layer image (CreateLayer) has no balloon: its window is all
+	// of it. A converted one (ConvertToLayer) keeps the thin image's.
 	var exts []extent
 	f, err := os.Open(balloonPath(m.Dir))
 	switch {

@@ -167,14 +167,8 @@ func PackedFootprint(used int64) int64 { return used*103/100 + 8<<20 }
 // milliseconds under load); many containers write next to nothing, and
 // most of those run with --rm, their image deleted whole a moment later.
 func (m *Mounted) Packed(maxFree int64) (bool, Stats, error) {
-	d, err := os.Open(m.Dir)
-	if err != nil {
+	if err := syncfs(m.Dir); err != nil {
 		return false, Stats{}, err
-	}
-	err = unix.Syncfs(int(d.Fd()))
-	d.Close()
-	if err != nil {
-		return false, Stats{}, fmt.Errorf("syncfs %s: %w", m.Dir, err)
 	}
 	st, err := m.Stat()
 	if err != nil {

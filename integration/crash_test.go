@@ -225,6 +225,9 @@ func TestCrashMatrix(t *testing.T) {
 		{op: "view", point: "prepare-recorded", hit: view, want: with(map[string]snapshots.Kind{"view": snapshots.KindView})},
 		{op: "commit", point: "commit-built", hit: commit, want: with(nil)},
 		{op: "commit", point: "commit-recorded", hit: commit, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}, "work")},
+		// The rw image half converted into the layer: its upper dir renamed,
+		// the file not yet.
+		{op: "commit", point: "convert-renamed", hit: commit, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}, "work")},
 		{op: "remove", point: "remove-recorded", hit: remove, want: with(nil, "work")},
 		{op: "remove", point: "removedir-unmounted", hit: remove, want: with(nil, "work")},
 		{op: "cleanup", point: "removedir-unmounted", hit: cleanup, want: with(nil)},

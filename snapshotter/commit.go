@@ -3,27 +3,30 @@ package snapshotter
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/failpoint"
 )
 
-// Commit turns the active snapshot key into the committed snapshot name: its
-// upper dir is packed into a compact read-only layer image (imagefs.
-// CreateLayer), the snapshot is recorded as committed, then the rw image is
-// replaced by the layer on the same mount point.
+// Commit turns the active snapshot key into the committed snapshot name:
+// its rw image becomes the layer's read-only image, in place
+// (imagefs.ConvertToLayer): the upper dir the unpack filled is the layer,
+// written once. The image is synced and its usage measured before anything
+// is recorded; the snapshot is then recorded as committed, and converge
+// converts the image and mounts it read-only.
 //
-// The layer is built before anything is recorded: a crash before the record
-// leaves the snapshot active with a stray layer image (deleted on start-up);
-// a crash after it leaves a committed snapshot whose rw image is still there
-// (converge finishes the swap).
+// A crash before the record leaves the snapshot active with its data (the
+// sync only wrote it); a crash after it leaves a committed snapshot whose
+// rw image is still there, or half converted, and converge finishes the
+// conversion at the next start (each of its steps can run again).
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
 	s.traffic.Mark()
 	var (
@@ -47,11 +50,17 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
 
-	layerFile := filepath.Join(s.snapshotDir(id), layerImage)
-	if err := removeIfExists(layerFile); err != nil { // from an earlier failed try
+	// A layer image from an earlier try of this commit by an older snug,
+	// which packed layers into a new file.
+	if err := removeIfExists(filepath.Join(s.snapshotDir(id), layerImage)); err != nil {
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
-	layer, err := imagefs.CreateLayer(ctx, layerFile, s.upperPath(id))
+	m, _, ok := s.images.Mounted(id)
+	if !ok {
+		return fmt.Errorf("commit %s as %s: image not in service: %w", key, name, errdefs.ErrUnavailable)
+	}
+	start := time.Now()
+	layer, err := imagefs.LayerOf(m, s.upperPath(id))
 	if err != nil {
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
@@ -61,15 +70,17 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		_, err := storage.CommitActive(ctx, key, name, usage, opts...)
 		return err
 	}); err != nil {
-		os.Remove(layerFile)
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
 	failpoint.Inject("commit-recorded")
+	synced := time.Since(start)
 	if err := s.converge(ctx, id, snapshots.KindCommitted, snap.ParentIDs); err != nil {
-		// The commit stands (the layer is complete and recorded); only the
-		// swap to it failed. It is retried when a child is prepared and at
+		// The commit stands (the layer is synced and recorded); only the
+		// conversion or the read-only mount failed. It is retried when a child is prepared and at
 		// start-up, so the caller must not see a failed commit.
 		log.G(ctx).WithError(err).WithField("name", name).Error("committed; mounting the layer failed and will be retried")
 	}
+	log.G(ctx).WithFields(log.Fields{"name": name, "id": id, "layer": config.FormatBytes(layer.Bytes), "files": layer.Inodes,
+		"synced": synced, "converted": time.Since(start) - synced}).Debug("committed")
 	return nil
 }

@@ -63,22 +63,8 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 		}
 		return s.serveActive(ctx, id, m, parentIDs)
 	case snapshots.KindCommitted:
-		rw := filepath.Join(dir, rwImage)
-		if _, err := os.Lstat(rw); err == nil {
-			s.images.Unmounting(id)
-			if m, err := find(tbl, rw); err == nil {
-				// Its upper dir is in the layer now: what the page
-				// cache holds of it (a layer just unpacked) is dropped,
-				// not written to a file about to be deleted.
-				if err := m.Discard(ctx); err != nil {
-					return fmt.Errorf("snapshot %s: %w", id, err)
-				}
-			} else if !errors.Is(err, imagefs.ErrNotMounted) {
-				return fmt.Errorf("snapshot %s: %w", id, err)
-			}
-			if err := os.Remove(rw); err != nil {
-				return fmt.Errorf("snapshot %s: %w", id, err)
-			}
+		if err := s.convertLayer(ctx, tbl, id); err != nil {
+			return err
 		}
 		m, err := s.ensureMounted(ctx, tbl, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO})
 		if err != nil {
@@ -88,6 +74,40 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 		if err := requireDir(s.layerPath(id)); err != nil {
 			return fmt.Errorf("snapshot %s: %w", id, err)
 		}
+	}
+	return nil
+}
+
+// convertLayer turns a committed snapshot's rw image, still there after
+// its Commit (or a crash during one), into its layer image
+// (imagefs.ConvertToLayer). A layer image made already beside it by an
+// older snug, which packed layers into a new file, wins: the rw image's
+// content is in it, and the rw image is dropped unwritten.
+func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable, id string) error {
+	dir := s.snapshotDir(id)
+	rw, layer := filepath.Join(dir, rwImage), filepath.Join(dir, layerImage)
+	if _, err := os.Lstat(rw); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	s.images.Unmounting(id)
+	if _, err := os.Lstat(layer); err == nil {
+		if m, err := find(tbl, rw); err == nil {
+			if err := m.Discard(ctx); err != nil {
+				return fmt.Errorf("snapshot %s: %w", id, err)
+			}
+		} else if !errors.Is(err, imagefs.ErrNotMounted) {
+			return fmt.Errorf("snapshot %s: %w", id, err)
+		}
+		return os.Remove(rw)
+	}
+	m, err := s.ensureMounted(ctx, tbl, rw, s.mountPath(id), s.policy().mount)
+	if err != nil {
+		return err
+	}
+	if err := imagefs.ConvertToLayer(ctx, m, upperDir, workDir, layer); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	return nil
 }

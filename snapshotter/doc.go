@@ -3,10 +3,11 @@
 // layer is a filesystem of its own: its own quota, its own host footprint,
 // its own filesystem to check and repair.
 //
-//   - A committed snapshot (an image layer) is a compact read-only ext4
-//     image, made at commit from the active snapshot's upper dir
-//     (imagefs.CreateLayer), mounted read-only once and shared as an
-//     overlay lower layer by every snapshot above it.
+//   - A committed snapshot (an image layer) is a read-only ext4 image: the
+//     active snapshot's thin image itself, its upper dir renamed to the
+//     layer dir at commit (imagefs.ConvertToLayer), so a layer is written
+//     once; mounted read-only once and shared as an overlay lower layer by
+//     every snapshot above it.
 //   - An active snapshot (a container's root, or a layer being unpacked) is
 //     a thin writable image (imagefs.Create) with the overlay upper and work
 //     dirs inside, mounted once; a window keeper (imagefs.Keep) grows its

@@ -24,8 +24,9 @@ import (
 // container trips on it. The checks run a few at a time. It returns the
 // damaged images' findings (wrapping imagefs.ErrDamaged) by snapshot id; a
 // check that cannot run at all (e2fsck missing) is logged and the image
-// mounted as before. Read-only layers are not checked: mkfs made them
-// whole and nothing writes them; ext4 reports what damage a read meets.
+// mounted as before. Read-only layers are not checked: their commit
+// synced them and unmounted them cleanly before they became layers, and
+// nothing writes them; ext4 reports what damage a read meets.
 func (s *Snapshotter) checkUnmounted(ctx context.Context, tbl *imagefs.MountTable, active []string) map[string]error {
 	cfg := s.config().Fsck
 	if !cfg.CheckAtStart {
