@@ -99,9 +99,6 @@ func ConvertToLayer(ctx context.Context, m *Mounted, upper, work, dst string) er
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("convert %s: %w", m.Image, err)
 	}
-	if err := requireDirectory(layerDir); err != nil {
-		return fmt.Errorf("convert %s: %w", m.Image, err)
-	}
 	if err := os.RemoveAll(filepath.Join(m.Dir, work)); err != nil {
 		return fmt.Errorf("convert %s: %w", m.Image, err)
 	}
@@ -134,18 +131,6 @@ func syncfs(dir string) error {
 	defer d.Close()
 	if err := unix.Syncfs(int(d.Fd())); err != nil {
 		return fmt.Errorf("syncfs %s: %w", dir, err)
-	}
-	return nil
-}
-
-// requireDirectory fails unless path is a directory (not a symlink to one).
-func requireDirectory(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s is not a directory", path)
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package snapshotter
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -45,16 +44,12 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return fmt.Errorf("commit %s as %s: snapshot is not active: %w", key, name, errdefs.ErrFailedPrecondition)
 	}
 	// The rw image must be mounted to read its upper dir (after a restart
-	// that could not mount it, this says why).
+	// that could not mount it, this says why); converge also drops a layer
+	// image an older snug's interrupted commit left beside it.
 	if err := s.converge(ctx, id, snapshots.KindActive, snap.ParentIDs); err != nil {
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
 
-	// A layer image from an earlier try of this commit by an older snug,
-	// which packed layers into a new file.
-	if err := removeIfExists(filepath.Join(s.snapshotDir(id), layerImage)); err != nil {
-		return fmt.Errorf("commit %s as %s: %w", key, name, err)
-	}
 	m, _, ok := s.images.Mounted(id)
 	if !ok {
 		return fmt.Errorf("commit %s as %s: image not in service: %w", key, name, errdefs.ErrUnavailable)
@@ -76,8 +71,9 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	synced := time.Since(start)
 	if err := s.converge(ctx, id, snapshots.KindCommitted, snap.ParentIDs); err != nil {
 		// The commit stands (the layer is synced and recorded); only the
-		// conversion or the read-only mount failed. It is retried when a child is prepared and at
-		// start-up, so the caller must not see a failed commit.
+		// conversion or the read-only mount failed. It is retried when a
+		// child is prepared and at start-up, so the caller must not see a
+		// failed commit.
 		log.G(ctx).WithError(err).WithField("name", name).Error("committed; mounting the layer failed and will be retried")
 	}
 	log.G(ctx).WithFields(log.Fields{"name": name, "id": id, "layer": config.FormatBytes(layer.Bytes), "files": layer.Inodes,
