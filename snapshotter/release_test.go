@@ -14,6 +14,7 @@ import (
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/internal/roottest"
+	"github.com/snugfs/snug/internal/sharedmount"
 )
 
 // containerOnBase commits a layer "base" and mounts, where a runtime
@@ -128,6 +129,11 @@ func TestImagesKeptByCloseDetachWhenUnmountedElsewhere(t *testing.T) {
 		if err := unix.Unmount(mnt, 0); err != nil {
 			t.Fatalf("snapshot %s: plain unmount after Close: %v", id, err)
 		}
+	}
+	// The shared bind of root stays while Close leaves images mounted below
+	// it; the next start would find it. With the images gone, it can go.
+	if err := sharedmount.Undo(root); err != nil {
+		t.Fatal(err)
 	}
 	var left []string
 	for range 100 {

@@ -11,10 +11,12 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/images"
+	"github.com/snugfs/snug/internal/sharedmount"
 	"github.com/snugfs/snug/internal/traffic"
 )
 
@@ -73,6 +75,8 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 	if err := os.MkdirAll(filepath.Join(root, "snapshots"), 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotter root %s: %w", root, err)
 	}
+	// Before any mount below root: a bind of root onto itself would hide it.
+	shareRoot(ctx, root)
 	ms, err := storage.NewMetaStore(filepath.Join(root, "metadata.db"))
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter metadata in %s: %w", root, err)
@@ -133,8 +137,31 @@ func (s *Snapshotter) close(release bool) error {
 			s.releaseUnused(context.Background())
 		}
 		err = s.ms.Close()
+		if release {
+			if uerr := sharedmount.Undo(s.root); uerr != nil {
+				log.G(context.Background()).WithError(uerr).Warn("closing: the shared bind of the state directory stays")
+			}
+		}
 	})
 	return err
+}
+
+// shareRoot puts root on a shared mount (see package sharedmount), so an
+// image unmounted in the host's mount namespace is unmounted at once in the
+// copies that containers being created hold: a repair, a removal or a
+// commit then finds the image free without waiting for their pivot_root. A
+// failure costs only that wait, so it is logged, not fatal.
+func shareRoot(ctx context.Context, root string) {
+	res, err := sharedmount.Ensure(root)
+	l := log.G(ctx).WithField("root", root)
+	switch {
+	case err != nil:
+		l.WithError(err).Warn("state directory not on a shared mount: unmounts wait for the mount namespaces of containers being created")
+	case res == sharedmount.Skipped:
+		l.Warn("state directory not on a shared mount (images are mounted below it already; the next start with none mounted fixes it): unmounts wait for the mount namespaces of containers being created")
+	case res != sharedmount.AlreadyShared:
+		l.WithField("done", res.String()).Info("state directory put on a shared mount")
+	}
 }
 
 // config is the policy in force.
