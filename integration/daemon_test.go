@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/snugfs/snug/api"
+	"github.com/snugfs/snug/internal/sharedmount"
 )
 
 var (
@@ -109,7 +110,17 @@ func startDaemon(t testing.TB, dir, extra string) *daemon {
 		t.Fatal(err)
 	}
 	d.start()
-	t.Cleanup(func() { d.Stop(syscall.SIGTERM) })
+	t.Cleanup(func() {
+		d.Stop(syscall.SIGTERM)
+		// A test that killed snug last leaves the shared bind of its state
+		// directory, which a clean stop removes.
+		if _, err := os.Stat(d.Root); err != nil {
+			return
+		}
+		if err := sharedmount.Undo(d.Root); err != nil {
+			t.Errorf("snug's state directory: %v", err)
+		}
+	})
 	return d
 }
 

@@ -181,7 +181,8 @@ func waitTaskGone(t *testing.T, s *stack, id string) {
 }
 
 // snugLeftovers lists mounts, loop devices and files under snug's root that
-// belong to a snapshot.
+// belong to a snapshot. The root's own mount, the shared bind a running
+// snug keeps on its state directory (internal/sharedmount), is not one.
 func snugLeftovers(t *testing.T, root string) []string {
 	t.Helper()
 	var left []string
@@ -190,7 +191,9 @@ func snugLeftovers(t *testing.T, root string) []string {
 		t.Fatal(err)
 	}
 	for _, m := range mounts {
-		left = append(left, "mount "+m.Mountpoint)
+		if m.Mountpoint != root {
+			left = append(left, "mount "+m.Mountpoint)
+		}
 	}
 	for _, b := range loopsUnder(root + "/") {
 		left = append(left, "loop "+b)
