@@ -14,6 +14,7 @@ import (
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -135,9 +136,19 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 	var out []ContainerRef
 	for _, ns := range nss {
 		nctx := namespaces.WithNamespace(ctx, ns)
-		cs, err := cl.ContainerService().List(nctx)
-		if err != nil {
-			return nil, fmt.Errorf("list containers of %s: %w", ns, err)
+		var cs []containers.Container
+		if key != "" {
+			// ctr, nerdctl and the CRI name a container's snapshot after
+			// the container: one Get instead of the list of every
+			// container (50 being created, under load).
+			if ctr, err := cl.ContainerService().Get(nctx, key); err == nil && ctr.SnapshotKey == key {
+				cs = []containers.Container{ctr}
+			}
+		}
+		if cs == nil {
+			if cs, err = cl.ContainerService().List(nctx); err != nil {
+				return nil, fmt.Errorf("list containers of %s: %w", ns, err)
+			}
 		}
 		for _, ctr := range cs {
 			if ctr.SnapshotKey == "" || ctr.Snapshotter == "" || key != "" && ctr.SnapshotKey != key {
@@ -146,12 +157,10 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 				// with the key, only the container on it is asked.
 				continue
 			}
+			// The key alone does not say which snapshotter: its mounts do.
 			mounts, err := cl.SnapshotService(ctr.Snapshotter).Mounts(nctx, ctr.SnapshotKey)
-			if err != nil {
-				continue // not a snapshot of ours, or gone
-			}
-			if !c.uses(mounts, snapshot, layer) {
-				continue
+			if err != nil || !c.uses(mounts, snapshot, layer) {
+				continue // not a snapshot of ours, gone, or another one
 			}
 			ref := ContainerRef{Namespace: ns, ID: ctr.ID}
 			if _, cri := ctr.Labels[criKindLabel]; cri {

@@ -398,3 +398,32 @@ func (f *fakeContainers) Start(ctx context.Context, c *ContainerRef, logDir stri
 func (f *fakeContainers) Publish(ctx context.Context, inc *Incident, step Step) {
 	f.published = append(f.published, string(inc.State))
 }
+
+// TestRepairVerifiedOnlyWhenItFixedSomething: e2fsck -fy that found
+// nothing to fix (exit 0) was a full check of the image already, and is
+// its verification; one that fixed something (exit 1) is followed by
+// e2fsck -fn, whose verdict decides (TestEveryStepOutcome
+// covers a verify that still finds errors).
+func TestRepairVerifiedOnlyWhenItFixedSomething(t *testing.T) {
+	for _, exit := range []int{0, 1} {
+		t.Run(fmt.Sprint(exit), func(t *testing.T) {
+			d := newFakeDoctor(t, &fakeImages{mounted: true, stopped: true}, &fakeContainers{}, Damaged, false)
+			verified := 0
+			d.tools.repair = func(context.Context, string, imagefs.RepairMode) (imagefs.FsckResult, error) {
+				return imagefs.FsckResult{Mode: "repair", ExitCode: exit}, nil
+			}
+			d.tools.verify = func(context.Context, string) (imagefs.FsckResult, error) {
+				verified++
+				return imagefs.FsckResult{Mode: "check"}, nil
+			}
+			inc := &Incident{ID: "verify", Snapshot: "1", Source: "fanotify", DetectedAt: time.Now(), State: StateOpen}
+			d.work(context.Background(), inc)
+			if inc.State != StateResolved || inc.Verify == nil || !inc.Verify.Clean() {
+				t.Fatalf("state %s (%s), verify %+v", inc.State, inc.Reason, inc.Verify)
+			}
+			if want := exit; verified != want {
+				t.Errorf("repair exit %d: e2fsck -fn ran %d times, want %d", exit, verified, want)
+			}
+		})
+	}
+}
