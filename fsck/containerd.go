@@ -45,8 +45,11 @@ type Containerd struct {
 	address string
 	index   SnapshotIndex
 
-	mu     sync.Mutex // protects client
+	mu     sync.Mutex // protects client and name
 	client *containerd.Client
+	// name is what containerd calls snug's snapshotter, learned from the
+	// first container whose mounts were one of snug's snapshots.
+	name string
 
 	events eventQueue
 }
@@ -157,10 +160,14 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 				// with the key, only the container on it is asked.
 				continue
 			}
-			// The key alone does not say which snapshotter: its mounts do.
-			mounts, err := cl.SnapshotService(ctr.Snapshotter).Mounts(nctx, ctr.SnapshotKey)
-			if err != nil || !c.uses(mounts, snapshot, layer) {
-				continue // not a snapshot of ours, gone, or another one
+			// The key alone does not say which snapshotter: its mounts
+			// do, or the name containerd gave snug, once learned.
+			if key == "" || ctr.Snapshotter != c.snapshotterName() {
+				mounts, err := cl.SnapshotService(ctr.Snapshotter).Mounts(nctx, ctr.SnapshotKey)
+				if err != nil || !c.uses(mounts, snapshot, layer) {
+					continue // not a snapshot of ours, gone, or another one
+				}
+				c.learnName(ctr.Snapshotter)
 			}
 			ref := ContainerRef{Namespace: ns, ID: ctr.ID}
 			if _, cri := ctr.Labels[criKindLabel]; cri {
@@ -174,6 +181,18 @@ func (c *Containerd) Using(ctx context.Context, snapshot string, layer bool) ([]
 		}
 	}
 	return out, nil
+}
+
+func (c *Containerd) snapshotterName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.name
+}
+
+func (c *Containerd) learnName(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.name = name
 }
 
 func (c *Containerd) uses(mounts []mount.Mount, snapshot string, layer bool) bool {
@@ -248,8 +267,8 @@ func (c *Containerd) Resume(ctx context.Context, ref *ContainerRef) error {
 	return errgrpc.ToNative(err)
 }
 
-// Stop kills the task (thawing it, so the kill lands), waits for its exit
-// and deletes it, which unmounts its root. It records the task's stdio.
+// Stop kills the task (thawing it, so the kill lands) and waits for its
+// exit. It records the task's stdio.
 func (c *Containerd) Stop(ctx context.Context, ref *ContainerRef) error {
 	ctx, cl, err := c.nsClient(ctx, ref)
 	if err != nil {
@@ -267,32 +286,47 @@ func (c *Containerd) Stop(ctx context.Context, ref *ContainerRef) error {
 	if ref.Stdout == "" && ref.Stderr == "" {
 		ref.Stdout, ref.Stderr, ref.Terminal = p.Stdout, p.Stderr, p.Terminal
 	}
-	if p.Status != tasktypes.Status_STOPPED {
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		exited := make(chan error, 1)
-		go func() {
-			_, err := ts.Wait(wctx, &tasksapi.WaitRequest{ContainerID: ref.ID})
-			exited <- errgrpc.ToNative(err)
-		}()
-		if _, err := ts.Kill(ctx, &tasksapi.KillRequest{ContainerID: ref.ID, Signal: uint32(syscall.SIGKILL), All: true}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
-			return fmt.Errorf("kill: %w", errgrpc.ToNative(err))
-		}
-		if p.Status == tasktypes.Status_PAUSED || p.Status == tasktypes.Status_PAUSING {
-			// A frozen task may not die until it is thawed (cgroup v1
-			// on older kernels). Newer kernels deliver SIGKILL to frozen
-			// tasks, and the thaw then finds it gone: the wait decides.
-			if _, err := ts.Resume(ctx, &tasksapi.ResumeTaskRequest{ContainerID: ref.ID}); err != nil {
-				log.G(ctx).WithError(err).WithField("container", ref.ID).Debug("thaw after kill")
-			}
-		}
-		if err := <-exited; err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("wait for exit: %w", err)
+	if p.Status == tasktypes.Status_STOPPED {
+		return nil
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	exited := make(chan error, 1)
+	go func() {
+		_, err := ts.Wait(wctx, &tasksapi.WaitRequest{ContainerID: ref.ID})
+		exited <- errgrpc.ToNative(err)
+	}()
+	if _, err := ts.Kill(ctx, &tasksapi.KillRequest{ContainerID: ref.ID, Signal: uint32(syscall.SIGKILL), All: true}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		return fmt.Errorf("kill: %w", errgrpc.ToNative(err))
+	}
+	killed := time.Since(start)
+	if p.Status == tasktypes.Status_PAUSED || p.Status == tasktypes.Status_PAUSING {
+		// A frozen task may not die until it is thawed (cgroup v1
+		// on older kernels). Newer kernels deliver SIGKILL to frozen
+		// tasks, and the thaw then finds it gone: the wait decides.
+		if _, err := ts.Resume(ctx, &tasksapi.ResumeTaskRequest{ContainerID: ref.ID}); err != nil {
+			log.G(ctx).WithError(err).WithField("container", ref.ID).Debug("thaw after kill")
 		}
 	}
-	if _, err := ts.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+	if err := <-exited; err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("wait for exit: %w", err)
+	}
+	log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "killed": killed, "exited": time.Since(start)}).Info("task stopped for a repair")
+	return nil
+}
+
+// Delete deletes the container's stopped task; the shim unmounts its root.
+func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef) error {
+	ctx, cl, err := c.nsClient(ctx, ref)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := cl.TaskService().Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
 		return fmt.Errorf("delete task: %w", errgrpc.ToNative(err))
 	}
+	log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "took": time.Since(start)}).Info("stopped task deleted for a repair")
 	return nil
 }
 
@@ -315,23 +349,34 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 		if err != nil {
 			return err
 		}
-		if st.Status == containerd.Created {
+		switch st.Status {
+		case containerd.Created:
 			return task.Start(ctx)
+		case containerd.Stopped:
+			// Left by a stop whose delete did not happen: a
+			// container has one task at a time.
+			if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+				return fmt.Errorf("delete the stopped task: %w", err)
+			}
+		default:
+			return nil
 		}
-		return nil
 	}
 	creator, err := c.ioFor(ref, logDir)
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	task, err := ctr.NewTask(ctx, creator)
 	if err != nil {
 		return fmt.Errorf("new task: %w", err)
 	}
+	created := time.Since(start)
 	if err := task.Start(ctx); err != nil {
 		_, _ = task.Delete(ctx, containerd.WithProcessKill)
 		return fmt.Errorf("start task: %w", err)
 	}
+	log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "created": created, "started": time.Since(start)}).Info("task started again after a repair")
 	return nil
 }
 

@@ -44,9 +44,12 @@ type Containers interface {
 	Pause(ctx context.Context, c *ContainerRef) error
 	// Resume thaws it.
 	Resume(ctx context.Context, c *ContainerRef) error
-	// Stop kills the task, waits for it to exit and deletes it (which
-	// unmounts its root), recording its stdio for Start.
+	// Stop kills the task and waits for it to exit, recording its stdio
+	// for Start. The task stays, stopped, until Delete.
 	Stop(ctx context.Context, c *ContainerRef) error
+	// Delete deletes the container's stopped task, which unmounts its
+	// root; a task gone already is no error.
+	Delete(ctx context.Context, c *ContainerRef) error
 	// Start creates and starts the container's task again, with its
 	// spec and its stdio; a log in logDir replaces stdio that was a
 	// client's FIFOs.
@@ -72,6 +75,9 @@ type Doctor struct {
 	// more counts errors reported on a snapshot while its incident is
 	// open; the incident's own goroutine adds them in when it saves.
 	more map[string]uint64
+	// deletes holds each open incident's deletion of its stopped tasks
+	// (deleteTasks).
+	deletes map[string]*pendingDelete
 	// ctx is for the steps, once Run runs: never cancelled, so a step in
 	// progress finishes (an e2fsck killed half-way would pass for a failed
 	// repair). stopping is closed when Run's ctx ends: no new step starts.
@@ -121,7 +127,7 @@ func NewDoctor(dir string, policy config.FsckPolicy, images Images, ctrs Contain
 	if err != nil {
 		return nil, err
 	}
-	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}, tools: realE2fsprogs}
+	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}, deletes: map[string]*pendingDelete{}, tools: realE2fsprogs}
 	d.policy.Store(&policy)
 	// Incidents a previous daemon left open are the open incidents of
 	// their images from now on: errors their images report while snug

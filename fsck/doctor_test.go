@@ -226,7 +226,7 @@ func TestDoctorResumesAfterRestart(t *testing.T) {
 	inc := &Incident{ID: "crashed-1", Snapshot: "1", Image: m.Image, Source: "fanotify", Errors: 1, DetectedAt: time.Now(), State: StateStopped,
 		Steps: []Step{{Name: "detect", Start: time.Now(), End: time.Now()}, {Name: "check", Start: time.Now(), End: time.Now(), Result: "clean"},
 			{Name: "stop", Start: time.Now(), End: time.Now(), Result: "0"}, {Name: "repair", Start: time.Now()}}}
-	if err := d.store.save(inc); err != nil {
+	if err := d.store.save(inc, true); err != nil {
 		t.Fatal(err)
 	}
 	d.mon.Close()
@@ -294,7 +294,7 @@ func TestStoreKeepsOpenAndNewest(t *testing.T) {
 		if i == 0 {
 			state = StateStopped // open: kept whatever its age
 		}
-		if err := st.save(&Incident{ID: "i" + string(rune('0'+i)), Snapshot: "1", DetectedAt: base.Add(time.Duration(i) * time.Second), State: state}); err != nil {
+		if err := st.save(&Incident{ID: "i" + string(rune('0'+i)), Snapshot: "1", DetectedAt: base.Add(time.Duration(i) * time.Second), State: state}, true); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -119,9 +119,13 @@ func readIncident(path string) (*Incident, error) {
 	return &inc, nil
 }
 
-// save writes inc (a copy is kept in memory). An incident is saved only
-// by the goroutine that works it, so its writes never race each other.
-func (s *store) save(inc *Incident) error {
+// save writes inc (a copy is kept in memory) through a temporary file
+// renamed over the record, so a reader or a crash finds the old record or
+// the new one. durable syncs the record and its directory before it
+// returns: see Doctor.save for which records need it. An incident is
+// saved only by the goroutine that works it, so its writes never race
+// each other.
+func (s *store) save(inc *Incident, durable bool) error {
 	inc.UpdatedAt = time.Now().UTC()
 	data, err := json.MarshalIndent(inc, "", "  ")
 	if err != nil {
@@ -134,7 +138,7 @@ func (s *store) save(inc *Incident) error {
 		return fmt.Errorf("incident %s: %w", inc.ID, err)
 	}
 	_, err = f.Write(data)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -142,6 +146,9 @@ func (s *store) save(inc *Incident) error {
 	}
 	if err == nil {
 		err = os.Rename(tmp, path)
+	}
+	if err == nil && durable {
+		err = syncDir(s.dir)
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -174,4 +181,17 @@ func (s *store) list() []Incident {
 		return strings.Compare(a.ID, b.ID)
 	})
 	return out
+}
+
+// syncDir makes the entries of dir durable: a renamed record's new name.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -387,6 +387,10 @@ func (f *fakeContainers) Stop(ctx context.Context, c *ContainerRef) error {
 	return nil
 }
 
+func (f *fakeContainers) Delete(ctx context.Context, c *ContainerRef) error {
+	return f.act(StepStop)
+}
+
 func (f *fakeContainers) Start(ctx context.Context, c *ContainerRef, logDir string) error {
 	if err := f.act(StepRestart); err != nil {
 		return err

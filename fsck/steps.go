@@ -32,6 +32,11 @@ func (d *Doctor) freezeAll(ctx context.Context, inc *Incident, s *Step) error {
 // restartAll starts again the containers the stop step stopped.
 func (d *Doctor) restartAll(ctx context.Context, inc *Incident, s *Step) error {
 	logDir := filepath.Join(d.store.dir, inc.ID)
+	// A container has one task: the stopped one goes first.
+	if err := d.awaitDeletes(ctx, inc); err != nil {
+		s.Result = "0"
+		return err
+	}
 	return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
 		if !c.Stopped || c.Restarted || c.ManagedBy != "" {
 			// A CRI container's restart is the kubelet's: a task
@@ -169,9 +174,15 @@ func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.
 	// Offline then serves the image again, and the repair waits and
 	// retries. Offline itself waits out a filesystem that lives on after
 	// its unmount in a mount namespace a container being created copied.
+	// The stopped tasks' roots go with their deletion: running since the
+	// stop step, or started again here after a daemon restart.
+	d.deleteTasks(ctx, inc)
 	var err error
 	for attempt := range repairBusyAttempts {
 		if attempt > 0 {
+			if derr := d.deleteFailed(inc); derr != nil {
+				return fmt.Errorf("%w; %w", err, derr)
+			}
 			time.Sleep(repairBusyBackoff)
 		}
 		var (
@@ -270,6 +281,10 @@ func (d *Doctor) quarantine(ctx context.Context, inc *Incident, s *Step) error {
 	s.Detail = inc.Reason
 	var stopped Step
 	stopErr := d.stopAll(ctx, inc, &stopped)
+	if stopErr == nil {
+		// Their roots hold the image until their tasks are deleted.
+		stopErr = d.awaitDeletes(ctx, inc)
+	}
 	if stopErr != nil {
 		// A task that would not stop is not left frozen for good either:
 		// it runs on, and the reason says so.
@@ -299,8 +314,11 @@ func (d *Doctor) thawAll(ctx context.Context, inc *Incident, s *Step) error {
 	})
 }
 
-// stopAll stops every container on the image that has a task.
+// stopAll stops every container on the image that has a task: killed,
+// and exited. Their tasks are then deleted in the background
+// (deleteTasks), while the repair waits for their roots to let go.
 func (d *Doctor) stopAll(ctx context.Context, inc *Incident, s *Step) error {
+	defer d.deleteTasks(ctx, inc)
 	return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
 		if c.Stopped || c.Status == "" || c.Status == "stopped" {
 			return false, nil

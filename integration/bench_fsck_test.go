@@ -8,9 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,10 +148,13 @@ func TestRepairBenchmark(t *testing.T) {
 	// containers started and removed at once (ctr run --rm), as in make soak.
 	s.startSteady("bench-w1", "bench-w2")
 	stopChurn := make(chan struct{})
-	churned := make(chan int64)
+	churned := make(chan []float64)
 	go func() {
-		var n atomic.Int64
-		defer func() { churned <- n.Load() }()
+		// How long each churn container's ctr run --rm took: what
+		// containerd's task calls cost anyone under this load.
+		var mu sync.Mutex
+		var took []float64
+		defer func() { churned <- took }()
 		for round := 0; ; round++ {
 			select {
 			case <-stopChurn:
@@ -163,8 +166,11 @@ func TestRepairBenchmark(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					start := time.Now()
 					if _, err := s.ctrErr("run", "--rm", "--snapshotter", "snug", testImageRef, fmt.Sprintf("churn-%d-%d", round, i), "/bin/true"); err == nil {
-						n.Add(1)
+						mu.Lock()
+						took = append(took, ms(time.Since(start)))
+						mu.Unlock()
 					}
 				}()
 			}
@@ -174,7 +180,10 @@ func TestRepairBenchmark(t *testing.T) {
 	time.Sleep(3 * time.Second) // the churn under way
 	loaded := runRounds(true, rounds)
 	close(stopChurn)
-	t.Logf("%d containers started and removed during the rounds under load", <-churned)
+	churnRuns := <-churned
+	slices.Sort(churnRuns)
+	churn := churnLoad{Runs: len(churnRuns), RunMS: percentiles(churnRuns)}
+	t.Logf("%d containers started and removed during the rounds under load", churn.Runs)
 	results = append(results, loaded...)
 
 	// The online check's freeze, here (ext4) and on XFS with reflink.
@@ -194,9 +203,9 @@ func TestRepairBenchmark(t *testing.T) {
 	}
 	freezes = append(freezes, ext4, s.reflinkFreezes(t, s.activeImage("bench-fsck").Path))
 
-	table := repairTable(results, freezes)
+	table := repairTable(results, churn, freezes)
 	t.Log("\n" + table)
-	writeBench(t, out, "repair", map[string]any{"rounds": results, "check_freeze": freezes,
+	writeBench(t, out, "repair", map[string]any{"rounds": results, "check_freeze": freezes, "churn": churn,
 		"image": map[string]int64{"quota_bytes": im.QuotaBytes, "used_bytes": im.UsedBytes, "inodes": im.InodesUsed}}, table)
 	for _, r := range results {
 		if r.TotalMS > 1000 {
@@ -275,7 +284,14 @@ func (s *stack) reflinkFreezes(t *testing.T, image string) checkFreeze {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func repairTable(rounds []repairRound, freezes []checkFreeze) string {
+// churnLoad is the churn under load: how many containers ran, and how long
+// each ctr run --rm took (create, start, exit, delete).
+type churnLoad struct {
+	Runs  int                `json:"runs"`
+	RunMS map[string]float64 `json:"ctr_run_ms"`
+}
+
+func repairTable(rounds []repairRound, churn churnLoad, freezes []checkFreeze) string {
 	var b strings.Builder
 	steps := []string{"containers", "freeze", "check", "stop", "repair", "restart"}
 	fmt.Fprintf(&b, "error to running again, 1 GiB image with 10,000 files (ms); load: two more containers writing and 50 containers started and removed at once, round after round\n")
@@ -295,6 +311,8 @@ func repairTable(rounds []repairRound, freezes []checkFreeze) string {
 		}
 		fmt.Fprintf(&b, " %8.1f\n", r.TotalMS)
 	}
+	fmt.Fprintf(&b, "\nthe churn meanwhile: %d containers, each ctr run --rm took p50 %.0f, p90 %.0f, max %.0f ms\n",
+		churn.Runs, churn.RunMS["p50"], churn.RunMS["p90"], churn.RunMS["max"])
 	fmt.Fprintf(&b, "\nonline check: writers held (frozen) and e2fsck -fn, median of 5 (ms)\n")
 	for _, f := range freezes {
 		fmt.Fprintf(&b, "%-8s on %-4s  frozen %7.1f  e2fsck %7.1f\n", f.Method, f.Host, median(f.FrozenMS), median(f.FsckMS))

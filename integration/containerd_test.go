@@ -262,6 +262,27 @@ func (s *stack) stop() {
 		s.t.Logf("snug log:\n%s", lastLines(s.snug.Log(), 40))
 		s.t.Logf("containerd log:\n%s", lastLines(s.containerdLog(), 40))
 	}
+	s.keepLogs()
+}
+
+// keepLogs copies snug's and containerd's whole logs into the directory
+// $SNUG_TEST_LOGS names, when it does, as TEST.snug.log and
+// TEST.containerd.log: the failure output holds only their ends.
+func (s *stack) keepLogs() {
+	dir := os.Getenv("SNUG_TEST_LOGS")
+	if dir == "" {
+		return
+	}
+	name := strings.ReplaceAll(s.t.Name(), "/", "_")
+	for suffix, text := range map[string]string{"snug": s.snug.Log(), "containerd": s.containerdLog()} {
+		err := os.MkdirAll(dir, 0o755)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name+"."+suffix+".log"), []byte(text), 0o644)
+		}
+		if err != nil {
+			s.t.Logf("keeping the %s log: %v", suffix, err)
+		}
+	}
 }
 
 // runAtOnce runs n containers at once, named prefix-0 to prefix-(n-1),
