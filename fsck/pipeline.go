@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/config"
+	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/failpoint"
 )
 
@@ -26,6 +27,9 @@ func (d *Doctor) start(ctx context.Context, inc *Incident) {
 // saved after every step, and each step is recorded before it acts, so a
 // daemon killed at any point resumes the incident at the step it was in.
 func (d *Doctor) work(ctx context.Context, inc *Incident) {
+	// The containers are down until the incident ends: its work runs
+	// before the host's other work (the goroutine's thread ends with it).
+	imagefs.UrgentThread()
 	lg := log.G(ctx).WithField("incident", inc.ID).WithField("snapshot", inc.Snapshot)
 	defer func() {
 		d.mu.Lock()

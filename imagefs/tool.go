@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -108,6 +109,17 @@ func prioritise(pid int) {
 		ioprioClassShift = 13
 	)
 	_, _, _ = unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(pid), ioprioClassBE<<ioprioClassShift)
+}
+
+// UrgentThread locks the calling goroutine to its OS thread and gives the
+// thread the priority of an urgent tool run, for work a container waits
+// for (the error monitor's repair: its records, unmounts and mounts). The
+// goroutine must not unlock the thread: Go ends a thread whose goroutine
+// exits locked to it, so the priority goes with the goroutine and never
+// reaches other work.
+func UrgentThread() {
+	runtime.LockOSThread()
+	prioritise(unix.Gettid())
 }
 
 // failure turns a failed tool run into an error carrying its message.
