@@ -115,8 +115,10 @@ func prioritise(pid int) {
 // thread the priority of an urgent tool run, for work a container waits
 // for (the error monitor's repair: its records, unmounts and mounts). The
 // goroutine must not unlock the thread: Go ends a thread whose goroutine
-// exits locked to it, so the priority goes with the goroutine and never
-// reaches other work.
+// exits locked to it (the main thread it parks for good instead), and
+// starts new threads from a thread of its own rather than cloning a locked
+// one, so the priority goes with the goroutine and never reaches other
+// work. Tools the goroutine runs inherit it.
 func UrgentThread() {
 	runtime.LockOSThread()
 	prioritise(unix.Gettid())
