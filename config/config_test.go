@@ -18,6 +18,7 @@ root = "/srv/snug"
 quota = "20GiB"
 journal_size = 8388608
 direct_io = false
+async_commit = true
 
 [window]
 headroom = "1GiB"
@@ -35,6 +36,7 @@ max = 8
 	want.Image.Quota = 20 * GiB
 	want.Image.JournalSize = 8 * MiB
 	want.Image.DirectIO = false
+	want.Image.AsyncCommit = true
 	want.Window.Headroom = GiB
 	want.Window.CheckInterval = 50 * time.Millisecond
 	want.Pool = PoolPolicy{Min: 0, Max: 8}

@@ -38,6 +38,9 @@ type MountOptions struct {
 	// Discard turns on ext4's online discard: freed blocks become holes in
 	// the image file after each journal commit, without waiting for Reclaim.
 	Discard bool
+	// AsyncCommit mounts with data=writeback,journal_async_commit (see
+	// config.ImagePolicy.AsyncCommit).
+	AsyncCommit bool
 	// New says the image was made a moment ago by this process, at a path
 	// nothing else knows yet (a pool image or a template's copy renamed
 	// into a new snapshot): no loop device can hold it, so Mount does not
@@ -90,6 +93,7 @@ func heldByFilesystem(dev string) bool {
 //     background; they are holes in the sparse file and stay so.
 //   - errors=remount-ro: an error stops writes to the one faulty image (the
 //     host keeps running) until snug checks and repairs it.
+//   - discard, data=writeback,journal_async_commit: when the policy asks.
 func (o MountOptions) mountData() string {
 	opts := []string{"noinit_itable", "errors=remount-ro"}
 	if o.ReadOnly {
@@ -98,6 +102,9 @@ func (o MountOptions) mountData() string {
 	}
 	if o.Discard && !o.ReadOnly {
 		opts = append(opts, "discard")
+	}
+	if o.AsyncCommit && !o.ReadOnly {
+		opts = append(opts, "data=writeback", "journal_async_commit")
 	}
 	return strings.Join(opts, ",")
 }

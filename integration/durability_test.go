@@ -25,6 +25,7 @@ var durabilityPolicies = []struct{ name, toml string }{
 	{"fast-commit", "[image]\nfast_commit = true\n"},
 	{"buffered-loop", "[image]\ndirect_io = false\n"},
 	{"discard", "[image]\ndiscard = true\n"},
+	{"async-commit", "[image]\nasync_commit = true\n"},
 }
 
 // TestFsyncDurability is what an fsync'd write in a snug container
@@ -104,14 +105,7 @@ func fsyncDurability(t *testing.T, policy string) {
 // e2fsck -fn and verifies the writer's acknowledged records in it.
 func verifyCrashImage(t *testing.T, img, acks string, recover func(string)) iowork.Verified {
 	t.Helper()
-	recover(img)
-	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
-		t.Fatalf("e2fsck -fn of %s after recovery: %v\n%s", filepath.Base(img), err, out)
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-o", "loop,ro,noload", img, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount %s: %v %s", img, err, out)
-	}
+	mnt := recoveredMount(t, img, recover)
 	defer exec.Command("umount", mnt).Run()
 	v, err := iowork.Verify(filepath.Join(mnt, "upper", "data", "durable"), acks)
 	if err != nil {
@@ -121,6 +115,21 @@ func verifyCrashImage(t *testing.T, img, acks string, recover func(string)) iowo
 		t.Fatalf("only %d acknowledged records", v.Acked)
 	}
 	return v
+}
+
+// recoveredMount recovers a crash image with recover, checks it with
+// e2fsck -fn and mounts it read-only; the caller unmounts it.
+func recoveredMount(t *testing.T, img string, recover func(string)) string {
+	t.Helper()
+	recover(img)
+	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -fn of %s after recovery: %v\n%s", filepath.Base(img), err, out)
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-o", "loop,ro,noload", img, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount %s: %v %s", img, err, out)
+	}
+	return mnt
 }
 
 // mountRecover mounts an image read-write and unmounts it: the kernel

@@ -26,7 +26,7 @@ func policyFrom(cfg config.Config) policy {
 			DirectIO:      cfg.Image.DirectIO,
 			FastCommit:    cfg.Image.FastCommit,
 		},
-		mount: imagefs.MountOptions{DirectIO: cfg.Image.DirectIO, Discard: cfg.Image.Discard},
+		mount: imagefs.MountOptions{DirectIO: cfg.Image.DirectIO, Discard: cfg.Image.Discard, AsyncCommit: cfg.Image.AsyncCommit},
 	}
 }
 
