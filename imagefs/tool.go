@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -136,8 +137,10 @@ func (r toolRun) failure(name string) error {
 	return fmt.Errorf("%s: %w (exit %d): %s", name, ErrToolFailed, r.ExitCode, lastLines(msg, 3))
 }
 
+// lastLines joins the last n lines of s that are not blank.
 func lastLines(s string, n int) string {
-	lines := strings.Split(s, "\n")
+	lines := strings.FieldsFunc(s, func(r rune) bool { return r == '\n' })
+	lines = slices.DeleteFunc(lines, func(l string) bool { return strings.TrimSpace(l) == "" })
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

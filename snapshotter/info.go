@@ -2,11 +2,14 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/imagefs"
 )
@@ -62,6 +65,18 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 		return usage, fmt.Errorf("usage of %s: %w", key, err)
 	}
 	sp, err := imagefs.SpaceOf(s.upperPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		// Not mounted (quarantined, or taken offline for a repair): its
+		// superblock says what the last unmount recorded, and an image
+		// too broken for that still has its size. ctr snapshots usage
+		// lists every snapshot, and one error fails the whole list.
+		sb, serr := imagefs.ReadSuperblock(filepath.Join(s.snapshotDir(id), rwImage))
+		if serr != nil {
+			log.G(ctx).WithError(serr).WithField("key", key).Debug("usage: inodes unknown")
+			return snapshots.Usage{Size: size}, nil
+		}
+		return snapshots.Usage{Size: size, Inodes: sb.Inodes - sb.FreeInodes}, nil
+	}
 	if err != nil {
 		return usage, fmt.Errorf("usage of %s: %w", key, err)
 	}
