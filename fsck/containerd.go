@@ -343,31 +343,20 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 	if err != nil {
 		return fmt.Errorf("load container: %w", err)
 	}
-	if task, err := ctr.Task(ctx, nil); err == nil {
-		// A restart a crash interrupted, or the container's owner was faster.
-		st, err := task.Status(ctx)
-		if err != nil {
-			return err
-		}
-		switch st.Status {
-		case containerd.Created:
-			return task.Start(ctx)
-		case containerd.Stopped:
-			// Left by a stop whose delete did not happen: a
-			// container has one task at a time.
-			if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-				return fmt.Errorf("delete the stopped task: %w", err)
-			}
-		default:
-			return nil
-		}
-	}
 	creator, err := c.ioFor(ref, logDir)
 	if err != nil {
 		return err
 	}
+	// The task was deleted by the stop: create it straight away (under
+	// load each round trip to containerd counts), and look at the one in
+	// the way only when there is one.
 	start := time.Now()
 	task, err := ctr.NewTask(ctx, creator)
+	if errdefs.IsAlreadyExists(err) {
+		if task, err = existingTask(ctx, ctr, creator); err == nil && task == nil {
+			return nil // running already
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("new task: %w", err)
 	}
@@ -378,6 +367,34 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 	}
 	log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "created": created, "started": time.Since(start)}).Info("task started again after a repair")
 	return nil
+}
+
+// existingTask is the task to start when the container has one already: a
+// restart a crash interrupted after the create (the created task), a stop
+// whose delete did not happen (deleted, and a new one created), or nil
+// when the container's owner was faster and it runs.
+func existingTask(ctx context.Context, ctr containerd.Container, creator cio.Creator) (containerd.Task, error) {
+	task, err := ctr.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return ctr.NewTask(ctx, creator) // gone meanwhile
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	switch st.Status {
+	case containerd.Created:
+		return task, nil
+	case containerd.Stopped:
+		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("delete the stopped task: %w", err)
+		}
+		return ctr.NewTask(ctx, creator)
+	}
+	return nil, nil
 }
 
 func (c *Containerd) ioFor(ref *ContainerRef, logDir string) (cio.Creator, error) {
