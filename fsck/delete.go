@@ -60,9 +60,7 @@ func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident) {
 // starting it if none is pending, and returns its error.
 func (d *Doctor) awaitDeletes(ctx context.Context, inc *Incident) error {
 	d.deleteTasks(ctx, inc)
-	d.mu.Lock()
-	p := d.deletes[inc.ID]
-	d.mu.Unlock()
+	p := d.pending(inc)
 	if p == nil {
 		return nil // no containerd
 	}
@@ -78,9 +76,7 @@ func (d *Doctor) awaitDeletes(ctx context.Context, inc *Incident) error {
 // roots it should have unmounted hold the image, so waiting for it to be
 // free is pointless.
 func (d *Doctor) deleteFailed(inc *Incident) error {
-	d.mu.Lock()
-	p := d.deletes[inc.ID]
-	d.mu.Unlock()
+	p := d.pending(inc)
 	if p == nil {
 		return nil
 	}
@@ -90,4 +86,11 @@ func (d *Doctor) deleteFailed(inc *Incident) error {
 	default:
 		return nil
 	}
+}
+
+// pending is the incident's deletion, nil before deleteTasks.
+func (d *Doctor) pending(inc *Incident) *pendingDelete {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.deletes[inc.ID]
 }

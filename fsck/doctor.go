@@ -76,7 +76,7 @@ type Doctor struct {
 	// open; the incident's own goroutine adds them in when it saves.
 	more map[string]uint64
 	// deletes holds each open incident's deletion of its stopped tasks
-	// (deleteTasks).
+	// (deleteTasks makes the map).
 	deletes map[string]*pendingDelete
 	// ctx is for the steps, once Run runs: never cancelled, so a step in
 	// progress finishes (an e2fsck killed half-way would pass for a failed
@@ -127,7 +127,7 @@ func NewDoctor(dir string, policy config.FsckPolicy, images Images, ctrs Contain
 	if err != nil {
 		return nil, err
 	}
-	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}, deletes: map[string]*pendingDelete{}, tools: realE2fsprogs}
+	d := &Doctor{images: images, ctrs: ctrs, mon: mon, store: st, active: map[string]*Incident{}, more: map[string]uint64{}, tools: realE2fsprogs}
 	d.policy.Store(&policy)
 	// Incidents a previous daemon left open are the open incidents of
 	// their images from now on: errors their images report while snug

@@ -95,11 +95,7 @@ func (d *Doctor) run(ctx context.Context, inc *Incident, step StepName, pol conf
 	}
 	inc.Steps = append(inc.Steps, Step{Name: step, Start: time.Now()})
 	i := len(inc.Steps) - 1
-	if step == StepRepair {
-		d.saveDurable(ctx, inc)
-	} else {
-		d.save(ctx, inc)
-	}
+	d.write(ctx, inc, step == StepRepair) // see save for why the repair's is synced
 	failpoint.Inject("fsck-" + step.String())
 	s := inc.Steps[i]
 	out, err := d.do(ctx, inc, step, &s, pol)
