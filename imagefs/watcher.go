@@ -21,14 +21,28 @@ type Observer struct {
 	Trimmed func(key string, bytes int64)
 	// Full: a check found no free space left in the window while the
 	// balloon still held some: a writer may have seen ENOSPC before the
-	// quota. Reported once per episode, with what the check read: the
-	// free bytes in the window, the balloon's, and the mount point.
-	Full func(key string, free, balloon int64, dir string)
+	// quota. Reported once per episode, with what the check read.
+	Full func(key string, f FullWindow)
 	// Idle: the image's used space and inode count have not changed for
 	// its policy's IdleAfter. Reported once per idle period.
 	Idle func(key string)
 	// Failed: a check, grow or trim failed.
 	Failed func(key string, err error)
+}
+
+// FullWindow is what a check that found a window full read, for the
+// operator to tell a slow grow from a writer faster than the policy allows.
+type FullWindow struct {
+	Free    int64  // bytes free in the window
+	Balloon int64  // bytes the balloon holds
+	Dir     string // the image's mount point
+	// Rate is the fastest recent write rate (bytes/s), Headroom the free
+	// space the policy wanted for it.
+	Rate     float64
+	Headroom int64
+	// Growing is how long the grow or trim running at the time had run
+	// (0: none); LastGrow how long the last grow took.
+	Growing, LastGrow time.Duration
 }
 
 // Watcher keeps the windows of many mounted images ahead of their data from
@@ -49,6 +63,9 @@ type Watcher struct {
 	waker  *waker     // nil without fanotify
 	armMu  sync.Mutex // serialises arming and disarming marks
 	tick   uint64     // Run's goroutine only
+	// opDone, when set (tests), runs after each grow or trim, before the
+	// image counts as free for the next one.
+	opDone func(key string)
 }
 
 const (
@@ -68,6 +85,8 @@ type watched struct {
 	phase uint64 // spreads the checks of quiet images over two ticks
 
 	busy         atomic.Bool  // a grow or trim is running
+	opStart      atomic.Int64 // when it started (unix ns)
+	lastGrow     atomic.Int64 // how long the last grow took (ns)
 	balloonStale atomic.Bool  // the balloon changed since it was read
 	paused       atomic.Int32 // repacks running (Repack): no checks
 	rebase       atomic.Bool  // a repack ended: start measuring afresh
@@ -439,6 +458,12 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	if iw.rebase.Swap(false) {
 		iw.seen = false
 	}
+	// A grow or trim running now changes the balloon under the check: the
+	// used space it reads may count part of what the grow released as
+	// freed by the container, and the next check would take it back as a
+	// burst of writes. Such a check measures no rate (read before the
+	// statfs: no op starts but from this goroutine).
+	opRunning := iw.busy.Load()
 	var sfs unix.Statfs_t
 	err := iw.statfs(&sfs)
 	// The balloon changes only by a grow or a repack: its size is read
@@ -491,7 +516,10 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	pol := *iw.pol.Load()
 	growing := iw.seen && used > iw.lastUsed
 
-	if iw.seen {
+	switch {
+	case opRunning && iw.seen:
+		growing = iw.hot // as the last check saw it
+	case iw.seen:
 		dt := now.Sub(iw.lastAt).Seconds()
 		// The write rate is how fast used space grows (ext4 counts delayed
 		// allocations as used at write() time). Free space is no measure:
@@ -504,10 +532,11 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		if used != iw.lastUsed || sfs.Ffree != iw.lastFiles {
 			iw.changedAt, iw.idleSent = now, false
 		}
-	} else {
+		iw.lastAt, iw.lastUsed, iw.lastFiles = now, used, sfs.Ffree
+	case !opRunning:
 		iw.seen, iw.changedAt = true, now
+		iw.lastAt, iw.lastUsed, iw.lastFiles = now, used, sfs.Ffree
 	}
-	iw.lastAt, iw.lastUsed, iw.lastFiles = now, used, sfs.Ffree
 	// The footprint tells what the trim can give back: a deletion shows
 	// in it, and so do writes into space freed but not trimmed yet, where
 	// the used space only shows the net of writes and deletions (a
@@ -529,22 +558,27 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		}
 	}
 
+	want := pol.headroomFor(used, iw.rate)
 	if free < fullBelow && iw.spare > 0 {
 		if !iw.full && w.obs.Full != nil {
-			w.obs.Full(key, free, balloon, iw.m.Dir)
+			f := FullWindow{Free: free, Balloon: balloon, Dir: iw.m.Dir, Rate: iw.rate, Headroom: want,
+				LastGrow: time.Duration(iw.lastGrow.Load())}
+			if opRunning {
+				f.Growing = now.Sub(time.Unix(0, iw.opStart.Load()))
+			}
+			w.obs.Full(key, f)
 		}
 		iw.full = true
 	} else {
 		iw.full = false
 	}
-	if pol.IdleAfter > 0 && !iw.idleSent && now.Sub(iw.changedAt) >= pol.IdleAfter {
+	if iw.seen && pol.IdleAfter > 0 && !iw.idleSent && now.Sub(iw.changedAt) >= pol.IdleAfter {
 		iw.idleSent = true
 		if w.obs.Idle != nil {
 			w.obs.Idle(key)
 		}
 	}
 
-	want := pol.headroomFor(used, iw.rate)
 	iw.hot = iw.spare > 0 && (growing || free < want)
 	if iw.hot && iw.armed.Load() {
 		w.disarm(iw)
@@ -553,7 +587,9 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	}
 	if free < want && iw.spare > 0 {
 		w.start(key, iw, func(ctx context.Context) {
+			start := time.Now()
 			grown, err := iw.m.EnsureFree(ctx, want)
+			iw.lastGrow.Store(int64(time.Since(start)))
 			if grown > 0 && w.obs.Grew != nil {
 				w.obs.Grew(key, grown)
 			}
@@ -612,6 +648,7 @@ func (w *Watcher) start(key string, iw *watched, op func(ctx context.Context)) b
 	if !iw.busy.CompareAndSwap(false, true) {
 		return false
 	}
+	iw.opStart.Store(time.Now().UnixNano())
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -621,6 +658,9 @@ func (w *Watcher) start(key string, iw *watched, op func(ctx context.Context)) b
 		ctx, cancel := context.WithTimeout(w.opCtx, 5*time.Second)
 		defer cancel()
 		op(ctx)
+		if w.opDone != nil {
+			w.opDone(key)
+		}
 	}()
 	return true
 }

@@ -31,7 +31,7 @@ func (e *events) observer(t *testing.T) Observer {
 		Grew:    func(_ string, n int64) { e.mu.Lock(); e.grown += n; e.mu.Unlock() },
 		Trimmed: func(_ string, n int64) { e.mu.Lock(); e.trimmed += n; e.mu.Unlock() },
 		Idle:    func(string) { e.mu.Lock(); e.idle++; e.mu.Unlock() },
-		Full:    func(string, int64, int64, string) { e.mu.Lock(); e.full++; e.mu.Unlock() },
+		Full:    func(string, FullWindow) { e.mu.Lock(); e.full++; e.mu.Unlock() },
 		Failed: func(_ string, err error) {
 			e.mu.Lock()
 			e.failed++
@@ -184,6 +184,32 @@ func TestWatcherReportsAFullWindow(t *testing.T) {
 	runWatcher(t, w)
 	if !waitFor(2*time.Second, func() bool { g := ev.get(); return g.full == 1 && g.grown > 0 }) {
 		t.Fatalf("events %+v: want one full report and a grow", ev.get())
+	}
+}
+
+// TestWatcherTakesNoGrowForAWrite: checks made while a grow runs see the
+// balloon shrink under them; they must not take what it released for a
+// burst of writes and grow the window again by far more (seen under a
+// burst of writes: the window grew to the quota at once).
+func TestWatcherTakesNoGrowForAWrite(t *testing.T) {
+	path, dir := newImage(t, gib, 32*mib)
+	m := mountImage(t, path, dir)
+	var ev events
+	w := NewWatcher(10*time.Millisecond, ev.observer(t))
+	w.opDone = func(string) { time.Sleep(25 * time.Millisecond) } // a check or two see each grow running
+	const headroom = 64 * mib
+	w.Add("img", m, Policy{Headroom: headroom, Burst: 500 * time.Millisecond})
+	runWatcher(t, w)
+	if !waitFor(2*time.Second, func() bool { return ev.get().grown > 0 }) {
+		t.Fatalf("events %+v: want a grow", ev.get())
+	}
+	time.Sleep(500 * time.Millisecond) // checks after the grow, where a false burst would show
+	st, err := m.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := ev.get(); g.grown > headroom+8*mib || st.FreeBytes > headroom+8*mib {
+		t.Errorf("grew %d bytes, %d free: want the window grown to the %d MiB headroom, no further", g.grown, st.FreeBytes, headroom/mib)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/traffic"
+	"github.com/snugfs/snug/internal/units"
 )
 
 // Snapshots is what a Manager asks of the snapshotter: what only its
@@ -325,13 +326,16 @@ func (g *Manager) watchObserver() imagefs.Observer {
 				st.counts.trimmed(n)
 			}
 		},
-		Full: func(id string, free, balloon int64, dir string) {
+		Full: func(id string, f imagefs.FullWindow) {
 			g.totals.full()
 			if st := g.image(id); st != nil {
 				st.counts.full()
 			}
-			log.G(g.bgCtx).WithField("snapshot", id).WithField("free", free).WithField("balloon", balloon).WithField("dir", dir).
-				Warn("window full before the quota: a writer may have seen ENOSPC (raise window.burst or window.headroom)")
+			log.G(g.bgCtx).WithFields(log.Fields{
+				"snapshot": id, "free": f.Free, "balloon": f.Balloon, "dir": f.Dir,
+				"rate": units.FormatBytes(int64(f.Rate)) + "/s", "headroom": units.FormatBytes(f.Headroom),
+				"growing": f.Growing, "last_grow": f.LastGrow,
+			}).Warn("window full before the quota: a writer may have seen ENOSPC (raise window.burst or window.headroom)")
 		},
 		Idle: func(id string) {
 			if st := g.image(id); st != nil {
