@@ -517,8 +517,8 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	growing := iw.seen && used > iw.lastUsed
 
 	switch {
-	case opRunning && iw.seen:
-		growing = iw.hot // as the last check saw it
+	case opRunning:
+		growing = iw.seen && iw.hot // as the last check saw it
 	case iw.seen:
 		dt := now.Sub(iw.lastAt).Seconds()
 		// The write rate is how fast used space grows (ext4 counts delayed
@@ -532,9 +532,10 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 		if used != iw.lastUsed || sfs.Ffree != iw.lastFiles {
 			iw.changedAt, iw.idleSent = now, false
 		}
-		iw.lastAt, iw.lastUsed, iw.lastFiles = now, used, sfs.Ffree
-	case !opRunning:
+	default:
 		iw.seen, iw.changedAt = true, now
+	}
+	if !opRunning {
 		iw.lastAt, iw.lastUsed, iw.lastFiles = now, used, sfs.Ffree
 	}
 	// The footprint tells what the trim can give back: a deletion shows
