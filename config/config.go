@@ -186,6 +186,11 @@ type PoolPolicy struct {
 	Min int `toml:"min"`
 	// Max is the most it holds after a burst of Prepares.
 	Max int `toml:"max"`
+	// Premount keeps the pool's images attached to a loop device and
+	// mounted (detached, in no mount table) with their headroom free, so
+	// that Prepare moves a mount instead of attaching and mounting. Each
+	// waiting image then also holds a loop device and a mounted ext4.
+	Premount bool `toml:"premount"`
 }
 
 // MaxPool bounds PoolPolicy.Max.
@@ -273,7 +278,7 @@ func Default() Config {
 			CheckMethod:  "auto",
 			CheckAtStart: true,
 		},
-		Pool: PoolPolicy{Min: 2, Max: 64},
+		Pool: PoolPolicy{Min: 2, Max: 64, Premount: true},
 	}
 }
 

@@ -39,7 +39,7 @@ max = 8
 	want.Image.AsyncCommit = true
 	want.Window.Headroom = GiB
 	want.Window.CheckInterval = 50 * time.Millisecond
-	want.Pool = PoolPolicy{Min: 0, Max: 8}
+	want.Pool = PoolPolicy{Min: 0, Max: 8, Premount: true}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}

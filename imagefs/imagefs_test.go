@@ -792,3 +792,65 @@ func BenchmarkBackingFiles(b *testing.B) {
 		}
 	}
 }
+
+// TestPlaceADetachedMount: an image mounted detached ahead of need (the
+// pool's), its file renamed meanwhile, is placed on a directory as an
+// ordinary mount that FindMount finds under the file's new name; a Place
+// that fails leaves it detached, and its Unmount leaves no loop device.
+func TestPlaceADetachedMount(t *testing.T) {
+	path, dir := newImage(t, 128*mib, 64*mib)
+	ctx := context.Background()
+	m, err := MountDetached(ctx, path, MountOptions{DirectIO: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Unmount(ctx) })
+	if !m.Detached() {
+		t.Fatal("a detached mount does not say so")
+	}
+	if _, err := FindMount(path); !errors.Is(err, ErrNotMounted) {
+		t.Fatalf("a detached mount is in the mount table: %v", err)
+	}
+	moved := filepath.Join(dir, "moved")
+	if err := os.Rename(path, moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Place(moved, filepath.Join(dir, "missing")); err == nil || !m.Detached() {
+		t.Fatalf("Place on a missing directory: %v, detached %v", err, m.Detached())
+	}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Place(moved, mnt); err != nil {
+		t.Fatal(err)
+	}
+	if m.Detached() || m.Dir != mnt || m.Image != moved {
+		t.Fatalf("placed: detached %v, dir %s, image %s", m.Detached(), m.Dir, m.Image)
+	}
+	found, err := FindMount(moved)
+	if err != nil || found.Dir != mnt || found.Device != m.Device {
+		t.Fatalf("FindMount after Place: %+v, %v", found, err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "file"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Unmount(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if devs, _ := FindLoops(moved); len(devs) != 0 {
+		t.Fatalf("image still attached to %v after its unmount", devs)
+	}
+
+	// One that is never placed goes with its Unmount.
+	d, err := MountDetached(ctx, moved, MountOptions{DirectIO: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Unmount(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if devs, _ := FindLoops(moved); len(devs) != 0 {
+		t.Fatalf("image still attached to %v after a detached mount's unmount", devs)
+	}
+}

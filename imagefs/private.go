@@ -51,6 +51,42 @@ func mountPrivate(ctx context.Context, path string, o MountOptions) (*Mounted, e
 	return &Mounted{Image: img, Device: loop.Device, Dir: fmt.Sprintf("/proc/self/fd/%d", mnt.Fd()), ReadOnly: o.ReadOnly, private: mnt}, nil
 }
 
+// MountDetached attaches the image at path and mounts it detached, as
+// private mounts are: in no mount table and no container's copy of one, and
+// gone, with its loop device, when Unmount closes it or the process dies.
+// Place puts it on a directory later, so that a mount made ahead of need
+// (the pool's) costs its user a move instead of an attach and a mount. It
+// refuses an image attached already (ErrInUse).
+func MountDetached(ctx context.Context, path string, o MountOptions) (*Mounted, error) {
+	return mountPrivate(ctx, path, o)
+}
+
+// Detached reports whether m is a detached mount that Place has not put on
+// a directory yet.
+func (m *Mounted) Detached() bool { return m.private != nil }
+
+// Place mounts a detached mount on dir (move_mount), where it becomes an
+// ordinary mount that outlives the process. image is where the image file
+// is now: it may have been renamed since it was mounted (the loop device
+// follows the file). On failure m stays detached, for Unmount.
+func (m *Mounted) Place(image, dir string) error {
+	if m.private == nil {
+		return fmt.Errorf("mount %s on %s: not a detached mount", m.Image, dir)
+	}
+	img, err := canonical(image)
+	if err != nil {
+		return fmt.Errorf("mount %s on %s: %w", image, dir, err)
+	}
+	if err := unix.MoveMount(int(m.private.Fd()), "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mount %s (%s) on %s: %w", img, m.Device, dir, err)
+	}
+	// Attached, the mount no longer goes with the descriptor.
+	m.private.Close()
+	m.private = nil
+	m.Image, m.Dir = img, dir
+	return nil
+}
+
 // fsmountExt4 makes a detached ext4 mount of device with snug's options and
 // returns its descriptor.
 func fsmountExt4(device string, o MountOptions) (*os.File, error) {

@@ -416,7 +416,7 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 	// that to settle; a leaked device would stay.
 	var backing []string
 	for end := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if backing = loopsUnder(d.Root + "/"); len(backing) == images || time.Now().After(end) {
+		if backing = imageLoops(d.Root); len(backing) == images || time.Now().After(end) {
 			break
 		}
 	}
@@ -439,6 +439,24 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 
 // loopsUnder lists the backing files, under prefix, of attached loop
 // devices.
+// imageLoops lists the backing files of loop devices under snug's root
+// that are not the pool's ready images: those wait attached (pool.premount)
+// in root/pool/mounted, while their file is there. One whose file is gone
+// (a killed daemon's, which the kernel should have detached) is listed.
+func imageLoops(root string) []string {
+	var out []string
+	pool := filepath.Join(root, "pool", "mounted") + "/"
+	for _, b := range loopsUnder(root + "/") {
+		if strings.HasPrefix(b, pool) {
+			if _, err := os.Stat(b); err == nil {
+				continue
+			}
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
 func loopsUnder(prefix string) []string {
 	var backing []string
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")

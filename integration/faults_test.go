@@ -130,7 +130,47 @@ func TestHostFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	fails("no loop device", "no free loop device", func() error { return prepare("no-loop") })
-	fails("no loop device", "no free loop device", func() error { _, err := sn.Prepare(ctx, "no-loop-pool", "base"); return err })
+	// From the pool: its premounted images hold their loop devices, so
+	// Prepares take those until none is left, then fail like the others.
+	// (The faults above stopped its refills: a take restarts them.)
+	os.Remove(faults)
+	if _, err := sn.Prepare(ctx, "refill", "base"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Remove(ctx, "refill"); err != nil {
+		t.Fatal(err)
+	}
+	premounted := func() int {
+		m, _ := filepath.Glob(filepath.Join(d.Root, "pool", "mounted", "*.img"))
+		return len(m)
+	}
+	for end := time.Now().Add(20 * time.Second); premounted() < 2 && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := premounted(); n < 2 {
+		t.Fatalf("the pool holds %d premounted images, want pool.min 2", n)
+	}
+	if err := os.WriteFile(faults, []byte("loop-exhausted\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("no-loop-pool-%d", i)
+		_, err := sn.Prepare(ctx, key, "base")
+		if err != nil {
+			if i == 0 {
+				t.Errorf("no loop device: a Prepare from the premounted pool failed: %v", err)
+			}
+			t.Logf("no loop device: the pool served %d Prepares", i)
+			fails("no loop device", "no free loop device", func() error { return err })
+			break
+		}
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		if i == 100 {
+			t.Fatal("no loop device: Prepares from the pool never ran out of loop devices")
+		}
+	}
 	os.Remove(faults)
 	recovers("no loop device")
 

@@ -89,8 +89,8 @@ func TestImageUnmountedUnderServeDetaches(t *testing.T) {
 			mnt = m
 		}
 	}
-	if mnt == "" || len(loopsUnder(d.Root)) != 1 {
-		t.Fatalf("want one mounted image, found mount %q and loop devices %v", mnt, loopsUnder(d.Root))
+	if mnt == "" || len(imageLoops(d.Root)) != 1 {
+		t.Fatalf("want one mounted image, found mount %q and loop devices %v", mnt, imageLoops(d.Root))
 	}
 	time.Sleep(200 * time.Millisecond) // the watcher and the monitor have it
 	if err := syscall.Unmount(mnt, 0); !errors.Is(err, syscall.EBUSY) {
@@ -100,10 +100,10 @@ func TestImageUnmountedUnderServeDetaches(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for len(loopsUnder(d.Root)) > 0 && time.Now().Before(deadline) {
+	for len(imageLoops(d.Root)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if left := loopsUnder(d.Root); len(left) > 0 {
+	if left := imageLoops(d.Root); len(left) > 0 {
 		t.Fatalf("still attached 10 s after its unmount, with snug serve running: %v", left)
 	}
 	if err := sn.Remove(ctx, "active"); err != nil {

@@ -195,7 +195,7 @@ func snugLeftovers(t *testing.T, root string) []string {
 			left = append(left, "mount "+m.Mountpoint)
 		}
 	}
-	for _, b := range loopsUnder(root + "/") {
+	for _, b := range imageLoops(root) {
 		left = append(left, "loop "+b)
 	}
 	entries, _ := os.ReadDir(filepath.Join(root, "snapshots"))

@@ -116,17 +116,33 @@ func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable,
 // without the search for an earlier mount (sysfs and mount-table scans on
 // `ctr run`'s critical path): an image renamed into place a moment ago has
 // none.
-func (s *Snapshotter) settle(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string) error {
+func (s *Snapshotter) settle(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string, pre *imagefs.Mounted) error {
 	if kind != snapshots.KindActive {
 		return s.converge(ctx, id, kind, parentIDs)
 	}
-	o := s.policy().mount
-	o.New = true // renamed into place a moment ago, from the pool or a template
-	m, err := imagefs.Mount(ctx, filepath.Join(s.snapshotDir(id), rwImage), s.mountPath(id), o)
+	m, err := s.mountNew(ctx, id, pre)
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	return s.serveActive(ctx, id, m, parentIDs)
+}
+
+// mountNew mounts a new snapshot's rw image, renamed into place a moment
+// ago: it places the pool's detached mount of it (pre), or mounts it.
+func (s *Snapshotter) mountNew(ctx context.Context, id string, pre *imagefs.Mounted) (*imagefs.Mounted, error) {
+	image, mnt := filepath.Join(s.snapshotDir(id), rwImage), s.mountPath(id)
+	if pre != nil {
+		if err := pre.Place(image, mnt); err != nil {
+			if uerr := pre.Unmount(context.WithoutCancel(ctx)); uerr != nil {
+				log.G(ctx).WithError(uerr).WithField("snapshot", id).Warn("failed to unmount a premounted image")
+			}
+			return nil, err
+		}
+		return pre, nil
+	}
+	o := s.policy().mount
+	o.New = true // from the pool or a template: attached nowhere
+	return imagefs.Mount(ctx, image, mnt, o)
 }
 
 // serveActive readies a mounted rw image: in service with the images

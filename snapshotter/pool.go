@@ -46,12 +46,13 @@ const (
 // root/pool, named by those options, so that an image made for another
 // policy is never handed out. Its size follows demand between the policy's
 // pool.min and pool.max (sizeFor); refills run in parallel, one image per
-// CPU at a time, once Prepares pause.
+// CPU at a time, once Prepares pause. With pool.premount its images wait
+// mounted (premount.go), in root/pool/mounted.
 type pool struct {
 	dir       string
 	opts      imagefs.CreateOptions
 	templates *imagefs.Templates
-	bounds    atomic.Pointer[config.PoolPolicy]
+	pol       atomic.Pointer[poolPolicy]
 	traffic   *traffic.Meter // the snapshotter's (Prepare marks it): a refill waits for a lull
 	// now is the clock of demand; tests move it.
 	now func() time.Time
@@ -59,18 +60,41 @@ type pool struct {
 	born int64
 	seq  atomic.Int64
 
-	// mu protects takes and filling; refills run one at a time (each
-	// makes several images at once).
+	// mu protects takes, filling and mounted; refills run one at a time
+	// (each makes several images at once).
 	mu      sync.Mutex
 	takes   []time.Time // the takes of the last demandMemory, oldest first
 	filling bool
+	mounted []*premounted // ready and mounted, newest last
 	wg      sync.WaitGroup
 }
 
-func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bounds config.PoolPolicy, templates *imagefs.Templates, tr *traffic.Meter) (*pool, error) {
+// poolPolicy is what the pool takes from the policy in force: its bounds,
+// and how its premounted images are mounted and how much of their window
+// is made free ahead (the base policy's headroom).
+type poolPolicy struct {
+	bounds   config.PoolPolicy
+	mount    imagefs.MountOptions
+	headroom int64
+}
+
+// poolPolicyFrom is the pool's part of cfg.
+func poolPolicyFrom(cfg config.Config) poolPolicy {
+	return poolPolicy{bounds: cfg.Pool, mount: policyFrom(cfg).mount, headroom: int64(cfg.Window.Headroom)}
+}
+
+func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, pol poolPolicy, templates *imagefs.Templates, tr *traffic.Meter) (*pool, error) {
 	p := &pool{dir: filepath.Join(root, "pool"), opts: opts, templates: templates, traffic: tr, now: time.Now, born: time.Now().UnixNano()}
-	p.setBounds(bounds)
+	p.setPolicy(pol)
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return nil, err
+	}
+	// The images a killed daemon held mounted went with it, but were
+	// mounted: they are no longer pristine.
+	if err := os.RemoveAll(p.mountedDir()); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(p.mountedDir(), 0o700); err != nil {
 		return nil, err
 	}
 	// What a crash left half made goes, and images for another policy.
@@ -82,7 +106,7 @@ func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bound
 		return nil, err
 	}
 	for _, e := range entries {
-		if !p.isOurs(e.Name()) {
+		if !p.isOurs(e.Name()) && e.Name() != mountedSubdir {
 			if err := os.Remove(filepath.Join(p.dir, e.Name())); err != nil {
 				return nil, err
 			}
@@ -91,8 +115,17 @@ func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, bound
 	return p, nil
 }
 
-// setBounds puts a policy's pool.min and pool.max in force (a reload).
-func (p *pool) setBounds(b config.PoolPolicy) { p.bounds.Store(&b) }
+// setPolicy puts a policy's [pool] and mount options in force (a reload);
+// premounted images mounted otherwise are dropped at the next take or
+// refill.
+func (p *pool) setPolicy(pol poolPolicy) { p.pol.Store(&pol) }
+
+// setBounds puts a policy's pool.min, pool.max and pool.premount in force.
+func (p *pool) setBounds(b config.PoolPolicy) {
+	pol := *p.pol.Load()
+	pol.bounds = b
+	p.setPolicy(pol)
+}
 
 // prefix names the images made with the pool's options.
 func (p *pool) prefix() string {
@@ -121,22 +154,27 @@ func (p *pool) ready() []string {
 	return out
 }
 
-// take moves a ready image to dst and reports whether there was one. Only
-// images made with exactly the options wanted are taken; those takes, hit
-// or miss, are the pool's demand.
-func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions) bool {
+// take moves a ready image to dst and reports whether there was one; a
+// premounted one comes with its detached mount (for Place), an unmounted
+// one with none. Only images made with exactly the options wanted are
+// taken, and mounted with the mount options mo; those takes, hit or miss,
+// are the pool's demand.
+func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions, mo imagefs.MountOptions) (*imagefs.Mounted, bool) {
 	if want != p.opts {
-		return false
+		return nil, false
 	}
 	p.recordTake()
 	defer p.refill(ctx)
+	if m := p.takeMounted(ctx, dst, mo); m != nil {
+		return m, true
+	}
 	for _, name := range p.ready() {
 		// A rename is atomic: two takers cannot get the same image.
 		if err := os.Rename(filepath.Join(p.dir, name), dst); err == nil {
-			return true
+			return nil, true
 		}
 	}
-	return false
+	return nil, false
 }
 
 func (p *pool) recordTake() {
@@ -161,7 +199,7 @@ func (p *pool) target() int {
 	}
 	peak := peakWithin(recent, demandSpan)
 	p.mu.Unlock()
-	return sizeFor(peak, *p.bounds.Load())
+	return sizeFor(peak, p.pol.Load().bounds)
 }
 
 // sizeFor is the pool's size for a peak demand: the peak, within the
@@ -212,31 +250,56 @@ func (p *pool) refill(ctx context.Context) {
 		defer p.wg.Done()
 		defer func() { p.mu.Lock(); p.filling = false; p.mu.Unlock() }()
 		for range 4 * config.MaxPool { // bounded: never spin
-			have, want := p.ready(), p.target()
-			if len(have) > want {
-				p.shrink(ctx, have[want:])
+			pol := p.pol.Load()
+			p.dropMounted(ctx, pol)
+			have, mounted, want := p.ready(), p.mountedCount(), p.target()
+			if len(have)+mounted > want {
+				p.shrink(ctx, have, len(have)+mounted-want)
 				return
 			}
-			if len(have) == want || !p.traffic.WaitLull(ctx, refillLull, refillLullMax) {
+			toMount := len(have) > 0 && pol.bounds.Premount
+			if (len(have)+mounted == want && !toMount) || !p.traffic.WaitLull(ctx, refillLull, refillLullMax) {
 				return
 			}
-			if !p.make(ctx, min(want-len(have), runtime.NumCPU())) {
+			var ok bool
+			if toMount {
+				ok = p.premountReady(ctx, have[:min(len(have), runtime.NumCPU())], pol)
+			} else {
+				ok = p.make(ctx, min(want-len(have)-mounted, runtime.NumCPU()), pol)
+			}
+			if !ok {
 				return
 			}
 		}
 	}()
 }
 
-// make makes n images at once; false if one failed.
-func (p *pool) make(ctx context.Context, n int) bool {
+// make makes n images at once, mounted if the policy says premount; false
+// if one failed.
+func (p *pool) make(ctx context.Context, n int, pol *poolPolicy) bool {
+	return p.parallel(ctx, n, func() error {
+		name := fmt.Sprintf("%s%x-%d.img", p.prefix(), p.born, p.seq.Add(1))
+		if !pol.bounds.Premount {
+			return p.templates.Create(ctx, filepath.Join(p.dir, name), p.opts)
+		}
+		path := filepath.Join(p.mountedDir(), name)
+		if err := p.templates.Create(ctx, path, p.opts); err != nil {
+			return err
+		}
+		return p.premount(ctx, path, pol)
+	})
+}
+
+// parallel runs n calls of f at once; false if one failed (the first
+// failure is logged).
+func (p *pool) parallel(ctx context.Context, n int, f func() error) bool {
 	var wg sync.WaitGroup
 	var failed atomic.Bool
 	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			name := fmt.Sprintf("%s%x-%d.img", p.prefix(), p.born, p.seq.Add(1))
-			if err := p.templates.Create(ctx, filepath.Join(p.dir, name), p.opts); err != nil {
+			if err := f(); err != nil {
 				if failed.CompareAndSwap(false, true) && ctx.Err() == nil {
 					log.G(ctx).WithError(err).Warn("cannot fill the image pool; new snapshots make their own")
 				}
@@ -247,19 +310,27 @@ func (p *pool) make(ctx context.Context, n int) bool {
 	return !failed.Load()
 }
 
-// shrink deletes images the pool holds beyond its target.
-func (p *pool) shrink(ctx context.Context, names []string) {
-	for _, name := range names {
+// shrink deletes n of the images the pool holds: unmounted ones (have)
+// first, then premounted ones.
+func (p *pool) shrink(ctx context.Context, have []string, n int) {
+	for _, name := range have[:min(n, len(have))] {
 		if err := os.Remove(filepath.Join(p.dir, name)); err != nil && !os.IsNotExist(err) {
 			log.G(ctx).WithError(err).WithField("image", name).Warn("cannot shrink the image pool")
 			return
 		}
 	}
+	for range n - min(n, len(have)) {
+		pm := p.popMounted()
+		if pm == nil {
+			return
+		}
+		p.discard(ctx, pm)
+	}
 }
 
-// size is how many images the pool holds ready now, and how many it aims
-// at.
-func (p *pool) size() (ready, target int) { return len(p.ready()), p.target() }
+// size is how many images the pool holds ready now (mounted or not), and
+// how many it aims at.
+func (p *pool) size() (ready, target int) { return len(p.ready()) + p.mountedCount(), p.target() }
 
 // wait waits for a refill in progress (for Close).
 func (p *pool) wait() { p.wg.Wait() }

@@ -2,11 +2,14 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
@@ -14,7 +17,16 @@ import (
 	"github.com/snugfs/snug/internal/traffic"
 )
 
-var poolTestOptions = imagefs.CreateOptions{Quota: 64 << 20, Window: 32 << 20, JournalSize: imagefs.MinJournal, BytesPerInode: 16 << 10, DirectIO: true}
+var (
+	poolTestOptions = imagefs.CreateOptions{Quota: 64 << 20, Window: 32 << 20, JournalSize: imagefs.MinJournal, BytesPerInode: 16 << 10, DirectIO: true}
+	poolTestMount   = imagefs.MountOptions{DirectIO: true}
+)
+
+// poolTestPolicy is a pool policy with these bounds and the test images'
+// mount options.
+func poolTestPolicy(bounds config.PoolPolicy) poolPolicy {
+	return poolPolicy{bounds: bounds, mount: poolTestMount, headroom: 8 << 20}
+}
 
 // newTestPool makes a pool in a new root with the given bounds.
 func newTestPool(t *testing.T, ctx context.Context, bounds config.PoolPolicy) (*pool, string) {
@@ -24,7 +36,7 @@ func newTestPool(t *testing.T, ctx context.Context, bounds config.PoolPolicy) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool(ctx, root, poolTestOptions, bounds, tpls, &traffic.Meter{})
+	p, err := newPool(ctx, root, poolTestOptions, poolTestPolicy(bounds), tpls, &traffic.Meter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +58,7 @@ func TestPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := newPool(ctx, root, poolTestOptions, config.PoolPolicy{Min: 2, Max: 2}, tpls, &traffic.Meter{})
+	p, err := newPool(ctx, root, poolTestOptions, poolTestPolicy(config.PoolPolicy{Min: 2, Max: 2}), tpls, &traffic.Meter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,11 +73,11 @@ func TestPool(t *testing.T) {
 	}
 	other := poolTestOptions
 	other.Quota = 128 << 20
-	if p.take(ctx, filepath.Join(root, "x.img"), other) {
+	if _, ok := p.take(ctx, filepath.Join(root, "x.img"), other, poolTestMount); ok {
 		t.Error("pool handed out an image made for another quota")
 	}
 	dst := filepath.Join(root, "taken.img")
-	if !p.take(ctx, dst, poolTestOptions) {
+	if _, ok := p.take(ctx, dst, poolTestOptions, poolTestMount); !ok {
 		t.Fatal("pool had nothing to take")
 	}
 	sb, err := imagefs.ReadSuperblock(dst)
@@ -90,7 +102,7 @@ func TestPoolFollowsDemand(t *testing.T) {
 	}
 	burst := func(n int, name string) {
 		for i := range n {
-			p.take(ctx, filepath.Join(root, fmt.Sprintf("%s-%d.img", name, i)), poolTestOptions)
+			p.take(ctx, filepath.Join(root, fmt.Sprintf("%s-%d.img", name, i)), poolTestOptions, poolTestMount)
 		}
 	}
 	burst(4, "a")
@@ -161,4 +173,125 @@ func countImages(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return len(m)
+}
+
+// TestPoolPremounts: with pool.premount the pool's images wait attached and
+// mounted detached (in no mount table), with their headroom free; a take
+// hands out the mount for Place; a reload of the mount options or of
+// premount replaces or unmounts them; a crash (close keeping the files)
+// leaves no loop device, and the next start deletes the files.
+func TestPoolPremounts(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bounds := config.PoolPolicy{Min: 2, Max: 2, Premount: true}
+	p, root := newTestPool(t, ctx, bounds)
+	t.Cleanup(func() { p.close(ctx, false) })
+	p.refill(ctx)
+	p.wait()
+	assertPremounted(t, p, 2, poolTestMount)
+
+	dst := filepath.Join(root, "taken.img")
+	m, ok := p.take(ctx, dst, poolTestOptions, poolTestMount)
+	if !ok || m == nil || !m.Detached() {
+		t.Fatalf("take from a premounted pool: %v, %+v", ok, m)
+	}
+	mnt := filepath.Join(root, "mnt")
+	os.Mkdir(mnt, 0o755)
+	if err := m.Place(dst, mnt); err != nil {
+		m.Unmount(ctx)
+		t.Fatal(err)
+	}
+	defer m.Unmount(ctx)
+	var st unix.Statfs_t
+	if err := unix.Statfs(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	if free := int64(st.Bavail) * st.Bsize; free < p.pol.Load().headroom {
+		t.Errorf("a premounted image came with %d bytes free, want its headroom %d", free, p.pol.Load().headroom)
+	}
+	if found, err := imagefs.FindMount(dst); err != nil || found.Dir != mnt {
+		t.Fatalf("the taken image is not mounted on %s: %+v, %v", mnt, found, err)
+	}
+	p.wait()
+	assertPremounted(t, p, 2, poolTestMount)
+
+	// A reload that mounts otherwise replaces them.
+	discard := poolTestMount
+	discard.Discard = true
+	pol := poolTestPolicy(bounds)
+	pol.mount = discard
+	p.setPolicy(pol)
+	p.refill(ctx)
+	p.wait()
+	assertPremounted(t, p, 2, discard)
+
+	// Without premount they are unmounted and the pool refills unmounted.
+	p.setBounds(config.PoolPolicy{Min: 2, Max: 2})
+	p.refill(ctx)
+	p.wait()
+	assertPremounted(t, p, 0, discard)
+	if n := countImages(t, p.dir); n != 2 {
+		t.Fatalf("pool holds %d unmounted images, want 2", n)
+	}
+
+	// Turned on again, it mounts the ones it holds; a crash then leaves
+	// files but no device, and the next start deletes them.
+	p.setBounds(bounds)
+	p.refill(ctx)
+	p.wait()
+	assertPremounted(t, p, 2, discard)
+	files := premountedFiles(t, p)
+	p.close(ctx, true)
+	for _, f := range files {
+		if devs, _ := imagefs.FindLoops(f); len(devs) != 0 {
+			t.Errorf("%s still attached to %v after the pool closed", f, devs)
+		}
+	}
+	tpls, err := imagefs.NewTemplates(ctx, filepath.Join(root, "templates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := newPool(ctx, root, poolTestOptions, poolTestPolicy(bounds), tpls, &traffic.Meter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(premountedFiles(t, again)); n != 0 {
+		t.Fatalf("a restarted pool kept %d images mounted by the last one", n)
+	}
+}
+
+// assertPremounted checks that the pool holds n premounted images mounted
+// with mo, each attached to a loop device and in no mount table.
+func assertPremounted(t *testing.T, p *pool, n int, mo imagefs.MountOptions) {
+	t.Helper()
+	p.mu.Lock()
+	mounted := append([]*premounted(nil), p.mounted...)
+	p.mu.Unlock()
+	if len(mounted) != n {
+		t.Fatalf("pool holds %d premounted images, want %d", len(mounted), n)
+	}
+	if files := premountedFiles(t, p); len(files) != n {
+		t.Fatalf("pool's mounted directory holds %d images, want %d", len(files), n)
+	}
+	for _, pm := range mounted {
+		if pm.opts != mo {
+			t.Errorf("%s mounted with %+v, want %+v", pm.path, pm.opts, mo)
+		}
+		if devs, err := imagefs.FindLoops(pm.path); err != nil || len(devs) != 1 {
+			t.Errorf("%s: loop devices %v, %v; want one", pm.path, devs, err)
+		}
+		if _, err := imagefs.FindMount(pm.path); !errors.Is(err, imagefs.ErrNotMounted) {
+			t.Errorf("%s is in the mount table: %v", pm.path, err)
+		}
+	}
+}
+
+func premountedFiles(t *testing.T, p *pool) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(p.mountedDir(), "*.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

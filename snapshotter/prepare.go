@@ -63,9 +63,17 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			}
 		}
 	}()
-	if err := s.buildDir(ctx, td, kind, create); err != nil {
+	pre, err := s.buildDir(ctx, td, kind, create)
+	if err != nil {
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
+	defer func() { // before td goes: a premounted image not placed
+		if pre != nil && pre.Detached() {
+			if uerr := pre.Unmount(context.WithoutCancel(ctx)); uerr != nil {
+				log.G(ctx).WithError(uerr).WithField("key", key).Warn("failed to unmount a premounted image")
+			}
+		}
+	}()
 	if class := base.Labels[config.LabelClass]; class != "" && kind == snapshots.KindActive {
 		if _, ok := s.config().Class(class); !ok {
 			return nil, fmt.Errorf("prepare %s: label %s=%q: no such class in the policy's [policies]: %w", key, config.LabelClass, class, errdefs.ErrInvalidArgument)
@@ -102,7 +110,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 
 	err = s.ensureLayersMounted(ctx, snap.ParentIDs)
 	if err == nil {
-		err = s.settle(ctx, snap.ID, kind, snap.ParentIDs)
+		err = s.settle(ctx, snap.ID, kind, snap.ParentIDs, pre)
 	}
 	if err != nil {
 		// Prepare fails as a whole: forget the snapshot again.
@@ -115,22 +123,23 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 }
 
 // buildDir fills a new snapshot directory: the rw image and its mount point
-// for an active snapshot, an empty directory for a view.
-func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.Kind, create imagefs.CreateOptions) error {
+// for an active snapshot, an empty directory for a view. A rw image the
+// pool held mounted comes with its detached mount, for settle to place.
+func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.Kind, create imagefs.CreateOptions) (*imagefs.Mounted, error) {
 	if err := os.Mkdir(filepath.Join(dir, mountDir), 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	switch kind {
 	case snapshots.KindActive:
 		img := filepath.Join(dir, rwImage)
-		if s.pool.take(s.bgCtx, img, create) {
-			return nil
+		if m, ok := s.pool.take(s.bgCtx, img, create, s.policy().mount); ok {
+			return m, nil
 		}
-		return s.templates.Create(ctx, img, create)
+		return nil, s.templates.Create(ctx, img, create)
 	case snapshots.KindView:
-		return os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
+		return nil, os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
 	}
-	return fmt.Errorf("cannot create a snapshot of kind %v", kind)
+	return nil, fmt.Errorf("cannot create a snapshot of kind %v", kind)
 }
 
 // ensureUpper makes the overlay directories in a mounted rw image. The

@@ -88,7 +88,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		return nil, fmt.Errorf("image templates in %s: %w", root, err)
 	}
 	tr := &traffic.Meter{}
-	pl, err := newPool(ctx, root, policyFrom(cfg).create, cfg.Pool, tpls, tr)
+	pl, err := newPool(ctx, root, policyFrom(cfg).create, poolPolicyFrom(cfg), tpls, tr)
 	if err != nil {
 		ms.Close()
 		return nil, fmt.Errorf("image pool in %s: %w", root, err)
@@ -133,6 +133,7 @@ func (s *Snapshotter) close(release bool) error {
 		s.images.Close()
 		s.bg.Wait()
 		s.pool.wait()
+		s.pool.close(context.Background(), !release)
 		if release {
 			s.releaseUnused(context.Background())
 		}
@@ -176,7 +177,7 @@ func (s *Snapshotter) SetConfig(ctx context.Context, cfg config.Config) error {
 		return fmt.Errorf("root %q: the state directory cannot change without a restart (it is %q)", cfg.Root, s.root)
 	}
 	s.cfg.Store(&cfg)
-	s.pool.setBounds(cfg.Pool)
+	s.pool.setPolicy(poolPolicyFrom(cfg))
 	s.images.SetConfig(ctx, cfg)
 	return nil
 }
