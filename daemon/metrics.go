@@ -20,7 +20,7 @@ import (
 type metricsSource interface {
 	Status(ctx context.Context) ([]images.ImageStatus, error)
 	Totals() images.Totals
-	Pool() (ready, target int)
+	Pool() snapshotter.PoolSize
 }
 
 // served is the metrics' source: the images in service, and the
@@ -30,8 +30,8 @@ type served struct {
 	sn *snapshotter.Snapshotter
 }
 
-// Pool is how many images the pool holds and aims at.
-func (s served) Pool() (ready, target int) { return s.sn.Pool() }
+// Pool is how many images the pool holds, mounted, and aims at.
+func (s served) Pool() snapshotter.PoolSize { return s.sn.Pool() }
 
 // incidentSource is the error monitor's side of the metrics.
 type incidentSource interface {
@@ -68,6 +68,7 @@ var (
 	descImages    = prometheus.NewDesc("snug_images", "Images served, by kind.", []string{"kind"}, nil)
 	descSkipped   = prometheus.NewDesc("snug_reclaims_skipped_total", "Reclaims at a container's stop that found its image packed already, since the daemon started.", nil, nil)
 	descPoolReady = prometheus.NewDesc("snug_pool_ready_images", "Ready-made images in the pool.", nil, nil)
+	descPoolMnt   = prometheus.NewDesc("snug_pool_mounted_images", "Ready-made images the pool holds mounted (pool.premount), each with a loop device.", nil, nil)
 	descPoolAim   = prometheus.NewDesc("snug_pool_target_images", "Images the pool aims at: the policy's [pool], following the recent rate of Prepares.", nil, nil)
 
 	descReports     = prometheus.NewDesc("snug_fs_error_reports_total", "ext4 error reports received (fanotify FAN_FS_ERROR, sysfs, online checks) since the daemon started.", nil, nil)
@@ -128,9 +129,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	t := c.src.Totals()
 	counters(ch, []total{{descGrows, t.Grows}, {descGrowBytes, t.GrowBytes}, {descReclaims, t.Reclaims},
 		{descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}, {descSkipped, t.ReclaimsSkipped}})
-	ready, target := c.src.Pool()
-	ch <- prometheus.MustNewConstMetric(descPoolReady, prometheus.GaugeValue, float64(ready))
-	ch <- prometheus.MustNewConstMetric(descPoolAim, prometheus.GaugeValue, float64(target))
+	pool := c.src.Pool()
+	ch <- prometheus.MustNewConstMetric(descPoolReady, prometheus.GaugeValue, float64(pool.Ready))
+	ch <- prometheus.MustNewConstMetric(descPoolMnt, prometheus.GaugeValue, float64(pool.Mounted))
+	ch <- prometheus.MustNewConstMetric(descPoolAim, prometheus.GaugeValue, float64(pool.Target))
 	if c.incidents == nil {
 		return
 	}

@@ -328,9 +328,12 @@ func (p *pool) shrink(ctx context.Context, have []string, n int) {
 	}
 }
 
-// size is how many images the pool holds ready now (mounted or not), and
-// how many it aims at.
-func (p *pool) size() (ready, target int) { return len(p.ready()) + p.mountedCount(), p.target() }
+// size is how many images the pool holds ready now, how many of them
+// mounted, and how many it aims at.
+func (p *pool) size() PoolSize {
+	mounted := p.mountedCount()
+	return PoolSize{Ready: len(p.ready()) + mounted, Mounted: mounted, Target: p.target()}
+}
 
 // wait waits for a refill in progress (for Close).
 func (p *pool) wait() { p.wg.Wait() }

@@ -271,6 +271,9 @@ func assertPremounted(t *testing.T, p *pool, n int, mo imagefs.MountOptions) {
 	if len(mounted) != n {
 		t.Fatalf("pool holds %d premounted images, want %d", len(mounted), n)
 	}
+	if got := p.size(); got.Mounted != n || got.Ready < n {
+		t.Fatalf("pool size %+v, want %d mounted", got, n)
+	}
 	if files := premountedFiles(t, p); len(files) != n {
 		t.Fatalf("pool's mounted directory holds %d images, want %d", len(files), n)
 	}

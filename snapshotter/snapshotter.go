@@ -192,9 +192,19 @@ func (s *Snapshotter) MountedImage(id string) (m *imagefs.Mounted, layer bool, o
 	return s.images.Mounted(id)
 }
 
-// Pool is how many ready-made images the pool holds now, and how many it
-// aims at (the policy's [pool], and the recent rate of Prepares).
-func (s *Snapshotter) Pool() (ready, target int) { return s.pool.size() }
+// PoolSize is what the pool of ready-made images holds.
+type PoolSize struct {
+	// Ready is how many images it holds now, mounted or not.
+	Ready int
+	// Mounted is how many of those wait mounted (pool.premount).
+	Mounted int
+	// Target is how many it aims at: the policy's [pool], following the
+	// recent rate of Prepares.
+	Target int
+}
+
+// Pool is what the pool of ready-made images holds now.
+func (s *Snapshotter) Pool() PoolSize { return s.pool.size() }
 
 // Root is the state directory.
 func (s *Snapshotter) Root() string { return s.root }
