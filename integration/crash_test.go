@@ -234,6 +234,10 @@ func TestCrashMatrix(t *testing.T) {
 		// The pool makes its images in the background: empty it, and the
 		// armed daemon dies refilling it at start-up.
 		{op: "pool-refill", point: "create-mounted", stopped: emptyPool, want: with(nil)},
+		// Killed with a premounted image mounted detached, before the pool
+		// counts it: the kernel unmounts it and detaches its loop device,
+		// start-up deletes the file.
+		{op: "pool-refill", point: "pool-premounted", stopped: emptyPool, want: with(nil)},
 		{op: "grow", point: "grow-released", hit: grow, early: true, want: with(nil)},
 		{op: "reclaim", point: "reclaim-packed", hit: reclaim, want: with(nil)},
 		{op: "resize", point: "quota-inflated", prep: growWork, hit: resize, want: with(nil), after: quotaIs(1 << 30)},
@@ -500,11 +504,12 @@ func requireCheckClean(t *testing.T, d *daemon, name string) {
 	}
 }
 
-// emptyPool deletes the daemon's ready-made images, so that its next start
-// makes new ones.
+// emptyPool deletes the daemon's ready-made images (a stopped daemon's
+// premounted ones are gone already), so that its next start makes new ones.
 func emptyPool(t *testing.T, d *daemon) {
 	imgs, _ := filepath.Glob(filepath.Join(d.Root, "pool", "*.img"))
-	for _, img := range imgs {
+	mounted, _ := filepath.Glob(filepath.Join(d.Root, "pool", "mounted", "*.img"))
+	for _, img := range append(imgs, mounted...) {
 		if err := os.Remove(img); err != nil {
 			t.Fatal(err)
 		}

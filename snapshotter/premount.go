@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/internal/failpoint"
 )
 
 // Premounted images. Attaching a loop device, mounting ext4 on it and
@@ -52,6 +53,7 @@ func (p *pool) premount(ctx context.Context, path string, pol *poolPolicy) error
 		os.Remove(path)
 		return err
 	}
+	failpoint.Inject("pool-premounted")
 	p.mu.Lock()
 	p.mounted = append(p.mounted, &premounted{path: path, m: m, opts: pol.mount})
 	p.mu.Unlock()
