@@ -87,6 +87,19 @@ func TestCrashMatrix(t *testing.T) {
 		_, err := sn.Prepare(ctx, "new", "base")
 		return err
 	})
+	// prepareFromPool is prepare once the pool holds a premounted image,
+	// which the Prepare takes with its detached mount.
+	prepareFromPool := func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter) {
+		for end := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if m, _ := filepath.Glob(filepath.Join(d.Root, "pool", "mounted", "*.img")); len(m) > 0 {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatal("the pool premounted no image in 15 s")
+			}
+		}
+		prepare(ctx, t, d, sn)
+	}
 	view := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		_, err := sn.View(ctx, "view", "base")
 		return err
@@ -221,6 +234,8 @@ func TestCrashMatrix(t *testing.T) {
 		{op: "prepare", point: "prepare-built", hit: prepare, want: with(nil)},
 		{op: "prepare", point: "prepare-renamed", hit: prepare, want: with(nil)},
 		{op: "prepare", point: "prepare-recorded", hit: prepare, want: with(map[string]snapshots.Kind{"new": snapshots.KindActive})},
+		{op: "prepare-premounted", point: "prepare-built", hit: prepareFromPool, want: with(nil)},
+		{op: "prepare-premounted", point: "prepare-recorded", hit: prepareFromPool, want: with(map[string]snapshots.Kind{"new": snapshots.KindActive})},
 		{op: "view", point: "prepare-built", hit: view, want: with(nil)},
 		{op: "view", point: "prepare-recorded", hit: view, want: with(map[string]snapshots.Kind{"view": snapshots.KindView})},
 		{op: "commit", point: "commit-built", hit: commit, want: with(nil)},
