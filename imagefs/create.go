@@ -159,7 +159,7 @@ func publishImage(tmp, path string) error {
 // placeBalloon mounts a fresh or shrunk image privately and inflates its
 // balloon so that only the first window bytes are free.
 func placeBalloon(ctx context.Context, path string, window, quota, inodes int64, directIO bool) error {
-	m, err := mountPrivate(ctx, path, MountOptions{DirectIO: directIO})
+	m, err := MountDetached(ctx, path, MountOptions{DirectIO: directIO})
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ type Mounted struct {
 	Dir string
 	// ReadOnly reports a read-only mount.
 	ReadOnly bool
-	// private holds a private mount (see mountPrivate), which is in no
+	// private holds a private mount (see MountDetached), which is in no
 	// mount table; Dir then names it through this process's descriptor.
 	private *os.File
 }
@@ -261,7 +261,7 @@ func IsAttached(path string) (bool, error) {
 }
 
 // WithMount runs fn on the image mounted: where it is mounted already, there;
-// otherwise on a private mount (see mountPrivate) that is gone when
+// otherwise on a private mount (see MountDetached) that is gone when
 // WithMount returns.
 func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounted) error) (err error) {
 	t, err := ReadMountTable()
@@ -288,7 +288,7 @@ func WithMount(ctx context.Context, path string, o MountOptions, fn func(*Mounte
 	} else if len(devs) > 0 {
 		return fmt.Errorf("%s: %w but not mounted", path, ErrInUse)
 	}
-	m, err := mountPrivate(ctx, path, o)
+	m, err := MountDetached(ctx, path, o)
 	if err != nil {
 		return err
 	}

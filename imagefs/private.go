@@ -26,9 +26,13 @@ import (
 // system's temporary directory, which a killed process left mounted;
 // ReleaseStale and SweepPrivateDirs clean those up.
 
-// mountPrivate attaches the image at path and mounts it detached. It refuses
-// an image attached already (ErrInUse).
-func mountPrivate(ctx context.Context, path string, o MountOptions) (*Mounted, error) {
+// MountDetached attaches the image at path and mounts it detached, as
+// private mounts are: in no mount table and no container's copy of one, and
+// gone, with its loop device, when Unmount closes it or the process dies.
+// Place puts it on a directory later, so that a mount made ahead of need
+// (the pool's) costs its user a move instead of an attach and a mount. It
+// refuses an image attached already (ErrInUse).
+func MountDetached(ctx context.Context, path string, o MountOptions) (*Mounted, error) {
 	img, unlock, err := lockForMount(ctx, path)
 	if err != nil {
 		return nil, err
@@ -49,16 +53,6 @@ func mountPrivate(ctx context.Context, path string, o MountOptions) (*Mounted, e
 		return nil, fmt.Errorf("mount %s (%s) privately: %w", path, loop.Device, err)
 	}
 	return &Mounted{Image: img, Device: loop.Device, Dir: fmt.Sprintf("/proc/self/fd/%d", mnt.Fd()), ReadOnly: o.ReadOnly, private: mnt}, nil
-}
-
-// MountDetached attaches the image at path and mounts it detached, as
-// private mounts are: in no mount table and no container's copy of one, and
-// gone, with its loop device, when Unmount closes it or the process dies.
-// Place puts it on a directory later, so that a mount made ahead of need
-// (the pool's) costs its user a move instead of an attach and a mount. It
-// refuses an image attached already (ErrInUse).
-func MountDetached(ctx context.Context, path string, o MountOptions) (*Mounted, error) {
-	return mountPrivate(ctx, path, o)
 }
 
 // Detached reports whether m is a detached mount that Place has not put on

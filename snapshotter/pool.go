@@ -120,13 +120,6 @@ func newPool(ctx context.Context, root string, opts imagefs.CreateOptions, pol p
 // refill.
 func (p *pool) setPolicy(pol poolPolicy) { p.pol.Store(&pol) }
 
-// setBounds puts a policy's pool.min, pool.max and pool.premount in force.
-func (p *pool) setBounds(b config.PoolPolicy) {
-	pol := *p.pol.Load()
-	pol.bounds = b
-	p.setPolicy(pol)
-}
-
 // prefix names the images made with the pool's options.
 func (p *pool) prefix() string {
 	o := p.opts

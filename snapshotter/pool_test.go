@@ -116,7 +116,7 @@ func TestPoolFollowsDemand(t *testing.T) {
 	p.refill(ctx)
 	waitForImages(t, p, 1)
 
-	p.setBounds(config.PoolPolicy{Min: 3, Max: 3})
+	setBounds(p, config.PoolPolicy{Min: 3, Max: 3})
 	p.refill(ctx)
 	waitForImages(t, p, 3)
 }
@@ -227,7 +227,7 @@ func TestPoolPremounts(t *testing.T) {
 	assertPremounted(t, p, 2, discard)
 
 	// Without premount they are unmounted and the pool refills unmounted.
-	p.setBounds(config.PoolPolicy{Min: 2, Max: 2})
+	setBounds(p, config.PoolPolicy{Min: 2, Max: 2})
 	p.refill(ctx)
 	p.wait()
 	assertPremounted(t, p, 0, discard)
@@ -237,7 +237,7 @@ func TestPoolPremounts(t *testing.T) {
 
 	// Turned on again, it mounts the ones it holds; a crash then leaves
 	// files but no device, and the next start deletes them.
-	p.setBounds(bounds)
+	setBounds(p, bounds)
 	p.refill(ctx)
 	p.wait()
 	assertPremounted(t, p, 2, discard)
@@ -297,4 +297,12 @@ func premountedFiles(t *testing.T, p *pool) []string {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// setBounds puts pool.min, pool.max and pool.premount in force, keeping
+// the pool's mount options, as a reload of the [pool] table does.
+func setBounds(p *pool, b config.PoolPolicy) {
+	pol := *p.pol.Load()
+	pol.bounds = b
+	p.setPolicy(pol)
 }
