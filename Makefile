@@ -57,6 +57,7 @@ fuzz:
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzParseRuncArgs$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzBundleConfig$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./imagefs -run '^$$' -fuzz '^FuzzLayerFromTar$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./hooks -run '^$$' -fuzz '^FuzzRuncWrapperArgs$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./fsck -run '^$$' -fuzz '^FuzzParseEvents$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./control -run '^$$' -fuzz '^FuzzControlAPI$$' -fuzztime $(FUZZTIME)

@@ -1,0 +1,330 @@
+package imagefs
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
+	"golang.org/x/sys/unix"
+)
+
+// LayerFromTar writes the layer in the OCI layer tar r (uncompressed)
+// straight into a compact read-only ext4 image at path, in one pass: the
+// layer is written once, by a writer in this process (hcsshim's tar2ext4),
+// not unpacked through a mounted filesystem and converted at commit. The
+// content goes under LayerDir, as in every snug layer; OCI whiteouts become
+// overlay whiteouts (a 0/0 character device, and the trusted.overlay.opaque
+// xattr for an opaque directory), as containerd's overlay applier makes
+// them; modes, owners, times, xattrs (PAX SCHILY.xattr), hard links,
+// symlinks, devices and fifos are kept.
+//
+// The image gets a UUID of its own (the error monitor tells filesystems
+// apart by it), is written under a temporary name, synced and renamed into
+// place, so a crash leaves either nothing at path or the whole layer. It
+// returns what the image costs the host and how many inodes it holds.
+func LayerFromTar(ctx context.Context, r io.Reader, path string) (Layer, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return Layer{}, fmt.Errorf("layer from tar %s: %w", path, ErrExists)
+	}
+	uuid, err := newUUID()
+	if err != nil {
+		return Layer{}, err
+	}
+	tmp := path + "." + uuid[:8] + tempSuffix
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return Layer{}, fmt.Errorf("layer from tar %s: %w", path, HostError(err))
+	}
+	done := false
+	defer func() {
+		if !done {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	lt := newLayerTar(ctx, r)
+	sw := &sparseWriter{f: f}
+	err = tar2ext4.ConvertTarToExt4(bufio.NewReaderSize(lt, 1<<20), sw, tar2ext4.ConvertWhiteout, tar2ext4.MaximumDiskSize(MaxLayerSize))
+	if err == nil {
+		err = sw.finish()
+	}
+	if err != nil {
+		return Layer{}, fmt.Errorf("layer from tar %s: %w", path, HostError(err))
+	}
+	if err := padInodeBitmaps(f); err != nil {
+		return Layer{}, fmt.Errorf("layer from tar %s: %w", path, HostError(err))
+	}
+	if err := writeUUID(f, uuid); err != nil {
+		return Layer{}, fmt.Errorf("layer from tar %s: %w", path, HostError(err))
+	}
+	if err := f.Close(); err != nil {
+		return Layer{}, fmt.Errorf("layer from tar %s: %w", path, HostError(err))
+	}
+	done = true
+	if err := publishImage(tmp, path); err != nil {
+		os.Remove(tmp)
+		return Layer{}, err
+	}
+	fp, err := Footprint(path)
+	if err != nil {
+		return Layer{}, err
+	}
+	// The entries plus LayerDir itself, as LayerOf counts an upper dir.
+	return Layer{Bytes: fp, Inodes: lt.entries + 1}, nil
+}
+
+// MaxLayerSize bounds what one layer from a tar may hold; the writer
+// reserves its group descriptors for it (a few KiB).
+const MaxLayerSize = 256 << 30
+
+// layerTar reads an OCI layer tar and yields the same tar with every entry
+// moved under LayerDir (hard link targets with it), counting the entries.
+// Names are cleaned as if rooted: an entry cannot leave the layer (nor
+// could it leave the image). It re-encodes headers only; file data passes
+// through from the reader to the caller's buffer.
+type layerTar struct {
+	ctx     context.Context
+	tr      *tar.Reader
+	pending bytes.Buffer // encoded headers, padding and the end of the archive
+	inData  bool         // copying the current entry's data
+	size    int64        // the current entry's size
+	copied  int64        // its bytes copied so far
+	eof     bool
+	entries int64
+}
+
+func newLayerTar(ctx context.Context, r io.Reader) *layerTar {
+	return &layerTar{ctx: ctx, tr: tar.NewReader(r)}
+}
+
+func (l *layerTar) Read(p []byte) (int, error) {
+	for {
+		if l.pending.Len() > 0 {
+			return l.pending.Read(p)
+		}
+		if l.eof {
+			return 0, io.EOF
+		}
+		if l.inData {
+			n, err := l.tr.Read(p)
+			l.copied += int64(n)
+			if n > 0 {
+				return n, nil
+			}
+			if !errors.Is(err, io.EOF) {
+				return 0, fmt.Errorf("layer tar: %w", err)
+			}
+			if l.copied != l.size {
+				return 0, fmt.Errorf("layer tar: entry of %d bytes holds %d: %w", l.size, l.copied, io.ErrUnexpectedEOF)
+			}
+			l.inData = false
+			if pad := l.copied % blockSizeTar; pad != 0 {
+				l.pending.Write(make([]byte, blockSizeTar-pad))
+			}
+			continue
+		}
+		if err := l.next(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// next encodes the next entry's header into pending, or the end of the
+// archive.
+func (l *layerTar) next() error {
+	if err := l.ctx.Err(); err != nil {
+		return err
+	}
+	hdr, err := l.tr.Next()
+	if errors.Is(err, io.EOF) {
+		l.eof = true
+		l.pending.Write(make([]byte, 2*blockSizeTar))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("layer tar: %w", err)
+	}
+	if hdr.Typeflag == tar.TypeXGlobalHeader {
+		return nil
+	}
+	hdr.Name = inLayer(hdr.Name)
+	if hdr.Typeflag == tar.TypeLink {
+		hdr.Linkname = inLayer(hdr.Linkname)
+	}
+	if hdr.Typeflag == tar.TypeGNUSparse { // the reader expands its holes
+		hdr.Typeflag = tar.TypeReg
+	}
+	// Only regular files carry data; a size on anything else is ignored,
+	// as containerd's applier ignores it.
+	if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
+		hdr.Size = 0
+	}
+	tw := tar.NewWriter(&l.pending) // writes the header blocks at once
+	if err := tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("layer tar: %s: %w", hdr.Name, err)
+	}
+	l.inData, l.size, l.copied = true, hdr.Size, 0
+	// Inodes, as LayerOf counts an upper dir's entries: the root is
+	// LayerDir (counted once by the caller), an opaque marker an xattr.
+	if hdr.Name != LayerDir+"/" && path.Base(hdr.Name) != opaqueMarker {
+		l.entries++
+	}
+	return nil
+}
+
+// opaqueMarker is the OCI whiteout that makes its directory opaque.
+const opaqueMarker = ".wh..wh..opq"
+
+// blockSizeTar is the tar format's record block.
+const blockSizeTar = 512
+
+// inLayer maps a tar entry's name to its path in the image.
+func inLayer(name string) string {
+	p := path.Clean("/" + name)
+	if p == "/" {
+		return LayerDir + "/"
+	}
+	return LayerDir + p
+}
+
+// writeUUID sets the UUID in the primary superblock of an image that has
+// no metadata checksums (nothing else records the UUID).
+func writeUUID(f *os.File, uuid string) error {
+	u, err := hex.DecodeString(strings.ReplaceAll(uuid, "-", ""))
+	if err != nil || len(u) != 16 {
+		return fmt.Errorf("uuid %q: not 16 bytes of hex", uuid)
+	}
+	_, err = unix.Pwrite(int(f.Fd()), u, superblockOffset+0x68)
+	return err
+}
+
+// padInodeBitmaps sets the bits past each group's last inode in its inode
+// bitmap block, as mke2fs does and e2fsck expects ("Padding at end of inode
+// bitmap is not set"); tar2ext4 leaves them clear. The image is one tar2ext4
+// wrote: 4 KiB blocks, 32-byte group descriptors in block 1.
+func padInodeBitmaps(f *os.File) error {
+	sb := make([]byte, superblockSize)
+	if _, err := f.ReadAt(sb, superblockOffset); err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	blocks, perGroup, inodesPerGroup := le.Uint32(sb[0x4:]), le.Uint32(sb[0x20:]), le.Uint32(sb[0x28:])
+	const blockSize, descSize = 4096, 32
+	if le.Uint32(sb[0x18:]) != 2 || perGroup == 0 || inodesPerGroup == 0 || inodesPerGroup > blockSize*8 {
+		return fmt.Errorf("%w: not a tar2ext4 layout", ErrNotImage)
+	}
+	if inodesPerGroup == blockSize*8 {
+		return nil
+	}
+	groups := (blocks + perGroup - 1) / perGroup
+	descs := make([]byte, groups*descSize)
+	if _, err := f.ReadAt(descs, blockSize); err != nil {
+		return err
+	}
+	bitmap := make([]byte, blockSize)
+	for g := range groups {
+		at := int64(le.Uint32(descs[g*descSize+4:])) * blockSize
+		if _, err := f.ReadAt(bitmap, at); err != nil {
+			return err
+		}
+		for bit := inodesPerGroup; bit < blockSize*8; bit++ {
+			bitmap[bit/8] |= 1 << (bit % 8)
+		}
+		if _, err := f.WriteAt(bitmap, at); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sparseWriter is the image file as tar2ext4 writes it, leaving holes where
+// it writes whole zero blocks into a part of the file never written before
+// (a hole reads as zeros): a layer's runs of zeros, and the writer's
+// padding, cost the host nothing, as in an image the kernel writes.
+type sparseWriter struct {
+	f    *os.File
+	off  int64 // where the next Read or Write goes
+	high int64 // everything from here on was never written
+	size int64 // the file's size once finished
+}
+
+func (w *sparseWriter) Read(p []byte) (int, error) {
+	n, err := w.f.ReadAt(p, w.off)
+	w.off += int64(n)
+	return n, err
+}
+
+func (w *sparseWriter) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += w.off
+	case io.SeekEnd:
+		offset += w.size
+	default:
+		return 0, fmt.Errorf("seek: whence %d", whence)
+	}
+	if offset < 0 {
+		return 0, fmt.Errorf("seek to %d", offset)
+	}
+	w.off = offset
+	return offset, nil
+}
+
+func (w *sparseWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		// The longest run from the start of p that is all written or all
+		// left out, in whole blocks where it is left out.
+		skip := w.skippable(p)
+		n := 0
+		for n < len(p) {
+			m := min(len(p)-n, sparseBlock-int((w.off+int64(n))%sparseBlock))
+			if w.skippableAt(w.off+int64(n), p[n:n+m]) != skip {
+				break
+			}
+			n += m
+		}
+		if !skip {
+			if _, err := w.f.WriteAt(p[:n], w.off); err != nil {
+				return written, err
+			}
+		}
+		w.off += int64(n)
+		w.high = max(w.high, w.off)
+		w.size = max(w.size, w.off)
+		written += n
+		p = p[n:]
+	}
+	return written, nil
+}
+
+func (w *sparseWriter) skippable(p []byte) bool {
+	return w.skippableAt(w.off, p[:min(len(p), sparseBlock-int(w.off%sparseBlock))])
+}
+
+// skippableAt tells whether chunk, at offset off, within one block, can be
+// left as a hole: a whole zero block in the never-written part.
+func (w *sparseWriter) skippableAt(off int64, chunk []byte) bool {
+	return off >= w.high && len(chunk) == sparseBlock && allZero(chunk)
+}
+
+// finish gives the file its size (trailing holes are not written).
+func (w *sparseWriter) finish() error { return w.f.Truncate(w.size) }
+
+// sparseBlock is the unit sparseWriter leaves out: the image's block.
+const sparseBlock = 4096
+
+var zeroBlock [sparseBlock]byte
+
+func allZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }

@@ -1,0 +1,215 @@
+package imagefs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// ociEntry is one entry of a layer tar written by writeOCITar.
+type ociEntry struct {
+	hdr  tar.Header
+	data io.Reader
+}
+
+// writeOCITar writes the entries as an OCI layer tar.
+func writeOCITar(t testing.TB, w io.Writer, entries []ociEntry) {
+	t.Helper()
+	tw := tar.NewWriter(w)
+	for _, e := range entries {
+		h := e.hdr
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if e.data != nil {
+			if _, err := io.Copy(tw, e.data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// upperTreeTar is writeUpperTree's tree as an OCI layer tar: OCI
+// whiteouts where the upper dir has overlay ones, and a user xattr.
+func upperTreeTar(t testing.TB, data []byte) []ociEntry {
+	dir := func(name string, mode int64) ociEntry {
+		return ociEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode}}
+	}
+	const sparseSize = 1 << 30
+	return []ociEntry{
+		dir("./", 0o755),
+		dir("./opaque/", 0o750),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "./opaque/.wh..wh..opq"}},
+		dir("./opaque/sub/", 0o750),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "./.wh.gone"}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "./data", Mode: 0o640, Uid: 1000, Gid: 1001, Size: int64(len(data)),
+			PAXRecords: map[string]string{"SCHILY.xattr.user.note": "kept"}}, data: bytes.NewReader(data)},
+		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "./opaque/sub/hardlink", Linkname: "./data"}},
+		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "./opaque/link", Linkname: "../data", Mode: 0o777}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "./sparse", Mode: 0o644, Size: sparseSize},
+			data: io.MultiReader(io.LimitReader(zeroReader{}, sparseSize-3), strings.NewReader("end"))},
+	}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// TestLayerFromTarKeepsOverlayMetadata writes a layer from a tar holding
+// everything a layer can hold and checks the mounted image shows what
+// containerd's overlay applier makes of it: the same tree as
+// TestCreateLayerKeepsOverlayMetadata's, whiteouts as overlay whiteouts,
+// under LayerDir, and nothing else; the 1 GiB of zeros costs no host disk;
+// the image is clean and has a UUID of its own.
+func TestLayerFromTarKeepsOverlayMetadata(t *testing.T) {
+	roottest.Require(t, "e2fsck")
+	ctx := context.Background()
+	dir := roottest.TempDir(t)
+	data := make([]byte, 3<<20+17)
+	rand.Read(data)
+	pr, pw := io.Pipe()
+	go func() {
+		defer pw.Close()
+		writeOCITar(t, pw, upperTreeTar(t, data))
+	}()
+	img := filepath.Join(dir, "layer.img")
+	layer, err := LayerFromTar(ctx, pr, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if layer.Inodes != upperTreeInodes {
+		t.Errorf("inodes = %d, want %d", layer.Inodes, upperTreeInodes)
+	}
+	if fp := fileFootprint(t, img); layer.Bytes != fp || fp > 8<<20 {
+		t.Errorf("layer footprint %d bytes (reported %d) for 3 MiB of data", fp, layer.Bytes)
+	}
+	requireClean(t, img)
+	other := filepath.Join(dir, "other.img")
+	var small bytes.Buffer
+	writeOCITar(t, &small, []ociEntry{{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "x/", Mode: 0o755}}})
+	if _, err := LayerFromTar(ctx, &small, other); err != nil {
+		t.Fatal(err)
+	}
+	a, err := ReadSuperblock(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ReadSuperblock(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.UUID == b.UUID || a.UUID == [16]byte{} {
+		t.Errorf("layers share UUID %s and %s", a.UUIDString(), b.UUIDString())
+	}
+	root := mountLayer(t, img, filepath.Join(dir, "mnt"))
+	checkLayerTree(t, root, data)
+	buf := make([]byte, 16)
+	if n, err := unix.Getxattr(filepath.Join(root, "data"), "user.note", buf); err != nil || string(buf[:n]) != "kept" {
+		t.Errorf("user xattr = %q %v", buf[:n], err)
+	}
+}
+
+// TestLayerFromTarStaysInside writes entries whose names climb out of the
+// layer: each lands inside it, cleaned as if rooted.
+func TestLayerFromTarStaysInside(t *testing.T) {
+	roottest.Require(t)
+	dir := roottest.TempDir(t)
+	var tarball bytes.Buffer
+	file := func(name string) ociEntry {
+		return ociEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: 1}, data: strings.NewReader("x")}
+	}
+	writeOCITar(t, &tarball, []ociEntry{file("../../up"), file("/abs"), file("a/../../b")})
+	img := filepath.Join(dir, "layer.img")
+	if _, err := LayerFromTar(context.Background(), &tarball, img); err != nil {
+		t.Fatal(err)
+	}
+	root := mountLayer(t, img, filepath.Join(dir, "mnt"))
+	for _, name := range []string{"up", "abs", "b"} {
+		if _, err := os.Stat(filepath.Join(root, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Dir(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != LayerDir && e.Name() != "lost+found" {
+			t.Errorf("%s outside %s", e.Name(), LayerDir)
+		}
+	}
+}
+
+// TestLayerFromTarBadInput gives broken tars: each fails, and nothing is
+// left at the path or beside it.
+func TestLayerFromTarBadInput(t *testing.T) {
+	var whole bytes.Buffer
+	writeOCITar(t, &whole, []ociEntry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, Size: 4096},
+		data: bytes.NewReader(make([]byte, 4096))}})
+	var orphan bytes.Buffer
+	writeOCITar(t, &orphan, []ociEntry{{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "l", Linkname: "missing"}}})
+	for name, input := range map[string][]byte{
+		"truncated":        whole.Bytes()[:1024],
+		"garbage":          bytes.Repeat([]byte("not a tar "), 200),
+		"link to no file":  orphan.Bytes(),
+		"header cut short": whole.Bytes()[:100],
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			img := filepath.Join(dir, "layer.img")
+			if _, err := LayerFromTar(context.Background(), bytes.NewReader(input), img); err == nil {
+				t.Fatal("no error")
+			}
+			assertOnly(t, dir)
+		})
+	}
+	t.Run("exists", func(t *testing.T) {
+		dir := t.TempDir()
+		img := filepath.Join(dir, "layer.img")
+		if err := os.WriteFile(img, []byte("keep"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LayerFromTar(context.Background(), bytes.NewReader(whole.Bytes()), img); err == nil {
+			t.Fatal("no error")
+		}
+		if b, _ := os.ReadFile(img); string(b) != "keep" {
+			t.Errorf("existing file changed: %q", b)
+		}
+	})
+}
+
+// FuzzLayerFromTar feeds arbitrary bytes as a layer tar (untrusted input:
+// a registry's blob): no panic, and what is accepted is an image.
+func FuzzLayerFromTar(f *testing.F) {
+	var seed bytes.Buffer
+	writeOCITar(f, &seed, []ociEntry{
+		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "d/", Mode: 0o755}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "d/.wh.x"}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "d/f", Mode: 0o644, Size: 5}, data: strings.NewReader("hello")},
+		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "d/l", Linkname: "d/f"}},
+	})
+	f.Add(seed.Bytes())
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, input []byte) {
+		img := filepath.Join(t.TempDir(), "layer.img")
+		if _, err := LayerFromTar(context.Background(), bytes.NewReader(input), img); err != nil {
+			return
+		}
+		if _, err := ReadSuperblock(img); err != nil {
+			t.Fatalf("accepted input made no image: %v", err)
+		}
+	})
+}
