@@ -29,11 +29,14 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/control"
+	"github.com/snugfs/snug/differ"
 	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/snapshotter"
@@ -98,6 +101,7 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 
 	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
+	differ.New(sn, contentStore(ctrd)).Register(rpc)
 	ctl := control.NewServer(service{hookCalls: hookCalls{sn: sn.Images(), policy: file}, sn: sn, images: sn.Images(), doctor: doctor, ctrd: ctrd})
 
 	bgCtx, stopBg := context.WithCancel(ctx)
@@ -220,4 +224,18 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 		entry.Debug("call")
 	}
 	return resp, err
+}
+
+// contentStore is containerd's content store, for the differ.
+func contentStore(ctrd *fsck.Containerd) func() (content.Store, error) {
+	return func() (content.Store, error) {
+		if ctrd == nil {
+			return nil, fmt.Errorf("snug's differ needs containerd_address in the configuration: %w", errdefs.ErrFailedPrecondition)
+		}
+		cl, err := ctrd.Client()
+		if err != nil {
+			return nil, err
+		}
+		return cl.ContentStore(), nil
+	}
 }

@@ -75,6 +75,9 @@ func NewContainerd(address string, index SnapshotIndex) *Containerd {
 	return &Containerd{address: address, index: index}
 }
 
+// Client returns the client, connecting first if need be.
+func (c *Containerd) Client() (*containerd.Client, error) { return c.get() }
+
 // get returns the client, connecting first if need be. The dial runs
 // outside c.mu: two first calls may both dial, and the second client is
 // closed.

@@ -31,7 +31,7 @@ import (
 // The image gets a UUID of its own (the error monitor tells filesystems
 // apart by it), is written under a temporary name, synced and renamed into
 // place, so a crash leaves either nothing at path or the whole layer. It
-// returns what the image costs the host and how many inodes it holds.
+// returns the layer's usage (LayerUsage).
 func LayerFromTar(ctx context.Context, r io.Reader, path string) (Layer, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return Layer{}, fmt.Errorf("layer from tar %s: %w", path, ErrExists)
@@ -75,12 +75,7 @@ func LayerFromTar(ctx context.Context, r io.Reader, path string) (Layer, error) 
 		os.Remove(tmp)
 		return Layer{}, err
 	}
-	fp, err := Footprint(path)
-	if err != nil {
-		return Layer{}, err
-	}
-	// The entries plus LayerDir itself, as LayerOf counts an upper dir.
-	return Layer{Bytes: fp, Inodes: lt.entries + 1}, nil
+	return LayerUsage(path)
 }
 
 // MaxLayerSize bounds what one layer from a tar may hold; the writer
@@ -88,7 +83,7 @@ func LayerFromTar(ctx context.Context, r io.Reader, path string) (Layer, error) 
 const MaxLayerSize = 256 << 30
 
 // layerTar reads an OCI layer tar and yields the same tar with every entry
-// moved under LayerDir (hard link targets with it), counting the entries.
+// moved under LayerDir (hard link targets with it).
 // Names are cleaned as if rooted: an entry cannot leave the layer (nor
 // could it leave the image). It re-encodes headers only; file data passes
 // through from the reader to the caller's buffer.
@@ -100,7 +95,6 @@ type layerTar struct {
 	size    int64        // the current entry's size
 	copied  int64        // its bytes copied so far
 	eof     bool
-	entries int64
 }
 
 func newLayerTar(ctx context.Context, r io.Reader) *layerTar {
@@ -174,16 +168,8 @@ func (l *layerTar) next() error {
 		return fmt.Errorf("layer tar: %s: %w", hdr.Name, err)
 	}
 	l.inData, l.size, l.copied = true, hdr.Size, 0
-	// Inodes, as LayerOf counts an upper dir's entries: the root is
-	// LayerDir (counted once by the caller), an opaque marker an xattr.
-	if hdr.Name != LayerDir+"/" && path.Base(hdr.Name) != opaqueMarker {
-		l.entries++
-	}
 	return nil
 }
-
-// opaqueMarker is the OCI whiteout that makes its directory opaque.
-const opaqueMarker = ".wh..wh..opq"
 
 // blockSizeTar is the tar format's record block.
 const blockSizeTar = 512
@@ -328,3 +314,22 @@ const sparseBlock = 4096
 var zeroBlock [sparseBlock]byte
 
 func allZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
+
+// LayerUsage measures a layer image LayerFromTar wrote: what it costs the
+// host, and the inodes of its files (those in use, less the reserved ones
+// and lost+found; a file's hard links share one).
+func LayerUsage(path string) (Layer, error) {
+	sb, err := ReadSuperblock(path)
+	if err != nil {
+		return Layer{}, fmt.Errorf("layer %s: %w", path, err)
+	}
+	fp, err := Footprint(path)
+	if err != nil {
+		return Layer{}, err
+	}
+	const reserved = tarLayerFirstInode - 1 + 1 // inodes 1-10 and lost+found
+	return Layer{Bytes: fp, Inodes: max(sb.Inodes-sb.FreeInodes-reserved, 0)}, nil
+}
+
+// tarLayerFirstInode is the first inode tar2ext4 gives a file.
+const tarLayerFirstInode = 11

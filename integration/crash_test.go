@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -107,6 +110,43 @@ func TestCrashMatrix(t *testing.T) {
 	commit := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		return sn.Commit(ctx, "layer2", "work")
 	})
+	// applyLayer plays containerd's unpacker and snug's differ up to the
+	// Commit: an extraction snapshot on base, its layer written from a tar
+	// where the differ writes it.
+	applyLayer := func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter) {
+		mounts, err := sn.Prepare(ctx, "extract", "base", snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "layer2"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var upper string
+		for _, o := range mounts[0].Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				upper = v
+			}
+		}
+		var tarball bytes.Buffer
+		tw := tar.NewWriter(&tarball)
+		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "layer2-file", Mode: 0o644, Size: 6})
+		tw.Write([]byte("layer2"))
+		tw.Close()
+		if _, err := imagefs.LayerFromTar(ctx, &tarball, filepath.Join(filepath.Dir(filepath.Dir(upper)), "applied.img")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commitApplied := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
+		return sn.Commit(ctx, "layer2", "extract")
+	})
+	// layer2Reads checks the committed layer2 shows the applied layer.
+	layer2Reads := func(t *testing.T, d *daemon) {
+		sn := d.Snapshotter(t)
+		mounts, err := sn.View(context.Background(), "check-layer2", "layer2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readThrough(t, mounts, "layer2-file"); got != "layer2" {
+			t.Errorf("layer2-file = %q", got)
+		}
+	}
 	remove := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		return sn.Remove(ctx, "work")
 	})
@@ -243,6 +283,12 @@ func TestCrashMatrix(t *testing.T) {
 		// The rw image half converted into the layer: its upper dir renamed,
 		// the file not yet.
 		{op: "commit", point: "convert-renamed", hit: commit, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}, "work")},
+		// A layer snug's differ wrote from its tar: before the record the
+		// extraction stays active; after it, the layer is that image (taken
+		// by a rename), whatever step the kill interrupted.
+		{op: "commit-applied", point: "commit-built", prep: applyLayer, hit: commitApplied, want: with(map[string]snapshots.Kind{"extract": snapshots.KindActive})},
+		{op: "commit-applied", point: "commit-recorded", prep: applyLayer, hit: commitApplied, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}), after: layer2Reads},
+		{op: "commit-applied", point: "applied-taken", prep: applyLayer, hit: commitApplied, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}), after: layer2Reads},
 		{op: "remove", point: "remove-recorded", hit: remove, want: with(nil, "work")},
 		{op: "remove", point: "removedir-unmounted", hit: remove, want: with(nil, "work")},
 		{op: "cleanup", point: "removedir-unmounted", hit: cleanup, want: with(nil)},

@@ -15,8 +15,10 @@ import (
 	"github.com/snugfs/snug/internal/failpoint"
 )
 
-// Commit turns the active snapshot key into the committed snapshot name:
-// its rw image becomes the layer's read-only image, in place
+// Commit turns the active snapshot key into the committed snapshot name.
+// A layer snug's differ wrote straight from its tar (LayerTarget) becomes
+// the snapshot's layer image, and the rw image goes unwritten. Otherwise
+// the rw image becomes the layer's read-only image, in place
 // (imagefs.ConvertToLayer): the upper dir the unpack filled is the layer,
 // written once. The image is synced and its usage measured before anything
 // is recorded; the snapshot is then recorded as committed, and converge
@@ -55,7 +57,10 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return fmt.Errorf("commit %s as %s: image not in service: %w", key, name, errdefs.ErrUnavailable)
 	}
 	start := time.Now()
-	layer, err := imagefs.LayerOf(m, s.upperPath(id))
+	layer, fromTar, err := s.appliedLayer(id)
+	if !fromTar && err == nil {
+		layer, err = imagefs.LayerOf(m, s.upperPath(id))
+	}
 	if err != nil {
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
@@ -77,6 +82,6 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		log.G(ctx).WithError(err).WithField("name", name).Error("committed; mounting the layer failed and will be retried")
 	}
 	log.G(ctx).WithFields(log.Fields{"name": name, "id": id, "layer": config.FormatBytes(layer.Bytes), "files": layer.Inodes,
-		"synced": synced, "converted": time.Since(start) - synced}).Debug("committed")
+		"from tar": fromTar, "synced": synced, "converted": time.Since(start) - synced}).Debug("committed")
 	return nil
 }

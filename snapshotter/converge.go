@@ -80,9 +80,10 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 
 // convertLayer turns a committed snapshot's rw image, still there after
 // its Commit (or a crash during one), into its layer image
-// (imagefs.ConvertToLayer). A layer image made already beside it by an
-// older snug, which packed layers into a new file, wins: the rw image's
-// content is in it, and the rw image is dropped unwritten.
+// (imagefs.ConvertToLayer). A layer image made already beside it wins, and
+// the rw image is dropped unwritten: the layer snug's differ wrote from the
+// tar (renamed to the layer image here), or one an older snug, which packed
+// layers into a new file, made of the rw image's content.
 func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable, id string) error {
 	dir := s.snapshotDir(id)
 	rw, layer := filepath.Join(dir, rwImage), filepath.Join(dir, layerImage)
@@ -92,6 +93,9 @@ func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable,
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	s.images.Unmounting(id)
+	if err := takeApplied(dir); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
 	if _, err := os.Lstat(layer); err == nil {
 		if m, err := find(tbl, rw); err == nil {
 			if err := m.Discard(ctx); err != nil {
@@ -347,3 +351,27 @@ func chownLike(dir, ref string) error {
 
 // isTemporary reports a snapshot directory still being built.
 func isTemporary(name string) bool { return strings.HasPrefix(name, newPrefix) }
+
+// takeApplied makes the layer snug's differ wrote for a committed snapshot
+// its layer image (a rename, made durable), unless it has one.
+func takeApplied(dir string) error {
+	from, to := filepath.Join(dir, applied), filepath.Join(dir, layerImage)
+	if _, err := os.Lstat(from); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(to); err == nil {
+		return os.Remove(from)
+	}
+	if err := os.Rename(from, to); err != nil {
+		return err
+	}
+	failpoint.Inject("applied-taken")
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

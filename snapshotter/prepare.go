@@ -83,6 +83,14 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		}
 	}
 
+	if _, ok := base.Labels[snapshots.LabelSnapshotRef]; ok && kind == snapshots.KindActive {
+		// An image layer's extraction: snug's differ may write the layer
+		// straight into its image (LayerTarget).
+		if err := os.WriteFile(filepath.Join(td, extraction), nil, 0o600); err != nil {
+			return nil, fmt.Errorf("prepare %s: %w", key, imagefs.HostError(err))
+		}
+	}
+
 	failpoint.Inject("prepare-built")
 	var snap storage.Snapshot
 	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {

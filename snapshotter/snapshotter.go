@@ -22,13 +22,15 @@ import (
 
 // File names inside a snapshot's directory, root/snapshots/<id>/.
 const (
-	rwImage    = "rw.img"    // an active snapshot's thin writable image
-	layerImage = "layer.img" // a committed snapshot's read-only layer image
-	mountDir   = "mnt"       // where the snapshot's image is mounted
-	emptyDir   = "empty"     // the content of a view without parent
-	upperDir   = "upper"     // overlay upper dir, inside the mounted rw image
-	workDir    = "work"      // overlay work dir, inside the mounted rw image
-	newPrefix  = "new-"      // a snapshot directory still being built
+	rwImage    = "rw.img"      // an active snapshot's thin writable image
+	layerImage = "layer.img"   // a committed snapshot's read-only layer image
+	applied    = "applied.img" // a layer snug's differ wrote for an active snapshot, taken at its Commit
+	extraction = "extraction"  // marks an active snapshot the unpacker prepared for a layer
+	mountDir   = "mnt"         // where the snapshot's image is mounted
+	emptyDir   = "empty"       // the content of a view without parent
+	upperDir   = "upper"       // overlay upper dir, inside the mounted rw image
+	workDir    = "work"        // overlay work dir, inside the mounted rw image
+	newPrefix  = "new-"        // a snapshot directory still being built
 )
 
 // Snapshotter is containerd's snapshots.Snapshotter on thin ext4 images.

@@ -5,7 +5,7 @@
 //	cmd/...                       the binaries
 //	daemon, snapshotter/plugin    snug serve; containerd's built-in plugin
 //	control, hooks                the control API's transport; the OCI hooks
-//	snapshotter, fsck             containerd's snapshots API; the error monitor
+//	snapshotter, fsck, differ     containerd's snapshots API; the error monitor; the diff applier
 //	config                        the TOML policy
 //	imagefs                       the thin ext4 images
 //	api, control/wire             what snug reports; the control protocol

@@ -26,7 +26,7 @@ func layer(pkg string) (rank int, ok bool) {
 		return 3, true
 	case pkg == "images":
 		return 4, true
-	case pkg == "snapshotter", pkg == "fsck":
+	case pkg == "snapshotter", pkg == "fsck", pkg == "differ":
 		return 5, true
 	case pkg == "control", pkg == "hooks":
 		return 6, true
