@@ -151,6 +151,12 @@ func (l *layerTar) next() error {
 	if hdr.Typeflag == tar.TypeXGlobalHeader {
 		return nil
 	}
+	// No path the kernel could not take in one piece (containerd's applier
+	// fails on it too); it also bounds the writer's recursion over deep
+	// trees.
+	if len(hdr.Name) > unix.PathMax || len(hdr.Linkname) > unix.PathMax {
+		return fmt.Errorf("layer tar: a name of %d bytes: %w", max(len(hdr.Name), len(hdr.Linkname)), unix.ENAMETOOLONG)
+	}
 	hdr.Name = inLayer(hdr.Name)
 	if hdr.Typeflag == tar.TypeLink {
 		hdr.Linkname = inLayer(hdr.Linkname)

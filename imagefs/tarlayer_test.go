@@ -164,7 +164,10 @@ func TestLayerFromTarBadInput(t *testing.T) {
 		data: bytes.NewReader(make([]byte, 4096))}})
 	var orphan bytes.Buffer
 	writeOCITar(t, &orphan, []ociEntry{{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "l", Linkname: "missing"}}})
+	var deep bytes.Buffer
+	writeOCITar(t, &deep, []ociEntry{{hdr: tar.Header{Typeflag: tar.TypeDir, Name: strings.Repeat("d/", 3000), Mode: 0o755}}})
 	for name, input := range map[string][]byte{
+		"path too long":    deep.Bytes(),
 		"truncated":        whole.Bytes()[:1024],
 		"garbage":          bytes.Repeat([]byte("not a tar "), 200),
 		"link to no file":  orphan.Bytes(),
