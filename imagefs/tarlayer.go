@@ -248,6 +248,8 @@ type sparseWriter struct {
 	off  int64 // where the next Read or Write goes
 	high int64 // everything from here on was never written
 	size int64 // the file's size once finished
+	// kicked: data before it was handed to writeback (startWriteback).
+	kicked int64
 }
 
 func (w *sparseWriter) Read(p []byte) (int, error) {
@@ -291,6 +293,7 @@ func (w *sparseWriter) Write(p []byte) (int, error) {
 			if _, err := w.f.WriteAt(p[:n], w.off); err != nil {
 				return written, err
 			}
+			w.startWriteback(w.off + int64(n))
 		}
 		w.off += int64(n)
 		w.high = max(w.high, w.off)
@@ -310,6 +313,21 @@ func (w *sparseWriter) skippable(p []byte) bool {
 func (w *sparseWriter) skippableAt(off int64, chunk []byte) bool {
 	return off >= w.high && len(chunk) == sparseBlock && allZero(chunk)
 }
+
+// startWriteback starts writing the file's data up to end to the disk,
+// without waiting, every writebackChunk bytes: the sync at the end then
+// waits for the last chunk, not for the whole layer.
+func (w *sparseWriter) startWriteback(end int64) {
+	if end-w.kicked < writebackChunk {
+		return
+	}
+	// Advice only: an error leaves the work to the final fsync.
+	_ = unix.SyncFileRange(int(w.f.Fd()), w.kicked, end-w.kicked, unix.SYNC_FILE_RANGE_WRITE)
+	w.kicked = end
+}
+
+// writebackChunk is how much written data startWriteback lets pile up.
+const writebackChunk = 8 << 20
 
 // finish gives the file its size (trailing holes are not written).
 func (w *sparseWriter) finish() error { return w.f.Truncate(w.size) }
