@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
 	"golang.org/x/sys/unix"
@@ -95,10 +96,12 @@ type layerTar struct {
 	size    int64        // the current entry's size
 	copied  int64        // its bytes copied so far
 	eof     bool
+	dirs    map[string]bool // directories written, by name in the image
+	now     time.Time       // the time of directories the tar does not list
 }
 
 func newLayerTar(ctx context.Context, r io.Reader) *layerTar {
-	return &layerTar{ctx: ctx, tr: tar.NewReader(r)}
+	return &layerTar{ctx: ctx, tr: tar.NewReader(r), dirs: map[string]bool{}, now: time.Now()}
 }
 
 func (l *layerTar) Read(p []byte) (int, error) {
@@ -161,6 +164,27 @@ func (l *layerTar) next() error {
 	if hdr.Typeflag == tar.TypeLink {
 		hdr.Linkname = inLayer(hdr.Linkname)
 	}
+	// Admin xattrs (trusted.*, overlayfs's own among them) are not taken
+	// from a layer, as containerd's applier refuses them: only the
+	// whiteout conversion sets one.
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, paxXattr+"trusted.") {
+			delete(hdr.PAXRecords, k)
+		}
+	}
+	for k := range hdr.Xattrs { //nolint:staticcheck
+		if strings.HasPrefix(k, "trusted.") {
+			delete(hdr.Xattrs, k) //nolint:staticcheck
+		}
+	}
+	// A directory the tar does not list is made as containerd's applier
+	// makes it: 0755, root's, now.
+	if err := l.parents(hdr.Name); err != nil {
+		return err
+	}
+	if hdr.Typeflag == tar.TypeDir {
+		l.dirs[strings.TrimSuffix(hdr.Name, "/")] = true
+	}
 	if hdr.Typeflag == tar.TypeGNUSparse { // the reader expands its holes
 		hdr.Typeflag = tar.TypeReg
 	}
@@ -176,6 +200,26 @@ func (l *layerTar) next() error {
 	l.inData, l.size, l.copied = true, hdr.Size, 0
 	return nil
 }
+
+// parents writes a directory entry for each parent of name not seen yet.
+func (l *layerTar) parents(name string) error {
+	dir := path.Dir(strings.TrimSuffix(name, "/"))
+	var missing []string
+	for ; dir != "." && dir != "/" && !l.dirs[dir]; dir = path.Dir(dir) {
+		missing = append(missing, dir)
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		l.dirs[missing[i]] = true
+		hdr := &tar.Header{Typeflag: tar.TypeDir, Name: missing[i] + "/", Mode: 0o755, ModTime: l.now, AccessTime: l.now, ChangeTime: l.now, Format: tar.FormatPAX}
+		if err := tar.NewWriter(&l.pending).WriteHeader(hdr); err != nil {
+			return fmt.Errorf("layer tar: %s: %w", hdr.Name, err)
+		}
+	}
+	return nil
+}
+
+// paxXattr prefixes an xattr's PAX record.
+const paxXattr = "SCHILY.xattr."
 
 // blockSizeTar is the tar format's record block.
 const blockSizeTar = 512
