@@ -7,7 +7,9 @@
 // unpack configuration (README). Whatever the snapshotter does not take
 // (snug.Snapshotter.LayerTarget: anything but a layer's extraction) is
 // applied the usual way, by containerd's own file-system applier, so the
-// differ can serve every unpack into snug. It compares nothing: Diff is
+// differ can serve every unpack into snug; so is a layer the one-pass
+// writer refuses (a file listed twice in one tar: containerd's applier
+// keeps the last). It compares nothing: Diff is
 // answered "not implemented", and containerd's walking differ makes diffs.
 package differ
 
@@ -118,7 +120,13 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	}
 	if err != nil {
 		os.Remove(target) // a layer whose stream failed after it was written
-		return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", desc.Digest, err)
+		if ctx.Err() != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", desc.Digest, err)
+		}
+		// What the writer cannot make (a file listed twice in one tar,
+		// say), containerd's applier may: it reads the blob again.
+		log.G(ctx).WithError(err).WithField("digest", desc.Digest).Warn("layer not written from its tar; applying it through the mounts")
+		return apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
 	}
 	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "layer": layer.Bytes, "files": layer.Inodes,
 		"took": time.Since(start)}).Debug("layer written from its tar")

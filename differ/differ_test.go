@@ -34,16 +34,17 @@ func (t targets) LayerTarget(context.Context, []mount.Mount) (string, error) {
 
 // layerBlob stores a gzipped layer tar holding /hello and a whiteout in a
 // real content store, and returns its descriptor and the uncompressed
-// tar's digest (the diff ID).
-func layerBlob(t *testing.T, ctx context.Context, store content.Store) (ocispec.Descriptor, digest.Digest, int64) {
+// tar's digest (the diff ID). more are further entries, each holding
+// "hello\n".
+func layerBlob(t *testing.T, ctx context.Context, store content.Store, more ...tar.Header) (ocispec.Descriptor, digest.Digest, int64) {
 	t.Helper()
 	var raw bytes.Buffer
 	tw := tar.NewWriter(&raw)
-	for _, h := range []tar.Header{
+	for _, h := range append([]tar.Header{
 		{Typeflag: tar.TypeDir, Name: "etc/", Mode: 0o755},
 		{Typeflag: tar.TypeReg, Name: "etc/hello", Mode: 0o644, Size: 6},
 		{Typeflag: tar.TypeReg, Name: "etc/.wh.gone"},
-	} {
+	}, more...) {
 		if err := tw.WriteHeader(&h); err != nil {
 			t.Fatal(err)
 		}
@@ -133,5 +134,31 @@ func TestApplyWithoutContainerd(t *testing.T) {
 	d := New(targets{"x"}, func() (content.Store, error) { return nil, want })
 	if _, err := d.Apply(context.Background(), ocispec.Descriptor{}, nil); !errors.Is(err, want) {
 		t.Errorf("err = %v, want %v", err, want)
+	}
+}
+
+// TestApplyFallsBackOnATarTheWriterRefuses applies a layer listing a file
+// twice (the writer refuses to overwrite a file): nothing is left at the
+// target, and containerd's applier unpacks it into the mounts, the last
+// entry winning.
+func TestApplyFallsBackOnATarTheWriterRefuses(t *testing.T) {
+	roottest.Require(t)
+	ctx, store := newStore(t)
+	desc, diffID, _ := layerBlob(t, ctx, store, tar.Header{Typeflag: tar.TypeReg, Name: "etc/hello", Mode: 0o600, Size: 6})
+	dir := roottest.TempDir(t)
+	target := filepath.Join(t.TempDir(), "applied.img")
+	d := New(targets{target}, func() (content.Store, error) { return store, nil })
+	got, err := d.Apply(ctx, desc, []mount.Mount{{Type: "bind", Source: dir, Options: []string{"rbind", "rw"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest != diffID {
+		t.Errorf("applied %s, want %s", got.Digest, diffID)
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused layer left %s: %v", target, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "etc/hello")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("etc/hello: %v %v, want the second entry's mode 0600", fi, err)
 	}
 }
