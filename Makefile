@@ -77,7 +77,7 @@ bench-imagefs: deps
 	    $(GO) test -count=1 -timeout 60m -run '^TestChurnBenchmark$$' -v ./bench || exit 1; \
 	done
 	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \
-	  $(GO) test -count=1 -timeout 10m -run '^(TestCommitOptionsBenchmark|TestTemplateBenchmark|TestCeilingBenchmark)$$' -v ./bench
+	  $(GO) test -count=1 -timeout 10m -run '^(TestCommitOptionsBenchmark|TestTemplateBenchmark|TestCeilingBenchmark|TestLayerFromTarBenchmark)$$' -v ./bench
 
 # bench-containerd: image import time and `ctr run --rm ... true` latency of
 # snug, overlayfs, erofs and blockfile in one containerd, round robin;
