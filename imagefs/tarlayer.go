@@ -113,6 +113,9 @@ func (l *layerTar) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if l.inData {
+			if err := l.ctx.Err(); err != nil { // a cancelled pull stops mid-file too
+				return 0, err
+			}
 			n, err := l.tr.Read(p)
 			l.copied += int64(n)
 			if n > 0 {
@@ -192,6 +195,9 @@ func (l *layerTar) next() error {
 	// as containerd's applier ignores it.
 	if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
 		hdr.Size = 0
+	}
+	if hdr.Size > MaxLayerSize { // a sparse file's zeros would take hours to go through
+		return fmt.Errorf("layer tar: %s: %d bytes, more than a layer image holds: %w", hdr.Name, hdr.Size, unix.EFBIG)
 	}
 	tw := tar.NewWriter(&l.pending) // writes the header blocks at once
 	if err := tw.WriteHeader(hdr); err != nil {

@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -218,4 +220,27 @@ func FuzzLayerFromTar(f *testing.F) {
 			t.Fatalf("accepted input made no image: %v", err)
 		}
 	})
+}
+
+// TestLayerFromTarStopsWhenCancelled cancels the writing of a layer in the
+// middle of a 200 GiB file of zeros: it stops at once and leaves nothing.
+func TestLayerFromTarStopsWhenCancelled(t *testing.T) {
+	var hdr bytes.Buffer
+	tw := tar.NewWriter(&hdr)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "zeros", Mode: 0o644, Size: 100 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Flush()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := LayerFromTar(ctx, io.MultiReader(&hdr, zeroReader{}), filepath.Join(dir, "layer.img"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want the deadline", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("stopped %v after the start, the deadline was 200ms", took)
+	}
+	assertOnly(t, dir)
 }
