@@ -13,12 +13,9 @@
 set -euo pipefail
 n=${1:-50}
 rounds=${2:-2}
-here=$(cd "$(dirname "$0")/.." && pwd)
-export PATH=${SNUG_CACHE:-/var/cache/snug}/containerd-v2.4.2/bin:/usr/sbin:/sbin:$PATH
-for tool in ctr containerd bc "$here/bin/snug"; do
-  command -v "$tool" >/dev/null || { echo "burst-cpu: needs $tool (make deps build)" >&2; exit 1; }
-done
-dir=$(mktemp -d /var/lib/snug-burst.XXXXXX)
+. "$(dirname "$0")/lib.sh"
+bench_needs burst-cpu ctr containerd bc
+dir=$(bench_workdir snug-burst)
 trap '"$here/scripts/stack.sh" down "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
 "$here/scripts/stack.sh" up "$dir" "$here/bin/snug" >/dev/null
 "$here/scripts/testimage.sh" "$dir/image.tar" localhost/snug-test:latest >/dev/null

@@ -17,12 +17,9 @@
 # Usage: bench/import-writeback.sh [ROUNDS]   (5)
 set -euo pipefail
 rounds=${1:-5}
-here=$(cd "$(dirname "$0")/.." && pwd)
-export PATH=${SNUG_CACHE:-/var/cache/snug}/containerd-v2.4.2/bin:/usr/sbin:/sbin:$PATH
-for tool in ctr containerd "$here/bin/snug"; do
-  command -v "$tool" >/dev/null || { echo "import-writeback: needs $tool (make deps build)" >&2; exit 1; }
-done
-dir=$(mktemp -d /var/lib/snug-writeback.XXXXXX)
+. "$(dirname "$0")/lib.sh"
+bench_needs import-writeback ctr containerd
+dir=$(bench_workdir snug-writeback)
 helper=
 cleanup() {
   [ -n "$helper" ] && kill "$helper" 2>/dev/null || true
@@ -30,9 +27,10 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-printf '#!/bin/sh\nexec %q "$@" --log-level debug\n' "$here/bin/snug" >"$dir/snug-debug"
-chmod +x "$dir/snug-debug"
-"$here/scripts/stack.sh" up "$dir/stack" "$dir/snug-debug" >/dev/null
+bench_debug_snug "$dir"
+# This measures unpacking through the rw images, which snug's differ (since
+# 2026-12-05) no longer does: the stack runs without it.
+SNUG_NO_DIFFER=1 "$here/scripts/stack.sh" up "$dir/stack" "$dir/snug-debug" >/dev/null
 SNUG_BIGLAYER=1 "$here/scripts/testimage.sh" "$dir/big.tar" localhost/big:latest >/dev/null
 ctr() { command ctr -a "$dir/stack/containerd.sock" "$@"; }
 

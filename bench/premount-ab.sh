@@ -16,19 +16,15 @@ set -euo pipefail
 runs=${1:-40}
 bursts=${2:-2}
 n=${3:-50}
-here=$(cd "$(dirname "$0")/.." && pwd)
-export PATH=${SNUG_CACHE:-/var/cache/snug}/containerd-v2.4.2/bin:/usr/sbin:/sbin:$PATH
-for tool in ctr containerd "$here/bin/snug"; do
-  command -v "$tool" >/dev/null || { echo "premount-ab: needs $tool (make deps build)" >&2; exit 1; }
-done
-dir=$(mktemp -d /var/lib/snug-premount.XXXXXX)
+. "$(dirname "$0")/lib.sh"
+bench_needs premount-ab ctr containerd
+dir=$(bench_workdir snug-premount)
 cleanup() {
   for s in off on; do "$here/scripts/stack.sh" down "$dir/$s" >/dev/null 2>&1 || true; done
   rm -rf "$dir"
 }
 trap cleanup EXIT
-printf '#!/bin/sh\nexec %q "$@" --log-level debug\n' "$here/bin/snug" >"$dir/snug-debug"
-chmod +x "$dir/snug-debug"
+bench_debug_snug "$dir"
 SNUG_EXTRA_POLICY=$'[pool]\npremount = false' "$here/scripts/stack.sh" up "$dir/off" "$dir/snug-debug" >/dev/null
 "$here/scripts/stack.sh" up "$dir/on" "$dir/snug-debug" >/dev/null
 "$here/scripts/testimage.sh" "$dir/image.tar" localhost/snug-test:latest >/dev/null

@@ -5,6 +5,8 @@
 #   stack.sh up DIR SNUG_BINARY    start snug serve and containerd, wait until ready
 #   stack.sh down DIR              stop both, unmount and detach everything in DIR
 # In DIR: snug.toml, containerd.toml, *.log, containerd.sock (for ctr -a).
+# SNUG_EXTRA_POLICY adds to snug.toml, SNUG_EXTRA_UNPACK to containerd's
+# unpack_config; SNUG_NO_DIFFER=1 leaves snug's differ out of it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${SNUG_CACHE:-/var/cache/snug}
@@ -37,6 +39,11 @@ TOML
   sed -e "s|@DIR@|$dir|g" -e "s|@SNUG_SOCKET@|$dir/run/snug.sock|g" -e "s|@EXTRA_UNPACK@|${SNUG_EXTRA_UNPACK:-}|" \
     -e "s|@DISABLED_PLUGINS@|$off|" \
     "$here/containerd.toml.in" > "$dir/containerd.toml"
+  # SNUG_NO_DIFFER=1: snug's layers unpacked by containerd's walking differ
+  # through a rw image, converted at Commit (as without snug's differ).
+  if [ "${SNUG_NO_DIFFER:-}" = 1 ]; then
+    sed -i 's/, differ = "snug-diff"//' "$dir/containerd.toml"
+  fi
   # SNUG_CONFIG, SNUG_CONTROL: snug-runc and its hooks (run by the shim)
   # use this stack's daemon.
   SNUG_CONFIG="$dir/snug.toml" SNUG_CONTROL="$dir/run/control.sock" containerd --config "$dir/containerd.toml" > "$dir/containerd.log" 2>&1 &

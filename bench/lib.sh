@@ -1,0 +1,26 @@
+# bench/lib.sh: what the shell benchmarks that drive a throw-away stack
+# (scripts/stack.sh) share. Source it from bench/NAME.sh:
+#   . "$(dirname "$0")/lib.sh"
+#   bench_needs NAME TOOL...   sets $here (the repository), puts the cached
+#                              containerd on PATH, fails unless every TOOL
+#                              (and bin/snug) is there
+#   bench_workdir PREFIX       a fresh directory under /var/lib (prints it)
+#   bench_debug_snug DIR       writes DIR/snug-debug: bin/snug with
+#                              --log-level debug (each call's time logged)
+
+bench_needs() {
+  local name=$1 tool
+  shift
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  export PATH=${SNUG_CACHE:-/var/cache/snug}/containerd-v2.4.2/bin:/usr/sbin:/sbin:$PATH
+  for tool in "$@" "$here/bin/snug"; do
+    command -v "$tool" >/dev/null || { echo "$name: needs $tool (make deps build)" >&2; exit 1; }
+  done
+}
+
+bench_workdir() { mktemp -d "/var/lib/$1.XXXXXX"; }
+
+bench_debug_snug() {
+  printf '#!/bin/sh\nexec %q "$@" --log-level debug\n' "$here/bin/snug" >"$1/snug-debug"
+  chmod +x "$1/snug-debug"
+}
