@@ -101,7 +101,8 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 
 	rpc := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
 	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(sn))
-	differ.New(sn, contentStore(ctrd)).Register(rpc)
+	layers := differ.New(sn, contentStore(ctrd))
+	layers.Register(rpc)
 	ctl := control.NewServer(service{hookCalls: hookCalls{sn: sn.Images(), policy: file}, sn: sn, images: sn.Images(), doctor: doctor, ctrd: ctrd})
 
 	bgCtx, stopBg := context.WithCancel(ctx)
@@ -117,7 +118,7 @@ func Run(ctx context.Context, cfg config.Config, file string, load func() (confi
 	go func() { errc <- rpc.Serve(grpcL) }()
 	if metricsL != nil {
 		go func() {
-			if err := serveMetrics(bgCtx, metricsL, served{sn.Images(), sn}, doctor); err != nil {
+			if err := serveMetrics(bgCtx, metricsL, served{sn.Images(), sn, layers}, doctor); err != nil {
 				errc <- fmt.Errorf("metrics: %w", err)
 			}
 		}()

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/snugfs/snug/differ"
 	"github.com/snugfs/snug/fsck"
 	"github.com/snugfs/snug/images"
 	"github.com/snugfs/snug/snapshotter"
@@ -21,14 +22,19 @@ type metricsSource interface {
 	Status(ctx context.Context) ([]images.ImageStatus, error)
 	Totals() images.Totals
 	Pool() snapshotter.PoolSize
+	Layers() differ.Counts
 }
 
-// served is the metrics' source: the images in service, and the
-// snapshotter's pool.
+// served is the metrics' source: the images in service, the
+// snapshotter's pool, and the differ's layers.
 type served struct {
 	*images.Manager
-	sn *snapshotter.Snapshotter
+	sn     *snapshotter.Snapshotter
+	differ *differ.Differ
 }
+
+// Layers is how the differ's layers went.
+func (s served) Layers() differ.Counts { return s.differ.Counts() }
 
 // Pool is how many images the pool holds, mounted, and aims at.
 func (s served) Pool() snapshotter.PoolSize { return s.sn.Pool() }
@@ -70,6 +76,7 @@ var (
 	descPoolReady = prometheus.NewDesc("snug_pool_ready_images", "Ready-made images in the pool.", nil, nil)
 	descPoolMnt   = prometheus.NewDesc("snug_pool_mounted_images", "Ready-made images the pool holds mounted (pool.premount), each with a loop device.", nil, nil)
 	descPoolAim   = prometheus.NewDesc("snug_pool_target_images", "Images the pool aims at: the policy's [pool], following the recent rate of Prepares.", nil, nil)
+	descLayers    = prometheus.NewDesc("snug_layers_applied_total", "Layers snug's differ applied since the daemon started, by way: written from their tar (tar), onto the mounts as they were not a layer's extraction (mounts), onto the mounts after the one-pass writer refused them (refused).", []string{"way"}, nil)
 
 	descReports     = prometheus.NewDesc("snug_fs_error_reports_total", "ext4 error reports received (fanotify FAN_FS_ERROR, sysfs, online checks) since the daemon started.", nil, nil)
 	descIncidents   = prometheus.NewDesc("snug_incidents_total", "Incidents opened since the daemon started.", nil, nil)
@@ -83,7 +90,7 @@ var (
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQuota, descWindow, descUsed, descFoot, descErrors, descENOSPC, descIGrows, descIRecl, descIFull,
-		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages, descSkipped, descPoolReady, descPoolAim,
+		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages, descSkipped, descPoolReady, descPoolMnt, descPoolAim, descLayers,
 		descReports, descIncidents, descOpen, descRepaired, descQuarantined, descRestarted, descSteps, descStepSecs} {
 		ch <- d
 	}
@@ -133,6 +140,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPoolReady, prometheus.GaugeValue, float64(pool.Ready))
 	ch <- prometheus.MustNewConstMetric(descPoolMnt, prometheus.GaugeValue, float64(pool.Mounted))
 	ch <- prometheus.MustNewConstMetric(descPoolAim, prometheus.GaugeValue, float64(pool.Target))
+	layers := c.src.Layers()
+	for way, n := range map[string]int64{"tar": layers.FromTar, "mounts": layers.ThroughMounts, "refused": layers.Refused} {
+		ch <- prometheus.MustNewConstMetric(descLayers, prometheus.CounterValue, float64(n), way)
+	}
 	if c.incidents == nil {
 		return
 	}

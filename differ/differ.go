@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
@@ -52,6 +53,19 @@ type Targets interface {
 type Differ struct {
 	targets Targets
 	store   func() (content.Store, error) // containerd's content store
+	counts  struct{ tar, mounts, refused atomic.Int64 }
+}
+
+// Counts is how the layers the differ applied since it started went.
+type Counts struct {
+	FromTar       int64 // written from their tar into a layer image
+	ThroughMounts int64 // not a layer's extraction: applied onto the mounts
+	Refused       int64 // refused by the one-pass writer, then applied onto the mounts
+}
+
+// Counts reports how the layers applied so far went.
+func (d *Differ) Counts() Counts {
+	return Counts{FromTar: d.counts.tar.Load(), ThroughMounts: d.counts.mounts.Load(), Refused: d.counts.refused.Load()}
 }
 
 // New returns a differ that reads layers from the content store store
@@ -71,7 +85,11 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	target, err := d.targets.LayerTarget(ctx, mounts)
 	if errdefs.IsNotImplemented(err) {
 		log.G(ctx).WithError(err).WithField("digest", desc.Digest).Debug("applying through the mounts")
-		return apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
+		applied, err := apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
+		if err == nil {
+			d.counts.mounts.Add(1)
+		}
+		return applied, err
 	}
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", desc.Digest, err)
@@ -126,8 +144,13 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 		// What the writer cannot make (a file listed twice in one tar,
 		// say), containerd's applier may: it reads the blob again.
 		log.G(ctx).WithError(err).WithField("digest", desc.Digest).Warn("layer not written from its tar; applying it through the mounts")
-		return apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
+		applied, err := apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
+		if err == nil {
+			d.counts.refused.Add(1)
+		}
+		return applied, err
 	}
+	d.counts.tar.Add(1)
 	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "layer": layer.Bytes, "files": layer.Inodes,
 		"took": time.Since(start)}).Debug("layer written from its tar")
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: tarball.n, Digest: digester.Digest()}, nil

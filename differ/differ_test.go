@@ -87,6 +87,9 @@ func TestApplyWritesTheLayerImage(t *testing.T) {
 	if got.Digest != diffID || got.Size != size || got.MediaType != ocispec.MediaTypeImageLayer {
 		t.Errorf("applied %+v, want digest %s size %d", got, diffID, size)
 	}
+	if c := d.Counts(); c != (Counts{FromTar: 1}) {
+		t.Errorf("counts %+v after one layer from its tar", c)
+	}
 	usage, err := imagefs.LayerUsage(target)
 	if err != nil {
 		t.Fatal(err)
@@ -121,6 +124,9 @@ func TestApplyFallsBackToTheMounts(t *testing.T) {
 	}
 	if got.Digest != diffID {
 		t.Errorf("applied %s, want %s", got.Digest, diffID)
+	}
+	if c := d.Counts(); c != (Counts{ThroughMounts: 1}) {
+		t.Errorf("counts %+v after one layer through the mounts", c)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "etc/hello")); err != nil || string(b) != "hello\n" {
 		t.Errorf("etc/hello = %q %v", b, err)
@@ -157,6 +163,9 @@ func TestApplyFallsBackOnATarTheWriterRefuses(t *testing.T) {
 	}
 	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("refused layer left %s: %v", target, err)
+	}
+	if c := d.Counts(); c != (Counts{Refused: 1}) {
+		t.Errorf("counts %+v after one refused layer", c)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "etc/hello")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("etc/hello: %v %v, want the second entry's mode 0600", fi, err)
