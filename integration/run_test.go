@@ -49,17 +49,7 @@ func TestRunAcrossLayers(t *testing.T) {
 			t.Errorf("container sees %q:\n%s", gone, out)
 		}
 	}
-	// Every layer came through snug's differ, written from its tar: a
-	// compact image without a journal (a converted rw image has one).
-	layers, _ := filepath.Glob(filepath.Join(s.snug.Root, "snapshots", "*", "layer.img"))
-	if len(layers) != 3 {
-		t.Errorf("%d layer images, want 3", len(layers))
-	}
-	for _, l := range layers {
-		if sb, err := imagefs.ReadSuperblock(l); err != nil || sb.HasJournal {
-			t.Errorf("layer %s not written from its tar: %+v %v", l, sb, err)
-		}
-	}
+	requireLayersFromTar(t, s.snug.Root, 3)
 }
 
 // TestContainersWriteToOwnImages runs two containers: what one writes lands
