@@ -3,12 +3,14 @@ package bench
 import (
 	"archive/tar"
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -168,14 +170,7 @@ func timeKernelApply(t *testing.T, ctx context.Context, dir, tarball, layer stri
 
 // median is the run of median time.
 func median(runs []tarLayerRun) tarLayerRun {
-	sorted := append([]tarLayerRun(nil), runs...)
-	for i := range sorted {
-		for j := i + 1; j < len(sorted); j++ {
-			if sorted[j].Seconds < sorted[i].Seconds {
-				sorted[i], sorted[j] = sorted[j], sorted[i]
-			}
-		}
-	}
+	sorted := slices.SortedFunc(slices.Values(runs), func(a, b tarLayerRun) int { return cmp.Compare(a.Seconds, b.Seconds) })
 	return sorted[len(sorted)/2]
 }
 

@@ -85,11 +85,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	target, err := d.targets.LayerTarget(ctx, mounts)
 	if errdefs.IsNotImplemented(err) {
 		log.G(ctx).WithError(err).WithField("digest", desc.Digest).Debug("applying through the mounts")
-		applied, err := apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
-		if err == nil {
-			d.counts.mounts.Add(1)
-		}
-		return applied, err
+		return throughMounts(ctx, store, &d.counts.mounts, desc, mounts, opts)
 	}
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", desc.Digest, err)
@@ -144,16 +140,22 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 		// What the writer cannot make (a file listed twice in one tar,
 		// say), containerd's applier may: it reads the blob again.
 		log.G(ctx).WithError(err).WithField("digest", desc.Digest).Warn("layer not written from its tar; applying it through the mounts")
-		applied, err := apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
-		if err == nil {
-			d.counts.refused.Add(1)
-		}
-		return applied, err
+		return throughMounts(ctx, store, &d.counts.refused, desc, mounts, opts)
 	}
 	d.counts.tar.Add(1)
 	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "layer": layer.Bytes, "files": layer.Inodes,
 		"took": time.Since(start)}).Debug("layer written from its tar")
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: tarball.n, Digest: digester.Digest()}, nil
+}
+
+// throughMounts applies desc onto mounts with containerd's file-system
+// applier (it reads the blob from store itself), counting it in n.
+func throughMounts(ctx context.Context, store content.Store, n *atomic.Int64, desc ocispec.Descriptor, mounts []mount.Mount, opts []diff.ApplyOpt) (ocispec.Descriptor, error) {
+	applied, err := apply.NewFileSystemApplier(store).Apply(ctx, desc, mounts, opts...)
+	if err == nil {
+		n.Add(1)
+	}
+	return applied, err
 }
 
 // counter counts the bytes read through it.

@@ -129,7 +129,7 @@ func (l *layerTar) Read(p []byte) (int, error) {
 			}
 			l.inData = false
 			if pad := l.copied % blockSizeTar; pad != 0 {
-				l.pending.Write(make([]byte, blockSizeTar-pad))
+				l.pending.Write(tarZeros[:blockSizeTar-pad])
 			}
 			continue
 		}
@@ -148,7 +148,7 @@ func (l *layerTar) next() error {
 	hdr, err := l.tr.Next()
 	if errors.Is(err, io.EOF) {
 		l.eof = true
-		l.pending.Write(make([]byte, 2*blockSizeTar))
+		l.pending.Write(tarZeros[:])
 		return nil
 	}
 	if err != nil {
@@ -229,6 +229,9 @@ const paxXattr = "SCHILY.xattr."
 
 // blockSizeTar is the tar format's record block.
 const blockSizeTar = 512
+
+// tarZeros is a tar's padding, and its end (two zero blocks).
+var tarZeros [2 * blockSizeTar]byte
 
 // inLayer maps a tar entry's name to its path in the image.
 func inLayer(name string) string {
