@@ -105,24 +105,28 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 		return ocispec.Descriptor{}, fmt.Errorf("apply %s: %w", desc.Digest, err)
 	}
 	defer ra.Close()
-	processor := diff.NewProcessorChain(desc.MediaType, content.NewReader(ra))
+	// containerd's content store is remote: each read is a round trip, so
+	// read the blob in large pieces (the decompressor asks for 32 KiB).
+	blob := bufio.NewReaderSize(content.NewReader(ra), blobReadSize)
+	processor := diff.NewProcessorChain(desc.MediaType, blob)
 	for processor.MediaType() != ocispec.MediaTypeImageLayer {
 		if processor, err = diff.GetProcessor(ctx, processor, config.ProcessorPayloads); err != nil {
 			return ocispec.Descriptor{}, fmt.Errorf("apply %s: media type %s: %w", desc.Digest, desc.MediaType, err)
 		}
 	}
 	defer processor.Close()
-	// Decompressing runs beside hashing and writing the image (about the
-	// same CPU time each side), joined by a pipe.
+	// Decompressing and hashing (the diff ID) run beside writing the image,
+	// joined by a pipe: on two CPUs the writer's time is the layer's.
 	pr, pw := io.Pipe()
+	digester := digest.Canonical.Digester()
+	stream := &counter{w: digester.Hash()}
 	read := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(pw, processor)
+		_, err := io.Copy(io.MultiWriter(stream, pw), processor)
 		pw.CloseWithError(err)
 		read <- err
 	}()
-	digester := digest.Canonical.Digester()
-	tarball := &counter{r: io.TeeReader(bufio.NewReaderSize(pr, 1<<20), digester.Hash())}
+	tarball := bufio.NewReaderSize(pr, 1<<20)
 	layer, err := imagefs.LayerFromTar(ctx, tarball, target)
 	if err == nil {
 		// The digest covers the whole stream, padding after the tar included.
@@ -145,8 +149,12 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	d.counts.tar.Add(1)
 	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "layer": layer.Bytes, "files": layer.Inodes,
 		"took": time.Since(start)}).Debug("layer written from its tar")
-	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: tarball.n, Digest: digester.Digest()}, nil
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: stream.n, Digest: digester.Digest()}, nil
 }
+
+// blobReadSize is how much of a layer's blob one read from the content
+// store asks for.
+const blobReadSize = 4 << 20
 
 // throughMounts applies desc onto mounts with containerd's file-system
 // applier (it reads the blob from store itself), counting it in n.
@@ -158,14 +166,14 @@ func throughMounts(ctx context.Context, store content.Store, n *atomic.Int64, de
 	return applied, err
 }
 
-// counter counts the bytes read through it.
+// counter hashes what is written through it, and counts it.
 type counter struct {
-	r io.Reader
+	w io.Writer
 	n int64
 }
 
-func (c *counter) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
+func (c *counter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
 }
