@@ -115,25 +115,17 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 		}
 	}
 	defer processor.Close()
-	// Decompressing and hashing (the diff ID) run beside writing the image,
-	// joined by a pipe: on two CPUs the writer's time is the layer's.
-	pr, pw := io.Pipe()
+	// Decompressing and hashing (the diff ID) run ahead of writing the
+	// image, beside it: on two CPUs the writer's time is the layer's.
 	digester := digest.Canonical.Digester()
-	stream := &counter{w: digester.Hash()}
-	read := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(io.MultiWriter(stream, pw), processor)
-		pw.CloseWithError(err)
-		read <- err
-	}()
-	tarball := bufio.NewReaderSize(pr, 1<<20)
+	tarball := newReadAhead(processor, digester.Hash())
 	layer, err := imagefs.LayerFromTar(ctx, tarball, target)
 	if err == nil {
 		// The digest covers the whole stream, padding after the tar included.
 		_, err = io.Copy(io.Discard, tarball)
 	}
-	pr.CloseWithError(err) // ends the copy if the writing failed
-	if rerr := <-read; err == nil && rerr != nil {
+	size, rerr := tarball.Close()
+	if err == nil && rerr != nil {
 		err = rerr
 	}
 	if err != nil {
@@ -149,7 +141,7 @@ func (d *Differ) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mo
 	d.counts.tar.Add(1)
 	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "layer": layer.Bytes, "files": layer.Inodes,
 		"took": time.Since(start)}).Debug("layer written from its tar")
-	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: stream.n, Digest: digester.Digest()}, nil
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: size, Digest: digester.Digest()}, nil
 }
 
 // blobReadSize is how much of a layer's blob one read from the content
@@ -164,18 +156,6 @@ func throughMounts(ctx context.Context, store content.Store, n *atomic.Int64, de
 		n.Add(1)
 	}
 	return applied, err
-}
-
-// counter hashes what is written through it, and counts it.
-type counter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *counter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // Register serves the differ as containerd's diff API on rpc.
