@@ -102,16 +102,23 @@ const noCRI = `"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.c
 
 // startStackWith also adds unpack_config entries (extraUnpack) and TOML
 // (extraConfig) to containerd's config: other snapshotters to compare with.
-func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string) *stack {
+func startStackWith(t *testing.T, policy, extraUnpack, extraConfig string, edits ...func(string) string) *stack {
 	t.Helper()
 	requireStack(t)
-	return startStackIn(t, roottest.TempDir(t), policy, extraUnpack, extraConfig)
+	return startStackIn(t, roottest.TempDir(t), policy, extraUnpack, extraConfig, edits...)
+}
+
+// withoutSnugDiffer leaves snug's differ out of containerd's unpack
+// configuration: containerd's walking differ unpacks snug's layers.
+func withoutSnugDiffer(conf string) string {
+	return strings.Replace(conf, `, differ = "snug-diff"`, "", 1)
 }
 
 // startStackIn is startStackWith in a directory the caller made (with
 // roottest.TempDir), e.g. with another filesystem mounted on its state/,
 // snug's root.
-func startStackIn(t *testing.T, dir, policy, extraUnpack, extraConfig string) *stack {
+// edits change containerd's configuration (withoutSnugDiffer).
+func startStackIn(t *testing.T, dir, policy, extraUnpack, extraConfig string, edits ...func(string) string) *stack {
 	t.Helper()
 	s := &stack{t: t, dir: dir}
 	// snug follows this containerd's task exits.
@@ -126,6 +133,9 @@ func startStackIn(t *testing.T, dir, policy, extraUnpack, extraConfig string) *s
 	}
 	conf := strings.NewReplacer("@DIR@", dir, "@SNUG_SOCKET@", s.snug.Address, "@EXTRA_UNPACK@", extraUnpack,
 		"@DISABLED_PLUGINS@", disabled).Replace(string(tmpl)) + extraConfig
+	for _, edit := range edits {
+		conf = edit(conf)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "containerd.toml"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -133,6 +133,21 @@ func TestCrashMatrix(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// unpackFiles prepares a layer's unpack and writes a file into its
+	// upper dir, as containerd's own applier would without snug's differ.
+	unpackFiles := func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter) {
+		mounts, err := sn.Prepare(ctx, "extract", "base", snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "layer2"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range mounts[0].Options {
+			if upper, ok := strings.CutPrefix(o, "upperdir="); ok {
+				if err := os.WriteFile(filepath.Join(upper, "layer2-file"), []byte("layer2"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
 	commitApplied := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		return sn.Commit(ctx, "layer2", "extract")
 	})
@@ -289,6 +304,11 @@ func TestCrashMatrix(t *testing.T) {
 		{op: "commit-applied", point: "commit-built", prep: applyLayer, hit: commitApplied, want: with(map[string]snapshots.Kind{"extract": snapshots.KindActive})},
 		{op: "commit-applied", point: "commit-recorded", prep: applyLayer, hit: commitApplied, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}), after: layer2Reads},
 		{op: "commit-applied", point: "applied-taken", prep: applyLayer, hit: commitApplied, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}), after: layer2Reads},
+		{op: "commit-applied", point: "unpack-renamed", prep: applyLayer, hit: commitApplied, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}), after: layer2Reads},
+		// A layer another differ unpacked into the dirs on the host,
+		// packed into its image at Commit.
+		{op: "commit-packed", point: "commit-built", prep: unpackFiles, hit: commitApplied, want: with(map[string]snapshots.Kind{"extract": snapshots.KindActive})},
+		{op: "commit-packed", point: "commit-recorded", prep: unpackFiles, hit: commitApplied, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}), after: layer2Reads},
 		{op: "remove", point: "remove-recorded", hit: remove, want: with(nil, "work")},
 		{op: "remove", point: "removedir-unmounted", hit: remove, want: with(nil, "work")},
 		{op: "cleanup", point: "removedir-unmounted", hit: cleanup, want: with(nil)},
@@ -446,11 +466,17 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 	// Nothing leaked, nothing lost: one mount and one loop device per
 	// image of a recorded snapshot, a directory per snapshot, and every
 	// image checks clean (e2fsck -fn of the frozen image).
+	// Views and layers being unpacked have no image.
 	images, views := 0, 0
 	for _, kind := range got {
 		if kind == snapshots.KindView {
 			views++
 		}
+	}
+	unpacks, _ := filepath.Glob(filepath.Join(d.Root, "snapshots", "*", "unpack"))
+	views += len(unpacks)
+	if gone, _ := filepath.Glob(filepath.Join(d.Root, "snapshots", "*", "unpack.gone")); len(gone) > 0 {
+		t.Errorf("a committed layer's unpack dirs left: %v", gone)
 	}
 	for _, im := range d.Status(t) {
 		images++

@@ -38,17 +38,39 @@ func TestPullThroughDiffer(t *testing.T) {
 }
 
 // requireLayersFromTar checks that root holds n layer images, each written
-// from its tar by snug's differ: a compact image without a journal (a
-// converted rw image has one).
+// from its tar by snug's differ.
 func requireLayersFromTar(t *testing.T, root string, n int) {
+	t.Helper()
+	// A packed layer (mkfs.ext4 -d) is labelled; tar2ext4 writes no label,
+	// and converted rw images have a journal.
+	requireLayers(t, root, n, "written from its tar", func(sb *imagefs.Superblock) bool {
+		return !sb.HasJournal && sb.Label != packedLayerLabel
+	})
+}
+
+// packedLayerLabel is the label of a layer image imagefs.CreateLayer packs.
+const packedLayerLabel = "snug-layer"
+
+// requireLayersPacked checks that snug's root holds n layer images, each
+// packed from a directory (imagefs.CreateLayer), none written from its tar.
+func requireLayersPacked(t *testing.T, root string, n int) {
+	t.Helper()
+	requireLayers(t, root, n, "packed from its unpack dirs", func(sb *imagefs.Superblock) bool {
+		return sb.Label == packedLayerLabel
+	})
+}
+
+// requireLayers checks that snug's root holds n layer images and that each
+// one's superblock is made as made says (how, in words).
+func requireLayers(t *testing.T, root string, n int, how string, made func(*imagefs.Superblock) bool) {
 	t.Helper()
 	layers, _ := filepath.Glob(filepath.Join(root, "snapshots", "*", "layer.img"))
 	if len(layers) != n {
 		t.Errorf("%d layer images, want %d", len(layers), n)
 	}
 	for _, l := range layers {
-		if sb, err := imagefs.ReadSuperblock(l); err != nil || sb.HasJournal {
-			t.Errorf("layer %s not written from its tar: %+v %v", l, sb, err)
+		if sb, err := imagefs.ReadSuperblock(l); err != nil || !made(sb) {
+			t.Errorf("layer %s not %s: %+v %v", l, how, sb, err)
 		}
 	}
 }

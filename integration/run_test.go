@@ -34,9 +34,30 @@ check_interval = "10ms"
 // TestRunAcrossLayers imports the three-layer test image with snug and runs
 // a container on it: files from every layer, a changed file, whiteouts of a
 // file and of a directory, and an opaque directory all read as they should.
+// Every layer came from its tar, through snug's differ.
 func TestRunAcrossLayers(t *testing.T) {
 	s := startStack(t, containerPolicy)
 	s.importImage()
+	requireImageReads(t, s)
+	requireLayersFromTar(t, s.snug.Root, 3)
+}
+
+// TestRunAcrossLayersWithoutDiffer is TestRunAcrossLayers with snug's
+// differ left out of containerd's configuration: containerd's walking
+// differ unpacks each layer into the dirs on the host of snug's unpack
+// snapshot (through its overlay, whiteouts as overlayfs's), and Commit
+// packs them into the layer's image.
+func TestRunAcrossLayersWithoutDiffer(t *testing.T) {
+	s := startStackWith(t, containerPolicy, "", "", withoutSnugDiffer)
+	s.importImage()
+	requireImageReads(t, s)
+	requireLayersPacked(t, s.snug.Root, 3)
+}
+
+// requireImageReads runs a container on the imported test image and checks
+// what it sees of every layer.
+func requireImageReads(t *testing.T, s *stack) {
+	t.Helper()
 	out := s.ctr("run", "--rm", "--snapshotter", "snug", testImageRef, "layers", "/bin/sh", "-c",
 		`echo ok; cat /data/keep /etc/layer2; ls /data; ls -a /opaque; cd /data && sha256sum -c blob.sha256; ls -a /`)
 	for _, want := range []string{"ok\n", "keep v2\n2\n", "blob\nblob.sha256\nkeep\n", ".\n..\nnew\n", "blob: OK\n"} {
@@ -49,7 +70,6 @@ func TestRunAcrossLayers(t *testing.T) {
 			t.Errorf("container sees %q:\n%s", gone, out)
 		}
 	}
-	requireLayersFromTar(t, s.snug.Root, 3)
 }
 
 // TestContainersWriteToOwnImages runs two containers: what one writes lands

@@ -40,7 +40,7 @@ TOML
     -e "s|@DISABLED_PLUGINS@|$off|" \
     "$here/containerd.toml.in" > "$dir/containerd.toml"
   # SNUG_NO_DIFFER=1: snug's layers unpacked by containerd's walking differ
-  # through a rw image, converted at Commit (as without snug's differ).
+  # into dirs on the host, packed at Commit (as without snug's differ).
   if [ "${SNUG_NO_DIFFER:-}" = 1 ]; then
     sed -i 's/, differ = "snug-diff"//' "$dir/containerd.toml"
   fi

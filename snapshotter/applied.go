@@ -16,9 +16,9 @@ import (
 )
 
 // LayerTarget tells snug's differ where to write the layer it applies onto
-// mounts: the path of an image beside the snapshot's rw image, which the
+// mounts: the path of an image in the snapshot's directory, which the
 // snapshot's Commit takes as its layer (the unpacked layer is written once,
-// straight from its tar, and the rw image goes unwritten). It answers
+// straight from its tar; the unpack's dirs stay empty). It answers
 // errdefs.ErrNotImplemented, for the differ to apply the usual way, unless
 // mounts are those of an active snapshot of this snapshotter that the
 // unpacker prepared for a layer (containerd's snapshot.ref label), whose
@@ -70,7 +70,7 @@ func (s *Snapshotter) snapshotOfUpper(upper string) (string, bool) {
 		return "", false
 	}
 	parts := strings.Split(rel, string(filepath.Separator))
-	if len(parts) != 3 || parts[1] != mountDir || parts[2] != upperDir || parts[0] == ".." || strings.HasPrefix(parts[0], newPrefix) {
+	if len(parts) != 3 || (parts[1] != mountDir && parts[1] != unpackDir) || parts[2] != upperDir || parts[0] == ".." || strings.HasPrefix(parts[0], newPrefix) {
 		return "", false
 	}
 	return parts[0], true

@@ -6,11 +6,18 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/diff/apply"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/snugfs/snug/imagefs"
 )
@@ -18,8 +25,9 @@ import (
 // TestAppliedLayerBecomesTheLayer walks a layer's extraction as
 // containerd's unpacker and snug's differ make it: Prepare with the
 // snapshot.ref label, LayerTarget for its mounts, the layer written there
-// from a tar, Commit. The committed layer is that image (its usage too),
-// the rw image is gone, and a child sees the layer's files. Snapshots that
+// from a tar, Commit. The unpack has no rw image; the committed layer is
+// that image (its usage too), the unpack's dirs are gone, and a child sees
+// the layer's files. Snapshots that
 // are not an extraction, or whose upper dir has files, are not taken.
 func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 	sn, root := newTestSnapshotter(t)
@@ -51,6 +59,17 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	extractID, err := sn.SnapshotID(ctx, "extract-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A layer's unpack has no rw image: its dirs are on the host.
+	if _, err := os.Lstat(filepath.Join(sn.snapshotDir(extractID), rwImage)); !os.IsNotExist(err) {
+		t.Errorf("a layer's unpack has a rw image: %v", err)
+	}
+	if imagefs.IsMountPoint(sn.mountPath(extractID)) {
+		t.Errorf("a layer's unpack has its mount point mounted")
+	}
 	target, err := sn.LayerTarget(ctx, mounts)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +98,7 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := sn.snapshotDir(id)
-	for _, gone := range []string{rwImage, applied} {
+	for _, gone := range []string{rwImage, applied, unpackDir, unpackDir + ".gone"} {
 		if _, err := os.Lstat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
 			t.Errorf("%s still there after the commit: %v", gone, err)
 		}
@@ -105,5 +124,95 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 	}
 	if err := sn.Commit(ctx, "layer-dirty", "extract-dirty"); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("commit of an applied layer over files: %v", err)
+	}
+}
+
+// TestUnpackByAnotherDifferIsPacked unpacks two layers the way containerd
+// does without snug's differ: Prepare with the snapshot.ref label, then
+// containerd's own file-system applier onto the mounts (an overlay over
+// the parent for the second layer, so whiteouts and an opaque directory
+// are written as overlayfs's), then Commit. The unpack's dirs on the host
+// are packed into the layer image at Commit and go; a view of the top
+// layer shows the merged tree: the deleted file and the opaque directory's
+// old content hidden, the new files there, owners and modes kept.
+func TestUnpackByAnotherDifferIsPacked(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	store, err := local.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	applier := apply.NewFileSystemApplier(store)
+	unpack := func(name, parent string, entries ...tar.Header) {
+		t.Helper()
+		var raw bytes.Buffer
+		tw := tar.NewWriter(&raw)
+		for _, h := range entries {
+			if err := tw.WriteHeader(&h); err != nil {
+				t.Fatal(err)
+			}
+			tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+		}
+		tw.Close()
+		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(raw.Bytes()), Size: int64(raw.Len())}
+		if err := content.WriteBlob(ctx, store, name, bytes.NewReader(raw.Bytes()), desc); err != nil {
+			t.Fatal(err)
+		}
+		key := "extract-" + name
+		mounts, err := sn.Prepare(ctx, key, parent, snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: name}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := applier.Apply(ctx, desc, mounts); err != nil {
+			t.Fatal(err)
+		}
+		if u, err := sn.Usage(ctx, key); err != nil || u.Inodes == 0 {
+			t.Errorf("usage of %s before its commit: %+v %v", key, u, err)
+		}
+		if err := sn.Commit(ctx, name, key); err != nil {
+			t.Fatal(err)
+		}
+		id, err := sn.SnapshotID(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, gone := range []string{rwImage, applied, unpackDir, unpackDir + ".gone"} {
+			if _, err := os.Lstat(filepath.Join(sn.snapshotDir(id), gone)); !os.IsNotExist(err) {
+				t.Errorf("%s: %s still there after the commit: %v", name, gone, err)
+			}
+		}
+	}
+	unpack("base", "",
+		tar.Header{Typeflag: tar.TypeDir, Name: "data/", Mode: 0o755},
+		tar.Header{Typeflag: tar.TypeReg, Name: "data/keep", Mode: 0o644, Size: 4},
+		tar.Header{Typeflag: tar.TypeReg, Name: "data/gone", Mode: 0o644, Size: 4},
+		tar.Header{Typeflag: tar.TypeDir, Name: "opaque/", Mode: 0o755},
+		tar.Header{Typeflag: tar.TypeReg, Name: "opaque/old", Mode: 0o644, Size: 3})
+	unpack("top", "base",
+		tar.Header{Typeflag: tar.TypeReg, Name: "data/.wh.gone"},
+		tar.Header{Typeflag: tar.TypeDir, Name: "opaque/", Mode: 0o755},
+		tar.Header{Typeflag: tar.TypeReg, Name: "opaque/.wh..wh..opq"},
+		tar.Header{Typeflag: tar.TypeReg, Name: "opaque/new", Mode: 0o600, Uid: 1234, Gid: 5678, Size: 5})
+
+	view, err := sn.View(ctx, "view", "top")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := mountRootfs(t, view)
+	for _, c := range []struct {
+		path string
+		want bool
+	}{{"data/keep", true}, {"data/gone", false}, {"opaque/old", false}, {"opaque/new", true}} {
+		_, err := os.Lstat(filepath.Join(root, c.path))
+		if got := err == nil; got != c.want {
+			t.Errorf("%s there: %v, want %v (%v)", c.path, got, c.want, err)
+		}
+	}
+	fi, err := os.Lstat(filepath.Join(root, "opaque/new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o600 || st.Uid != 1234 || st.Gid != 5678 || fi.Size() != 5 {
+		t.Errorf("opaque/new: mode %v uid %d gid %d size %d", fi.Mode(), st.Uid, st.Gid, fi.Size())
 	}
 }

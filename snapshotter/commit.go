@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -17,17 +18,20 @@ import (
 
 // Commit turns the active snapshot key into the committed snapshot name.
 // A layer snug's differ wrote straight from its tar (LayerTarget) becomes
-// the snapshot's layer image, and the rw image goes unwritten. Otherwise
-// the rw image becomes the layer's read-only image, in place
-// (imagefs.ConvertToLayer): the upper dir the unpack filled is the layer,
-// written once. The image is synced and its usage measured before anything
-// is recorded; the snapshot is then recorded as committed, and converge
-// converts the image and mounts it read-only.
+// the snapshot's layer image. A layer's unpack that another differ filled
+// (its dirs on the host, isUnpack) is packed into such an image
+// (imagefs.CreateLayer). Any other snapshot's rw image becomes the layer's
+// read-only image, in place (imagefs.ConvertToLayer): its upper dir is the
+// layer. The image is synced and its usage measured before anything is
+// recorded; the snapshot is then recorded as committed, and converge takes
+// or converts the image, drops what the unpack used, and mounts the layer
+// read-only.
 //
 // A crash before the record leaves the snapshot active with its data (the
 // sync only wrote it); a crash after it leaves a committed snapshot whose
-// rw image is still there, or half converted, and converge finishes the
-// conversion at the next start (each of its steps can run again).
+// image is not taken yet, or whose rw image is still there or half
+// converted, and converge finishes at the next start (each of its steps
+// can run again).
 func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
 	s.traffic.Mark()
 	var (
@@ -52,13 +56,20 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return fmt.Errorf("commit %s as %s: %w", key, name, err)
 	}
 
+	unpack := s.isUnpack(id)
 	m, _, ok := s.images.Mounted(id)
-	if !ok {
+	if !ok && !unpack {
 		return fmt.Errorf("commit %s as %s: image not in service: %w", key, name, errdefs.ErrUnavailable)
 	}
 	start := time.Now()
 	layer, fromTar, err := s.appliedLayer(id)
-	if !fromTar && err == nil {
+	switch {
+	case fromTar || err != nil:
+	case unpack:
+		// Applied by another differ into the dirs on the host: packed
+		// into the image snug's differ would have written.
+		layer, err = imagefs.CreateLayer(ctx, filepath.Join(s.snapshotDir(id), applied), s.upperPath(id))
+	default:
 		layer, err = imagefs.LayerOf(m, s.upperPath(id))
 	}
 	if err != nil {

@@ -24,10 +24,10 @@ import (
 // runs it for every snapshot, Commit before and after recording:
 //   - active: its rw image is mounted once on mnt with upper and work dirs,
 //     a layer image from a commit that never landed is deleted, and its
-//     window keeper runs;
+//     window keeper runs; a layer's unpack has its dirs on the host;
 //   - committed: its layer image is mounted read-only on mnt, and the rw
 //     image it was made from (a commit that landed but was not finished) is
-//     unmounted and deleted;
+//     unmounted and deleted, or the layer's unpack dirs;
 //   - view: nothing to mount.
 func (s *Snapshotter) converge(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string) error {
 	return s.convergeIn(ctx, nil, id, kind, parentIDs)
@@ -48,6 +48,9 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 	case snapshots.KindActive:
 		if err := removeIfExists(filepath.Join(dir, layerImage)); err != nil {
 			return err
+		}
+		if s.isUnpack(id) {
+			return s.readyUnpack(id, parentIDs, false)
 		}
 		if reason := s.quarantined(id); reason != "" {
 			return fmt.Errorf("snapshot %s: %w: %s", id, imagefs.ErrQuarantined, reason)
@@ -88,7 +91,7 @@ func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable,
 	dir := s.snapshotDir(id)
 	rw, layer := filepath.Join(dir, rwImage), filepath.Join(dir, layerImage)
 	if _, err := os.Lstat(rw); errors.Is(err, os.ErrNotExist) {
-		return nil
+		return s.finishUnpack(id)
 	} else if err != nil {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
@@ -116,6 +119,33 @@ func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable,
 	return nil
 }
 
+// finishUnpack finishes the Commit of a layer's unpack (isUnpack): the
+// layer image made for it (by snug's differ, or packed from its upper dir)
+// becomes its layer image, then its dirs on the host go. Each step can run
+// again after a crash.
+func (s *Snapshotter) finishUnpack(id string) error {
+	dir := s.snapshotDir(id)
+	// Renamed away before they are deleted, so a directory half deleted
+	// is never taken for the unpack dirs.
+	gone := filepath.Join(dir, unpackDir+".gone")
+	if s.isUnpack(id) {
+		if err := takeApplied(dir); err != nil {
+			return fmt.Errorf("snapshot %s: %w", id, err)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, layerImage)); err != nil {
+			return fmt.Errorf("snapshot %s: committed without a layer image: %w", id, err)
+		}
+		if err := os.Rename(filepath.Join(dir, unpackDir), gone); err != nil {
+			return fmt.Errorf("snapshot %s: %w", id, err)
+		}
+		failpoint.Inject("unpack-renamed")
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
 // settle brings a snapshot created just now into service. It is converge
 // without the search for an earlier mount (sysfs and mount-table scans on
 // `ctr run`'s critical path): an image renamed into place a moment ago has
@@ -123,6 +153,9 @@ func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable,
 func (s *Snapshotter) settle(ctx context.Context, id string, kind snapshots.Kind, parentIDs []string, pre *imagefs.Mounted) error {
 	if kind != snapshots.KindActive {
 		return s.converge(ctx, id, kind, parentIDs)
+	}
+	if pre == nil && s.isUnpack(id) {
+		return s.readyUnpack(id, parentIDs, true)
 	}
 	m, err := s.mountNew(ctx, id, pre)
 	if err != nil {
@@ -167,6 +200,24 @@ func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mou
 		if err := chownLike(filepath.Join(mnt, upperDir), s.layerPath(parentIDs[0])); err != nil {
 			return fmt.Errorf("snapshot %s: %w", id, err)
 		}
+	}
+	return nil
+}
+
+// readyUnpack readies a layer's unpack (isUnpack): its upper and work dirs
+// on the host, nothing mounted. A new one's upper dir takes the owner of
+// the parent's root, as in serveActive (later, the applier may have given
+// it the layer's own).
+func (s *Snapshotter) readyUnpack(id string, parentIDs []string, created bool) error {
+	dirs := filepath.Join(s.snapshotDir(id), unpackDir)
+	if err := ensureUpper(dirs); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if !created || len(parentIDs) == 0 {
+		return nil
+	}
+	if err := chownLike(filepath.Join(dirs, upperDir), s.layerPath(parentIDs[0])); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	return nil
 }

@@ -17,13 +17,13 @@ import (
 
 // Describe describes the image of every active and committed snapshot, in
 // snapshot id order, as the kernel and the files show it: where it is
-// mounted, its stats, and what keeps it out of service. Views have no image
-// and are left out. What the daemon did to each image (api.Activity) is
+// mounted, its stats, and what keeps it out of service. Views and layers
+// being unpacked have no image and are left out. What the daemon did to each image (api.Activity) is
 // the images.Manager's to add (its Status).
 func (s *Snapshotter) Describe(ctx context.Context) ([]api.ImageStatus, error) {
 	var out []api.ImageStatus
 	if err := s.walkIDs(ctx, func(info snapshots.Info, id string) {
-		if info.Kind != snapshots.KindView {
+		if info.Kind != snapshots.KindView && s.imagePath(id, info.Kind) != "" {
 			out = append(out, api.ImageStatus{Snapshot: info.Name, Kind: strings.ToLower(info.Kind.String()), ID: id})
 		}
 	}); err != nil {

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	iofs "io/fs"
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/continuity/fs"
 	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/imagefs"
@@ -60,12 +61,21 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 	if info.Kind != snapshots.KindActive {
 		return usage, nil
 	}
+	if s.isUnpack(id) {
+		// A layer's unpack: what another differ wrote into its dirs on
+		// the host (snug's differ writes nothing there).
+		du, err := fs.DiskUsage(ctx, s.upperPath(id))
+		if err != nil {
+			return usage, fmt.Errorf("usage of %s: %w", key, err)
+		}
+		return snapshots.Usage{Size: du.Size, Inodes: du.Inodes}, nil
+	}
 	size, err := imagefs.Footprint(filepath.Join(s.snapshotDir(id), rwImage))
 	if err != nil {
 		return usage, fmt.Errorf("usage of %s: %w", key, err)
 	}
 	sp, err := imagefs.SpaceOf(s.upperPath(id))
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, iofs.ErrNotExist) {
 		// Not mounted (quarantined, or taken offline for a repair): its
 		// superblock says what the last unmount recorded, and an image
 		// too broken for that still has its size. ctr snapshots usage

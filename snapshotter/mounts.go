@@ -67,7 +67,7 @@ func (s *Snapshotter) imagesSound(snap storage.Snapshot) error {
 	}
 	dirs := []string{}
 	if snap.Kind == snapshots.KindActive {
-		dirs = append(dirs, s.upperPath(snap.ID), filepath.Join(s.mountPath(snap.ID), workDir))
+		dirs = append(dirs, s.upperPath(snap.ID), s.workPath(snap.ID))
 	}
 	for _, p := range snap.ParentIDs {
 		dirs = append(dirs, s.layerPath(p))

@@ -22,7 +22,9 @@ import (
 )
 
 // Prepare creates an active snapshot: a thin writable image of its own,
-// mounted, holding the overlay upper and work directories.
+// mounted, holding the overlay upper and work directories. An image layer's
+// unpack (containerd's snapshot.ref label) gets no image: snug's differ
+// writes the layer's image from its tar (see isUnpack).
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
 	return s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
 }
@@ -63,7 +65,9 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			}
 		}
 	}()
-	pre, err := s.buildDir(ctx, td, kind, create)
+	_, unpack := base.Labels[snapshots.LabelSnapshotRef]
+	unpack = unpack && kind == snapshots.KindActive
+	pre, err := s.buildDir(ctx, td, kind, unpack, create)
 	if err != nil {
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
@@ -83,7 +87,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		}
 	}
 
-	if _, ok := base.Labels[snapshots.LabelSnapshotRef]; ok && kind == snapshots.KindActive {
+	if unpack {
 		// An image layer's extraction: snug's differ may write the layer
 		// straight into its image (LayerTarget).
 		if err := os.WriteFile(filepath.Join(td, extraction), nil, 0o600); err != nil {
@@ -133,18 +137,26 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 // buildDir fills a new snapshot directory: the rw image and its mount point
 // for an active snapshot, an empty directory for a view. A rw image the
 // pool held mounted comes with its detached mount, for settle to place.
-func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.Kind, create imagefs.CreateOptions) (*imagefs.Mounted, error) {
+// A layer's unpack gets no image: its upper and work dirs are made on the
+// host (isUnpack), where the layer's image is not written but from its tar
+// (LayerTarget), or packed at Commit.
+func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.Kind, unpack bool, create imagefs.CreateOptions) (*imagefs.Mounted, error) {
 	if err := os.Mkdir(filepath.Join(dir, mountDir), 0o755); err != nil {
 		return nil, err
 	}
-	switch kind {
-	case snapshots.KindActive:
+	switch {
+	case unpack:
+		if err := os.Mkdir(filepath.Join(dir, unpackDir), 0o700); err != nil {
+			return nil, err
+		}
+		return nil, ensureUpper(filepath.Join(dir, unpackDir))
+	case kind == snapshots.KindActive:
 		img := filepath.Join(dir, rwImage)
 		if m, ok := s.pool.take(s.bgCtx, img, create, s.policy().mount); ok {
 			return m, nil
 		}
 		return nil, s.templates.Create(ctx, img, create)
-	case snapshots.KindView:
+	case kind == snapshots.KindView:
 		return nil, os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
 	}
 	return nil, fmt.Errorf("cannot create a snapshot of kind %v", kind)

@@ -26,6 +26,7 @@ const (
 	layerImage = "layer.img"   // a committed snapshot's read-only layer image
 	applied    = "applied.img" // a layer snug's differ wrote for an active snapshot, taken at its Commit
 	extraction = "extraction"  // marks an active snapshot the unpacker prepared for a layer
+	unpackDir  = "unpack"      // such a snapshot's upper and work dirs, on the host: it has no image
 	mountDir   = "mnt"         // where the snapshot's image is mounted
 	emptyDir   = "empty"       // the content of a view without parent
 	upperDir   = "upper"       // overlay upper dir, inside the mounted rw image
@@ -225,16 +226,40 @@ func (s *Snapshotter) layerPath(id string) string {
 }
 
 func (s *Snapshotter) upperPath(id string) string {
-	return filepath.Join(s.mountPath(id), upperDir)
+	return filepath.Join(s.overlayDirs(id), upperDir)
 }
 
 func (s *Snapshotter) workPath(id string) string {
-	return filepath.Join(s.mountPath(id), workDir)
+	return filepath.Join(s.overlayDirs(id), workDir)
 }
 
+// overlayDirs is where an active snapshot's upper and work dirs are: in
+// its mounted rw image, or on the host for a layer's unpack (isUnpack).
+func (s *Snapshotter) overlayDirs(id string) string {
+	if s.isUnpack(id) {
+		return filepath.Join(s.snapshotDir(id), unpackDir)
+	}
+	return s.mountPath(id)
+}
+
+// isUnpack reports an active snapshot the unpacker prepared for a layer
+// (Prepare with containerd's snapshot.ref label) as snug prepares them: no
+// rw image, its upper and work dirs in unpackDir on the host. snug's
+// differ writes the layer's image from its tar and the dirs stay empty;
+// what another applier writes into them is packed at Commit. A snapshot
+// an older snug prepared for a layer has a rw image like any other.
+func (s *Snapshotter) isUnpack(id string) bool {
+	fi, err := os.Lstat(filepath.Join(s.snapshotDir(id), unpackDir))
+	return err == nil && fi.IsDir()
+}
+
+// imagePath is the snapshot's image: none for a view or a layer's unpack.
 func (s *Snapshotter) imagePath(id string, kind snapshots.Kind) string {
 	switch kind {
 	case snapshots.KindActive:
+		if s.isUnpack(id) {
+			return ""
+		}
 		return filepath.Join(s.snapshotDir(id), rwImage)
 	case snapshots.KindCommitted:
 		return filepath.Join(s.snapshotDir(id), layerImage)
