@@ -19,7 +19,10 @@ import (
 // HTTP on localhost; this machine has no registry) with `ctr images pull`,
 // which unpacks through containerd's transfer service like an import: every
 // layer must come through snug's differ, written from its tar, and a
-// container on the pulled image must see every layer.
+// container on the pulled image must see every layer. The stack's
+// containerd unpacks a pull's layers side by side (max_concurrent_unpacks,
+// snug's "rebase" capability): each layer prepared without its parent,
+// given it at Commit.
 func TestPullThroughDiffer(t *testing.T) {
 	s := startStack(t, containerPolicy)
 	layout := t.TempDir()
@@ -35,6 +38,9 @@ func TestPullThroughDiffer(t *testing.T) {
 		}
 	}
 	requireLayersFromTar(t, s.snug.Root, 3)
+	if log := s.containerdLog(); strings.Contains(log, "does not support rebase capability") {
+		t.Errorf("containerd unpacked the pull one layer after the other:\n%s", lastLines(log, 20))
+	}
 }
 
 // requireLayersFromTar checks that root holds n layer images, each written

@@ -48,7 +48,7 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dirty[0].Source, "f"), []byte("x"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(upperOf(dirty), "f"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := sn.LayerTarget(ctx, dirty); !errdefs.IsNotImplemented(err) {
@@ -119,7 +119,7 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 
 	// The dirty extraction with a layer applied anyway (by hand) is not
 	// committed: its files would be lost.
-	if err := os.WriteFile(filepath.Join(filepath.Dir(filepath.Dir(dirty[0].Source)), applied), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(filepath.Dir(filepath.Dir(upperOf(dirty))), applied), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := sn.Commit(ctx, "layer-dirty", "extract-dirty"); !errdefs.IsFailedPrecondition(err) {
@@ -129,13 +129,23 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 
 // TestUnpackByAnotherDifferIsPacked unpacks two layers the way containerd
 // does without snug's differ: Prepare with the snapshot.ref label, then
-// containerd's own file-system applier onto the mounts (an overlay over
-// the parent for the second layer, so whiteouts and an opaque directory
-// are written as overlayfs's), then Commit. The unpack's dirs on the host
-// are packed into the layer image at Commit and go; a view of the top
-// layer shows the merged tree: the deleted file and the opaque directory's
-// old content hidden, the new files there, owners and modes kept.
+// containerd's own file-system applier onto the mounts (an overlay, so
+// whiteouts and an opaque directory are written as overlayfs's), then
+// Commit. The unpack's dirs on the host are packed into the layer image at
+// Commit and go; a view of the top layer shows the merged tree: the
+// deleted file and the opaque directory's old content hidden, the new
+// files there, owners and modes kept. Both ways containerd unpacks: one
+// layer after the other on its parent, and side by side ("rebase": each
+// prepared without a parent, given it at Commit).
 func TestUnpackByAnotherDifferIsPacked(t *testing.T) {
+	for _, rebase := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sequential", true: "rebase"}[rebase], func(t *testing.T) {
+			testUnpackByAnotherDiffer(t, rebase)
+		})
+	}
+}
+
+func testUnpackByAnotherDiffer(t *testing.T, rebase bool) {
 	sn, _ := newTestSnapshotter(t)
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	store, err := local.NewStore(t.TempDir())
@@ -159,7 +169,11 @@ func TestUnpackByAnotherDifferIsPacked(t *testing.T) {
 			t.Fatal(err)
 		}
 		key := "extract-" + name
-		mounts, err := sn.Prepare(ctx, key, parent, snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: name}))
+		prepareParent, commitOpts := parent, []snapshots.Opt(nil)
+		if rebase {
+			prepareParent, commitOpts = "", []snapshots.Opt{snapshots.WithParent(parent)}
+		}
+		mounts, err := sn.Prepare(ctx, key, prepareParent, snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: name}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +183,7 @@ func TestUnpackByAnotherDifferIsPacked(t *testing.T) {
 		if u, err := sn.Usage(ctx, key); err != nil || u.Inodes == 0 {
 			t.Errorf("usage of %s before its commit: %+v %v", key, u, err)
 		}
-		if err := sn.Commit(ctx, name, key); err != nil {
+		if err := sn.Commit(ctx, name, key, commitOpts...); err != nil {
 			t.Fatal(err)
 		}
 		id, err := sn.SnapshotID(ctx, name)

@@ -213,6 +213,12 @@ func (s *Snapshotter) readyUnpack(id string, parentIDs []string, created bool) e
 	if err := ensureUpper(dirs); err != nil {
 		return fmt.Errorf("snapshot %s: %w", id, err)
 	}
+	if err := os.Mkdir(filepath.Join(dirs, emptyDir), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	if err := requireDir(filepath.Join(dirs, emptyDir)); err != nil {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
 	if !created || len(parentIDs) == 0 {
 		return nil
 	}

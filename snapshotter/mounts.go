@@ -84,13 +84,20 @@ func (s *Snapshotter) imagesSound(snap storage.Snapshot) error {
 // mounted already (by snug, once); these mounts only combine their
 // directories, the way containerd's overlayfs snapshotter does:
 //   - active without parent: a bind mount of the upper dir in its rw image;
+//     for a layer's unpack, an overlay over an empty lower dir, so that an
+//     applier writes the layer's whiteouts as overlayfs's even when
+//     containerd unpacks layers side by side and gives each its parent only
+//     at Commit (the "rebase" capability);
 //   - active with parents: overlay with the parents' layers as lowerdir and
 //     upper and work dirs in the snapshot's own rw image;
 //   - view: a read-only bind of its one parent's layer (or of an empty
 //     directory), or a read-only overlay of several.
 func (s *Snapshotter) mounts(snap storage.Snapshot) []mount.Mount {
 	active := snap.Kind == snapshots.KindActive
+	var lowers []string
 	switch {
+	case len(snap.ParentIDs) == 0 && active && s.isUnpack(snap.ID):
+		lowers = []string{filepath.Join(s.snapshotDir(snap.ID), unpackDir, emptyDir)}
 	case len(snap.ParentIDs) == 0 && active:
 		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ID), Options: []string{"rw", "rbind"}}}
 	case len(snap.ParentIDs) == 0:
@@ -104,9 +111,8 @@ func (s *Snapshotter) mounts(snap storage.Snapshot) []mount.Mount {
 			"workdir="+s.workPath(snap.ID),
 			"upperdir="+s.upperPath(snap.ID))
 	}
-	lowers := make([]string, len(snap.ParentIDs))
-	for i, p := range snap.ParentIDs {
-		lowers[i] = s.layerPath(p)
+	for _, p := range snap.ParentIDs {
+		lowers = append(lowers, s.layerPath(p))
 	}
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, overlayOptions...)

@@ -149,6 +149,10 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 		if err := os.Mkdir(filepath.Join(dir, unpackDir), 0o700); err != nil {
 			return nil, err
 		}
+		// The lower dir of its overlay while it has no parent (mounts).
+		if err := os.Mkdir(filepath.Join(dir, unpackDir, emptyDir), 0o755); err != nil {
+			return nil, err
+		}
 		return nil, ensureUpper(filepath.Join(dir, unpackDir))
 	case kind == snapshots.KindActive:
 		img := filepath.Join(dir, rwImage)
