@@ -66,10 +66,20 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 		}
 		return s.serveActive(ctx, id, m, parentIDs)
 	case snapshots.KindCommitted:
-		if err := s.convertLayer(ctx, tbl, id); err != nil {
+		fresh, err := s.convertLayer(ctx, tbl, id)
+		if err != nil {
 			return err
 		}
-		m, err := s.ensureMounted(ctx, tbl, filepath.Join(dir, layerImage), mnt, imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO})
+		o := imagefs.MountOptions{ReadOnly: true, DirectIO: s.policy().mount.DirectIO}
+		var m *imagefs.Mounted
+		if fresh {
+			// Made for this Commit and renamed into place just now:
+			// attached nowhere, and nothing was ever mounted on mnt.
+			o.New = true
+			m, err = imagefs.Mount(ctx, filepath.Join(dir, layerImage), mnt, o)
+		} else {
+			m, err = s.ensureMounted(ctx, tbl, filepath.Join(dir, layerImage), mnt, o)
+		}
 		if err != nil {
 			return err
 		}
@@ -87,63 +97,66 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 // the rw image is dropped unwritten: the layer snug's differ wrote from the
 // tar (renamed to the layer image here), or one an older snug, which packed
 // layers into a new file, made of the rw image's content.
-func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable, id string) error {
+//
+// fresh reports a layer's unpack whose image was taken just now, by this
+// call: it was never attached, and its mount point never used.
+func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable, id string) (fresh bool, err error) {
 	dir := s.snapshotDir(id)
 	rw, layer := filepath.Join(dir, rwImage), filepath.Join(dir, layerImage)
 	if _, err := os.Lstat(rw); errors.Is(err, os.ErrNotExist) {
 		return s.finishUnpack(id)
 	} else if err != nil {
-		return fmt.Errorf("snapshot %s: %w", id, err)
+		return false, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	s.images.Unmounting(id)
-	if err := takeApplied(dir); err != nil {
-		return fmt.Errorf("snapshot %s: %w", id, err)
+	if _, err := takeApplied(dir); err != nil {
+		return false, fmt.Errorf("snapshot %s: %w", id, err)
 	}
 	if _, err := os.Lstat(layer); err == nil {
 		if m, err := find(tbl, rw); err == nil {
 			if err := m.Discard(ctx); err != nil {
-				return fmt.Errorf("snapshot %s: %w", id, err)
+				return false, fmt.Errorf("snapshot %s: %w", id, err)
 			}
 		} else if !errors.Is(err, imagefs.ErrNotMounted) {
-			return fmt.Errorf("snapshot %s: %w", id, err)
+			return false, fmt.Errorf("snapshot %s: %w", id, err)
 		}
-		return os.Remove(rw)
+		return false, os.Remove(rw)
 	}
 	m, err := s.ensureMounted(ctx, tbl, rw, s.mountPath(id), s.policy().mount)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := imagefs.ConvertToLayer(ctx, m, upperDir, workDir, layer); err != nil {
-		return fmt.Errorf("snapshot %s: %w", id, err)
+		return false, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	return nil
+	return false, nil
 }
 
 // finishUnpack finishes the Commit of a layer's unpack (isUnpack): the
 // layer image made for it (by snug's differ, or packed from its upper dir)
 // becomes its layer image, then its dirs on the host go. Each step can run
 // again after a crash.
-func (s *Snapshotter) finishUnpack(id string) error {
+func (s *Snapshotter) finishUnpack(id string) (fresh bool, err error) {
 	dir := s.snapshotDir(id)
 	// Renamed away before they are deleted, so a directory half deleted
 	// is never taken for the unpack dirs.
 	gone := filepath.Join(dir, unpackDir+".gone")
 	if s.isUnpack(id) {
-		if err := takeApplied(dir); err != nil {
-			return fmt.Errorf("snapshot %s: %w", id, err)
+		if fresh, err = takeApplied(dir); err != nil {
+			return false, fmt.Errorf("snapshot %s: %w", id, err)
 		}
 		if _, err := os.Lstat(filepath.Join(dir, layerImage)); err != nil {
-			return fmt.Errorf("snapshot %s: committed without a layer image: %w", id, err)
+			return false, fmt.Errorf("snapshot %s: committed without a layer image: %w", id, err)
 		}
 		if err := os.Rename(filepath.Join(dir, unpackDir), gone); err != nil {
-			return fmt.Errorf("snapshot %s: %w", id, err)
+			return false, fmt.Errorf("snapshot %s: %w", id, err)
 		}
 		failpoint.Inject("unpack-renamed")
 	}
 	if err := os.RemoveAll(gone); err != nil {
-		return fmt.Errorf("snapshot %s: %w", id, err)
+		return false, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	return nil
+	return fresh, nil
 }
 
 // settle brings a snapshot created just now into service. It is converge
@@ -410,25 +423,26 @@ func chownLike(dir, ref string) error {
 func isTemporary(name string) bool { return strings.HasPrefix(name, newPrefix) }
 
 // takeApplied makes the layer snug's differ wrote for a committed snapshot
-// its layer image (a rename, made durable), unless it has one.
-func takeApplied(dir string) error {
+// its layer image (a rename, made durable), unless it has one; took says
+// it renamed one.
+func takeApplied(dir string) (took bool, err error) {
 	from, to := filepath.Join(dir, applied), filepath.Join(dir, layerImage)
 	if _, err := os.Lstat(from); errors.Is(err, os.ErrNotExist) {
-		return nil
+		return false, nil
 	} else if err != nil {
-		return err
+		return false, err
 	}
 	if _, err := os.Lstat(to); err == nil {
-		return os.Remove(from)
+		return false, os.Remove(from)
 	}
 	if err := os.Rename(from, to); err != nil {
-		return err
+		return false, err
 	}
 	failpoint.Inject("applied-taken")
 	d, err := os.Open(dir)
 	if err != nil {
-		return err
+		return true, err
 	}
 	defer d.Close()
-	return d.Sync()
+	return true, d.Sync()
 }
