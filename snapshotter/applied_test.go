@@ -74,15 +74,7 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var tarball bytes.Buffer
-	tw := tar.NewWriter(&tarball)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "etc/hello", Mode: 0o644, Size: 6})
-	tw.Write([]byte("hello\n"))
-	tw.Close()
-	written, err := imagefs.LayerFromTar(ctx, &tarball, target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	written := writeOneFileLayer(t, target, "etc/hello", "hello\n")
 	if _, err := sn.LayerTarget(ctx, mounts); !errdefs.IsNotImplemented(err) {
 		t.Errorf("a second layer applied onto the snapshot: %v", err)
 	}
@@ -97,6 +89,70 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if usage.Size != written.Bytes || usage.Inodes != written.Inodes {
+		t.Errorf("usage %+v, want %+v", usage, written)
+	}
+	requireTakenLayer(t, sn, id, "layer-1", "etc/hello", "hello\n")
+
+	// The dirty extraction with a layer applied anyway (by hand) is not
+	// committed: its files would be lost.
+	if err := os.WriteFile(filepath.Join(filepath.Dir(filepath.Dir(upperOf(dirty))), applied), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Commit(ctx, "layer-dirty", "extract-dirty"); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("commit of an applied layer over files: %v", err)
+	}
+}
+
+// TestAppliedLayerOverAnOlderUnpack commits a layer's unpack as an older
+// snug left it: prepared with a rw image (mounted, in service), the
+// extraction marked, and the layer snug's differ wrote beside it. Commit
+// takes that layer and drops the rw image unwritten; a view reads it.
+func TestAppliedLayerOverAnOlderUnpack(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := context.Background()
+	if _, err := sn.Prepare(ctx, "old-extract", ""); err != nil {
+		t.Fatal(err)
+	}
+	id, err := sn.SnapshotID(ctx, "old-extract")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := sn.snapshotDir(id)
+	if _, err := os.Lstat(filepath.Join(dir, rwImage)); err != nil {
+		t.Fatalf("no rw image to begin with: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, extraction), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeOneFileLayer(t, filepath.Join(dir, applied), "old", "old\n")
+	if err := sn.Commit(ctx, "old-layer", "old-extract"); err != nil {
+		t.Fatal(err)
+	}
+	requireTakenLayer(t, sn, id, "old-layer", "old", "old\n")
+}
+
+// writeOneFileLayer writes, as snug's differ does, a layer image at path
+// from a tar holding one file, name, with content.
+func writeOneFileLayer(t *testing.T, path, name, content string) imagefs.Layer {
+	t.Helper()
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(content))})
+	tw.Write([]byte(content))
+	tw.Close()
+	written, err := imagefs.LayerFromTar(context.Background(), &tarball, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return written
+}
+
+// requireTakenLayer checks the committed snapshot name (id): its layer
+// image is the one written from a tar, nothing the unpack used is left, and
+// a view of it reads file as want.
+func requireTakenLayer(t *testing.T, sn *Snapshotter, id, name, file, want string) {
+	t.Helper()
 	dir := sn.snapshotDir(id)
 	for _, gone := range []string{rwImage, applied, unpackDir, unpackDir + ".gone"} {
 		if _, err := os.Lstat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
@@ -106,24 +162,12 @@ func TestAppliedLayerBecomesTheLayer(t *testing.T) {
 	if sb, err := imagefs.ReadSuperblock(filepath.Join(dir, layerImage)); err != nil || sb.HasJournal {
 		t.Errorf("the layer image is not the one written from the tar: %+v %v", sb, err)
 	}
-	if usage.Size != written.Bytes || usage.Inodes != written.Inodes {
-		t.Errorf("usage %+v, want %+v", usage, written)
-	}
-	child, err := sn.View(ctx, "view", "layer-1")
+	view, err := sn.View(context.Background(), name+"-view", name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, err := os.ReadFile(filepath.Join(mountRootfs(t, child), "etc/hello")); err != nil || string(b) != "hello\n" {
-		t.Errorf("etc/hello through the view = %q %v", b, err)
-	}
-
-	// The dirty extraction with a layer applied anyway (by hand) is not
-	// committed: its files would be lost.
-	if err := os.WriteFile(filepath.Join(filepath.Dir(filepath.Dir(upperOf(dirty))), applied), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := sn.Commit(ctx, "layer-dirty", "extract-dirty"); !errdefs.IsFailedPrecondition(err) {
-		t.Errorf("commit of an applied layer over files: %v", err)
+	if b, err := os.ReadFile(filepath.Join(mountRootfs(t, view), file)); err != nil || string(b) != want {
+		t.Errorf("%s through the view = %q %v", file, b, err)
 	}
 }
 
