@@ -55,6 +55,7 @@ func LayerFromTar(ctx context.Context, r io.Reader, path string) (Layer, error) 
 	}()
 	lt := newLayerTar(ctx, r)
 	sw := &sparseWriter{f: f}
+	defer sw.stopSyncing() // before the file is closed
 	err = tar2ext4.ConvertTarToExt4(bufio.NewReaderSize(lt, 1<<20), sw, tar2ext4.ConvertWhiteout, tar2ext4.MaximumDiskSize(MaxLayerSize))
 	if err == nil {
 		err = sw.finish()
@@ -301,8 +302,10 @@ type sparseWriter struct {
 	off  int64 // where the next Read or Write goes
 	high int64 // everything from here on was never written
 	size int64 // the file's size once finished
-	// kicked: data before it was handed to writeback (startWriteback).
-	kicked int64
+	// kicked: data before it was handed to writeback (startWriteback);
+	// synced: data before it was asked to be synced, by syncer.
+	kicked, synced int64
+	syncer         *dataSyncer
 }
 
 func (w *sparseWriter) Read(p []byte) (int, error) {
@@ -368,8 +371,9 @@ func (w *sparseWriter) skippableAt(off int64, chunk []byte) bool {
 }
 
 // startWriteback starts writing the file's data up to end to the disk,
-// without waiting, every writebackChunk bytes: the sync at the end then
-// waits for the last chunk, not for the whole layer.
+// without waiting, every writebackChunk bytes, and asks for a sync of it
+// every syncChunk bytes: the sync at the end then waits for the last
+// chunk, not for the whole layer.
 func (w *sparseWriter) startWriteback(end int64) {
 	if end-w.kicked < writebackChunk {
 		return
@@ -377,13 +381,35 @@ func (w *sparseWriter) startWriteback(end int64) {
 	// Advice only: an error leaves the work to the final fsync.
 	_ = unix.SyncFileRange(int(w.f.Fd()), w.kicked, end-w.kicked, unix.SYNC_FILE_RANGE_WRITE)
 	w.kicked = end
+	if end-w.synced >= syncChunk {
+		if w.syncer == nil {
+			w.syncer = newDataSyncer(int(w.f.Fd()))
+		}
+		w.syncer.request()
+		w.synced = end
+	}
 }
 
-// writebackChunk is how much written data startWriteback lets pile up.
-const writebackChunk = 8 << 20
+// writebackChunk is how much written data startWriteback lets pile up;
+// syncChunk, how much it hands to writeback before it asks for a sync.
+const (
+	writebackChunk = 8 << 20
+	syncChunk      = 64 << 20
+)
+
+// stopSyncing waits for a sync started in the background (dataSyncer).
+func (w *sparseWriter) stopSyncing() {
+	if w.syncer != nil {
+		w.syncer.stop()
+		w.syncer = nil
+	}
+}
 
 // finish gives the file its size (trailing holes are not written).
-func (w *sparseWriter) finish() error { return w.f.Truncate(w.size) }
+func (w *sparseWriter) finish() error {
+	w.stopSyncing()
+	return w.f.Truncate(w.size)
+}
 
 // sparseBlock is the unit sparseWriter leaves out: the image's block.
 const sparseBlock = 4096

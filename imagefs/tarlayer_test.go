@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"os"
@@ -125,6 +126,86 @@ func TestLayerFromTarKeepsOverlayMetadata(t *testing.T) {
 	if n, err := unix.Getxattr(filepath.Join(root, "data"), "user.note", buf); err != nil || string(buf[:n]) != "kept" {
 		t.Errorf("user xattr = %q %v", buf[:n], err)
 	}
+}
+
+// patternReader yields bytes that are never a whole zero block: each
+// 8-byte word is its own offset, plus one.
+type patternReader struct{ off uint64 }
+
+func (r *patternReader) Read(p []byte) (int, error) {
+	for i := range p {
+		word := r.off/8 + 1
+		p[i] = byte(word >> (8 * (r.off % 8)))
+		r.off++
+	}
+	return len(p), nil
+}
+
+// TestLayerFromTarSyncsAsItWrites writes a layer holding a file of more
+// than two syncChunks: its data is synced in the background as it is
+// written (dataSyncer), and the image holds the file exactly and checks
+// clean. Cancelled in the middle of such a file, the writing stops with
+// the syncs and leaves nothing.
+func TestLayerFromTarSyncsAsItWrites(t *testing.T) {
+	roottest.Require(t, "e2fsck")
+	ctx := context.Background()
+	dir := roottest.TempDir(t)
+	size := int64(2*syncChunk + 12345)
+	var hdr bytes.Buffer
+	tw := tar.NewWriter(&hdr)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Flush()
+	want := sha256.New()
+	io.Copy(want, io.LimitReader(&patternReader{}, size))
+	tail := make([]byte, 1024+(blockSizeTar-size%blockSizeTar)%blockSizeTar) // padding and the end
+	before := dataSyncs.Load()
+	img := filepath.Join(dir, "layer.img")
+	if _, err := LayerFromTar(ctx, io.MultiReader(&hdr, io.LimitReader(&patternReader{}, size), bytes.NewReader(tail)), img); err != nil {
+		t.Fatal(err)
+	}
+	if n := dataSyncs.Load() - before; n < 1 {
+		t.Errorf("%d syncs while %d MiB were written", n, size>>20)
+	}
+	requireClean(t, img)
+	f, err := os.Open(filepath.Join(mountLayer(t, img, filepath.Join(dir, "mnt")), "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := sha256.New()
+	if n, err := io.Copy(got, f); err != nil || n != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Errorf("big: %d bytes read (%v), want %d; same data: %v", n, err, size, bytes.Equal(got.Sum(nil), want.Sum(nil)))
+	}
+
+	cancelled := filepath.Join(roottest.TempDir(t), "layer.img")
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var hdr2 bytes.Buffer
+	tw = tar.NewWriter(&hdr2)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: 4 * syncChunk})
+	tw.Flush()
+	src := io.MultiReader(&hdr2, &cancelAfter{r: &patternReader{}, left: 2*syncChunk + 1, cancel: cancel})
+	if _, err := LayerFromTar(cctx, src, cancelled); !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want the cancel", err)
+	}
+	assertOnly(t, filepath.Dir(cancelled))
+}
+
+// cancelAfter reads r, and calls cancel once left bytes were read.
+type cancelAfter struct {
+	r      io.Reader
+	left   int64
+	cancel func()
+}
+
+func (c *cancelAfter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if c.left -= int64(n); c.left <= 0 {
+		c.cancel()
+	}
+	return n, err
 }
 
 // TestLayerFromTarStaysInside writes entries whose names climb out of the
