@@ -218,7 +218,8 @@ func (s *Snapshotter) serveActive(ctx context.Context, id string, m *imagefs.Mou
 }
 
 // readyUnpack readies a layer's unpack (isUnpack): its upper and work dirs
-// on the host, nothing mounted. A new one's upper dir takes the owner of
+// on the host, and the empty lower dir of its overlay while it has no
+// parent (mounts); nothing mounted. A new one's upper dir takes the owner of
 // the parent's root, as in serveActive (later, the applier may have given
 // it the layer's own).
 func (s *Snapshotter) readyUnpack(id string, parentIDs []string, created bool) error {

@@ -94,12 +94,19 @@ func (s *Snapshotter) imagesSound(snap storage.Snapshot) error {
 //     directory), or a read-only overlay of several.
 func (s *Snapshotter) mounts(snap storage.Snapshot) []mount.Mount {
 	active := snap.Kind == snapshots.KindActive
+	var (
+		dirs   string // where the upper and work dirs are (one stat)
+		unpack bool
+	)
+	if active {
+		dirs, unpack = s.overlayDirs(snap.ID)
+	}
 	var lowers []string
 	switch {
-	case len(snap.ParentIDs) == 0 && active && s.isUnpack(snap.ID):
-		lowers = []string{filepath.Join(s.snapshotDir(snap.ID), unpackDir, emptyDir)}
+	case len(snap.ParentIDs) == 0 && unpack:
+		lowers = []string{filepath.Join(dirs, emptyDir)}
 	case len(snap.ParentIDs) == 0 && active:
-		return []mount.Mount{{Type: "bind", Source: s.upperPath(snap.ID), Options: []string{"rw", "rbind"}}}
+		return []mount.Mount{{Type: "bind", Source: filepath.Join(dirs, upperDir), Options: []string{"rw", "rbind"}}}
 	case len(snap.ParentIDs) == 0:
 		return []mount.Mount{{Type: "bind", Source: filepath.Join(s.snapshotDir(snap.ID), emptyDir), Options: []string{"ro", "rbind"}}}
 	case !active && len(snap.ParentIDs) == 1:
@@ -108,8 +115,8 @@ func (s *Snapshotter) mounts(snap storage.Snapshot) []mount.Mount {
 	var options []string
 	if active {
 		options = append(options,
-			"workdir="+s.workPath(snap.ID),
-			"upperdir="+s.upperPath(snap.ID))
+			"workdir="+filepath.Join(dirs, workDir),
+			"upperdir="+filepath.Join(dirs, upperDir))
 	}
 	for _, p := range snap.ParentIDs {
 		lowers = append(lowers, s.layerPath(p))

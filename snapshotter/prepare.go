@@ -146,14 +146,8 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 	}
 	switch {
 	case unpack:
-		if err := os.Mkdir(filepath.Join(dir, unpackDir), 0o700); err != nil {
-			return nil, err
-		}
-		// The lower dir of its overlay while it has no parent (mounts).
-		if err := os.Mkdir(filepath.Join(dir, unpackDir, emptyDir), 0o755); err != nil {
-			return nil, err
-		}
-		return nil, ensureUpper(filepath.Join(dir, unpackDir))
+		// What is in it is made by settle (readyUnpack), as at start-up.
+		return nil, os.Mkdir(filepath.Join(dir, unpackDir), 0o700)
 	case kind == snapshots.KindActive:
 		img := filepath.Join(dir, rwImage)
 		if m, ok := s.pool.take(s.bgCtx, img, create, s.policy().mount); ok {

@@ -226,20 +226,23 @@ func (s *Snapshotter) layerPath(id string) string {
 }
 
 func (s *Snapshotter) upperPath(id string) string {
-	return filepath.Join(s.overlayDirs(id), upperDir)
+	dirs, _ := s.overlayDirs(id)
+	return filepath.Join(dirs, upperDir)
 }
 
 func (s *Snapshotter) workPath(id string) string {
-	return filepath.Join(s.overlayDirs(id), workDir)
+	dirs, _ := s.overlayDirs(id)
+	return filepath.Join(dirs, workDir)
 }
 
 // overlayDirs is where an active snapshot's upper and work dirs are: in
-// its mounted rw image, or on the host for a layer's unpack (isUnpack).
-func (s *Snapshotter) overlayDirs(id string) string {
+// its mounted rw image, or on the host for a layer's unpack (isUnpack,
+// which unpack reports).
+func (s *Snapshotter) overlayDirs(id string) (dirs string, unpack bool) {
 	if s.isUnpack(id) {
-		return filepath.Join(s.snapshotDir(id), unpackDir)
+		return filepath.Join(s.snapshotDir(id), unpackDir), true
 	}
-	return s.mountPath(id)
+	return s.mountPath(id), false
 }
 
 // isUnpack reports an active snapshot the unpacker prepared for a layer
