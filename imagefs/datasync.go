@@ -10,8 +10,9 @@ import (
 var dataSyncs atomic.Int64
 
 // dataSyncer syncs a file's data (fdatasync) in a goroutine of its own
-// while the file is still being written, each time it is asked to: the
-// sync at the end then has only the last part to wait for. On this
+// while the file is still being written through the page cache (a layer
+// where direct I/O is refused, or ThroughPageCache), each time it is
+// asked to: the sync at the end then has only the last part to wait for. On this
 // machine kind a cache flush costs in proportion to what was written
 // since the last one (a VM's disk), and the syncs run beside the writing:
 // writing the benchmarks' 218 MiB layer from its tar took 0.49-0.61 s

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -141,56 +142,100 @@ func (r *patternReader) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestLayerFromTarSyncsAsItWrites writes a layer holding a file of more
-// than two syncChunks: its data is synced in the background as it is
-// written (dataSyncer), and the image holds the file exactly and checks
-// clean. Cancelled in the middle of such a file, the writing stops with
-// the syncs and leaves nothing.
-func TestLayerFromTarSyncsAsItWrites(t *testing.T) {
+// TestLayerFromTarDirectAndBuffered: a layer holding a file of
+// more than two syncChunks is written with direct I/O (directWriter), so
+// little of it stays in the host's page cache; written through the page
+// cache instead (where direct I/O is refused), its data is synced in the
+// background as it is written (dataSyncer). Either way the image holds the
+// file exactly and checks clean, and cancelled in the middle of such a
+// file, the writing stops and leaves nothing.
+func TestLayerFromTarDirectAndBuffered(t *testing.T) {
 	roottest.Require(t, "e2fsck")
-	ctx := context.Background()
-	dir := roottest.TempDir(t)
-	size := int64(2*syncChunk + 12345)
-	var hdr bytes.Buffer
-	tw := tar.NewWriter(&hdr)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: size}); err != nil {
-		t.Fatal(err)
+	for _, direct := range []bool{true, false} {
+		t.Run(map[bool]string{true: "direct", false: "page-cache"}[direct], func(t *testing.T) {
+			var way []LayerOption
+			if !direct {
+				way = append(way, ThroughPageCache())
+			}
+			ctx := context.Background()
+			dir := roottest.TempDir(t)
+			size := int64(2*syncChunk + 12345)
+			var hdr bytes.Buffer
+			tw := tar.NewWriter(&hdr)
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: size}); err != nil {
+				t.Fatal(err)
+			}
+			tw.Flush()
+			want := sha256.New()
+			io.Copy(want, io.LimitReader(&patternReader{}, size))
+			tail := make([]byte, 1024+(blockSizeTar-size%blockSizeTar)%blockSizeTar) // padding and the end
+			syncs, writes := dataSyncs.Load(), directWrites.Load()
+			img := filepath.Join(dir, "layer.img")
+			if _, err := LayerFromTar(ctx, io.MultiReader(&hdr, io.LimitReader(&patternReader{}, size), bytes.NewReader(tail)), img, way...); err != nil {
+				t.Fatal(err)
+			}
+			syncs, writes = dataSyncs.Load()-syncs, directWrites.Load()-writes
+			cached := cachedFraction(t, img)
+			t.Logf("%d background syncs, %d direct writes; %.0f%% of the image in the page cache", syncs, writes, 100*cached)
+			if direct && (writes < size/directChunk || cached > 0.1) {
+				t.Errorf("direct: %d direct writes for %d MiB, %.0f%% of the image in the page cache", writes, size>>20, 100*cached)
+			}
+			if !direct && (syncs < 1 || writes != 0) {
+				t.Errorf("page cache: %d syncs and %d direct writes while %d MiB were written", syncs, writes, size>>20)
+			}
+			requireClean(t, img)
+			f, err := os.Open(filepath.Join(mountLayer(t, img, filepath.Join(dir, "mnt")), "big"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			got := sha256.New()
+			if n, err := io.Copy(got, f); err != nil || n != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+				t.Errorf("big: %d bytes read (%v), want %d; same data: %v", n, err, size, bytes.Equal(got.Sum(nil), want.Sum(nil)))
+			}
+
+			cancelled := filepath.Join(roottest.TempDir(t), "layer.img")
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var hdr2 bytes.Buffer
+			tw = tar.NewWriter(&hdr2)
+			tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: 4 * syncChunk})
+			tw.Flush()
+			src := io.MultiReader(&hdr2, &cancelAfter{r: &patternReader{}, left: 2*syncChunk + 1, cancel: cancel})
+			if _, err := LayerFromTar(cctx, src, cancelled, way...); !errors.Is(err, context.Canceled) {
+				t.Errorf("err = %v, want the cancel", err)
+			}
+			assertOnly(t, filepath.Dir(cancelled))
+		})
 	}
-	tw.Flush()
-	want := sha256.New()
-	io.Copy(want, io.LimitReader(&patternReader{}, size))
-	tail := make([]byte, 1024+(blockSizeTar-size%blockSizeTar)%blockSizeTar) // padding and the end
-	before := dataSyncs.Load()
-	img := filepath.Join(dir, "layer.img")
-	if _, err := LayerFromTar(ctx, io.MultiReader(&hdr, io.LimitReader(&patternReader{}, size), bytes.NewReader(tail)), img); err != nil {
-		t.Fatal(err)
-	}
-	if n := dataSyncs.Load() - before; n < 1 {
-		t.Errorf("%d syncs while %d MiB were written", n, size>>20)
-	}
-	requireClean(t, img)
-	f, err := os.Open(filepath.Join(mountLayer(t, img, filepath.Join(dir, "mnt")), "big"))
+}
+
+// cachedFraction is the part of the file at path held in the page cache.
+func cachedFraction(t *testing.T, path string) float64 {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	got := sha256.New()
-	if n, err := io.Copy(got, f); err != nil || n != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
-		t.Errorf("big: %d bytes read (%v), want %d; same data: %v", n, err, size, bytes.Equal(got.Sum(nil), want.Sum(nil)))
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		t.Fatalf("%s: %v, %d bytes", path, err, st.Size())
 	}
-
-	cancelled := filepath.Join(roottest.TempDir(t), "layer.img")
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var hdr2 bytes.Buffer
-	tw = tar.NewWriter(&hdr2)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: 4 * syncChunk})
-	tw.Flush()
-	src := io.MultiReader(&hdr2, &cancelAfter{r: &patternReader{}, left: 2*syncChunk + 1, cancel: cancel})
-	if _, err := LayerFromTar(cctx, src, cancelled); !errors.Is(err, context.Canceled) {
-		t.Errorf("err = %v, want the cancel", err)
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
 	}
-	assertOnly(t, filepath.Dir(cancelled))
+	defer unix.Munmap(m)
+	pages := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&pages[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	in := 0
+	for _, p := range pages {
+		in += int(p & 1)
+	}
+	return float64(in) / float64(len(pages))
 }
 
 // cancelAfter reads r, and calls cancel once left bytes were read.
