@@ -370,3 +370,29 @@ func TestLayerFromTarStopsWhenCancelled(t *testing.T) {
 	}
 	assertOnly(t, dir)
 }
+
+// TestLayerFromTarOnFullHostLeavesNothing writes a layer bigger than the
+// host's free space, either way: the host's ENOSPC is reported as
+// ErrHostFull and no file is left.
+func TestLayerFromTarOnFullHostLeavesNothing(t *testing.T) {
+	roottest.Require(t)
+	for _, way := range [][]LayerOption{nil, {ThroughPageCache()}} {
+		t.Run(map[bool]string{true: "direct", false: "page-cache"}[way == nil], func(t *testing.T) {
+			dir := roottest.TempDir(t)
+			if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+				t.Fatal(err)
+			}
+			const size = 4 << 20
+			var tarball bytes.Buffer
+			writeOCITar(t, &tarball, []ociEntry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: size},
+				data: io.LimitReader(&patternReader{}, size)}})
+			before := directWrites.Load()
+			_, err := LayerFromTar(context.Background(), &tarball, filepath.Join(dir, "layer.img"), way...)
+			t.Logf("%d direct writes", directWrites.Load()-before)
+			if !errors.Is(err, ErrHostFull) {
+				t.Fatalf("err = %v, want ErrHostFull", err)
+			}
+			assertOnly(t, dir)
+		})
+	}
+}
