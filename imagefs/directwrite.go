@@ -72,7 +72,7 @@ func newDirectWriter(f *os.File, path string) *directWriter {
 		return nil
 	}
 	w := &directWriter{f: f, direct: direct, free: make(chan []byte, directBuffers),
-		jobs: make(chan directJob), done: make(chan struct{})}
+		jobs: make(chan directJob, directBuffers), done: make(chan struct{})}
 	for range directBuffers {
 		w.free <- alignedBuffer(directChunk)
 	}
