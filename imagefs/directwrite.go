@@ -16,12 +16,13 @@ import (
 // LayerFromTar writes) with direct I/O, a second descriptor of the file
 // opened O_DIRECT, from a few aligned buffers written by a goroutine of
 // its own while the caller goes on: the data does not pass through the
-// host's page cache. On this machine kind that copy is most of a layer's
-// writing when the page cache has to take new pages: the benchmarks'
-// 218 MiB layer from its tar took 0.56 s (0.70 s of CPU) this way, and
-// 1.17 s (1.36 s) through the page cache (docs/benchmarks.md "Writing a
-// layer from its tar"). The image's fsync then has only metadata and a
-// cache flush left to do.
+// host's page cache, and does not push the host's own cache out. Where
+// the page cache is costly to fill that copy is most of a layer's
+// writing: the benchmarks' 218 MiB layer from its tar took 0.56 s (0.70 s
+// of CPU) this way and 1.17 s (1.36 s) through the page cache on this VM
+// in its first hour, 0.48 s against 0.52 s later (docs/benchmarks.md
+// "Writing a layer from its tar"). The image's fsync then has only
+// metadata and a cache flush left to do.
 //
 // The caller hands it runs of bytes at their offsets (put); contiguous
 // ones are gathered into whole blocks. Whatever is not a whole aligned
