@@ -31,17 +31,20 @@ import (
 // gone, with its loop device, when Unmount closes it or the process dies.
 // Place puts it on a directory later, so that a mount made ahead of need
 // (the pool's) costs its user a move instead of an attach and a mount. It
-// refuses an image attached already (ErrInUse).
+// refuses an image attached already (ErrInUse); with o.New the caller
+// vouches that nothing can hold the image, and it does not look.
 func MountDetached(ctx context.Context, path string, o MountOptions) (*Mounted, error) {
 	img, unlock, err := lockForMount(ctx, path)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if devs, err := FindLoops(img); err != nil {
-		return nil, err
-	} else if len(devs) > 0 {
-		return nil, fmt.Errorf("mount %s: %w (%s)", path, ErrInUse, strings.Join(devs, ", "))
+	if !o.New {
+		if devs, err := FindLoops(img); err != nil {
+			return nil, err
+		} else if len(devs) > 0 {
+			return nil, fmt.Errorf("mount %s: %w (%s)", path, ErrInUse, strings.Join(devs, ", "))
+		}
 	}
 	loop, err := Attach(ctx, img, AttachOptions{ReadOnly: o.ReadOnly, DirectIO: o.DirectIO})
 	if err != nil {

@@ -279,7 +279,7 @@ func (p *pool) make(ctx context.Context, n int, pol *poolPolicy) bool {
 		if err := p.templates.Create(ctx, path, p.opts); err != nil {
 			return err
 		}
-		return p.premount(ctx, path, pol)
+		return p.premount(ctx, path, pol, true)
 	})
 }
 

@@ -40,9 +40,12 @@ func (p *pool) mountedDir() string { return filepath.Join(p.dir, mountedSubdir) 
 
 // premount mounts the image at path (in the mounted directory) detached,
 // frees its headroom and adds it to the ready ones; on failure the image is
-// deleted.
-func (p *pool) premount(ctx context.Context, path string, pol *poolPolicy) error {
-	m, err := imagefs.MountDetached(ctx, path, pol.mount)
+// deleted. made says the pool made the image a moment ago (no loop device
+// can hold it: imagefs.MountOptions.New).
+func (p *pool) premount(ctx context.Context, path string, pol *poolPolicy, made bool) error {
+	o := pol.mount
+	o.New = made
+	m, err := imagefs.MountDetached(ctx, path, o)
 	if err == nil {
 		_, err = m.EnsureFree(ctx, pol.headroom)
 		if err != nil {
@@ -78,7 +81,7 @@ func (p *pool) premountReady(ctx context.Context, names []string, pol *poolPolic
 			}
 			return err
 		}
-		return p.premount(ctx, path, pol)
+		return p.premount(ctx, path, pol, false)
 	})
 }
 
