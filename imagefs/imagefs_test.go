@@ -782,7 +782,8 @@ func TestSuperblockMatchesDumpe2fs(t *testing.T) {
 	}
 }
 
-// BenchmarkBackingFiles is the sysfs scan every Mount and Remove makes:
+// BenchmarkBackingFiles is the scan of attached loop devices every Remove
+// makes (and a Mount of an image not known to be new):
 // go test -run XXX -bench BackingFiles ./imagefs (the figure in
 // backingFiles' doc; it grows with the host's loop devices).
 func BenchmarkBackingFiles(b *testing.B) {
@@ -852,5 +853,33 @@ func TestPlaceADetachedMount(t *testing.T) {
 	}
 	if devs, _ := FindLoops(moved); len(devs) != 0 {
 		t.Fatalf("image still attached to %v after a detached mount's unmount", devs)
+	}
+}
+
+// TestFindLoopsFindsAttached: a file attached to a loop device is found
+// by the scan of attached devices (FindLoops, loopsBelow), and no longer
+// once the device is gone.
+func TestFindLoopsFindsAttached(t *testing.T) {
+	roottest.Require(t)
+	dir := roottest.TempDir(t)
+	path := filepath.Join(dir, "file.img")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loop, err := Attach(context.Background(), path, AttachOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := FindLoops(path)
+	below, berr := loopsBelow(dir)
+	if err != nil || berr != nil || !slices.Equal(devs, []string{loop.Device}) || !slices.Equal(below, []string{loop.Device}) {
+		t.Errorf("attached to %s: FindLoops %v (%v), loopsBelow %v (%v)", loop.Device, devs, err, below, berr)
+	}
+	loop.Close() // autoclear: the device goes with its last user
+	if err := waitGone(context.Background(), func() (bool, error) {
+		devs, err := FindLoops(path)
+		return len(devs) == 0, err
+	}); err != nil {
+		t.Errorf("%s still found after its close: %v", loop.Device, err)
 	}
 }

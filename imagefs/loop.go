@@ -168,30 +168,57 @@ type loopBacking struct{ device, file string }
 // backingFiles lists every attached loop device with its backing file, read
 // from sysfs (a deleted file keeps its old path).
 //
-// One read per loop device: the kernel keeps every device it ever made
-// (300 on a host that ran 300 containers at once, attached or not), and
-// every Mount and Remove scans them. A read that fails is a device with
-// nothing attached. With 306 devices here: 0.54 ms a scan, against
-// 3.1 ms for the glob of the backing_file paths it replaced, which made
-// three sysfs calls per device (BenchmarkBackingFiles).
+// One read of /proc/partitions, which lists the block devices that have a
+// size (an attached loop device; not one with nothing attached), then one
+// read per attached device. The kernel keeps every loop device it ever
+// made (370 on this machine after the test suite, attached or not), and
+// every Remove scans them: reading each one's backing_file took 2.8 ms a
+// scan with none attached, the busiest code of `snug serve` during a burst
+// of containers; this takes 0.10 ms (BenchmarkBackingFiles, 370 devices). A loop device attached to a
+// file of less than a sector has no size and is not listed: snug attaches
+// nothing that small (an image's superblock is checked first).
 func backingFiles() ([]loopBacking, error) {
-	entries, err := os.ReadDir("/sys/block")
+	names, err := sizedLoops()
 	if err != nil {
 		return nil, err
 	}
 	var out []loopBacking
-	for _, e := range entries {
-		name := e.Name()
-		if !strings.HasPrefix(name, "loop") {
-			continue
-		}
+	for _, name := range names {
 		file, ok := backingFile(name)
 		if !ok {
-			continue // nothing attached, or detached while we looked
+			continue // detached while we looked
 		}
 		out = append(out, loopBacking{device: "/dev/" + name, file: file})
 	}
 	return out, nil
+}
+
+// sizedLoops lists the loop devices /proc/partitions shows.
+func sizedLoops() ([]string, error) {
+	b, err := os.ReadFile("/proc/partitions")
+	if err != nil {
+		return nil, err
+	}
+	return parsePartitionLoops(string(b)), nil
+}
+
+// parsePartitionLoops returns the whole loop devices (loopN, not their
+// partitions loopNpM) named in the text of /proc/partitions: a header,
+// then "major minor #blocks name" per device.
+func parsePartitionLoops(text string) []string {
+	var names []string
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 4 {
+			continue
+		}
+		n, ok := strings.CutPrefix(f[3], "loop")
+		if !ok || n == "" || strings.Trim(n, "0123456789") != "" {
+			continue
+		}
+		names = append(names, f[3])
+	}
+	return names
 }
 
 // backingFile is the file the loop device name (loopN) is attached to, as

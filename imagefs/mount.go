@@ -44,9 +44,9 @@ type MountOptions struct {
 	// New says the image was made a moment ago by this process, at a path
 	// nothing else knows yet (a pool image or a template's copy renamed
 	// into a new snapshot): no loop device can hold it, so Mount and
-	// MountDetached do not look for one. That look reads every loop device's backing file in
-	// sysfs; with a hundred containers on the host, it was the daemon's
-	// largest cost in a burst of `ctr run`s.
+	// MountDetached do not look for one. That look reads the backing file
+	// of every attached loop device in sysfs; with a hundred containers on
+	// the host, it was the daemon's largest cost in a burst of `ctr run`s.
 	New bool
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -106,4 +107,26 @@ func FuzzDecodeFiemap(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestParsePartitionLoops reads the loop devices out of /proc/partitions'
+// text: whole devices only, whatever else the host has.
+func TestParsePartitionLoops(t *testing.T) {
+	const header = "major minor  #blocks  name\n\n"
+	for _, tc := range []struct {
+		name, text string
+		want       []string
+	}{
+		{"none", header + " 254        0  268435456 vda\n", nil},
+		{"loops among disks", header + " 254        0  268435456 vda\n   7        0      16384 loop0\n   7       12   33554432 loop12\n 259        0    1048576 nvme0n1\n", []string{"loop0", "loop12"}},
+		{"partitions of a loop", header + "   7        3      16384 loop3\n 259        1       8192 loop3p1\n", []string{"loop3"}},
+		{"not a loop device", header + "   7        0      16384 loopy\n   7        0      16384 loop\n", nil},
+		{"empty and torn lines", "\n   7  0\n   7        5      16384 loop5", []string{"loop5"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := parsePartitionLoops(tc.text); !slices.Equal(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
 }
