@@ -174,10 +174,8 @@ func (w *directWriter) submit(b []byte) {
 
 func (w *directWriter) writeBuffered(p []byte, off int64) error {
 	w.pending.Wait()
-	if _, err := w.f.WriteAt(p, off); err != nil {
-		return err
-	}
-	return nil
+	_, err := w.f.WriteAt(p, off)
+	return err
 }
 
 // write makes the direct writes handed to it, one after another.

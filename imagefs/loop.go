@@ -174,9 +174,10 @@ type loopBacking struct{ device, file string }
 // made (370 on this machine after the test suite, attached or not), and
 // every Remove scans them: reading each one's backing_file took 2.8 ms a
 // scan with none attached, the busiest code of `snug serve` during a burst
-// of containers; this takes 0.10 ms (BenchmarkBackingFiles, 370 devices). A loop device attached to a
-// file of less than a sector has no size and is not listed: snug attaches
-// nothing that small (an image's superblock is checked first).
+// of containers; this takes 0.10 ms (BenchmarkBackingFiles, 370 devices).
+// A loop device attached to a file of less than a sector has no size and
+// is not listed: snug attaches nothing that small (an image's superblock
+// is checked first).
 func backingFiles() ([]loopBacking, error) {
 	names, err := sizedLoops()
 	if err != nil {
