@@ -222,22 +222,38 @@ func shrinkCopy(ctx context.Context, tmp string, size, quota, window int64, dire
 	return fsyncPath(tmp)
 }
 
-// copySparse copies src to a new file dst, cheaply: a reflink (FICLONE) where
-// the host filesystem shares blocks, otherwise only the data regions
-// (SEEK_DATA/SEEK_HOLE) with copy_file_range, so holes stay holes.
+// copySparse copies src to a new file dst, cheaply (copyInto), and syncs
+// the copy.
 func copySparse(src, dst string) error {
+	return withCopy(src, dst, func(out *os.File) error { return out.Sync() })
+}
+
+// withCopy copies src to a new file dst (copyInto) and runs then with the
+// copy still open.
+func withCopy(src, dst string, then func(out *os.File) error) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}
 	defer out.Close()
+	if err := copyInto(in, out); err != nil {
+		return err
+	}
+	return then(out)
+}
+
+// copyInto copies in to the empty file out, cheaply: a reflink (FICLONE)
+// where the host filesystem shares blocks, otherwise only the data regions
+// (SEEK_DATA/SEEK_HOLE) with copy_file_range, so holes stay holes. It does
+// not sync.
+func copyInto(in, out *os.File) error {
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
-		return out.Sync()
+		return nil
 	}
 	st, err := in.Stat()
 	if err != nil {
@@ -271,5 +287,5 @@ func copySparse(src, dst string) error {
 		}
 		off = hole
 	}
-	return out.Sync()
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -265,9 +264,9 @@ func inLayer(name string) string {
 // writeUUID sets the UUID in the primary superblock of an image that has
 // no metadata checksums (nothing else records the UUID).
 func writeUUID(f *os.File, uuid string) error {
-	u, err := hex.DecodeString(strings.ReplaceAll(uuid, "-", ""))
-	if err != nil || len(u) != 16 {
-		return fmt.Errorf("uuid %q: not 16 bytes of hex", uuid)
+	u, err := parseUUID(uuid)
+	if err != nil {
+		return err
 	}
 	_, err = unix.Pwrite(int(f.Fd()), u, superblockOffset+0x68)
 	return err

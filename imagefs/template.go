@@ -14,11 +14,14 @@ import (
 // CreateOptions, made by Create the first time those options are asked for,
 // then copied (a reflink where the host filesystem clones files, otherwise
 // a copy of its data extents only, so the copy is as sparse as the
-// template) and given a UUID of its own with `tune2fs -U`. The UUID is what
-// ext4's fsid derives from, and the error monitor tells images apart by it;
-// mkfs's metadata_csum_seed keeps the change to a superblock write. A copy
-// costs a few milliseconds where Create runs mkfs.ext4 and mounts the image
-// to place its balloon (bench: TestTemplateBenchmark).
+// template) and given a UUID of its own, written into its primary and
+// backup superblocks as `tune2fs -U` would (setUUIDInSuperblocks; tune2fs
+// for a layout that does not handle). The UUID is what ext4's fsid derives
+// from, and the error monitor tells images apart by it; mkfs's
+// metadata_csum_seed keeps the change to the superblocks. The copy and its
+// publication sync once. A copy costs a few milliseconds where Create runs
+// mkfs.ext4 and mounts the image to place its balloon (bench:
+// TestTemplateBenchmark).
 //
 // Images made from one template share the rest of their superblock,
 // including the directory hash seed (tune2fs cannot change it, and
@@ -73,23 +76,34 @@ func (t *Templates) Create(ctx context.Context, path string, o CreateOptions) er
 	if err != nil {
 		return err
 	}
-	err = copySparse(tpl, tmp)
+	inPlace := true
+	copyWithUUID := func(out *os.File) error {
+		err := setUUIDInSuperblocks(out, uuid)
+		if errors.Is(err, errUUIDLayout) {
+			inPlace = false
+			return nil
+		}
+		return err
+	}
+	err = withCopy(tpl, tmp, copyWithUUID)
 	if errors.Is(err, os.ErrNotExist) {
 		// The template was deleted from under us: make it again, once.
 		t.forget(key)
 		if _, tpl, err = t.template(ctx, o); err != nil {
 			return err
 		}
-		err = copySparse(tpl, tmp)
+		err = withCopy(tpl, tmp, copyWithUUID)
 	}
 	if err != nil {
 		os.Remove(tmp)
 		t.forget(key) // made again next time, should it be the trouble
 		return fmt.Errorf("create %s from %s: %w", path, tpl, HostError(err))
 	}
-	if err := setUUID(ctx, tmp, uuid); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("create %s: %w", path, err)
+	if !inPlace {
+		if err := setUUID(ctx, tmp, uuid); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("create %s: %w", path, err)
+		}
 	}
 	if err := publishImage(tmp, path); err != nil {
 		os.Remove(tmp)
