@@ -38,7 +38,8 @@ func TestHostFaults(t *testing.T) {
 	hostFS(t, filepath.Join(dir, "host.img"), filepath.Join(dir, "state"))
 	tools := filepath.Join(dir, "tools")
 	setTools(t, tools, nil)
-	d := startDaemon(t, dir, fmt.Sprintf("e2fsprogs_dir = %q\n[image]\nquota = \"1GiB\"\n", tools))
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	d := startDaemon(t, dir, fmt.Sprintf("e2fsprogs_dir = %q\nmetrics_address = %q\n[image]\nquota = \"1GiB\"\n", tools, metrics))
 	// Faults the kernel cannot be made to produce are injected while this
 	// file names them (internal/failpoint.Fault).
 	faults := filepath.Join(dir, "faults")
@@ -140,10 +141,9 @@ func TestHostFaults(t *testing.T) {
 	if err := sn.Remove(ctx, "refill"); err != nil {
 		t.Fatal(err)
 	}
-	premounted := func() int {
-		m, _ := filepath.Glob(filepath.Join(d.Root, "pool", "mounted", "*.img"))
-		return len(m)
-	}
+	// The pool's own count: an image file in pool/mounted may still be
+	// being attached and mounted, and the fault below would fail that.
+	premounted := func() int { return int(metricValue(t, metrics, "snug_pool_mounted_images")) }
 	for end := time.Now().Add(20 * time.Second); premounted() < 2 && time.Now().Before(end); {
 		time.Sleep(50 * time.Millisecond)
 	}

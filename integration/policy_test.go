@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,6 +98,29 @@ func statusByName(t *testing.T, d *daemon, name string) api.ImageStatus {
 	}
 	t.Fatalf("no status for %s", name)
 	return api.ImageStatus{}
+}
+
+// metricValue reads /metrics at addr and returns the value of the metric
+// name (one without labels); it fails t if there is none.
+func metricValue(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no metric %s at %s", name, addr)
+	return 0
 }
 
 // requireMetrics reads /metrics at addr and fails t for each of wants it
