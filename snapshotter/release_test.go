@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/snugfs/snug/imagefs"
@@ -203,4 +204,35 @@ func (f *failedMounts) Mounted(context.Context, string, bool, *imagefs.Mounted) 
 func (f *failedMounts) Unmounting(string)                                       {}
 func (f *failedMounts) MountFailed(_ context.Context, _ string, _ bool, err error) {
 	*f = append(*f, err)
+}
+
+// TestCleanupCommitsNothing: Cleanup deletes a snapshot directory nothing
+// records, and its write transaction (which keeps Prepares out while it
+// looks) ends rolled back: the metadata store's transaction id does not
+// move, so the store is not synced for it.
+func TestCleanupCommitsNothing(t *testing.T) {
+	ctx := context.Background()
+	sn, root := newTestSnapshotter(t)
+	lastCommit := func() int {
+		_, tx, err := sn.ms.TransactionContext(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		return tx.(*bolt.Tx).ID()
+	}
+	stray := filepath.Join(root, "snapshots", "9999")
+	if err := os.MkdirAll(filepath.Join(stray, "fs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before := lastCommit()
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stray); !os.IsNotExist(err) {
+		t.Errorf("Cleanup left the unrecorded directory %s: %v", stray, err)
+	}
+	if after := lastCommit(); after != before {
+		t.Errorf("Cleanup committed: transaction id %d, was %d", after, before)
+	}
 }

@@ -55,7 +55,9 @@ func (s *Snapshotter) cleanup(ctx context.Context, startup bool) error {
 	var dirs []string
 	// A write transaction keeps snapshots from being created while we look:
 	// a directory renamed to its id is recorded in the same transaction.
-	if err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+	// It changes nothing, so it ends rolled back: a commit would sync the
+	// store twice for nothing, at every garbage collection.
+	err := s.lookingOnly(ctx, func(ctx context.Context) error {
 		ids, err := storage.IDMap(ctx)
 		if err != nil && !errdefs.IsNotFound(err) { // a new store has no bucket yet
 			return err
@@ -74,7 +76,8 @@ func (s *Snapshotter) cleanup(ctx context.Context, startup bool) error {
 			}
 		}
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	for _, dir := range dirs {
@@ -85,6 +88,18 @@ func (s *Snapshotter) cleanup(ctx context.Context, startup bool) error {
 		}
 	}
 	return nil
+}
+
+// lookingOnly runs fn in a write transaction of the metadata store, which
+// keeps every other writer out meanwhile, and rolls it back: for fn that
+// only reads.
+func (s *Snapshotter) lookingOnly(ctx context.Context, fn func(ctx context.Context) error) error {
+	ctx, tx, err := s.ms.TransactionContext(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	return fn(ctx)
 }
 
 func olderThan(e os.DirEntry, d time.Duration) bool {
