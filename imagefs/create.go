@@ -123,7 +123,20 @@ func Create(ctx context.Context, path string, o CreateOptions) (err error) {
 	if err := placeBalloon(ctx, tmp, o.Window, o.Quota, o.Inodes, o.DirectIO); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
+	if err := withFile(tmp, emptyJournalLog); err != nil {
+		return fmt.Errorf("create %s: %w", path, HostError(err))
+	}
 	return publishImage(tmp, path)
+}
+
+// withFile runs fn on the file at path, open for reading and writing.
+func withFile(path string, fn func(*os.File) error) error {
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return fn(f)
 }
 
 // startCreate checks the options and that nothing is at path, and picks

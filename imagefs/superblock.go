@@ -78,6 +78,21 @@ func ReadSuperblock(path string) (*Superblock, error) {
 	return sb, nil
 }
 
+// readPrimarySuperblock reads the primary superblock of the image open in
+// f: its bytes, and what parseSuperblock makes of them.
+func readPrimarySuperblock(f *os.File) ([]byte, *Superblock, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	b := make([]byte, superblockSize)
+	if _, err := f.ReadAt(b, superblockOffset); err != nil {
+		return nil, nil, fmt.Errorf("read superblock: %w", err)
+	}
+	sb, err := parseSuperblock(b, st.Size())
+	return b, sb, err
+}
+
 // parseSuperblock decodes a 1024-byte ext4 superblock found in a file of
 // fileSize bytes. It rejects anything a real ext4 filesystem of that file
 // could not hold.

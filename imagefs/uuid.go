@@ -50,15 +50,7 @@ func setUUIDInSuperblocks(f *os.File, uuid string) error {
 	if err != nil {
 		return err
 	}
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	primary := make([]byte, superblockSize)
-	if _, err := f.ReadAt(primary, superblockOffset); err != nil {
-		return fmt.Errorf("read superblock: %w", err)
-	}
-	sb, err := parseSuperblock(primary, st.Size())
+	primary, sb, err := readPrimarySuperblock(f)
 	if err != nil {
 		return err
 	}
