@@ -16,10 +16,10 @@ import (
 // a copy of its data extents only, so the copy is as sparse as the
 // template) and given a UUID of its own, written into its primary and
 // backup superblocks as `tune2fs -U` would (setUUIDInSuperblocks; tune2fs
-// for a layout that does not handle). The UUID is what ext4's fsid derives
-// from, and the error monitor tells images apart by it; mkfs's
-// metadata_csum_seed keeps the change to the superblocks. The copy and its
-// publication sync once. A copy costs a few milliseconds where Create runs
+// -U itself for a layout that function does not handle). The UUID is what
+// ext4's fsid derives from, and the error monitor tells images apart by
+// it; mkfs's metadata_csum_seed keeps the change to the superblocks. The
+// copy and its publication sync once. A copy costs a few milliseconds where Create runs
 // mkfs.ext4 and mounts the image to place its balloon (bench:
 // TestTemplateBenchmark).
 //
