@@ -7,6 +7,10 @@
 #   bench_workdir PREFIX       a fresh directory under /var/lib (prints it)
 #   bench_debug_snug DIR       writes DIR/snug-debug: bin/snug with
 #                              --log-level debug (each call's time logged)
+#   bench_call_times LOG FROM METHOD
+#                              p50, p90 and max of the METHOD calls (Prepare,
+#                              Remove...) that snug-debug logged in LOG after
+#                              its line FROM
 
 bench_needs() {
   local name=$1 tool
@@ -23,4 +27,13 @@ bench_workdir() { mktemp -d "/var/lib/$1.XXXXXX"; }
 bench_debug_snug() {
   printf '#!/bin/sh\nexec %q "$@" --log-level debug\n' "$here/bin/snug" >"$1/snug-debug"
   chmod +x "$1/snug-debug"
+}
+
+bench_call_times() {
+  tail -n +"$(($2 + 1))" "$1" | sed -n "s|.*Snapshots/$3 took=||p" | awk '
+    /ms$/ { sub(/ms$/, ""); print; next }
+    /µs$/ { sub(/µs$/, ""); print $1 / 1000; next }
+    /s$/ { sub(/s$/, ""); print $1 * 1000 }' | sort -g | awk -v m="$3" '
+    { a[NR] = $1 }
+    END { if (NR) printf "%s p50 %.1f p90 %.1f max %.1f ms (%d)", m, a[int((NR + 1) / 2)], a[int(NR * 0.9)], a[NR], NR; else printf "%s none", m }'
 }

@@ -60,15 +60,10 @@ for v in 0 1 2; do
   printf '  %-20s median %5d ms  %5.2fx overlayfs\n' "${names[$v]}" "$m" "$(echo "$m $over" | awk '{ print $1 / $2 }')"
 done
 
-# calls METHOD STACK: p50 and p90 of the daemon's METHOD calls during the runs.
-calls() {
-  tail -n +"$((logged[$2] + 1))" "$dir/$2/snug.log" | sed -n "s|.*Snapshots/$1 took=||p" | awk '
-    /ms$/ { sub(/ms$/, ""); print; next }
-    /µs$/ { sub(/µs$/, ""); print $1 / 1000; next }
-    /s$/ { sub(/s$/, ""); print $1 * 1000 }' | sort -g | awk '{ a[NR] = $1 } END { printf "p50 %6.2f ms  p90 %6.2f ms  (%d calls)", a[int((NR + 1) / 2)], a[int(NR * 0.9)], NR }'
-}
+# calls METHOD STACK: p50, p90 and max of the daemon's METHOD calls during the runs.
+calls() { bench_call_times "$dir/$2/snug.log" "${logged[$2]}" "$1"; }
 for s in off on; do
-  echo "  premount $s: Prepare $(calls Prepare "$s"); Remove $(calls Remove "$s")"
+  echo "  premount $s: $(calls Prepare "$s"); $(calls Remove "$s")"
 done
 
 # burst STACK ROUND: n containers at once; prints p50 and p90 (ms).
