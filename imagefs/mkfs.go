@@ -39,8 +39,8 @@ type mkfsOptions struct {
 //     from it, so two images must never share one;
 //   - metadata_csum_seed: the metadata checksums are seeded from a field of
 //     their own, not from the UUID, so a copy of an image (Templates) takes
-//     a new UUID with a superblock write (tune2fs -U) instead of a rewrite
-//     of every checksum.
+//     a new UUID with a write of its superblocks (setUUIDInSuperblocks, as
+//     tune2fs -U does) instead of a rewrite of every checksum.
 func mkfs(ctx context.Context, path string, o mkfsOptions) error {
 	journalMiB := (o.JournalBytes + (1<<20 - 1)) >> 20
 	features := "^resize_inode,metadata_csum_seed"
