@@ -100,17 +100,26 @@ func statusByName(t *testing.T, d *daemon, name string) api.ImageStatus {
 	return api.ImageStatus{}
 }
 
-// metricValue reads /metrics at addr and returns the value of the metric
-// name (one without labels); it fails t if there is none.
-func metricValue(t *testing.T, addr, name string) float64 {
+// readMetrics returns the text /metrics at addr serves.
+func readMetrics(t *testing.T, addr string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, line := range strings.Split(string(body), "\n") {
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// metricValue reads /metrics at addr and returns the value of the metric
+// name (one without labels); it fails t if there is none.
+func metricValue(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(readMetrics(t, addr), "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
@@ -127,17 +136,12 @@ func metricValue(t *testing.T, addr, name string) float64 {
 // does not contain.
 func requireMetrics(t *testing.T, addr string, wants ...string) {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := readMetrics(t, addr)
 	for _, want := range wants {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			name, _, _ := strings.Cut(want, " ")
 			var have []string
-			for _, line := range strings.Split(string(body), "\n") {
+			for _, line := range strings.Split(body, "\n") {
 				if strings.HasPrefix(line, strings.TrimRight(name, "{")) {
 					have = append(have, line)
 				}
