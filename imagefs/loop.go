@@ -93,6 +93,12 @@ func Attach(ctx context.Context, path string, o AttachOptions) (*Loop, error) {
 			if info, err := unix.IoctlLoopGetStatus64(int(dev.Fd())); err == nil {
 				l.DirectIO = info.Flags&unix.LO_FLAGS_DIRECT_IO != 0
 			}
+			if !o.ReadOnly {
+				if err := keepFlushes(ctx, "loop"+strconv.Itoa(n)); err != nil {
+					dev.Close() // autoclear detaches it
+					return nil, fmt.Errorf("attach %s to %s: %w", path, devPath, err)
+				}
+			}
 			return l, nil
 		}
 		dev.Close()

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/iowork"
 	"github.com/snugfs/snug/internal/roottest"
 )
@@ -73,7 +74,8 @@ func fsyncDurability(t *testing.T, policy string) {
 		t.Fatalf("the image %s is not on the XFS host %s", image, state)
 	}
 	ackFile := filepath.Join(acks, "acks")
-	waitAcks(t, ackFile, 400)
+	waitAcks(t, ackFile, 300)
+	requireFlushPerFsync(t, image, ackFile, 100)
 
 	// The crash: snug first, so nothing reacts to the container's end.
 	s.snug.Stop(syscall.SIGKILL)
@@ -198,6 +200,42 @@ func waitAcks(t *testing.T, file string, n int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// requireFlushPerFsync fails the test unless the image's loop device
+// completes at least one cache flush for each record the writer
+// acknowledges while n more are: every fsync in the container must reach
+// the host's disk, which the crash image (a clone of the backing file,
+// page cache included) cannot show. One record less is allowed for the
+// fsync that straddles the first count.
+func requireFlushPerFsync(t *testing.T, image, ackFile string, n int) {
+	t.Helper()
+	devs, err := imagefs.FindLoops(image)
+	if err != nil || len(devs) != 1 {
+		t.Fatalf("the loop device of %s: %v (%v)", image, devs, err)
+	}
+	flushes0, err := roottest.Flushes(devs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	acks0 := countLines(ackFile)
+	waitAcks(t, ackFile, acks0+n)
+	flushes1, err := roottest.Flushes(devs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	acks := countLines(ackFile) - acks0
+	flushes := int(flushes1 - flushes0)
+	t.Logf("%s: %d flushes for %d acknowledged records", devs[0], flushes, acks)
+	if flushes < acks-1 {
+		t.Fatalf("%s completed %d cache flushes while the container fsync'd %d records: its fsyncs do not reach the host disk", devs[0], flushes, acks)
+	}
+}
+
+// countLines is how many lines the file holds now.
+func countLines(file string) int {
+	b, _ := os.ReadFile(file)
+	return bytes.Count(b, []byte("\n"))
 }
 
 // waitStopped waits until containerd reports the task stopped: the writer

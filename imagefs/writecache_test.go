@@ -1,0 +1,100 @@
+package imagefs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snugfs/snug/internal/roottest"
+)
+
+// TestAttachKeepsFlushes: a loop device whose cache mode was left at
+// "write through" (the kernel keeps it across attachments) is made
+// write-back when an image is attached to it read-write, so a flush of the
+// image reaches the loop driver, and with it the host's disk.
+func TestAttachKeepsFlushes(t *testing.T) {
+	roottest.Require(t)
+	ctx := context.Background()
+	path := filepath.Join(roottest.TempDir(t), "flush.img")
+	if err := os.WriteFile(path, make([]byte, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loop := attachToWriteThrough(t, ctx, path)
+	defer loop.Close()
+	name := filepath.Base(loop.Device)
+	if mode, err := readWriteCache("/sys/block/" + name + "/queue/write_cache"); err != nil || mode != "write back" {
+		t.Errorf("%s after Attach: cache mode %q (%v), want write back", loop.Device, mode, err)
+	}
+
+	// A write and an fsync of the device: the block layer sends the loop
+	// driver a flush only if its cache is write-back.
+	before, err := roottest.Flushes(loop.Device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := os.OpenFile(loop.Device, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if _, err := dev.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := roottest.Flushes(loop.Device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after <= before {
+		t.Errorf("an fsync of %s made no flush (%d before, %d after)", loop.Device, before, after)
+	}
+
+	// A read-only attachment has nothing to flush and is left as it is.
+	ro, err := Attach(ctx, path, AttachOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro.Close()
+}
+
+// attachToWriteThrough sets the next free loop device's cache mode to
+// write through, as a leftover of an earlier user, and attaches path
+// read-write; it tries again if another process took that device first.
+// The override is cleared when the test ends, whatever Attach did.
+func attachToWriteThrough(t *testing.T, ctx context.Context, path string) *Loop {
+	t.Helper()
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	for attempt := 0; attempt < 10; attempt++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := "loop" + strconv.Itoa(n)
+		mode := "/sys/block/" + name + "/queue/write_cache"
+		if err := os.WriteFile(mode, []byte("write through"), 0); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.WriteFile(mode, []byte("write back"), 0) })
+		loop, err := Attach(ctx, path, AttachOptions{DirectIO: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimPrefix(loop.Device, "/dev/") == name {
+			return loop
+		}
+		loop.Close()
+	}
+	t.Fatal("another process took every free loop device first")
+	return nil
+}
