@@ -16,9 +16,24 @@ import (
 // under it (snug, blockfile, erofs's ext4 layer), or the blocks of its
 // overlay upper directory on the host disk (overlayfs).
 func writableFootprint(container string) (int64, error) {
-	mounts, err := mountinfo.GetMounts(nil)
+	dev, upper, err := writableLayer(container)
 	if err != nil {
 		return 0, err
+	}
+	if strings.HasPrefix(dev, "/dev/loop") {
+		return loopBacking(dev)
+	}
+	return treeBlocks(upper)
+}
+
+// writableLayer finds a running container's writable layer: the block
+// device its writes go to (a loop device, or the host disk under an
+// overlayfs upper directory) and, for an overlay root, the upper
+// directory.
+func writableLayer(container string) (dev, upper string, err error) {
+	mounts, err := mountinfo.GetMounts(nil)
+	if err != nil {
+		return "", "", err
 	}
 	suffix := "/io.containerd.runtime.v2.task/default/" + container + "/rootfs"
 	var root *mountinfo.Info
@@ -28,19 +43,19 @@ func writableFootprint(container string) (int64, error) {
 		}
 	}
 	if root == nil {
-		return 0, fmt.Errorf("no root mount of container %s", container)
+		return "", "", fmt.Errorf("no root mount of container %s", container)
 	}
 	if root.FSType != "overlay" {
-		return loopBacking(root.Source)
+		dev, err := blockDevice(root)
+		return dev, "", err
 	}
-	var upper string
 	for _, o := range strings.Split(root.VFSOptions, ",") {
 		if v, ok := strings.CutPrefix(o, "upperdir="); ok {
 			upper = v
 		}
 	}
 	if upper == "" {
-		return 0, fmt.Errorf("container %s: overlay root without upperdir: %s", container, root.VFSOptions)
+		return "", "", fmt.Errorf("container %s: overlay root without upperdir: %s", container, root.VFSOptions)
 	}
 	// The mount holding the upper directory: an image on a loop device,
 	// or the host's own filesystem.
@@ -51,10 +66,21 @@ func writableFootprint(container string) (int64, error) {
 			under = m
 		}
 	}
-	if under != nil && strings.HasPrefix(under.Source, "/dev/loop") {
-		return loopBacking(under.Source)
+	if under == nil {
+		return "", "", fmt.Errorf("container %s: no mount holds %s", container, upper)
 	}
-	return treeBlocks(upper)
+	dev, err = blockDevice(under)
+	return dev, upper, err
+}
+
+// blockDevice is the device node of a mount's block device, found by its
+// device number (a root mounted from "/dev/root" is vda in /proc/diskstats).
+func blockDevice(m *mountinfo.Info) (string, error) {
+	link, err := os.Readlink(fmt.Sprintf("/sys/dev/block/%d:%d", m.Major, m.Minor))
+	if err != nil {
+		return "", fmt.Errorf("the block device of %s (%s): %w", m.Mountpoint, m.Source, err)
+	}
+	return "/dev/" + filepath.Base(link), nil
 }
 
 // loopBacking is the allocated size of a loop device's backing file.

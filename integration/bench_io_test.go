@@ -53,6 +53,14 @@ type ioReport struct {
 	// host disk: "fresh" right after its start, "end" after the rounds
 	// (the 1 GiB file of the sequential rows is still there).
 	FootprintMiB map[string]map[string]float64 `json:"footprint_mib"`
+	// Devices is the block device under each container's writable layer
+	// (a loop device, or the host disk under overlayfs's upper directory).
+	Devices map[string]string `json:"devices"`
+	// FlushesPerFsync is, per round, how many cache flushes that device
+	// completed per fsync'd write of rand_write_fsync: at least one where
+	// an fsync reaches the disk; none where the device drops flushes and
+	// the figure was bought with durability.
+	FlushesPerFsync map[string][]float64 `json:"flushes_per_fsync"`
 }
 
 // TestIOBenchmark measures a container's I/O on snug and on containerd's
@@ -127,8 +135,17 @@ func TestIOBenchmark(t *testing.T) {
 	rep := ioReport{
 		Command: "make bench-io", Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(),
 		Rounds: rounds, SnugPolicy: policy, SnugbPolicy: variant, Snapshotters: snapshotters,
-		Samples:      map[string]map[string][]float64{},
-		FootprintMiB: map[string]map[string]float64{"fresh": {}, "end": {}},
+		Samples:         map[string]map[string][]float64{},
+		FootprintMiB:    map[string]map[string]float64{"fresh": {}, "end": {}},
+		Devices:         map[string]string{},
+		FlushesPerFsync: map[string][]float64{},
+	}
+	for _, sn := range snapshotters {
+		dev, _, err := writableLayer("io-" + sn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep.Devices[sn] = dev
 	}
 	footprints := func(stage string) {
 		for _, sn := range snapshotters {
@@ -146,8 +163,14 @@ func TestIOBenchmark(t *testing.T) {
 	for r := range rounds {
 		for wi, w := range ioWorkloads {
 			for _, sn := range rotate(snapshotters, r+wi) {
-				v := s.ioRun(w.Name, "io-"+sn)
+				flushes := deviceFlushes(t, rep.Devices[sn])
+				v, fsyncs := s.ioRun(w.Name, "io-"+sn)
 				rep.Samples[w.Name][sn] = append(rep.Samples[w.Name][sn], v)
+				if fsyncs > 0 {
+					per := float64(deviceFlushes(t, rep.Devices[sn])-flushes) / fsyncs
+					rep.FlushesPerFsync[sn] = append(rep.FlushesPerFsync[sn], per)
+					t.Logf("round %d %s %s: %.2f flushes of %s per fsync", r+1, w.Name, sn, per, rep.Devices[sn])
+				}
 				t.Logf("round %d %s %s: %.1f %s", r+1, w.Name, sn, v, w.Unit)
 			}
 		}
@@ -238,8 +261,19 @@ func dropCaches(t *testing.T) {
 	}
 }
 
-// ioRun runs one workload in a container and returns its figure.
-func (s *stack) ioRun(name, container string) float64 {
+// deviceFlushes is the cache flushes dev has completed so far.
+func deviceFlushes(t *testing.T, dev string) uint64 {
+	t.Helper()
+	n, err := roottest.Flushes(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// ioRun runs one workload in a container and returns its figure and, for
+// the fsync'd writes, how many fsyncs it made.
+func (s *stack) ioRun(name, container string) (value, fsyncs float64) {
 	t := s.t
 	t.Helper()
 	fio := func(args ...string) map[string]any {
@@ -264,16 +298,17 @@ func (s *stack) ioRun(name, container string) float64 {
 	switch name {
 	case "seq_write":
 		s.exec(container, "/bin/rm", "-f", "/bench/seq")
-		return field(fio(seqFile, "--rw=write", "--bs=1M", "--size=1g", "--end_fsync=1"), "write", "bw") / 1024
+		return field(fio(seqFile, "--rw=write", "--bs=1M", "--size=1g", "--end_fsync=1"), "write", "bw") / 1024, 0
 	case "rand_write_fsync":
 		defer s.exec(container, "/bin/rm", "-f", "/bench/rw")
-		return field(fio("--filename=/bench/rw", "--rw=randwrite", "--bs=4k", "--size=128m", "--fsync=1", "--runtime=10", "--time_based"), "write", "iops")
+		job := fio("--filename=/bench/rw", "--rw=randwrite", "--bs=4k", "--size=128m", "--fsync=1", "--runtime=10", "--time_based")
+		return field(job, "write", "iops"), field(job, "write", "total_ios")
 	case "rand_read":
 		dropCaches(t)
-		return field(fio(seqFile, "--rw=randread", "--bs=4k", "--size=1g", "--runtime=10", "--time_based"), "read", "iops")
+		return field(fio(seqFile, "--rw=randread", "--bs=4k", "--size=1g", "--runtime=10", "--time_based"), "read", "iops"), 0
 	case "seq_read":
 		dropCaches(t)
-		return field(fio(seqFile, "--rw=read", "--bs=1M", "--size=1g"), "read", "bw") / 1024
+		return field(fio(seqFile, "--rw=read", "--bs=1M", "--size=1g"), "read", "bw") / 1024, 0
 	case "meta":
 		var res struct {
 			FilesPerSecond float64 `json:"files_per_second"`
@@ -282,7 +317,7 @@ func (s *stack) ioRun(name, container string) float64 {
 		if err := json.Unmarshal([]byte(out), &res); err != nil || res.FilesPerSecond <= 0 {
 			t.Fatalf("iowork meta in %s: %v\n%s", container, err, out)
 		}
-		return res.FilesPerSecond
+		return res.FilesPerSecond, 0
 	case "sqlite":
 		s.exec(container, "/bin/rm", "-f", "/bench/t.db", "/bench/t.db-journal")
 		var res struct {
@@ -295,10 +330,10 @@ func (s *stack) ioRun(name, container string) float64 {
 		if n := strings.TrimSpace(s.exec(container, hostTool("sqlite3", "/bench/t.db", "SELECT count(*) FROM t")...)); n != "500" {
 			t.Fatalf("sqlite in %s: %s rows, want 500", container, n)
 		}
-		return 500 / res.Seconds
+		return 500 / res.Seconds, 0
 	}
 	t.Fatalf("unknown workload %s", name)
-	return 0
+	return 0, 0
 }
 
 // buildIowork builds bench/iowork, static, into dir.
@@ -363,6 +398,15 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 		}
 		tb.WriteString("\n")
 	}
+	fmt.Fprintf(&tb, "%-46s %-8s", "cache flushes per fsync'd 4 KiB write", "median")
+	for _, sn := range rep.Snapshotters {
+		fmt.Fprintf(&tb, " %10.2f", median(rep.FlushesPerFsync[sn]))
+	}
+	fmt.Fprintf(&tb, "\n%-46s %-8s", "  counted at the device", "")
+	for _, sn := range rep.Snapshotters {
+		fmt.Fprintf(&tb, " %10s", strings.TrimPrefix(rep.Devices[sn], "/dev/"))
+	}
+	tb.WriteString("\n")
 	fmt.Fprintf(&tb, "reproduce: make bench-io")
 	if rep.SnugPolicy != "" {
 		fmt.Fprintf(&tb, " SNUG_BENCH_IO_POLICY='%s'", strings.ReplaceAll(rep.SnugPolicy, "\n", `\n`))
