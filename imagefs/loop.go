@@ -94,7 +94,7 @@ func Attach(ctx context.Context, path string, o AttachOptions) (*Loop, error) {
 				l.DirectIO = info.Flags&unix.LO_FLAGS_DIRECT_IO != 0
 			}
 			if !o.ReadOnly {
-				if err := keepFlushes(ctx, "loop"+strconv.Itoa(n)); err != nil {
+				if err := KeepFlushes(ctx, devPath); err != nil {
 					dev.Close() // autoclear detaches it
 					return nil, fmt.Errorf("attach %s to %s: %w", path, devPath, err)
 				}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containerd/log"
@@ -13,7 +14,7 @@ import (
 // errFlushesDropped: a loop device that drops its cache flushes.
 var errFlushesDropped = errors.New("the loop device drops cache flushes (queue/write_cache is write through)")
 
-// keepFlushes makes sure the loop device name (loopN) passes cache flushes
+// KeepFlushes makes sure the loop device (e.g. /dev/loop3) passes cache flushes
 // on to the image file. What an fsync in the image promises rests on them:
 // ext4 ends a commit with a flush, and the loop driver turns each flush into
 // an fsync of the image file, which is what puts the data on the host's
@@ -25,10 +26,14 @@ var errFlushesDropped = errors.New("the loop device drops cache flushes (queue/w
 // sending it: fsync returns, nothing reaches the disk, and nothing says so.
 // Measured: 200 fsync'd writes in an ext4 image on such a device made no
 // flush on the loop device or on the host disk. The override is cleared
-// (writing "write back" undoes it) and said in the log; a device whose
-// cache cannot be made write-back is refused.
-func keepFlushes(ctx context.Context, name string) error {
-	path := "/sys/block/" + name + "/queue/write_cache"
+// (writing "write back" undoes it) and said in the log; for a device whose
+// cache cannot be made write-back it returns an error.
+//
+// Attach calls it for every read-write attachment; a restarted daemon calls
+// it for each read-write image it finds mounted, attached by an earlier
+// daemon (an older version, or a device changed since).
+func KeepFlushes(ctx context.Context, device string) error {
+	path := "/sys/block/" + filepath.Base(device) + "/queue/write_cache"
 	mode, err := readWriteCache(path)
 	if err != nil {
 		return err
@@ -45,7 +50,7 @@ func keepFlushes(ctx context.Context, name string) error {
 	if mode != "write back" {
 		return fmt.Errorf("%w, and stays %q after setting write back", errFlushesDropped, mode)
 	}
-	log.G(ctx).WithField("device", "/dev/"+name).Warn("the loop device's write cache was set to write through, which drops an image's flushes; set it back to write back")
+	log.G(ctx).WithField("device", device).Warn("the loop device's write cache was set to write through, which drops an image's flushes; set it back to write back")
 	return nil
 }
 

@@ -272,6 +272,14 @@ func (s *Snapshotter) ensureMounted(ctx context.Context, tbl *imagefs.MountTable
 		if want, _ := filepath.EvalSymlinks(mnt); m.Dir != mnt && m.Dir != want {
 			return nil, fmt.Errorf("%s is mounted on %s, expected %s: %w", image, m.Dir, mnt, imagefs.ErrInUse)
 		}
+		if !m.ReadOnly {
+			// Attached by an earlier daemon: its device may drop flushes.
+			// The container runs on it already, so say it, loudly, and
+			// serve it.
+			if err := imagefs.KeepFlushes(ctx, m.Device); err != nil {
+				log.G(ctx).WithError(err).WithField("image", image).Error("fsyncs on this image do not reach the host disk")
+			}
+		}
 		return m, nil
 	case !errors.Is(err, imagefs.ErrNotMounted):
 		return nil, err

@@ -204,3 +204,40 @@ func TestPrepareMountsUnmountedParent(t *testing.T) {
 	}
 	readVia(t, sn, "v", "base", map[string]string{"base.txt": "base"}, false)
 }
+
+// TestRestartKeepsFlushes: an active snapshot's image stays mounted across
+// a daemon restart, on the loop device an earlier daemon attached; if that
+// device's cache was set to write through meanwhile, the new daemon makes it
+// write-back again when it takes the image over.
+func TestRestartKeepsFlushes(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	ctx := context.Background()
+	root := roottest.TempDir(t)
+	cfg := testConfig(root)
+	sn, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeVia(t, sn, "work", "", "work.txt", "work")
+	image := filepath.Join(sn.snapshotDir(idOf(t, sn, "work")), rwImage)
+	sn.close(false) // the daemon dies: the image stays mounted
+
+	m, err := imagefs.FindMount(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mode := "/sys/block/" + filepath.Base(m.Device) + "/queue/write_cache"
+	if err := os.WriteFile(mode, []byte("write through"), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.WriteFile(mode, []byte("write back"), 0) })
+
+	sn, err = New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	if got, err := os.ReadFile(mode); err != nil || strings.TrimSpace(string(got)) != "write back" {
+		t.Errorf("%s of the image taken over: %q (%v), want write back", m.Device, got, err)
+	}
+}
