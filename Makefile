@@ -123,7 +123,8 @@ bench-fsck: deps
 # round robin; medians and ratios to overlayfs in bench/results/io.{json,txt,png}.
 # SNUG_BENCH_ROUNDS (3) sets the rounds; SNUG_BENCH_IO_POLICY adds TOML to
 # snug's policy, SNUG_BENCH_IO_VARIANT runs a second snug ("snugb") with
-# that TOML added, side by side, and SNUG_BENCH_IO_NAME names the results
+# that TOML added, side by side (SNUG_BENCH_IO_VARIANT_BINARY: from that
+# snug binary, a build of other code), and SNUG_BENCH_IO_NAME names the results
 # (io-NAME.*).
 bench-io: deps
 	@mkdir -p bench/results

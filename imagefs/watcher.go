@@ -120,12 +120,19 @@ type watched struct {
 	rate      float64     // bytes/s: recent fastest growth of used space
 	hot       bool        // checked every lane: growing, or short of room
 	woken     atomic.Bool // written to since it went cold (the waker)
-	armed     atomic.Bool // the waker's mark is on (set under the watcher's armMu)
-	fsid      [2]int32
-	changedAt time.Time
-	idleSent  bool
-	full      bool
-	failing   bool
+	// lastWake is when a wake-up last brought the watcher to the image;
+	// writingUntil holds an image whose wake-ups come in quick succession
+	// (a writer in place: they do not make it hot) on the fast lanes,
+	// with its mark off, until then. wakes counts the wake-ups (tests).
+	lastWake     time.Time
+	writingUntil time.Time
+	wakes        atomic.Uint64
+	armed        atomic.Bool // the waker's mark is on (set under the watcher's armMu)
+	fsid         [2]int32
+	changedAt    time.Time
+	idleSent     bool
+	full         bool
+	failing      bool
 	// excess is the image file's footprint on the host beyond the used
 	// space, as last read; floor is what it was after the last trim (the
 	// journal, inode tables and other metadata no trim gives back).
@@ -353,6 +360,23 @@ func (w *Watcher) Len() int {
 // interval. Idle images cost nothing more.
 const hotLanes = 5
 
+// writingHold is how long an image woken twice within an interval stays
+// on the fast lanes with its wake-up mark off. A writer that overwrites in
+// place (a database: its used space does not grow, so it never makes the
+// image hot) would otherwise raise a fanotify event, and a wake-up and a
+// check of the watcher, for nearly every write: measured, an in-place
+// fsync'd 4 KiB writer raised about one event per write, and a reader of
+// those events cost it 7-12% of its rate (design.md, "Hot images and the
+// waker"). Held on the fast lanes it is checked as often as a hot image,
+// so a writer that starts to take space is seen as soon as by a mark, and
+// the mark is set again when the hold ends: a writer still at work wakes
+// the watcher at once, and is held again.
+const writingHold = time.Second
+
+// fast reports whether iw is checked on every lane: hot, or held there
+// as a writer in place.
+func (iw *watched) fast(now time.Time) bool { return iw.hot || now.Before(iw.writingUntil) }
+
 // Run checks every image each interval, and hot images hotLanes times as
 // often, until ctx ends, then waits for the grows and trims it started.
 func (w *Watcher) Run(ctx context.Context) {
@@ -386,7 +410,7 @@ func (w *Watcher) Run(ctx context.Context) {
 				t.Reset(time.Duration(w.interval.Load()) / hotLanes)
 			}
 		case now := <-t.C:
-			var hot bool
+			var hot bool // any image on the fast lanes
 			if lane == 0 {
 				hot = w.checkAll(now)
 			} else {
@@ -407,17 +431,17 @@ func (w *Watcher) Run(ctx context.Context) {
 	}
 }
 
-// checkHot checks the images the last check found hot, and reports
-// whether any still is.
+// checkHot checks the images woken since and those the last check put
+// on the fast lanes, and reports whether any is on them still.
 func (w *Watcher) checkHot(now time.Time) bool {
 	w.mu.Lock()
 	list := w.list
 	w.mu.Unlock()
 	hot := false
 	for _, iw := range list {
-		if iw.woken.Swap(false) || iw.hot {
-			w.check(iw.key, iw, now)
-			hot = hot || iw.hot
+		if woke := iw.woken.Swap(false); woke || iw.fast(now) {
+			w.check(iw.key, iw, now, woke)
+			hot = hot || iw.fast(now)
 		}
 	}
 	return hot
@@ -441,17 +465,19 @@ func (w *Watcher) checkAll(now time.Time) bool {
 		// An image quiet for a while is checked every other tick: half
 		// the cost with hundreds of idle images, and a writer waking up
 		// is still seen within two intervals.
-		if iw.seen && now.Sub(iw.changedAt) >= quietAfter && (w.tick+iw.phase)%2 != 0 {
+		woke := iw.woken.Swap(false)
+		if !woke && iw.seen && now.Sub(iw.changedAt) >= quietAfter && (w.tick+iw.phase)%2 != 0 {
 			continue
 		}
-		w.check(iw.key, iw, now)
-		hot = hot || iw.hot
+		w.check(iw.key, iw, now, woke)
+		hot = hot || iw.fast(now)
 	}
 	return hot
 }
 
-// check reads one image's free space and starts what it needs.
-func (w *Watcher) check(key string, iw *watched, now time.Time) {
+// check reads one image's free space and starts what it needs; woke says
+// a write woke the watcher for it.
+func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 	if iw.paused.Load() > 0 {
 		return
 	}
@@ -581,9 +607,16 @@ func (w *Watcher) check(key string, iw *watched, now time.Time) {
 	}
 
 	iw.hot = iw.spare > 0 && (growing || free < want)
-	if iw.hot && iw.armed.Load() {
+	if woke {
+		iw.wakes.Add(1)
+		if !iw.hot && now.Sub(iw.lastWake) < time.Duration(w.interval.Load()) {
+			iw.writingUntil = now.Add(writingHold)
+		}
+		iw.lastWake = now
+	}
+	if iw.fast(now) && iw.armed.Load() {
 		w.disarm(iw)
-	} else if !iw.hot && !iw.armed.Load() && w.waker != nil {
+	} else if !iw.fast(now) && !iw.armed.Load() && w.waker != nil {
 		w.arm(iw, sfs.Fsid.Val)
 	}
 	if free < want && iw.spare > 0 {

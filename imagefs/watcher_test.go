@@ -115,7 +115,7 @@ func TestWatcherTrimsDeletionsHiddenByWrites(t *testing.T) {
 	iw := w.images["img"]
 	writeFiles(t, filepath.Join(m.Dir, "old"), 10, 5*mib)
 	roottest.Syncfs(t, m.Dir)
-	w.check("img", iw, time.Now()) // reads the floor
+	w.check("img", iw, time.Now(), false) // reads the floor
 	before := fileFootprint(t, path)
 	// Checks run here only when the test calls them: between these two,
 	// 50 MiB are deleted and 50 MiB written.
@@ -126,7 +126,7 @@ func TestWatcherTrimsDeletionsHiddenByWrites(t *testing.T) {
 	roottest.Syncfs(t, m.Dir)
 	grown := fileFootprint(t, path)
 	t.Logf("footprint %d MiB before, %d MiB after the swap", before>>20, grown>>20)
-	w.check("img", iw, time.Now().Add(100*time.Millisecond))
+	w.check("img", iw, time.Now().Add(100*time.Millisecond), false)
 	w.wg.Wait()
 	if got := fileFootprint(t, path); got > before+8*mib || ev.get().trimmed < 40*mib {
 		t.Fatalf("footprint %d MiB after the check (%d before the swap, %d after); events %+v", got>>20, before>>20, grown>>20, ev.get())
@@ -322,17 +322,7 @@ func TestWriteWakesTheWatcher(t *testing.T) {
 	go func() { w.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	// The first check finds it cold and arms the mark.
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		w.armMu.Lock()
-		armed := w.images["img"].armed.Load()
-		w.armMu.Unlock()
-		if armed {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatal("the image was never armed")
-		}
-	}
+	waitArmed(t, w, "img")
 	// Write more than the headroom: the window must grow.
 	f, err := os.Create(filepath.Join(m.Dir, "data"))
 	if err != nil {
@@ -348,6 +338,96 @@ func TestWriteWakesTheWatcher(t *testing.T) {
 	for end := time.Now().Add(10 * time.Second); e.get().grown == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatal("a write into a cold image did not wake the watcher")
+		}
+	}
+}
+
+// TestInPlaceWriterRaisesFewWakeUps: a writer overwriting a file in place
+// with an fsync after each 4 KiB (a database) never makes its image hot,
+// and wakes the watcher through the waker's mark. The watcher holds such an
+// image on the fast lanes with its mark off, so the writer raises a couple
+// of wake-ups a second, not one per write; and a write that then takes
+// space is still met by a grow at once.
+func TestInPlaceWriterRaisesFewWakeUps(t *testing.T) {
+	path, dir := newImage(t, 1*gib, 64*mib)
+	m := mountImage(t, path, dir)
+	var e events
+	if _, err := m.EnsureFree(context.Background(), 64*mib); err != nil {
+		t.Fatal(err)
+	}
+	// An interval of a second: as cold images are checked in production,
+	// but slower, so that the checks a test run sees are few.
+	w := NewWatcher(time.Second, e.observer(t))
+	if w.waker == nil {
+		t.Fatal("fanotify cannot report modifications here")
+	}
+	f, err := os.Create(filepath.Join(m.Dir, "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	page := make([]byte, 4096)
+	if _, err := f.WriteAt(make([]byte, 4*mib), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	w.Add("img", m, Policy{Headroom: 64 * mib})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitArmed(t, w, "img")
+
+	const seconds = 3
+	writes := 0
+	for end := time.Now().Add(seconds * time.Second); time.Now().Before(end); writes++ {
+		if _, err := f.WriteAt(page, int64(writes%1024)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.mu.Lock()
+	iw := w.images["img"]
+	w.mu.Unlock()
+	wakes := iw.wakes.Load()
+	t.Logf("%d fsync'd overwrites in %d s woke the watcher %d times", writes, seconds, wakes)
+	if writes < 100 {
+		t.Fatalf("only %d writes in %d s: too few to tell", writes, seconds)
+	}
+	if wakes > 3*seconds {
+		t.Errorf("%d wake-ups for %d in-place writes in %d s, want at most %d", wakes, writes, seconds, 3*seconds)
+	}
+
+	// The writer now takes space: the window grows as for any writer.
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 48; i++ {
+		if _, err := f.WriteAt(buf, 4*mib+int64(i)<<20); err != nil {
+			t.Fatalf("write %d MiB: %v", i, err)
+		}
+	}
+	for end := time.Now().Add(10 * time.Second); e.get().grown == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the writer took space and the window did not grow")
+		}
+	}
+}
+
+// waitArmed waits until the watcher's first check has armed key's mark.
+func waitArmed(t *testing.T, w *Watcher, key string) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		w.armMu.Lock()
+		armed := w.images[key].armed.Load()
+		w.armMu.Unlock()
+		if armed {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatal("the image was never armed")
 		}
 	}
 }

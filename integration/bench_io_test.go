@@ -45,6 +45,7 @@ type ioReport struct {
 	Rounds       int                             `json:"rounds"`
 	SnugPolicy   string                          `json:"snug_policy"`
 	SnugbPolicy  string                          `json:"snugb_policy,omitempty"`
+	SnugbBinary  string                          `json:"snugb_binary,omitempty"`
 	Snapshotters []string                        `json:"snapshotters"`
 	Samples      map[string]map[string][]float64 `json:"samples"` // workload -> snapshotter -> values
 	Medians      map[string]map[string]float64   `json:"medians"`
@@ -72,7 +73,9 @@ type ioReport struct {
 // plot. $SNUG_BENCH_IO_POLICY adds TOML to snug's policy, to measure a
 // policy option against the default; $SNUG_BENCH_IO_VARIANT, when set,
 // adds a second snug daemon ("snugb") with that TOML added to its policy,
-// so two policies take turns in the same run; SNUG_BENCH_ROUNDS sets the
+// so two policies take turns in the same run, and
+// $SNUG_BENCH_IO_VARIANT_BINARY runs that daemon from another build of
+// snug (two versions of the code in one run); SNUG_BENCH_ROUNDS sets the
 // rounds (3).
 // It runs under make bench-io only.
 func TestIOBenchmark(t *testing.T) {
@@ -116,7 +119,7 @@ func TestIOBenchmark(t *testing.T) {
 	snapshotters := []string{"overlayfs", "snug", "blockfile", "erofs"}
 	variant, hasVariant := os.LookupEnv("SNUG_BENCH_IO_VARIANT")
 	if hasVariant {
-		b := startDaemon(t, roottest.TempDir(t), variant)
+		b := startDaemonBinary(t, roottest.TempDir(t), variant, os.Getenv("SNUG_BENCH_IO_VARIANT_BINARY"))
 		unpack += "    { platform = \"linux/amd64\", snapshotter = \"snugb\" },\n"
 		extra += fmt.Sprintf("\n[proxy_plugins.snugb]\n  type = \"snapshot\"\n  address = %q\n  platform = \"linux/amd64\"\n", b.Address)
 		snapshotters = append(snapshotters, "snugb")
@@ -134,7 +137,7 @@ func TestIOBenchmark(t *testing.T) {
 
 	rep := ioReport{
 		Command: "make bench-io", Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(),
-		Rounds: rounds, SnugPolicy: policy, SnugbPolicy: variant, Snapshotters: snapshotters,
+		Rounds: rounds, SnugPolicy: policy, SnugbPolicy: variant, SnugbBinary: os.Getenv("SNUG_BENCH_IO_VARIANT_BINARY"), Snapshotters: snapshotters,
 		Samples:         map[string]map[string][]float64{},
 		FootprintMiB:    map[string]map[string]float64{"fresh": {}, "end": {}},
 		Devices:         map[string]string{},
@@ -362,6 +365,9 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	}
 	if slices.Contains(rep.Snapshotters, "snugb") {
 		fmt.Fprintf(&tb, "snugb: a second snug, policy: %s\n", strings.ReplaceAll(strings.TrimSpace(rep.SnugbPolicy), "\n", "; "))
+		if rep.SnugbBinary != "" {
+			fmt.Fprintf(&tb, "snugb runs %s\n", rep.SnugbBinary)
+		}
 	}
 	fmt.Fprintf(&tb, "\n%-46s %-8s", "workload", "unit")
 	for _, sn := range rep.Snapshotters {
@@ -413,6 +419,9 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	}
 	if slices.Contains(rep.Snapshotters, "snugb") {
 		fmt.Fprintf(&tb, " SNUG_BENCH_IO_VARIANT='%s'", strings.ReplaceAll(rep.SnugbPolicy, "\n", `\n`))
+		if rep.SnugbBinary != "" {
+			fmt.Fprintf(&tb, " SNUG_BENCH_IO_VARIANT_BINARY=%s", rep.SnugbBinary)
+		}
 	}
 	tb.WriteString("\n")
 	t.Log("\n" + tb.String())

@@ -86,6 +86,9 @@ type daemon struct {
 	done    chan struct{}
 	// Env is added to the process's environment at its next start.
 	Env []string
+	// Binary is the snug it runs: snugBinary's build unless set (a build
+	// of other code, to compare two in one run).
+	Binary string
 }
 
 // startDaemon writes a policy file in dir (extra TOML appended) and starts
@@ -93,7 +96,15 @@ type daemon struct {
 // process is stopped when the test ends.
 func startDaemon(t testing.TB, dir, extra string) *daemon {
 	t.Helper()
+	return startDaemonBinary(t, dir, extra, "")
+}
+
+// startDaemonBinary is startDaemon running the snug binary bin ("": this
+// code's).
+func startDaemonBinary(t testing.TB, dir, extra, bin string) *daemon {
+	t.Helper()
 	d := &daemon{
+		Binary:  bin,
 		t:       t,
 		Config:  filepath.Join(dir, "snug.toml"),
 		Root:    filepath.Join(dir, "state"),
@@ -161,7 +172,11 @@ func (d *daemon) spawn() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	d.cmd = exec.Command(snugBinary(d.t), "--config", d.Config, "serve", "--log-level", "debug")
+	bin := d.Binary
+	if bin == "" {
+		bin = snugBinary(d.t)
+	}
+	d.cmd = exec.Command(bin, "--config", d.Config, "serve", "--log-level", "debug")
 	d.cmd.Env = append(os.Environ(), d.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
