@@ -317,10 +317,7 @@ func TestWriteWakesTheWatcher(t *testing.T) {
 		t.Fatal("fanotify cannot report modifications here")
 	}
 	w.Add("img", m, Policy{Headroom: 64 * mib})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { w.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	runWatcher(t, w)
 	// The first check finds it cold and arms the mark.
 	waitArmed(t, w, "img")
 	// Write more than the headroom: the window must grow.
@@ -374,10 +371,7 @@ func TestInPlaceWriterRaisesFewWakeUps(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Add("img", m, Policy{Headroom: 64 * mib})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { w.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	runWatcher(t, w)
 	waitArmed(t, w, "img")
 
 	const seconds = 3
