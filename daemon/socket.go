@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -30,11 +31,10 @@ func listenUnix(path string) (net.Listener, error) {
 		if st.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("listen %s: exists and is not a socket", path)
 		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
+		if answering(path) {
 			return nil, fmt.Errorf("listen %s: %w", path, ErrRunning)
 		}
-		if err := os.Remove(path); err != nil {
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 			return nil, err
 		}
 	}
@@ -47,6 +47,38 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// probeWait is how long answering waits for a server to greet or to drop
+// a connection.
+const probeWait = time.Second
+
+// answering reports whether a process serves on the Unix socket at path.
+// A connection that succeeds is not enough: a daemon killed while it was
+// starting a program leaves its listening socket open in the child for the
+// moment between fork and exec, and a connection made then is queued, and
+// reset when the child execs. A daemon restarted at once (the crash tests
+// do it, and so may a supervisor) took that for a live daemon and exited
+// with ErrRunning. So the connection is read from: snug's gRPC server
+// greets a new connection at once (HTTP/2 settings), and any live server
+// holds it open; a reset or end of file asks again, and a socket that
+// then refuses has nobody behind it.
+func answering(path string) bool {
+	for range 3 {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err != nil {
+			return false // refused, or gone: nobody listens
+		}
+		c.SetReadDeadline(time.Now().Add(probeWait))
+		n, err := c.Read(make([]byte, 1))
+		c.Close()
+		var ne net.Error
+		if n > 0 || errors.As(err, &ne) && ne.Timeout() {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true // it accepts and drops connection after connection: someone is there
 }
 
 // checkSocketDir refuses a socket directory someone other than the

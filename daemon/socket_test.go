@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestListenUnix(t *testing.T) {
@@ -73,5 +74,49 @@ func TestListenUnixRefusesAnOpenDirectory(t *testing.T) {
 		if _, err := listenUnix(filepath.Join(other, "snug.sock")); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
 			t.Fatalf("listened in another user's directory: %v", err)
 		}
+	}
+}
+
+// TestListenUnixOverADyingListener: a dead daemon's socket still open for a
+// moment elsewhere (in a child it was starting, between fork and exec)
+// accepts a connection into its queue and resets it as it closes. The
+// next daemon must not take that for a live daemon.
+func TestListenUnixOverADyingListener(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "run", "snug.sock")
+	l, err := listenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	time.AfterFunc(100*time.Millisecond, func() { l.Close() }) // never accepts, then goes
+	l2, err := listenUnix(sock)
+	if err != nil {
+		t.Fatalf("a socket whose listener went away: %v", err)
+	}
+	l2.Close()
+
+	// A live server that greets at once, as gRPC does, is found quickly;
+	// a silent one that holds the connection is found after probeWait.
+	for _, greet := range []bool{true, false} {
+		l, err := listenUnix(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				if greet {
+					c.Write([]byte{0})
+				}
+				defer c.Close()
+			}
+		}()
+		if _, err := listenUnix(sock); !errors.Is(err, ErrRunning) {
+			t.Errorf("a live server (greets: %v): %v, want ErrRunning", greet, err)
+		}
+		l.Close()
 	}
 }

@@ -429,7 +429,9 @@ func checkAfterCrash(t *testing.T, d *daemon, sn snapshots.Snapshotter, want map
 		got[info.Name] = info.Kind
 		return nil
 	}); err != nil {
-		t.Fatal(err)
+		// A daemon that failed at start-up closed its socket on the
+		// connection that found it listening: its log says why.
+		t.Fatalf("walk after the restart: %v\n%s", err, d.Log())
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("snapshots after the restart: %v, want %v", got, want)

@@ -143,15 +143,22 @@ func (d *daemon) start() {
 	}
 }
 
-// answers waits until the spawned daemon's socket answers, and reports
-// false if the process ended first.
+// answers waits until the spawned daemon serves on its socket, and reports
+// false if the process ended first. A connection is not enough: the socket
+// of a daemon killed just before can still take one into its queue (held
+// open for a moment by a child that daemon was starting) and reset it. The
+// gRPC server greets each connection (HTTP/2 settings) at once.
 func (d *daemon) answers() bool {
 	d.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if c, err := net.Dial("unix", d.Address); err == nil {
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			n, _ := c.Read(make([]byte, 1))
 			c.Close()
-			return true
+			if n > 0 {
+				return true
+			}
 		}
 		select {
 		case <-d.done:
