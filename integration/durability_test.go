@@ -191,12 +191,12 @@ func waitAcks(t *testing.T, file string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		b, _ := os.ReadFile(file)
-		if bytes.Count(b, []byte("\n")) >= n {
+		got := countLines(file)
+		if got >= n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the writer acknowledged %d records in 2 minutes, want %d", bytes.Count(b, []byte("\n")), n)
+			t.Fatalf("the writer acknowledged %d records in 2 minutes, want %d", got, n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

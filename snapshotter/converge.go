@@ -273,9 +273,9 @@ func (s *Snapshotter) ensureMounted(ctx context.Context, tbl *imagefs.MountTable
 			return nil, fmt.Errorf("%s is mounted on %s, expected %s: %w", image, m.Dir, mnt, imagefs.ErrInUse)
 		}
 		if !m.ReadOnly {
-			// Attached by an earlier daemon: its device may drop flushes.
-			// The container runs on it already, so say it, loudly, and
-			// serve it.
+			// Found mounted (at start-up, attached by an earlier daemon):
+			// its device may drop flushes. One sysfs read. A container may
+			// run on it already, so say it, loudly, and serve it.
 			if err := imagefs.KeepFlushes(ctx, m.Device); err != nil {
 				log.G(ctx).WithError(err).WithField("image", image).Error("fsyncs on this image do not reach the host disk")
 			}
