@@ -67,6 +67,9 @@ type WindowCounts struct {
 	// ReclaimsSkipped counts the reclaims at a stop that found the image
 	// packed already, and did nothing.
 	ReclaimsSkipped int64 `json:"reclaims_skipped"`
+	// FlushesDropped counts the checks that found the image's loop device
+	// dropping cache flushes (set to write through while mounted).
+	FlushesDropped int64 `json:"flushes_dropped"`
 }
 
 // ReclaimOutcome is what one reclaim did, or why it did nothing.

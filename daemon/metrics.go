@@ -64,6 +64,7 @@ var (
 	descIGrows  = prometheus.NewDesc("snug_image_grows_total", "Window grows of the image since the daemon started.", imageLabels, nil)
 	descIRecl   = prometheus.NewDesc("snug_image_reclaimed_bytes_total", "Host bytes the image's reclaims gave back since the daemon started.", imageLabels, nil)
 	descIFull   = prometheus.NewDesc("snug_image_window_full_total", "Checks that found the image's window full before its quota.", imageLabels, nil)
+	descIFlush  = prometheus.NewDesc("snug_image_flushes_dropped_total", "Checks that found the image's loop device dropping cache flushes (write through).", imageLabels, nil)
 
 	descGrows     = prometheus.NewDesc("snug_grows_total", "Window grows since the daemon started.", nil, nil)
 	descGrowBytes = prometheus.NewDesc("snug_grow_bytes_total", "Bytes windows grew by since the daemon started.", nil, nil)
@@ -71,6 +72,7 @@ var (
 	descReclaimed = prometheus.NewDesc("snug_reclaimed_bytes_total", "Host bytes reclaims gave back since the daemon started.", nil, nil)
 	descTrimmed   = prometheus.NewDesc("snug_trimmed_bytes_total", "Bytes trimmed from running containers' images since the daemon started.", nil, nil)
 	descFull      = prometheus.NewDesc("snug_window_full_total", "Checks that found a window full before its quota: writers may have seen ENOSPC.", nil, nil)
+	descFlushes   = prometheus.NewDesc("snug_flushes_dropped_total", "Checks that found a mounted image's loop device dropping cache flushes (write through), since the daemon started: each was set back to write back unless the log says otherwise.", nil, nil)
 	descImages    = prometheus.NewDesc("snug_images", "Images served, by kind.", []string{"kind"}, nil)
 	descSkipped   = prometheus.NewDesc("snug_reclaims_skipped_total", "Reclaims at a container's stop that found its image packed already, since the daemon started.", nil, nil)
 	descPoolReady = prometheus.NewDesc("snug_pool_ready_images", "Ready-made images in the pool.", nil, nil)
@@ -89,8 +91,8 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descQuota, descWindow, descUsed, descFoot, descErrors, descENOSPC, descIGrows, descIRecl, descIFull,
-		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descImages, descSkipped, descPoolReady, descPoolMnt, descPoolAim, descLayers,
+	for _, d := range []*prometheus.Desc{descQuota, descWindow, descUsed, descFoot, descErrors, descENOSPC, descIGrows, descIRecl, descIFull, descIFlush,
+		descGrows, descGrowBytes, descReclaims, descReclaimed, descTrimmed, descFull, descFlushes, descImages, descSkipped, descPoolReady, descPoolMnt, descPoolAim, descLayers,
 		descReports, descIncidents, descOpen, descRepaired, descQuarantined, descRestarted, descSteps, descStepSecs} {
 		ch <- d
 	}
@@ -129,13 +131,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descIGrows, im.Grows)
 		counter(descIRecl, im.ReclaimedBytes)
 		counter(descIFull, im.WindowFull)
+		counter(descIFlush, im.FlushesDropped)
 	}
 	for k, n := range kinds {
 		ch <- prometheus.MustNewConstMetric(descImages, prometheus.GaugeValue, float64(n), k)
 	}
 	t := c.src.Totals()
 	counters(ch, []total{{descGrows, t.Grows}, {descGrowBytes, t.GrowBytes}, {descReclaims, t.Reclaims},
-		{descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}, {descSkipped, t.ReclaimsSkipped}})
+		{descReclaimed, t.ReclaimedBytes}, {descTrimmed, t.TrimmedBytes}, {descFull, t.WindowFull}, {descSkipped, t.ReclaimsSkipped},
+		{descFlushes, t.FlushesDropped}})
 	pool := c.src.Pool()
 	ch <- prometheus.MustNewConstMetric(descPoolReady, prometheus.GaugeValue, float64(pool.Ready))
 	ch <- prometheus.MustNewConstMetric(descPoolMnt, prometheus.GaugeValue, float64(pool.Mounted))

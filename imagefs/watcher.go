@@ -28,6 +28,11 @@ type Observer struct {
 	Idle func(key string)
 	// Failed: a check, grow or trim failed.
 	Failed func(key string, err error)
+	// FlushesDropped: the image's loop device was found dropping cache
+	// flushes (its cache mode changed to write through while it was
+	// mounted), so fsyncs in the image did not reach the host's disk. err
+	// is nil when it was set back to write back, the reason otherwise.
+	FlushesDropped func(key, device string, err error)
 }
 
 // FullWindow is what a check that found a window full read, for the
@@ -66,6 +71,9 @@ type Watcher struct {
 	// opDone, when set (tests), runs after each grow or trim, before the
 	// image counts as free for the next one.
 	opDone func(key string)
+	// cacheEvery is how often each image's loop device has its cache mode
+	// read (keepFlushes); tests shorten it.
+	cacheEvery time.Duration
 }
 
 const (
@@ -74,6 +82,10 @@ const (
 	quietAfter = 10 * time.Second
 	// balloonEvery is how many checks reuse the balloon size read last.
 	balloonEvery = 16
+	// cacheEvery is how often a check reads the image's loop device's
+	// cache mode (a sysfs read, a few microseconds): 300 images cost 30
+	// reads a second.
+	cacheEvery = 10 * time.Second
 )
 
 // watched is one image's state between checks. Only the Run goroutine
@@ -145,6 +157,11 @@ type watched struct {
 	trimFloor atomic.Int64
 	trimDone  atomic.Bool
 	followUp  time.Time // a trim after the next journal commit
+	// cacheMode is the loop device's sysfs cache mode file ("" for a
+	// read-only image, which has nothing to flush); cacheAt is when it
+	// was read last.
+	cacheMode string
+	cacheAt   time.Time
 }
 
 // fullBelow is the free space under which a window counts as full: less
@@ -158,7 +175,7 @@ const trimFollowUp = time.Second
 
 // NewWatcher returns a watcher checking every interval. Run starts it.
 func NewWatcher(interval time.Duration, obs Observer) *Watcher {
-	w := &Watcher{obs: obs, images: map[string]*watched{}, opCtx: context.Background(), waker: newWaker()}
+	w := &Watcher{obs: obs, images: map[string]*watched{}, opCtx: context.Background(), waker: newWaker(), cacheEvery: cacheEvery}
 	w.SetInterval(interval)
 	return w
 }
@@ -179,6 +196,10 @@ func (w *Watcher) Add(key string, m *Mounted, p Policy) {
 	iw, ok := w.images[key]
 	if !ok {
 		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1, file: -1, dev: deviceNumber(m.Device)}
+		if !m.ReadOnly && m.Device != "" {
+			iw.cacheMode = writeCachePath(m.Device)
+			iw.cacheAt = time.Now() // Attach, or the start-up's converge, has just looked
+		}
 		iw.balloonStale.Store(true)
 		iw.floorStale.Store(true)
 		w.images[key] = iw
@@ -535,6 +556,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 		return
 	}
 	iw.failing = false
+	w.keepFlushes(key, iw, now)
 	bsize := sfs.Bsize
 	balloon := iw.balloon
 	free := int64(sfs.Bavail) * bsize
@@ -659,6 +681,26 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 				iw.followUp = now.Add(trimFollowUp)
 			}
 		}
+	}
+}
+
+// keepFlushes reads the image's loop device's cache mode every cacheEvery
+// and, should it have been set to write through since the image was
+// attached (by an operator, a tuning tool: the kernel then completes every
+// flush unsent), sets it back with KeepFlushes and reports it. Attach
+// checked it once; this keeps it so for as long as the image is mounted.
+func (w *Watcher) keepFlushes(key string, iw *watched, now time.Time) {
+	if iw.cacheMode == "" || now.Sub(iw.cacheAt) < w.cacheEvery {
+		return
+	}
+	iw.cacheAt = now
+	mode, err := readWriteCache(iw.cacheMode)
+	if err != nil || mode == "write back" {
+		return // a device gone is the mount check's to report
+	}
+	err = KeepFlushes(w.opCtx, iw.m.Device)
+	if w.obs.FlushesDropped != nil {
+		w.obs.FlushesDropped(key, iw.m.Device, err)
 	}
 }
 

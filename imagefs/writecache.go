@@ -31,9 +31,10 @@ var errFlushesDropped = errors.New("the loop device drops cache flushes (queue/w
 //
 // Attach calls it for every read-write attachment; a restarted daemon calls
 // it for each read-write image it finds mounted, attached by an earlier
-// daemon (an older version, or a device changed since).
+// daemon (an older version, or a device changed since); the watcher calls
+// it when it finds a mounted image's device changed (keepFlushes).
 func KeepFlushes(ctx context.Context, device string) error {
-	path := "/sys/block/" + filepath.Base(device) + "/queue/write_cache"
+	path := writeCachePath(device)
 	mode, err := readWriteCache(path)
 	if err != nil {
 		return err
@@ -52,6 +53,11 @@ func KeepFlushes(ctx context.Context, device string) error {
 	}
 	log.G(ctx).WithField("device", device).Warn("the loop device's write cache was set to write through, which drops an image's flushes; set it back to write back")
 	return nil
+}
+
+// writeCachePath is the sysfs file of a block device's cache mode.
+func writeCachePath(device string) string {
+	return "/sys/block/" + filepath.Base(device) + "/queue/write_cache"
 }
 
 // readWriteCache reads a block device's cache mode from sysfs.

@@ -6,7 +6,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -97,4 +99,69 @@ func attachToWriteThrough(t *testing.T, ctx context.Context, path string) *Loop 
 	}
 	t.Fatal("another process took every free loop device first")
 	return nil
+}
+
+// TestWatcherKeepsFlushes: a mounted image's loop device set to write
+// through while it is in use (by an operator, a tuning tool) is set back to
+// write back by the watcher and reported, so a container's fsyncs reach the
+// disk again within a check of the cache mode.
+func TestWatcherKeepsFlushes(t *testing.T) {
+	path, dir := newImage(t, gib, 64*mib)
+	m := mountImage(t, path, dir)
+	mode := writeCachePath(m.Device)
+	t.Cleanup(func() { os.WriteFile(mode, []byte("write back"), 0) })
+
+	var mu sync.Mutex
+	var reported []error
+	w := NewWatcher(20*time.Millisecond, Observer{
+		Failed: func(_ string, err error) { t.Logf("watcher: %v", err) },
+		FlushesDropped: func(key, device string, err error) {
+			if key != "img" || device != m.Device {
+				t.Errorf("FlushesDropped(%q, %q), want img on %s", key, device, m.Device)
+			}
+			mu.Lock()
+			reported = append(reported, err)
+			mu.Unlock()
+		},
+	})
+	w.cacheEvery = 100 * time.Millisecond
+	w.Add("img", m, Policy{Headroom: 16 * mib})
+	runWatcher(t, w)
+
+	if err := os.WriteFile(mode, []byte("write through"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(5*time.Second, func() bool {
+		got, err := readWriteCache(mode)
+		return err == nil && got == "write back"
+	}) {
+		got, _ := readWriteCache(mode)
+		t.Fatalf("%s stayed %q under the watcher", m.Device, got)
+	}
+	mu.Lock()
+	got := append([]error(nil), reported...)
+	mu.Unlock()
+	if len(got) != 1 || got[0] != nil {
+		t.Errorf("reports %v, want one, with no error", got)
+	}
+
+	// An fsync in the image reaches the loop driver as a flush again.
+	before, err := roottest.Flushes(m.Device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(m.Dir, "f"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(m.Dir, "f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := roottest.Flushes(m.Device); err != nil || after <= before {
+		t.Errorf("an fsync in the image made no flush of %s (%d before, %d after, %v)", m.Device, before, after, err)
+	}
 }

@@ -348,5 +348,15 @@ func (g *Manager) watchObserver() imagefs.Observer {
 			}
 			log.G(g.bgCtx).WithError(err).WithField("snapshot", id).Warn("window watcher")
 		},
+		FlushesDropped: func(id, device string, err error) {
+			g.totals.droppedFlushes()
+			if st := g.image(id); st != nil {
+				st.counts.droppedFlushes()
+			}
+			if err != nil {
+				log.G(g.bgCtx).WithError(err).WithFields(log.Fields{"snapshot": id, "device": device}).
+					Error("the image's loop device drops cache flushes: fsyncs in its container do not reach the disk")
+			}
+		},
 	}
 }

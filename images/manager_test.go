@@ -145,6 +145,28 @@ func TestManagerStatusAddsActivity(t *testing.T) {
 	}
 }
 
+// TestManagerCountsDroppedFlushes: a loop device the watcher found
+// dropping flushes is counted in the image's activity and the daemon's
+// totals, whether it was set back or not.
+func TestManagerCountsDroppedFlushes(t *testing.T) {
+	g := newTestManager(t)
+	serveState(g, "7", "")
+	obs := g.watchObserver()
+	obs.FlushesDropped("7", "/dev/loop3", nil)
+	obs.FlushesDropped("7", "/dev/loop3", errors.New("stays write through"))
+	obs.FlushesDropped("gone", "/dev/loop4", nil) // no longer served: totals only
+	if got := g.Totals().FlushesDropped; got != 3 {
+		t.Errorf("totals: %d flushes dropped, want 3", got)
+	}
+	out, err := g.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := out[1].Activity; out[1].ID != "7" || a.FlushesDropped != 2 {
+		t.Errorf("image 7's activity %+v, want 2 flushes dropped", a)
+	}
+}
+
 // TestManagerRefusals: what the control API and the hooks ask of an image
 // the manager does not serve, or with input from outside, fails with the
 // errdefs class the caller maps, before any filesystem is touched.

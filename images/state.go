@@ -45,7 +45,7 @@ type Totals = api.WindowCounts
 // counters are an image's window counts, or the daemon's totals, updated
 // as the watcher and the reclaims report.
 type counters struct {
-	grows, growBytes, reclaims, reclaimedBytes, trimmedBytes, windowFull, skipped atomic.Int64
+	grows, growBytes, reclaims, reclaimedBytes, trimmedBytes, windowFull, skipped, flushesDropped atomic.Int64
 }
 
 func (c *counters) grew(n int64)      { c.grows.Add(1); c.growBytes.Add(n) }
@@ -53,13 +53,14 @@ func (c *counters) reclaimed(n int64) { c.reclaims.Add(1); c.reclaimedBytes.Add(
 func (c *counters) trimmed(n int64)   { c.trimmedBytes.Add(n) }
 func (c *counters) full()             { c.windowFull.Add(1) }
 func (c *counters) packed()           { c.skipped.Add(1) }
+func (c *counters) droppedFlushes()   { c.flushesDropped.Add(1) }
 
 func (c *counters) load() api.WindowCounts {
 	return api.WindowCounts{
 		Grows: c.grows.Load(), GrowBytes: c.growBytes.Load(),
 		Reclaims: c.reclaims.Load(), ReclaimedBytes: c.reclaimedBytes.Load(),
 		TrimmedBytes: c.trimmedBytes.Load(), WindowFull: c.windowFull.Load(),
-		ReclaimsSkipped: c.skipped.Load(),
+		ReclaimsSkipped: c.skipped.Load(), FlushesDropped: c.flushesDropped.Load(),
 	}
 }
 

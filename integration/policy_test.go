@@ -83,6 +83,7 @@ func TestReloadAndMetrics(t *testing.T) {
 	requireMetrics(t, metrics,
 		`snug_image_footprint_bytes{id="`, `snug_image_window_bytes{`, `snug_image_used_bytes{`, `snug_image_quota_bytes{`,
 		`snug_images{kind="active"} 2`, "snug_grows_total ", "snug_reclaimed_bytes_total ", "snug_window_full_total ",
+		"snug_flushes_dropped_total ",
 		"snug_reclaims_skipped_total ", "snug_pool_ready_images ", "snug_pool_mounted_images ", "snug_pool_target_images ",
 		`snug_layers_applied_total{way="tar"} `,
 		"process_resident_memory_bytes ")
