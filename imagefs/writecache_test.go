@@ -131,17 +131,20 @@ func TestWatcherKeepsFlushes(t *testing.T) {
 	if err := os.WriteFile(mode, []byte("write through"), 0); err != nil {
 		t.Fatal(err)
 	}
+	// The report comes after the device is set back: wait for both.
+	reports := func() []error {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]error(nil), reported...)
+	}
 	if !waitFor(5*time.Second, func() bool {
 		got, err := readWriteCache(mode)
-		return err == nil && got == "write back"
+		return err == nil && got == "write back" && len(reports()) > 0
 	}) {
 		got, _ := readWriteCache(mode)
-		t.Fatalf("%s stayed %q under the watcher", m.Device, got)
+		t.Fatalf("%s %q under the watcher, reports %v", m.Device, got, reports())
 	}
-	mu.Lock()
-	got := append([]error(nil), reported...)
-	mu.Unlock()
-	if len(got) != 1 || got[0] != nil {
+	if got := reports(); len(got) != 1 || got[0] != nil {
 		t.Errorf("reports %v, want one, with no error", got)
 	}
 
