@@ -56,11 +56,7 @@ func TestContainerLifecycle(t *testing.T) {
 	roomy := cfg.Base()
 	roomy.Window.Headroom = 96 * config.MiB
 	cfg.Classes = map[string]config.Class{"roomy": roomy}
-	sn, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn := startSnapshotter(t, cfg)
 	writeVia(t, sn, "base-active", "", "base.txt", "base")
 	if err := sn.Commit(ctx, "base", "base-active"); err != nil {
 		t.Fatal(err)
@@ -279,12 +275,20 @@ func TestStopSkipsAPackedImage(t *testing.T) {
 // required) and closes it when the test ends.
 func startSnapshotter(t *testing.T, cfg config.Config) *Snapshotter {
 	t.Helper()
+	sn := openSnapshotter(t, cfg)
+	t.Cleanup(func() { sn.Close() })
+	return sn
+}
+
+// openSnapshotter starts a snapshotter on cfg (the root tests' tools
+// required), as a daemon starting or restarting does; the test closes it.
+func openSnapshotter(t *testing.T, cfg config.Config) *Snapshotter {
+	t.Helper()
 	roottest.Require(t, "mkfs.ext4", "e2fsck")
 	sn, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sn.Close() })
 	return sn
 }
 
@@ -331,11 +335,7 @@ func TestClassLabel(t *testing.T) {
 	db := cfg.Base()
 	db.Window.Headroom = 64 * config.MiB
 	cfg.Classes = map[string]config.Class{"db": db}
-	sn, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn := startSnapshotter(t, cfg)
 	if _, err := sn.Prepare(ctx, "c1", "", snapshots.WithLabels(map[string]string{config.LabelClass: "db"})); err != nil {
 		t.Fatal(err)
 	}
@@ -343,17 +343,13 @@ func TestClassLabel(t *testing.T) {
 	if st.Class != "db" || st.FreeBytes < 63<<20 {
 		t.Fatalf("labelled snapshot: class %q, free %d MiB; want db, 64 MiB", st.Class, st.FreeBytes>>20)
 	}
-	_, err = sn.Prepare(ctx, "c2", "", snapshots.WithLabels(map[string]string{config.LabelClass: "nope"}))
+	_, err := sn.Prepare(ctx, "c2", "", snapshots.WithLabels(map[string]string{config.LabelClass: "nope"}))
 	if !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("unknown class: %v, want an invalid argument", err)
 	}
 	// The class survives a restart.
 	sn.Close()
-	sn2, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn2.Close()
+	sn2 := startSnapshotter(t, cfg)
 	if st := statusOf(t, sn2, "c1"); st.Class != "db" {
 		t.Fatalf("class after restart %q, want db", st.Class)
 	}

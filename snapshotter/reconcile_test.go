@@ -24,10 +24,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	root := roottest.TempDir(t)
 	cfg := testConfig(root)
-	sn, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sn := openSnapshotter(t, cfg)
 	// A committed base layer with a file, and an active snapshot on it with
 	// data of its own.
 	writeVia(t, sn, "base-active", "", "base.txt", "base")
@@ -85,11 +82,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	}
 	os.MkdirAll(filepath.Join(dirs, "new-123", mountDir), 0o755)
 
-	sn, err = New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn = startSnapshotter(t, cfg)
 	for _, gone := range []string{ghost, filepath.Join(dirs, "new-123"), halfMade, filepath.Join(dirs, workID, layerImage), filepath.Join(dirs, halfID, rwImage)} {
 		if _, err := os.Lstat(gone); !os.IsNotExist(err) {
 			t.Errorf("%s left after reconcile: %v", gone, err)
@@ -210,14 +203,8 @@ func TestPrepareMountsUnmountedParent(t *testing.T) {
 // device's cache was set to write through meanwhile, the new daemon makes it
 // write-back again when it takes the image over.
 func TestRestartKeepsFlushes(t *testing.T) {
-	roottest.Require(t, "mkfs.ext4", "e2fsck")
-	ctx := context.Background()
-	root := roottest.TempDir(t)
-	cfg := testConfig(root)
-	sn, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(roottest.TempDir(t))
+	sn := openSnapshotter(t, cfg)
 	writeVia(t, sn, "work", "", "work.txt", "work")
 	image := filepath.Join(sn.snapshotDir(idOf(t, sn, "work")), rwImage)
 	sn.close(false) // the daemon dies: the image stays mounted
@@ -232,11 +219,7 @@ func TestRestartKeepsFlushes(t *testing.T) {
 	}
 	t.Cleanup(func() { os.WriteFile(mode, []byte("write back"), 0) })
 
-	sn, err = New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn = startSnapshotter(t, cfg)
 	if got, err := os.ReadFile(mode); err != nil || strings.TrimSpace(string(got)) != "write back" {
 		t.Errorf("%s of the image taken over: %q (%v), want write back", m.Device, got, err)
 	}

@@ -48,10 +48,7 @@ func TestCloseReleasesUnusedImages(t *testing.T) {
 	ctx := context.Background()
 	root := roottest.TempDir(t)
 	cfg := testConfig(root)
-	sn, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sn := openSnapshotter(t, cfg)
 	writeVia(t, sn, "other-active", "", "other.txt", "other")
 	if err := sn.Commit(ctx, "other", "other-active"); err != nil {
 		t.Fatal(err)
@@ -89,11 +86,7 @@ func TestCloseReleasesUnusedImages(t *testing.T) {
 		t.Fatalf("the container's root after Close: %v", err)
 	}
 
-	sn, err = New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn = startSnapshotter(t, cfg)
 	for key := range ids {
 		if _, err := imagefs.FindMount(image(key)); err != nil {
 			t.Errorf("%s after New: %v", key, err)
@@ -178,11 +171,7 @@ func TestStartCheckSparesSealedImages(t *testing.T) {
 	if err := imagefs.Seal(images["spared"]); err != nil {
 		t.Fatal(err)
 	}
-	sn, err := New(ctx, testConfig(root))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sn.Close()
+	sn = startSnapshotter(t, testConfig(root))
 	for key, img := range images {
 		_, err := imagefs.FindMount(img)
 		if mounted := err == nil; mounted != (key == "spared") {
