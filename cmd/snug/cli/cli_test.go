@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -152,6 +153,27 @@ func TestHookExitCodes(t *testing.T) {
 		code := New(&out, &errb).WithStdin(strings.NewReader(tc.stdin)).Run(context.Background(), []string{"--config", cfg, "hook", tc.stage})
 		if code != tc.code || !strings.Contains(errb.String(), tc.says) {
 			t.Errorf("hook %s <%q: exit %d, stderr %q; want %d saying %q", tc.stage, tc.stdin, code, errb.String(), tc.code, tc.says)
+		}
+	}
+}
+
+// TestImageHealth: the HEALTH column of snug status, table-driven.
+func TestImageHealth(t *testing.T) {
+	dropped := api.ImageStatus{Stats: api.Stats{Health: "ok"}}
+	dropped.FlushesDropped = 2
+	for _, tc := range []struct {
+		name string
+		im   api.ImageStatus
+		want string
+	}{
+		{"ok", api.ImageStatus{Stats: api.Stats{Health: "ok"}}, "ok"},
+		{"errors", api.ImageStatus{Stats: api.Stats{Health: "errors", Errors: 3}}, "errors (3)"},
+		{"not measured", api.ImageStatus{Problem: "not mounted"}, "not mounted"},
+		{"damaged layer", api.ImageStatus{Stats: api.Stats{Health: "ok"}, Damaged: "bad extent"}, "damaged layer: bad extent"},
+		{"flushes dropped", dropped, "ok, flushes dropped (2)"},
+	} {
+		if got := imageHealth(tc.im); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/snugfs/snug/api"
@@ -36,21 +37,31 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "CEILING", "WINDOW", "USED", "FOOTPRINT", "SWELL", "LAST GROW", "LAST RECLAIM", "HEALTH"}}
 	now := time.Now()
 	for _, im := range images {
-		h := health(im.Stats)
-		if im.Problem != "" {
-			h = im.Problem
-		}
-		if im.Damaged != "" {
-			h = "damaged layer: " + im.Damaged
-		}
 		rows = append(rows, []string{
 			im.Kind, im.Snapshot,
 			size(im.QuotaBytes), size(im.CeilingBytes), size(im.WindowBytes), size(im.UsedBytes),
-			size(im.FootprintBytes), swell(im.Stats), ago(now, im.LastGrow), ago(now, im.LastReclaim), h,
+			size(im.FootprintBytes), swell(im.Stats), ago(now, im.LastGrow), ago(now, im.LastReclaim), imageHealth(im),
 		})
 	}
 	c.table(rows)
 	return exitOK
+}
+
+// imageHealth is the HEALTH column: the filesystem's state, or why the
+// image could not be measured or was marked damaged, and whether its loop
+// device was found dropping cache flushes while it was mounted.
+func imageHealth(im api.ImageStatus) string {
+	h := health(im.Stats)
+	if im.Problem != "" {
+		h = im.Problem
+	}
+	if im.Damaged != "" {
+		h = "damaged layer: " + im.Damaged
+	}
+	if im.FlushesDropped > 0 {
+		h += fmt.Sprintf(", flushes dropped (%d)", im.FlushesDropped)
+	}
+	return h
 }
 
 // ago is how long before now t was, shortly ("-" for never).
