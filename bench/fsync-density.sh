@@ -22,21 +22,11 @@
 set -euo pipefail
 rounds=${1:-3}
 hostdir=${2:-/var/lib/snug-density}
-command -v fio >/dev/null || { echo "fsync-density: needs fio" >&2; exit 1; }
-mkdir -p "$hostdir"
-work=$(mktemp -d "$hostdir/density.XXXXXX")
-cleanup() {
-  mountpoint -q "$work/ovl" && umount "$work/ovl"
-  mountpoint -q "$work/mnt" && umount "$work/mnt"
-  for l in $(losetup -j "$work/cur.img" -O NAME -n 2>/dev/null); do losetup -d "$l" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$work/mnt" "$work/host"
+. "$(dirname "$0")/fio-lib.sh"
+fio_workdir density "$hostdir"
+mkdir -p "$work/host"
 
-truncate -s 2G "$work/snug.img"
-mkfs.ext4 -F -q -t ext4 -b 4096 -m 0 -O ^resize_inode,metadata_csum_seed -J size=4 -N 131072 \
-  -E lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0 "$work/snug.img"
+snug_mkfs "$work/snug.img" 2G size=4 131072
 truncate -s 2G "$work/blockfile.img"
 mkfs.ext4 -F -q "$work/blockfile.img"
 
@@ -85,7 +75,6 @@ for ((r = 0; r < rounds; r++)); do
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 host=$(median <<<"${got[host]}")
 printf 'fsync-density: fio 4 KiB random writes, fsync after each, into a new 128 MiB file; IOPS, medians of %d rounds; kernel %s\n\n' "$rounds" "$(uname -r)"
 printf '%-30s %12s %12s %10s %10s\n' "image file" "direct I/O" "buffered" "dio/host" "buf/host"

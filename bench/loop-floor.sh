@@ -19,24 +19,13 @@
 set -euo pipefail
 rounds=${1:-3}
 hostdir=${2:-/var/lib/snug-loop-floor}
-command -v fio >/dev/null || { echo "loop-floor: needs fio" >&2; exit 1; }
-mkdir -p "$hostdir"
-work=$(mktemp -d "$hostdir/floor.XXXXXX")
-cleanup() {
-  mountpoint -q "$work/mnt" && umount "$work/mnt"
-  for f in "$work/raw.img" "$work/image.img"; do
-    for l in $(losetup -j "$f" -O NAME -n 2>/dev/null); do losetup -d "$l" 2>/dev/null || true; done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$work/mnt"
+. "$(dirname "$0")/fio-lib.sh"
+fio_workdir loop-floor "$hostdir"
 size=64m
 runtime=6
 
 # hostdisk: the block device holding $work, by name as /proc/diskstats has it.
 hostdisk=$(sed -n 's/^DEVNAME=//p' "/sys/dev/block/$(mountpoint -d "$(stat -c %m "$work")")/uevent")
-flushes() { awk -v d="$1" '$3 == d { print $19 }' /proc/diskstats; }
 
 # fio_write FILE SYNC [DIRECT]: IOPS of 4 KiB random overwrites of FILE, SYNC
 # after each, through the page cache or, with DIRECT 1, with O_DIRECT.
@@ -51,9 +40,7 @@ layout() {
 }
 
 layout "$work/raw.img"
-truncate -s 2G "$work/image.img"
-mkfs.ext4 -F -q -t ext4 -b 4096 -m 0 -O ^resize_inode,metadata_csum_seed -J size=4 -N 131072 \
-  -E lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0 "$work/image.img"
+snug_mkfs "$work/image.img" 2G size=4 131072
 
 declare -A iops fl
 # row NAME SYNC: measures row NAME into iops[NAME] and fl[NAME].
@@ -99,7 +86,6 @@ for ((r = 0; r < rounds; r++)); do
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf 'loop-floor: fio 4 KiB random overwrites of a %s file, a sync after each; medians of %d rounds; kernel %s\n\n' "$size" "$rounds" "$(uname -r)"
 printf '%-32s %10s %14s %14s\n' "target" "IOPS" "/ host file" "flushes/write"
 hostfsync=$(median <<<"${iops["host file, fsync"]}")
