@@ -82,10 +82,10 @@ const (
 	quietAfter = 10 * time.Second
 	// balloonEvery is how many checks reuse the balloon size read last.
 	balloonEvery = 16
-	// cacheEvery is how often a check reads the image's loop device's
+	// cacheModeEvery is how often a check reads the image's loop device's
 	// cache mode (a sysfs read, a few microseconds): 300 images cost 30
 	// reads a second.
-	cacheEvery = 10 * time.Second
+	cacheModeEvery = 10 * time.Second
 )
 
 // watched is one image's state between checks. Only the Run goroutine
@@ -157,10 +157,10 @@ type watched struct {
 	trimFloor atomic.Int64
 	trimDone  atomic.Bool
 	followUp  time.Time // a trim after the next journal commit
-	// cacheMode is the loop device's sysfs cache mode file ("" for a
+	// cacheFile is the loop device's sysfs cache mode file ("" for a
 	// read-only image, which has nothing to flush); cacheAt is when it
 	// was read last.
-	cacheMode string
+	cacheFile string
 	cacheAt   time.Time
 }
 
@@ -175,7 +175,7 @@ const trimFollowUp = time.Second
 
 // NewWatcher returns a watcher checking every interval. Run starts it.
 func NewWatcher(interval time.Duration, obs Observer) *Watcher {
-	w := &Watcher{obs: obs, images: map[string]*watched{}, opCtx: context.Background(), waker: newWaker(), cacheEvery: cacheEvery}
+	w := &Watcher{obs: obs, images: map[string]*watched{}, opCtx: context.Background(), waker: newWaker(), cacheEvery: cacheModeEvery}
 	w.SetInterval(interval)
 	return w
 }
@@ -197,7 +197,7 @@ func (w *Watcher) Add(key string, m *Mounted, p Policy) {
 	if !ok {
 		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1, file: -1, dev: deviceNumber(m.Device)}
 		if !m.ReadOnly && m.Device != "" {
-			iw.cacheMode = writeCachePath(m.Device)
+			iw.cacheFile = writeCachePath(m.Device)
 			iw.cacheAt = time.Now() // Attach, or the start-up's converge, has just looked
 		}
 		iw.balloonStale.Store(true)
@@ -690,11 +690,11 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 // flush unsent), sets it back with KeepFlushes and reports it. Attach
 // checked it once; this keeps it so for as long as the image is mounted.
 func (w *Watcher) keepFlushes(key string, iw *watched, now time.Time) {
-	if iw.cacheMode == "" || now.Sub(iw.cacheAt) < w.cacheEvery {
+	if iw.cacheFile == "" || now.Sub(iw.cacheAt) < w.cacheEvery {
 		return
 	}
 	iw.cacheAt = now
-	mode, err := readWriteCache(iw.cacheMode)
+	mode, err := readWriteCache(iw.cacheFile)
 	if err != nil || mode == "write back" {
 		return // a device gone is the mount check's to report
 	}
