@@ -157,11 +157,9 @@ type watched struct {
 	trimFloor atomic.Int64
 	trimDone  atomic.Bool
 	followUp  time.Time // a trim after the next journal commit
-	// cacheFile is the loop device's sysfs cache mode file ("" for a
-	// read-only image, which has nothing to flush); cacheAt is when it
-	// was read last.
-	cacheFile string
-	cacheAt   time.Time
+	// cacheAt is when the loop device's cache mode was read last
+	// (keepFlushes).
+	cacheAt time.Time
 }
 
 // fullBelow is the free space under which a window counts as full: less
@@ -196,10 +194,7 @@ func (w *Watcher) Add(key string, m *Mounted, p Policy) {
 	iw, ok := w.images[key]
 	if !ok {
 		iw = &watched{key: key, m: m, phase: uint64(len(w.images)), dir: -1, file: -1, dev: deviceNumber(m.Device)}
-		if !m.ReadOnly && m.Device != "" {
-			iw.cacheFile = writeCachePath(m.Device)
-			iw.cacheAt = time.Now() // Attach, or the start-up's converge, has just looked
-		}
+		iw.cacheAt = time.Now() // Attach, or the start-up's converge, has just looked at the cache mode
 		iw.balloonStale.Store(true)
 		iw.floorStale.Store(true)
 		w.images[key] = iw
@@ -690,16 +685,13 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 // flush unsent), sets it back with KeepFlushes and reports it. Attach
 // checked it once; this keeps it so for as long as the image is mounted.
 func (w *Watcher) keepFlushes(key string, iw *watched, now time.Time) {
-	if iw.cacheFile == "" || now.Sub(iw.cacheAt) < w.cacheEvery {
+	// A read-only image has nothing to flush.
+	if iw.m.ReadOnly || iw.m.Device == "" || now.Sub(iw.cacheAt) < w.cacheEvery {
 		return
 	}
 	iw.cacheAt = now
-	mode, err := readWriteCache(iw.cacheFile)
-	if err != nil || mode == "write back" {
-		return // a device gone is the mount check's to report
-	}
-	err = KeepFlushes(w.opCtx, iw.m.Device)
-	if w.obs.FlushesDropped != nil {
+	// A device gone (its mode unreadable) is the mount check's to report.
+	if found, err := keepFlushes(w.opCtx, iw.m.Device); found && w.obs.FlushesDropped != nil {
 		w.obs.FlushesDropped(key, iw.m.Device, err)
 	}
 }

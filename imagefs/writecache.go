@@ -34,25 +34,32 @@ var errFlushesDropped = errors.New("the loop device drops cache flushes (queue/w
 // daemon (an older version, or a device changed since); the watcher calls
 // it when it finds a mounted image's device changed (keepFlushes).
 func KeepFlushes(ctx context.Context, device string) error {
+	_, err := keepFlushes(ctx, device)
+	return err
+}
+
+// keepFlushes is KeepFlushes, and reports whether the device was found
+// dropping flushes (set back when err is nil).
+func keepFlushes(ctx context.Context, device string) (found bool, err error) {
 	path := writeCachePath(device)
 	mode, err := readWriteCache(path)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if mode == "write back" {
-		return nil
+		return false, nil
 	}
 	if err := os.WriteFile(path, []byte("write back"), 0); err != nil {
-		return fmt.Errorf("%w, and it cannot be set to write back: %w", errFlushesDropped, err)
+		return true, fmt.Errorf("%w, and it cannot be set to write back: %w", errFlushesDropped, err)
 	}
 	if mode, err = readWriteCache(path); err != nil {
-		return err
+		return true, err
 	}
 	if mode != "write back" {
-		return fmt.Errorf("%w, and stays %q after setting write back", errFlushesDropped, mode)
+		return true, fmt.Errorf("%w, and stays %q after setting write back", errFlushesDropped, mode)
 	}
 	log.G(ctx).WithField("device", device).Warn("the loop device's write cache was set to write through, which drops an image's flushes; set it back to write back")
-	return nil
+	return true, nil
 }
 
 // writeCachePath is the sysfs file of a block device's cache mode.
