@@ -165,8 +165,15 @@ func TestCrashMatrix(t *testing.T) {
 	remove := snapOp(func(ctx context.Context, sn snapshots.Snapshotter) error {
 		return sn.Remove(ctx, "work")
 	})
+	// removeInBackground removes work: the removal is recorded and Remove
+	// returns, the image is unmounted and deleted after it (removing.go),
+	// where the daemon dies.
+	removeInBackground := func(ctx context.Context, t *testing.T, _ *daemon, sn snapshots.Snapshotter) {
+		sn.Remove(ctx, "work") // answered, or not if the kill came first
+	}
 	// cleanup removes a snapshot while its mount is in use (the record
-	// goes, the image stays), then runs Cleanup once it is free.
+	// goes, the image stays: the background deletion gives up), then runs
+	// Cleanup once it is free.
 	cleanup := func(ctx context.Context, t *testing.T, d *daemon, sn snapshots.Snapshotter) {
 		mounts, err := sn.Prepare(ctx, "gone", "base")
 		if err != nil {
@@ -178,6 +185,11 @@ func TestCrashMatrix(t *testing.T) {
 		}
 		if err := sn.Remove(ctx, "gone"); err != nil {
 			t.Fatal(err)
+		}
+		for end := time.Now().Add(20 * time.Second); !strings.Contains(d.Log(), "its image is deleted later"); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("the background deletion of the busy image did not give up:\n%s", d.Log())
+			}
 		}
 		if err := mount.UnmountAll(dir, 0); err != nil {
 			t.Fatal(err)
@@ -310,7 +322,7 @@ func TestCrashMatrix(t *testing.T) {
 		{op: "commit-packed", point: "commit-built", prep: unpackFiles, hit: commitApplied, want: with(map[string]snapshots.Kind{"extract": snapshots.KindActive})},
 		{op: "commit-packed", point: "commit-recorded", prep: unpackFiles, hit: commitApplied, want: with(map[string]snapshots.Kind{"layer2": snapshots.KindCommitted}), after: layer2Reads},
 		{op: "remove", point: "remove-recorded", hit: remove, want: with(nil, "work")},
-		{op: "remove", point: "removedir-unmounted", hit: remove, want: with(nil, "work")},
+		{op: "remove", point: "removedir-unmounted", hit: removeInBackground, want: with(nil, "work")},
 		{op: "cleanup", point: "removedir-unmounted", hit: cleanup, want: with(nil)},
 		// The pool makes its images in the background: empty it, and the
 		// armed daemon dies refilling it at start-up.

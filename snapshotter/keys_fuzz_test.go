@@ -135,6 +135,11 @@ func requireOnlyState(t *testing.T, sn *Snapshotter, parent, root string) {
 	if n != 0 {
 		t.Fatalf("%d snapshots left", n)
 	}
+	// Removals delete their images in the background: wait for them, not
+	// Cleanup, which would delete a directory left by a leak as well.
+	if _, err := sn.removing.wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	dirs, _ := os.ReadDir(filepath.Join(root, "snapshots"))
 	for _, d := range dirs {
 		if !isNumericID(d.Name()) {

@@ -153,7 +153,15 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 		if m, ok := s.pool.take(s.bgCtx, img, create, s.policy().mount); ok {
 			return m, nil
 		}
-		return nil, s.templates.Create(ctx, img, create)
+		err := s.templates.Create(ctx, img, create)
+		// A full host may have room again once the removals in flight
+		// have deleted their images.
+		if errors.Is(err, imagefs.ErrHostFull) {
+			if waited, werr := s.removing.wait(ctx); waited && werr == nil {
+				err = s.templates.Create(ctx, img, create)
+			}
+		}
+		return nil, err
 	case kind == snapshots.KindView:
 		return nil, os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
 	}

@@ -15,11 +15,11 @@ import (
 	"github.com/snugfs/snug/internal/failpoint"
 )
 
-// Remove forgets the snapshot key, then unmounts and deletes its image. The
-// record goes first: once Remove returns, the key is free. If the image is
-// still busy (a container still has it mounted), it stays until Cleanup or
-// the next start-up deletes it; Remove does not fail for that, because the
-// snapshot is gone already.
+// Remove forgets the snapshot key and has its image unmounted and deleted
+// in the background (removing.go). The record goes first: once Remove
+// returns, the key is free. If the image is still busy (a container still
+// has it mounted), it stays until Cleanup or the next start-up deletes it;
+// Remove does not fail for that, because the snapshot is gone already.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	s.traffic.Mark()
 	var id string
@@ -31,16 +31,17 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		return fmt.Errorf("remove %s: %w", key, err)
 	}
 	failpoint.Inject("remove-recorded")
-	if err := s.removeDir(ctx, s.snapshotDir(id)); err != nil {
-		log.G(ctx).WithError(err).WithField("key", key).Warn("snapshot removed; its image is deleted later")
-	}
+	s.removeLater(ctx, s.snapshotDir(id))
 	return nil
 }
 
-// Cleanup deletes the directories of snapshots that are no longer recorded
-// (removed while busy, or left by a crash). containerd's garbage collector
-// calls it.
+// Cleanup waits for the removals in flight, then deletes the directories
+// of snapshots that are no longer recorded (removed while busy, or left by
+// a crash). containerd's garbage collector calls it.
 func (s *Snapshotter) Cleanup(ctx context.Context) error {
+	if _, err := s.removing.wait(ctx); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
 	return s.cleanup(ctx, false)
 }
 
@@ -68,7 +69,7 @@ func (s *Snapshotter) cleanup(ctx context.Context, startup bool) error {
 		}
 		for _, e := range entries {
 			name := e.Name()
-			if _, ok := ids[name]; ok {
+			if _, ok := ids[name]; ok || s.removing.has(filepath.Join(s.root, "snapshots", name)) {
 				continue
 			}
 			if isNumericID(name) || (isTemporary(name) && (startup || olderThan(e, staleAfter))) {

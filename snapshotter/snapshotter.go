@@ -56,6 +56,8 @@ type Snapshotter struct {
 	bgCtx  context.Context
 	stopBg context.CancelFunc
 	bg     sync.WaitGroup
+	// removing deletes removed snapshots' images in the background.
+	removing *removals
 
 	// annotations looks up a container's OCI annotations in containerd
 	// (SetAnnotationSource); nil without containerd. annotateMu is held
@@ -105,6 +107,7 @@ func New(ctx context.Context, cfg config.Config) (*Snapshotter, error) {
 		templates: tpls,
 		bgCtx:     bgCtx,
 		stopBg:    stop,
+		removing:  newRemovals(),
 	}
 	s.cfg.Store(&cfg)
 	s.images = images.New(ctx, s, cfg, tr)
@@ -133,6 +136,7 @@ func (s *Snapshotter) close(release bool) error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.stopBg()
+		s.removing.close()
 		s.images.Close()
 		s.bg.Wait()
 		s.pool.wait()
