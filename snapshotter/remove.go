@@ -110,9 +110,22 @@ func olderThan(e os.DirEntry, d time.Duration) bool {
 
 // removeDir stops the keeper of a snapshot directory, unmounts what is
 // mounted below it and deletes it. It deletes nothing while anything below
-// is still mounted.
+// is still mounted. A removed snapshot's rw image is discarded, not
+// unmounted: what the container left in the page cache is dropped instead
+// of written to a file about to be deleted, and the unmount commits no
+// journal, so it sends no cache flush to the host's disk (each flush
+// through the loop device is an fsync of the image file: a `ctr run --rm`
+// cost the host 42 flushes with the unmount, 33 with the discard, overlayfs
+// 27; docs/design.md).
 func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
-	s.images.Unmounting(filepath.Base(dir))
+	id := filepath.Base(dir)
+	m, layer, inService := s.images.Mounted(id)
+	s.images.Unmounting(id)
+	if inService && !layer && !m.ReadOnly {
+		if err := m.Discard(ctx); err != nil {
+			return fmt.Errorf("delete %s: %w", dir, err)
+		}
+	}
 	if err := imagefs.UnmountBelow(ctx, dir); err != nil {
 		return fmt.Errorf("delete %s: %w", dir, err)
 	}

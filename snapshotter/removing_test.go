@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"golang.org/x/sys/unix"
 )
 
 func TestRemovalsPending(t *testing.T) {
@@ -149,5 +150,43 @@ func TestRemoveDeletesInBackground(t *testing.T) {
 		if f, err := os.ReadFile(b); err == nil && strings.HasPrefix(string(f), dirs[0]+"/") {
 			t.Errorf("after Cleanup %s backs %s", strings.TrimSpace(string(f)), b)
 		}
+	}
+}
+
+// TestRemoveDiscardsTheImage: the deletion of a removed container's rw
+// image drops what the container left in the page cache instead of
+// writing it to the file (Mounted.Discard): 8 MiB written and not synced
+// never reach the image file, which a hard link keeps for the test.
+func TestRemoveDiscardsTheImage(t *testing.T) {
+	ctx := context.Background()
+	sn, root := newTestSnapshotter(t)
+	writeVia(t, sn, "c", "", "unsynced", strings.Repeat("x", 8<<20))
+	dirs, err := filepath.Glob(filepath.Join(root, "snapshots", "[0-9]*"))
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("snapshot directories %v, %v; want one", dirs, err)
+	}
+	kept := filepath.Join(root, "kept.img")
+	if err := os.Link(filepath.Join(dirs[0], rwImage), kept); err != nil {
+		t.Fatal(err)
+	}
+	allocated := func() int64 {
+		var st unix.Stat_t
+		if err := unix.Stat(kept, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Blocks * 512
+	}
+	before := allocated()
+	if err := sn.Remove(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dirs[0]); !os.IsNotExist(err) {
+		t.Fatalf("after Cleanup %s is still there: %v", dirs[0], err)
+	}
+	if grew := allocated() - before; grew >= 1<<20 {
+		t.Errorf("the removed image's file grew by %d KiB as it was deleted: its unsynced data was written back", grew>>10)
 	}
 }
