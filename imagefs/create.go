@@ -160,13 +160,22 @@ func publishImage(tmp, path string) error {
 	if err := fsyncPath(tmp); err != nil {
 		return fmt.Errorf("create %s: %w", path, HostError(err))
 	}
+	if err := renameImage(tmp, path); err != nil {
+		return err
+	}
+	return fsyncPath(filepath.Dir(path))
+}
+
+// renameImage renames the finished temporary tmp to path, never over an
+// existing file.
+func renameImage(tmp, path string) error {
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create %s: %w", path, ErrExists)
 		}
 		return fmt.Errorf("create %s: %w", path, err)
 	}
-	return fsyncPath(filepath.Dir(path))
+	return nil
 }
 
 // placeBalloon mounts a fresh or shrunk image privately and inflates its

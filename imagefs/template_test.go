@@ -2,6 +2,7 @@ package imagefs
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -111,4 +112,61 @@ func TestTemplatesAreBounded(t *testing.T) {
 		t.Fatalf("after its template was deleted: %v", err)
 	}
 	requireClean(t, filepath.Join(dir, "again"))
+}
+
+// TestCreateToAttachIsWrittenBackByAttach: CreateToAttach leaves the copy
+// of the template in the host's page cache (no sync), and attaching it
+// writes it back (LOOP_CONFIGURE syncs the backing file): the kernel
+// behaviour the pool's premounted images rely on to be on the disk whole
+// before anything mounts them. FIEMAP without its sync flag shows what is
+// still only in the page cache as delayed-allocation extents.
+func TestCreateToAttachIsWrittenBackByAttach(t *testing.T) {
+	roottest.Require(t, "mkfs.ext4", "e2fsck")
+	ctx := context.Background()
+	dir := roottest.TempDir(t)
+	tpls, err := NewTemplates(ctx, filepath.Join(dir, "templates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "pooled.img")
+	if err := tpls.CreateToAttach(ctx, img, CreateOptions{Quota: 10 * gib, Window: 256 * mib, DirectIO: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := delallocExtents(t, img); n == 0 {
+		t.Fatal("the fresh copy has no extent waiting in the page cache: it was synced (or written back already)")
+	}
+	l, err := Attach(ctx, img, AttachOptions{DirectIO: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if n := delallocExtents(t, img); n > 0 {
+		t.Errorf("after the attach %d extents of the image wait in the page cache: attaching did not write it back", n)
+	}
+}
+
+// delallocExtents counts the extents of the file at path whose blocks are
+// not allocated yet (FIEMAP_EXTENT_DELALLOC): data only in the page cache.
+// It asks FIEMAP without FIEMAP_FLAG_SYNC, which would write them back.
+func delallocExtents(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const extentDelalloc = 0x4
+	buf := make([]byte, fiemapHeaderSize+fiemapBatch*fiemapExtentSize)
+	binary.LittleEndian.PutUint64(buf[8:], ^uint64(0))
+	binary.LittleEndian.PutUint32(buf[24:], fiemapBatch)
+	if err := ioctlBuf(f, ioctlFIEMAP, buf); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i := range int(binary.LittleEndian.Uint32(buf[20:])) {
+		if binary.LittleEndian.Uint32(buf[fiemapHeaderSize+i*fiemapExtentSize+40:])&extentDelalloc != 0 {
+			n++
+		}
+	}
+	return n
 }

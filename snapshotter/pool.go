@@ -276,7 +276,7 @@ func (p *pool) make(ctx context.Context, n int, pol *poolPolicy) bool {
 			return p.templates.Create(ctx, filepath.Join(p.dir, name), p.opts)
 		}
 		path := filepath.Join(p.mountedDir(), name)
-		if err := p.templates.Create(ctx, path, p.opts); err != nil {
+		if err := p.templates.CreateToAttach(ctx, path, p.opts); err != nil {
 			return err
 		}
 		return p.premount(ctx, path, pol, true)
