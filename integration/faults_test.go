@@ -374,8 +374,16 @@ func requireNothingHalfMade(t *testing.T, d *daemon, fault string) {
 	if len(temps) > 0 {
 		t.Errorf("%s: half-made images left: %v", fault, temps)
 	}
-	images := len(d.Status(t))
-	if n := len(loopsUnder(d.Root + "/snapshots/")); n != images {
+	// A snapshot removed a moment ago may still be being deleted in the
+	// background (its image unmounted, its loop device detaching).
+	images, n := 0, 0
+	for end := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		images, n = len(d.Status(t)), len(loopsUnder(d.Root+"/snapshots/"))
+		if n == images || time.Now().After(end) {
+			break
+		}
+	}
+	if n != images {
 		t.Errorf("%s: %d loop devices on snapshot images, %d images", fault, n, images)
 	}
 }

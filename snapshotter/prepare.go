@@ -153,19 +153,34 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 		if m, ok := s.pool.take(s.bgCtx, img, create, s.policy().mount); ok {
 			return m, nil
 		}
-		err := s.templates.Create(ctx, img, create)
-		// A full host may have room again once the removals in flight
-		// have deleted their images.
-		if errors.Is(err, imagefs.ErrHostFull) {
-			if waited, werr := s.removing.wait(ctx); waited && werr == nil {
-				err = s.templates.Create(ctx, img, create)
-			}
-		}
-		return nil, err
+		return s.makeImage(ctx, img, create)
 	case kind == snapshots.KindView:
 		return nil, os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
 	}
 	return nil, fmt.Errorf("cannot create a snapshot of kind %v", kind)
+}
+
+// makeImage makes a new rw image at img, for a Prepare the pool had none
+// for, and mounts it detached, as the pool makes its premounted images:
+// settle places the mount once the snapshot is recorded. Attaching syncs
+// the file, so the copy of the template is not synced on its own
+// (Templates.CreateToAttach): the image is on the disk whole before the
+// snapshot is recorded, with two cache flushes of the host's disk fewer.
+// A full host may have room again once the removals in flight have
+// deleted their images: it waits for them, once.
+func (s *Snapshotter) makeImage(ctx context.Context, img string, create imagefs.CreateOptions) (*imagefs.Mounted, error) {
+	err := s.templates.CreateToAttach(ctx, img, create)
+	if errors.Is(err, imagefs.ErrHostFull) {
+		if waited, werr := s.removing.wait(ctx); waited && werr == nil {
+			err = s.templates.CreateToAttach(ctx, img, create)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	o := s.policy().mount
+	o.New = true
+	return imagefs.MountDetached(ctx, img, o)
 }
 
 // ensureUpper makes the overlay directories in a mounted rw image. The
