@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/moby/sys/mountinfo"
 )
 
@@ -157,6 +158,11 @@ func TestLoad(t *testing.T) {
 		if err := sn.Remove(ctx, k); err != nil {
 			t.Errorf("remove %s: %v", k, err)
 		}
+	}
+	// Remove returns once the removal is recorded; Cleanup (what
+	// containerd's collector calls last) waits for the images' deletion.
+	if err := sn.(snapshots.Cleaner).Cleanup(ctx); err != nil {
+		t.Errorf("cleanup after the removals: %v", err)
 	}
 	removed := time.Since(start)
 	if got := s.footprint(pid); got.images != base.images || got.loops != base.loops || got.mounts != base.mounts {
