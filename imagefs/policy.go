@@ -36,3 +36,11 @@ func (p Policy) headroomFor(used int64, rate float64) int64 {
 	h := max(p.Headroom, int64(float64(used)*p.HeadroomRatio))
 	return max(h, int64(rate*p.Burst.Seconds()))
 }
+
+// growSlack is how far below its headroom an image's free space may fall
+// before the watcher grows the window, back to the whole headroom: 1/16 of
+// it, at most 1 MiB. Without it every write grew the window by what it
+// took: a container's start (runc's mount points, a few KiB) cost one to
+// three grows of 4-16 KiB, each a lock of the image, a FIEMAP of the
+// balloon and a journal transaction in the image.
+func growSlack(headroom int64) int64 { return min(headroom/16, 1<<20) }

@@ -623,7 +623,8 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 		}
 	}
 
-	iw.hot = iw.spare > 0 && (growing || free < want)
+	short := free < want-growSlack(want)
+	iw.hot = iw.spare > 0 && (growing || short)
 	if woke {
 		iw.wakes.Add(1)
 		if !iw.hot && now.Sub(iw.lastWake) < time.Duration(w.interval.Load()) {
@@ -636,7 +637,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 	} else if !iw.fast(now) && !iw.armed.Load() && w.waker != nil {
 		w.arm(iw, sfs.Fsid.Val)
 	}
-	if free < want && iw.spare > 0 {
+	if short && iw.spare > 0 {
 		w.start(key, iw, func(ctx context.Context) {
 			start := time.Now()
 			grown, err := iw.m.EnsureFree(ctx, want)

@@ -320,16 +320,18 @@ func TestWriteWakesTheWatcher(t *testing.T) {
 	runWatcher(t, w)
 	// The first check finds it cold and arms the mark.
 	waitArmed(t, w, "img")
-	// Write more than the headroom: the window must grow.
+	// Write most of the headroom, each write more than the slack
+	// (growSlack: the check a wake brings must find the window short, as
+	// the next check is an hour away): the window must grow.
 	f, err := os.Create(filepath.Join(m.Dir, "data"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for i := 0; i < 48; i++ {
+	buf := make([]byte, 4<<20)
+	for i := 0; i < 12; i++ {
 		if _, err := f.Write(buf); err != nil {
-			t.Fatalf("write %d MiB: %v", i, err)
+			t.Fatalf("write %d MiB: %v", 4*i, err)
 		}
 	}
 	for end := time.Now().Add(10 * time.Second); e.get().grown == 0; time.Sleep(10 * time.Millisecond) {
@@ -457,5 +459,45 @@ func TestWatcherLetsGoOfAnImageUnmountedElsewhere(t *testing.T) {
 	}
 	if ev.get().failed == 0 {
 		t.Error("the watcher did not report the image gone")
+	}
+}
+
+// TestWatcherLetsSmallWritesIntoTheHeadroom: a write that takes less than
+// the slack (growSlack) out of the headroom does not make the watcher grow
+// the window; one that takes more has it grown back to the whole headroom.
+func TestWatcherLetsSmallWritesIntoTheHeadroom(t *testing.T) {
+	path, dir := newImage(t, gib, 32*mib)
+	m := mountImage(t, path, dir)
+	var ev events
+	w := NewWatcher(10*time.Millisecond, ev.observer(t))
+	const headroom = 64 * mib
+	w.Add("img", m, Policy{Headroom: headroom})
+	runWatcher(t, w)
+	free := func() int64 {
+		st, err := m.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.FreeBytes
+	}
+	if !waitFor(2*time.Second, func() bool { return free() >= headroom }) {
+		t.Fatalf("the window was not grown to its headroom: %d MiB free", free()>>20)
+	}
+	write := func(name string, n int) {
+		if err := os.WriteFile(filepath.Join(dir, name), make([]byte, n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		unix.Sync()
+	}
+	time.Sleep(100 * time.Millisecond) // the first grow's checks are over
+	before := ev.get().grown
+	write("small", 64<<10)
+	time.Sleep(300 * time.Millisecond) // 30 checks
+	if g := ev.get().grown; g != before {
+		t.Errorf("a 64 KiB write made the watcher grow the window by %d KiB (slack %d KiB)", (g-before)>>10, growSlack(headroom)>>10)
+	}
+	write("big", 4<<20)
+	if !waitFor(2*time.Second, func() bool { return free() >= headroom }) {
+		t.Errorf("after a 4 MiB write %d KiB free, want the %d MiB headroom back", free()>>10, headroom>>20)
 	}
 }
