@@ -73,7 +73,9 @@ func (t *Templates) Create(ctx context.Context, path string, o CreateOptions) er
 
 // CreateToAttach is Create for an image that is attached to a loop device
 // before anything else may use it, and that nothing keeps across a crash
-// unattached (the pool's premounted images: start-up deletes them). It
+// unattached: the pool's premounted images (in pool/mounted, which
+// start-up empties) and the image a Prepare makes for itself (in a
+// snapshot directory not recorded yet, which start-up deletes). It
 // does not sync the file and its directory itself: attaching does, as
 // LOOP_CONFIGURE syncs the backing file (measured on this machine kind: a
 // file with 8 MiB unwritten cost 8 MiB written and one cache flush as

@@ -11,11 +11,11 @@ import (
 
 // Removals run in the background. containerd's garbage collector removes
 // snapshots while it holds its snapshotter's lock, which every Prepare,
-// Mounts and View of that snapshotter also takes: whatever Remove costs,
-// the next container's start waits for. Unmounting an image and deleting
-// it took 12-28 ms a snapshot (an ext4 unmount commits the image's journal
-// and flushes it through to the host's disk), and a burst's garbage
-// collection removes its snapshots one after another. So Remove only
+// Mounts and View of that snapshotter also takes: whatever Remove costs, a
+// container starting meanwhile may wait for. Unmounting an image and
+// deleting it took 12-28 ms a snapshot, a burst's garbage collection
+// removes its snapshots one after another, and a Remove of an image still
+// in use waited up to 5 s for its loop device to go. So Remove only
 // records the removal and returns; the image is unmounted and deleted by
 // a worker here. The record goes first, as before: a crash before the
 // deletion leaves a directory whose id is not recorded, which start-up
