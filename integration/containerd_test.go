@@ -172,7 +172,10 @@ func (s *stack) startContainerd() {
 	logf.Close()
 	s.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(s.cmd, s.done)
-	deadline := time.Now().Add(30 * time.Second)
+	// containerd listens once its plugins are loaded; blockfile's copies
+	// its scratch image then (with an fsync: 4 GiB for bench-churn), which
+	// once took more than 30 s on a disk still busy from the run before.
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		if c, err := net.Dial("unix", s.socket()); err == nil {
 			c.Close()
