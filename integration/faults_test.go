@@ -366,24 +366,26 @@ func requireNothingHalfMade(t *testing.T, d *daemon, fault string) {
 	}
 	// The pool may be making an image in the background: give it time.
 	var temps []string
-	for end := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if temps = halfMadeImages(d.Root); len(temps) == 0 || time.Now().After(end) {
-			break
-		}
-	}
-	if len(temps) > 0 {
+	if !settles(func() bool { temps = halfMadeImages(d.Root); return len(temps) == 0 }) {
 		t.Errorf("%s: half-made images left: %v", fault, temps)
 	}
 	// A snapshot removed a moment ago may still be being deleted in the
 	// background (its image unmounted, its loop device detaching).
-	images, n := 0, 0
-	for end := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		images, n = len(d.Status(t)), len(loopsUnder(d.Root+"/snapshots/"))
-		if n == images || time.Now().After(end) {
-			break
-		}
-	}
-	if n != images {
+	var images, n int
+	if !settles(func() bool { images, n = len(d.Status(t)), len(loopsUnder(d.Root+"/snapshots/")); return n == images }) {
 		t.Errorf("%s: %d loop devices on snapshot images, %d images", fault, n, images)
+	}
+}
+
+// settles polls cond every 50 ms for up to 15 s, for what the daemon
+// finishes in the background, and reports whether it came true.
+func settles(cond func() bool) bool {
+	for end := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
 	}
 }

@@ -31,7 +31,6 @@ var removeParallel = max(2, runtime.NumCPU())
 // background.
 type removals struct {
 	slots chan struct{}
-	wg    sync.WaitGroup // the workers; added to under mu, before closed
 
 	mu      sync.Mutex
 	pending map[string]struct{} // directories queued or being deleted
@@ -45,8 +44,8 @@ func newRemovals() *removals {
 	return &removals{slots: make(chan struct{}, removeParallel), pending: map[string]struct{}{}, idle: idle}
 }
 
-// add marks dir pending and counts its worker; queued false if it already
-// was pending, closed true (and nothing done) once close was called.
+// add marks dir pending, for a worker to delete; queued false if it
+// already was pending, closed true (and nothing done) once close was called.
 func (r *removals) add(dir string) (queued, closed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -60,16 +59,16 @@ func (r *removals) add(dir string) (queued, closed bool) {
 		r.idle = make(chan struct{})
 	}
 	r.pending[dir] = struct{}{}
-	r.wg.Add(1)
 	return true, false
 }
 
-// close takes no more workers and waits for those running.
+// close takes no more workers and waits for those running: a pending
+// directory is a worker's until done.
 func (r *removals) close() {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
-	r.wg.Wait()
+	r.wait(context.Background())
 }
 
 // done marks dir no longer pending, its worker ended.
@@ -80,7 +79,6 @@ func (r *removals) done(dir string) {
 	if len(r.pending) == 0 {
 		close(r.idle)
 	}
-	r.wg.Done()
 }
 
 // has reports whether dir is pending.
