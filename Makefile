@@ -27,10 +27,16 @@ vet:
 
 # test: unit tests, then the root tests on the real kernel. SNUG_REQUIRE_ROOT=1
 # turns a missing dependency into a failure, never a skip. leftovers.sh then
-# fails the run on any loop device, mount or process the tests left.
+# fails the run on any loop device, mount or process the tests left. The
+# tests make their directories in a TMPDIR of this run's own, so what a
+# benchmark or another run on the same host holds meanwhile is not counted;
+# it is removed when nothing was left in it, kept for a look otherwise.
 test: deps vet
-	SNUG_REQUIRE_ROOT=1 $(GO) test -count=1 -timeout 20m $(PKGS)
-	@scripts/leftovers.sh
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/snug-make-test.XXXXXX") && \
+	SNUG_REQUIRE_ROOT=1 TMPDIR="$$tmp" $(GO) test -count=1 -timeout 20m $(PKGS); rc=$$?; \
+	TMPDIR="$$tmp" scripts/leftovers.sh || rc=1; \
+	if [ $$rc = 0 ]; then rm -rf "$$tmp"; else echo "make test: the tests' directory is kept: $$tmp" >&2; fi; \
+	exit $$rc
 
 # soak: TestLoad (part of make test, for 60 s there) for SNUG_LOAD_SECONDS
 # (180): 50 containers started and removed at once, round after round, on
