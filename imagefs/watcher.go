@@ -157,6 +157,11 @@ type watched struct {
 	trimFloor atomic.Int64
 	trimDone  atomic.Bool
 	followUp  time.Time // a trim after the next journal commit
+	// chasing is set while deletions come in a burst: a trim started by
+	// the TrimAfter threshold sets it, and a trim that gives less than
+	// chaseMin back to the host ends it. While set, the image is on the
+	// fast lanes and each check trims again (see trimChase).
+	chasing atomic.Bool
 	// cacheAt is when the loop device's cache mode was read last
 	// (keepFlushes).
 	cacheAt time.Time
@@ -170,6 +175,20 @@ const fullBelow = 1 << 20
 // while it ran: frees are trimmable only once their transaction commits,
 // and each trim commits first.
 const trimFollowUp = time.Second
+
+// Trims chase a burst of deletions (an rm -rf, a log rotation, a directory
+// swapped for a new one). A trim gives back only what was freed before its
+// own journal commit; what the burst frees after it sits on the host until
+// the next trim, and the TrimAfter threshold alone would wait for another
+// TrimAfter of it, or for the follow-up a second later: a footprint read
+// right after the container's sync then held up to TrimAfter and more of
+// deleted blocks (measured: 162 MiB for 127 MiB used, bench-churn's mixed
+// workload). So a trim started by the threshold starts a chase: the image
+// is checked on the fast lanes and trimmed again at each check, for as
+// long as each trim gives at least trimChase(TrimAfter) back to the host.
+// A chase costs a journal commit per trim, and only while deletions keep
+// coming; the follow-up a second after its last trim still runs.
+func trimChase(trimAfter int64) int64 { return max(trimAfter/16, 256<<10) }
 
 // NewWatcher returns a watcher checking every interval. Run starts it.
 func NewWatcher(interval time.Duration, obs Observer) *Watcher {
@@ -389,9 +408,11 @@ const hotLanes = 5
 // the watcher at once, and is held again.
 const writingHold = time.Second
 
-// fast reports whether iw is checked on every lane: hot, or held there
-// as a writer in place.
-func (iw *watched) fast(now time.Time) bool { return iw.hot || now.Before(iw.writingUntil) }
+// fast reports whether iw is checked on every lane: hot, held there as a
+// writer in place, or chasing a burst of deletions.
+func (iw *watched) fast(now time.Time) bool {
+	return iw.hot || now.Before(iw.writingUntil) || iw.chasing.Load()
+}
 
 // Run checks every image each interval, and hot images hotLanes times as
 // often, until ctx ends, then waits for the grows and trims it started.
@@ -652,8 +673,15 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 		return
 	}
 	trimNow := pol.TrimAfter > 0 && iw.excess-iw.floor >= pol.TrimAfter
-	if trimNow || followUp {
+	chase := pol.TrimAfter > 0 && iw.chasing.Load()
+	if trimNow || chase || followUp {
+		if trimNow {
+			// On the fast lanes from now: the trim's result decides
+			// whether the chase goes on.
+			iw.chasing.Store(true)
+		}
 		if w.start(key, iw, func(ctx context.Context) {
+			fp0, ferr0 := iw.footprint()
 			n, err := iw.m.Trim(ctx)
 			// The floor is read as the trim ends: read at the next check,
 			// it would take in what was deleted meanwhile.
@@ -665,6 +693,9 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 			} else {
 				iw.floorStale.Store(true)
 			}
+			// The chase goes on while trims find deletions: the host
+			// file shrank by a chase step at least.
+			iw.chasing.Store(err == nil && ferr0 == nil && ferr == nil && fp0-fp >= trimChase(pol.TrimAfter))
 			if n > 0 && w.obs.Trimmed != nil {
 				w.obs.Trimmed(key, n)
 			}
@@ -673,7 +704,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 			}
 		}) {
 			iw.followUp = time.Time{}
-			if trimNow {
+			if trimNow || chase {
 				iw.followUp = now.Add(trimFollowUp)
 			}
 		}

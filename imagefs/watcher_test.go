@@ -76,6 +76,19 @@ func watchedImage(t *testing.T) (path string, m *Mounted, ev *events) {
 	return path, m, ev
 }
 
+// handCheckedImage is a mounted 1 GiB image with a 256 MiB window, watched
+// with the given TrimAfter by a watcher that never runs: its checks are the
+// test's calls of w.check on iw.
+func handCheckedImage(t *testing.T, trimAfter int64) (path string, m *Mounted, w *Watcher, iw *watched, ev *events) {
+	path, dir := newImage(t, gib, 256*mib)
+	m = mountImage(t, path, dir)
+	ev = &events{}
+	w = NewWatcher(time.Hour, ev.observer(t))
+	w.Add("img", m, Policy{Headroom: 64 * mib, TrimAfter: trimAfter})
+	t.Cleanup(func() { w.Remove("img") }) // before the unmount
+	return path, m, w, w.images["img"], ev
+}
+
 // TestWatcherTrimsWhatARunningContainerDeletes: deleted files go back to the
 // host while the image stays mounted and in use, without a Reclaim.
 func TestWatcherTrimsWhatARunningContainerDeletes(t *testing.T) {
@@ -106,13 +119,7 @@ func TestWatcherTrimsWhatARunningContainerDeletes(t *testing.T) {
 // blocks of the old files are still allocated on the host. The watcher
 // follows the footprint, so it trims them anyway.
 func TestWatcherTrimsDeletionsHiddenByWrites(t *testing.T) {
-	path, dir := newImage(t, gib, 256*mib)
-	m := mountImage(t, path, dir)
-	var ev events
-	w := NewWatcher(time.Hour, ev.observer(t))
-	w.Add("img", m, Policy{Headroom: 64 * mib, TrimAfter: 8 * mib})
-	t.Cleanup(func() { w.Remove("img") }) // before the unmount
-	iw := w.images["img"]
+	path, m, w, iw, ev := handCheckedImage(t, 8*mib)
 	writeFiles(t, filepath.Join(m.Dir, "old"), 10, 5*mib)
 	roottest.Syncfs(t, m.Dir)
 	w.check("img", iw, time.Now(), false) // reads the floor
@@ -499,5 +506,58 @@ func TestWatcherLetsSmallWritesIntoTheHeadroom(t *testing.T) {
 	write("big", 4<<20)
 	if !waitFor(2*time.Second, func() bool { return free() >= headroom }) {
 		t.Errorf("after a 4 MiB write %d KiB free, want the %d MiB headroom back", free()>>10, headroom>>20)
+	}
+}
+
+// TestWatcherChasesABurstOfDeletions: a trim gives back only what was
+// freed before its journal commit. What a burst of deletions frees after
+// it, less than TrimAfter, goes back at the next check (the chase), not a
+// second later with the follow-up, and a chase trim that finds nothing
+// ends the chase.
+func TestWatcherChasesABurstOfDeletions(t *testing.T) {
+	path, m, w, iw, ev := handCheckedImage(t, 16*mib)
+	var ops int
+	w.opDone = func(string) { ops++ }
+	writeFiles(t, filepath.Join(m.Dir, "log"), 6, 4*mib)
+	writeFiles(t, filepath.Join(m.Dir, "cache"), 4, mib)
+	roottest.Syncfs(t, m.Dir)
+	start := time.Now()
+	w.check("img", iw, start, false) // reads the floor
+	if ops != 0 {
+		t.Fatalf("%d trims before any deletion", ops)
+	}
+
+	// The burst's first part reaches TrimAfter: trimmed, and the chase on.
+	if err := os.RemoveAll(filepath.Join(m.Dir, "log")); err != nil {
+		t.Fatal(err)
+	}
+	w.check("img", iw, start.Add(20*time.Millisecond), false)
+	w.wg.Wait()
+	if ops != 1 || !iw.chasing.Load() || !iw.fast(start.Add(20*time.Millisecond)) {
+		t.Fatalf("after 24 MiB deleted: %d trims, chasing %v", ops, iw.chasing.Load())
+	}
+	// Its second part, a quarter of TrimAfter, at the next check.
+	before := fileFootprint(t, path)
+	if err := os.RemoveAll(filepath.Join(m.Dir, "cache")); err != nil {
+		t.Fatal(err)
+	}
+	w.check("img", iw, start.Add(40*time.Millisecond), false)
+	w.wg.Wait()
+	if got := fileFootprint(t, path); ops != 2 || got > before-3*mib {
+		t.Fatalf("4 MiB deleted during the chase: %d trims, footprint %d KiB, was %d KiB", ops, got>>10, before>>10)
+	}
+	// Nothing more deleted: one more trim finds nothing and ends the chase.
+	w.check("img", iw, start.Add(60*time.Millisecond), false)
+	w.wg.Wait()
+	if ops != 3 || iw.chasing.Load() {
+		t.Fatalf("after the burst: %d trims, chasing %v", ops, iw.chasing.Load())
+	}
+	w.check("img", iw, start.Add(80*time.Millisecond), false)
+	w.wg.Wait()
+	if ops != 3 {
+		t.Fatalf("%d trims once the chase ended, want 3", ops)
+	}
+	if ev.get().failed != 0 {
+		t.Fatalf("events %+v", ev.get())
 	}
 }
