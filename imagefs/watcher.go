@@ -560,6 +560,7 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 			w.failed(key, fmt.Errorf("check %s: %w", iw.m.Image, err))
 		}
 		iw.failing = true
+		iw.chasing.Store(false) // no trim to chase with
 		if gone {
 			// Unmounted by someone else (umount -l: a plain umount
 			// finds the image busy while it is watched). Let go of it,
@@ -672,8 +673,11 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 		})
 		return
 	}
+	if pol.TrimAfter <= 0 {
+		iw.chasing.Store(false) // trims turned off mid-chase (SetPolicy)
+	}
 	trimNow := pol.TrimAfter > 0 && iw.excess-iw.floor >= pol.TrimAfter
-	chase := pol.TrimAfter > 0 && iw.chasing.Load()
+	chase := iw.chasing.Load()
 	if trimNow || chase || followUp {
 		if trimNow {
 			// On the fast lanes from now: the trim's result decides

@@ -561,3 +561,31 @@ func TestWatcherChasesABurstOfDeletions(t *testing.T) {
 		t.Fatalf("events %+v", ev.get())
 	}
 }
+
+// TestWatcherChaseEndsWithTrimsOff: a policy that turns trims off in the
+// middle of a chase ends it (the image leaves the fast lanes), and no
+// trim runs.
+func TestWatcherChaseEndsWithTrimsOff(t *testing.T) {
+	_, m, w, iw, _ := handCheckedImage(t, 16*mib)
+	var ops int
+	w.opDone = func(string) { ops++ }
+	writeFiles(t, filepath.Join(m.Dir, "log"), 6, 4*mib)
+	roottest.Syncfs(t, m.Dir)
+	start := time.Now()
+	w.check("img", iw, start, false)
+	if err := os.RemoveAll(filepath.Join(m.Dir, "log")); err != nil {
+		t.Fatal(err)
+	}
+	w.check("img", iw, start.Add(20*time.Millisecond), false)
+	w.wg.Wait()
+	if ops != 1 || !iw.chasing.Load() {
+		t.Fatalf("after 24 MiB deleted: %d trims, chasing %v", ops, iw.chasing.Load())
+	}
+	w.SetPolicy("img", Policy{Headroom: 64 * mib})
+	at := start.Add(40 * time.Millisecond)
+	w.check("img", iw, at, false)
+	w.wg.Wait()
+	if ops != 1 || iw.chasing.Load() || iw.fast(at) {
+		t.Fatalf("trims turned off: %d trims, chasing %v, fast %v", ops, iw.chasing.Load(), iw.fast(at))
+	}
+}
