@@ -159,8 +159,8 @@ type watched struct {
 	followUp  time.Time // a trim after the next journal commit
 	// chasing is set while deletions come in a burst: a trim started by
 	// the TrimAfter threshold sets it, and a trim that gives less than
-	// chaseMin back to the host ends it. While set, the image is on the
-	// fast lanes and each check trims again (see trimChase).
+	// trimChase(TrimAfter) back to the host ends it. While set, the image
+	// is on the fast lanes and each check trims again.
 	chasing atomic.Bool
 	// cacheAt is when the loop device's cache mode was read last
 	// (keepFlushes).
