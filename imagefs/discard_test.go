@@ -2,9 +2,11 @@ package imagefs
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,5 +51,40 @@ func TestDiscardDropsWhatItHolds(t *testing.T) {
 	}
 	if err := WaitDetached(ctx, m2.Image, m2.Device, detachWait); err != nil {
 		t.Errorf("once the overlay went: %v", err)
+	}
+}
+
+// TestWaitDetachedWatchesItsDevice: WaitDetached follows the one device it
+// is given: attached to the image it waits (and says ErrStillAttached at
+// its bound), detached it returns, and a device whose file was deleted, a new one made at its
+// path, is not the image's.
+func TestWaitDetachedWatchesItsDevice(t *testing.T) {
+	path, _ := newImage(t, 128*mib, 64*mib)
+	ctx := context.Background()
+	loop, err := Attach(ctx, path, AttachOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitDetached(ctx, path, loop.Device, 50*time.Millisecond); !errors.Is(err, ErrStillAttached) {
+		t.Errorf("attached: %v, want ErrStillAttached", err)
+	}
+	loop.Close() // autoclear: detached as its last user goes
+	if err := WaitDetached(ctx, path, loop.Device, detachWait); err != nil {
+		t.Errorf("detached: %v", err)
+	}
+	if loop, err = Attach(ctx, path, AttachOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer loop.Close()
+	// The image deleted and a new file made at its path: sysfs shows the
+	// device's file by that path ("(deleted)"), but it is another inode.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("another file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitDetached(ctx, path, loop.Device, time.Second); err != nil {
+		t.Errorf("a new file at the image's path: %v, want nil at once", err)
 	}
 }

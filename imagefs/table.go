@@ -195,6 +195,14 @@ func (t *MountTable) loopsOf(target string) ([]string, error) {
 	return devs, nil
 }
 
+// backs reports whether the loop device is attached to the image file at
+// the canonical path target, which st describes: sysfs names the path, the
+// device's status the inode (a path can be reused by a new file).
+func backs(dev, target string, st unix.Stat_t) bool {
+	file, ok := backingFile(filepath.Base(dev))
+	return ok && file == target && backedBy(dev, st)
+}
+
 // backedBy reports whether the loop device's backing file, known to have
 // the path of the file st describes, is that file: the same inode number
 // (LOOP_GET_STATUS64). A device that cannot be asked is taken as the
