@@ -29,10 +29,11 @@ vet:
 # turns a missing dependency into a failure, never a skip. leftovers.sh then
 # fails the run on any loop device, mount or process the tests left. The
 # tests make their directories in a TMPDIR of this run's own, so what a
-# benchmark or another run on the same host holds meanwhile is not counted;
+# benchmark or another run on the same host holds meanwhile is not counted
+# (other users may traverse it, as /tmp: a test runs a client as nobody);
 # it is removed when nothing was left in it, kept for a look otherwise.
 test: deps vet
-	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/snug-make-test.XXXXXX") && \
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/snug-make-test.XXXXXX") && chmod 755 "$$tmp" && \
 	SNUG_REQUIRE_ROOT=1 TMPDIR="$$tmp" $(GO) test -count=1 -timeout 20m $(PKGS); rc=$$?; \
 	TMPDIR="$$tmp" scripts/leftovers.sh || rc=1; \
 	if [ $$rc = 0 ]; then rm -rf "$$tmp"; else echo "make test: the tests' directory is kept: $$tmp" >&2; fi; \

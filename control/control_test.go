@@ -324,8 +324,11 @@ func TestOnlyRootIsAnswered(t *testing.T) {
 		cmd := exec.Command(bin, "-test.run=^TestHelperClient$", "-test.v")
 		cmd.Env = append(os.Environ(), "SNUG_TEST_SOCKET="+sock)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-		out, _ := cmd.CombinedOutput()
+		out, err := cmd.CombinedOutput()
 		answer := string(out)
+		if !strings.Contains(answer, "ANSWER ") { // the helper prints it whatever the answer
+			t.Fatalf("the client did not run as uid %d (can it reach %s?): %v\n%s", uid, bin, err, answer)
+		}
 		if uid == 0 && !strings.Contains(answer, "ANSWER <nil>") {
 			t.Errorf("root was not answered:\n%s", answer)
 		}
