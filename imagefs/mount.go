@@ -233,9 +233,10 @@ func waitDetached(ctx context.Context, image, device string) error {
 // needs the image free (a repair) waits for the other user to let go.
 //
 // It reads that one device each time it looks, never every loop device:
-// during a burst of containers a hundred and more are attached, and a scan
-// of them all at each poll of each removal was a twentieth of the daemon's
-// CPU (perf, bench/burst-cpu.sh PERF=1).
+// during a burst of containers one is attached per running container, per
+// premounted pool image and per layer, and a scan of them all at each poll
+// of each removal was a twentieth of the daemon's CPU (perf,
+// bench/burst-cpu.sh PERF=1).
 func WaitDetached(ctx context.Context, image, device string, bound time.Duration) error {
 	target, err := canonical(image)
 	var want unix.Stat_t
