@@ -5,6 +5,11 @@
 #                              containerd on PATH, fails unless every TOOL
 #                              (and bin/snug) is there
 #   bench_workdir PREFIX       a fresh directory under /var/lib (prints it)
+#   bench_stack PREFIX BINARY  a throw-away stack (scripts/stack.sh) with snug
+#                              serve BINARY in a fresh $dir, torn down and
+#                              removed at exit, the test image in
+#                              $dir/image.tar; a caller's own EXIT trap must
+#                              call bench_stack_down
 #   bench_debug_snug DIR       writes DIR/snug-debug: bin/snug with
 #                              --log-level debug (each call's time logged)
 #   bench_call_times LOG FROM METHOD
@@ -23,6 +28,15 @@ bench_needs() {
 }
 
 bench_workdir() { mktemp -d "/var/lib/$1.XXXXXX"; }
+
+bench_stack() {
+  dir=$(bench_workdir "$1")
+  trap bench_stack_down EXIT
+  "$here/scripts/stack.sh" up "$dir" "$2" >/dev/null
+  "$here/scripts/testimage.sh" "$dir/image.tar" localhost/snug-test:latest >/dev/null
+}
+
+bench_stack_down() { "$here/scripts/stack.sh" down "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"; }
 
 bench_debug_snug() {
   printf '#!/bin/sh\nexec %q "$@" --log-level debug\n' "$here/bin/snug" >"$1/snug-debug"

@@ -18,10 +18,7 @@ runs=${1:-30}
 . "$(dirname "$0")/lib.sh"
 bench_needs run-phases ctr containerd
 snug=${2:-$here/bin/snug}
-dir=$(bench_workdir snug-phases)
-trap '"$here/scripts/stack.sh" down "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-"$here/scripts/stack.sh" up "$dir" "$snug" >/dev/null
-"$here/scripts/testimage.sh" "$dir/image.tar" localhost/snug-test:latest >/dev/null
+bench_stack snug-phases "$snug"
 ctr() { command ctr -a "$dir/containerd.sock" "$@" >/dev/null 2>&1; }
 for sn in overlayfs snug; do
   ctr images import --snapshotter "$sn" --base-name "localhost/$sn-test" "$dir/image.tar"

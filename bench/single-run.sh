@@ -16,10 +16,7 @@ runs=${1:-20}
 . "$(dirname "$0")/lib.sh"
 bench_needs single-run ctr containerd
 snug=${2:-$here/bin/snug}
-dir=$(bench_workdir snug-single)
-trap '"$here/scripts/stack.sh" down "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-"$here/scripts/stack.sh" up "$dir" "$snug" >/dev/null
-"$here/scripts/testimage.sh" "$dir/image.tar" localhost/snug-test:latest >/dev/null
+bench_stack snug-single "$snug"
 ctr() { command ctr -a "$dir/containerd.sock" "$@" 2>/dev/null; }
 for sn in overlayfs snug; do
   ctr images import --snapshotter "$sn" --base-name "localhost/$sn-test" "$dir/image.tar" >/dev/null

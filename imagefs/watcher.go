@@ -186,8 +186,9 @@ const trimFollowUp = time.Second
 // workload). So a trim started by the threshold starts a chase: the image
 // is checked on the fast lanes and trimmed again at each check, for as
 // long as each trim gives at least trimChase(TrimAfter) back to the host.
-// A chase costs a journal commit per trim, and only while deletions keep
-// coming; the follow-up a second after its last trim still runs.
+// And until the follow-up a second after the last trim, a trim starts once
+// trimChase(TrimAfter) more is deleted, not TrimAfter. Both cost a journal
+// commit per trim, and only while deletions keep coming.
 func trimChase(trimAfter int64) int64 { return max(trimAfter/16, 256<<10) }
 
 // NewWatcher returns a watcher checking every interval. Run starts it.
@@ -676,7 +677,15 @@ func (w *Watcher) check(key string, iw *watched, now time.Time, woke bool) {
 	if pol.TrimAfter <= 0 {
 		iw.chasing.Store(false) // trims turned off mid-chase (SetPolicy)
 	}
-	trimNow := pol.TrimAfter > 0 && iw.excess-iw.floor >= pol.TrimAfter
+	// Within a second of a trim the threshold is a chase step: the rest
+	// of a burst that paused longer than a chase (a log rotated, then a
+	// directory deleted a moment later) goes back at the check that sees
+	// it, not with the follow-up.
+	threshold := pol.TrimAfter
+	if !iw.followUp.IsZero() && now.Before(iw.followUp) {
+		threshold = trimChase(pol.TrimAfter)
+	}
+	trimNow := pol.TrimAfter > 0 && iw.excess-iw.floor >= threshold
 	chase := iw.chasing.Load()
 	if trimNow || chase || followUp {
 		if trimNow {

@@ -512,14 +512,16 @@ func TestWatcherLetsSmallWritesIntoTheHeadroom(t *testing.T) {
 // TestWatcherChasesABurstOfDeletions: a trim gives back only what was
 // freed before its journal commit. What a burst of deletions frees after
 // it, less than TrimAfter, goes back at the next check (the chase), not a
-// second later with the follow-up, and a chase trim that finds nothing
-// ends the chase.
+// second later with the follow-up; a chase trim that finds nothing ends
+// the chase, and a part of the burst that comes after it, still within a
+// second, is trimmed once a chase step of it is deleted.
 func TestWatcherChasesABurstOfDeletions(t *testing.T) {
 	path, m, w, iw, ev := handCheckedImage(t, 16*mib)
 	var ops int
 	w.opDone = func(string) { ops++ }
 	writeFiles(t, filepath.Join(m.Dir, "log"), 6, 4*mib)
 	writeFiles(t, filepath.Join(m.Dir, "cache"), 4, mib)
+	writeFiles(t, filepath.Join(m.Dir, "late"), 2, mib)
 	roottest.Syncfs(t, m.Dir)
 	start := time.Now()
 	w.check("img", iw, start, false) // reads the floor
@@ -556,6 +558,17 @@ func TestWatcherChasesABurstOfDeletions(t *testing.T) {
 	w.wg.Wait()
 	if ops != 3 {
 		t.Fatalf("%d trims once the chase ended, want 3", ops)
+	}
+	// A last part after a pause longer than the chase, within a second of
+	// the last trim: a chase step of it is enough for a trim.
+	before = fileFootprint(t, path)
+	if err := os.RemoveAll(filepath.Join(m.Dir, "late")); err != nil {
+		t.Fatal(err)
+	}
+	w.check("img", iw, start.Add(300*time.Millisecond), false)
+	w.wg.Wait()
+	if got := fileFootprint(t, path); ops != 4 || got > before-mib {
+		t.Fatalf("2 MiB deleted 0.3 s into the burst: %d trims, footprint %d KiB, was %d KiB", ops, got>>10, before>>10)
 	}
 	if ev.get().failed != 0 {
 		t.Fatalf("events %+v", ev.get())
