@@ -58,6 +58,11 @@ type ContainerRef struct {
 	// ("kubernetes" for a CRI container): snug repairs its image and
 	// leaves the restart to it.
 	ManagedBy string `json:"managed_by,omitempty"`
+	// ShimPID is the stopped task's shim, moved into the repair's CPU
+	// cgroup for the stop; ShimCgroup is the CPU cgroup it was in, where
+	// the new task's shim goes once the task runs again.
+	ShimPID    int    `json:"shim_pid,omitempty"`
+	ShimCgroup string `json:"shim_cgroup,omitempty"`
 }
 
 // Step is one step of the pipeline.

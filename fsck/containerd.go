@@ -21,6 +21,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
+
+	"github.com/snugfs/snug/internal/urgent"
 )
 
 // EventMediaType is the media type of the descriptor each incident event
@@ -52,6 +54,8 @@ type Containerd struct {
 	name string
 
 	events eventQueue
+
+	noCgroupOnce sync.Once // see urgentCgroup
 }
 
 // SnapshotIndex relates containerd's view of a container to snug's
@@ -292,6 +296,9 @@ func (c *Containerd) Stop(ctx context.Context, ref *ContainerRef) error {
 	if p.Status == tasktypes.Status_STOPPED {
 		return nil
 	}
+	if ref.ManagedBy == "" {
+		c.raiseShim(ctx, ref, int(p.Pid))
+	}
 	start := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -330,6 +337,10 @@ func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef) error {
 		return fmt.Errorf("delete task: %w", errgrpc.ToNative(err))
 	}
 	log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "took": time.Since(start)}).Info("stopped task deleted for a repair")
+	if ref.ShimPID > 0 {
+		// A shim that serves other tasks outlives this one.
+		c.lowerShim(ctx, ref, ref.ShimPID, ref.ShimCgroup)
+	}
 	return nil
 }
 
@@ -354,11 +365,30 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 	// load each round trip to containerd counts), and look at the one in
 	// the way only when there is one.
 	start := time.Now()
-	task, err := ctr.NewTask(ctx, creator)
+	var opts []containerd.NewTaskOpts
+	raised := ref.ShimCgroup != "" && c.urgentCgroup(ctx)
+	if raised {
+		if o, err := shimCgroupOpt(ctx, ctr); err != nil {
+			log.G(ctx).WithError(err).WithField("container", ref.Namespace+"/"+ref.ID).Debug("new task's shim not in the repair's CPU cgroup")
+			raised = false
+		} else {
+			opts = append(opts, o)
+		}
+	}
+	task, err := ctr.NewTask(ctx, creator, opts...)
 	if errdefs.IsAlreadyExists(err) {
-		if task, err = existingTask(ctx, ctr, creator); err == nil && task == nil {
+		if task, err = existingTask(ctx, ctr, creator, opts); err == nil && task == nil {
 			return nil // running already
 		}
+	}
+	if raised && task != nil {
+		// The new shim leaves urgent.Cgroup once its task runs, for
+		// where its predecessor was.
+		defer func() {
+			if shim, perr := urgent.ParentOf(int(task.Pid())); perr == nil && shim > 1 {
+				c.lowerShim(ctx, ref, shim, ref.ShimCgroup)
+			}
+		}()
 	}
 	if err != nil {
 		return fmt.Errorf("new task: %w", err)
@@ -376,10 +406,10 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 // restart a crash interrupted after the create (the created task), a stop
 // whose delete did not happen (deleted, and a new one created), or nil
 // when the container's owner was faster and it runs.
-func existingTask(ctx context.Context, ctr containerd.Container, creator cio.Creator) (containerd.Task, error) {
+func existingTask(ctx context.Context, ctr containerd.Container, creator cio.Creator, opts []containerd.NewTaskOpts) (containerd.Task, error) {
 	task, err := ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
-		return ctr.NewTask(ctx, creator) // gone meanwhile
+		return ctr.NewTask(ctx, creator, opts...) // gone meanwhile
 	}
 	if err != nil {
 		return nil, err
@@ -395,7 +425,7 @@ func existingTask(ctx context.Context, ctr containerd.Container, creator cio.Cre
 		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 			return nil, fmt.Errorf("delete the stopped task: %w", err)
 		}
-		return ctr.NewTask(ctx, creator)
+		return ctr.NewTask(ctx, creator, opts...)
 	}
 	return nil, nil
 }

@@ -7,13 +7,12 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/snugfs/snug/internal/urgent"
 )
 
 // toolDir holds the directory e2fsprogs tools are taken from ("" looks them
@@ -66,7 +65,7 @@ func runTool(ctx context.Context, name string, args ...string) (toolRun, error) 
 	start := time.Now()
 	if err = cmd.Start(); err == nil {
 		if isUrgent(ctx) {
-			prioritise(cmd.Process.Pid)
+			urgent.Process(cmd.Process.Pid)
 		}
 		err = cmd.Wait()
 	}
@@ -89,41 +88,17 @@ func runTool(ctx context.Context, name string, args ...string) (toolRun, error) 
 type urgentKey struct{}
 
 // Urgent marks ctx so that the e2fsprogs tools run with it get the CPU and
-// the disk before the host's other work (nice -10, the best-effort I/O
-// class's highest level): a repair whose container is down while 50 others
-// start on two CPUs otherwise takes several times its time on a quiet host.
+// the disk before the host's other work (package urgent: its CPU cgroup,
+// nice -10, the best-effort I/O class's highest level): a repair whose
+// container is down while 50 others start on two CPUs otherwise takes
+// several times its time on a quiet host.
 func Urgent(ctx context.Context) context.Context { return context.WithValue(ctx, urgentKey{}, true) }
 
 func isUrgent(ctx context.Context) bool { v, _ := ctx.Value(urgentKey{}).(bool); return v }
 
-// urgentNice is the nice value of an urgent tool run.
-const urgentNice = -10
-
-// prioritise raises a started tool's CPU and I/O priority. It needs
-// CAP_SYS_NICE (snug runs as root); without it the tool runs at the
-// daemon's priority, which is only slower.
-func prioritise(pid int) {
-	_ = unix.Setpriority(unix.PRIO_PROCESS, pid, urgentNice)
-	const (
-		ioprioWhoProcess = 1
-		ioprioClassBE    = 2
-		ioprioClassShift = 13
-	)
-	_, _, _ = unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(pid), ioprioClassBE<<ioprioClassShift)
-}
-
-// UrgentThread locks the calling goroutine to its OS thread and gives the
-// thread the priority of an urgent tool run, for work a container waits
-// for (the error monitor's repair: its records, unmounts and mounts). The
-// goroutine must not unlock the thread: Go ends a thread whose goroutine
-// exits locked to it (the main thread it parks for good instead), and
-// starts new threads from a thread of its own rather than cloning a locked
-// one, so the priority goes with the goroutine and never reaches other
-// work. Tools the goroutine runs inherit it.
-func UrgentThread() {
-	runtime.LockOSThread()
-	prioritise(unix.Gettid())
-}
+// UrgentThread is urgent.Thread, for the error monitor's repair: its
+// records, unmounts and mounts, and the tools it runs.
+func UrgentThread() { urgent.Thread() }
 
 // failure turns a failed tool run into an error carrying its message.
 func (r toolRun) failure(name string) error {

@@ -10,13 +10,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/cgroups"
+
 	"github.com/snugfs/snug/api"
 	"github.com/snugfs/snug/fsck"
+	"github.com/snugfs/snug/internal/urgent"
 )
 
 // steadyIO is a container's workload for the error monitor's tests: it
@@ -188,6 +192,62 @@ func (s *stack) taskPID(container string) string {
 	return ""
 }
 
+// shimOf is the shim of the task whose process is pid (its parent).
+func shimOf(t *testing.T, pid string) string {
+	t.Helper()
+	n, err := strconv.Atoi(pid)
+	if err != nil {
+		t.Fatalf("task pid %q: %v", pid, err)
+	}
+	shim, err := urgent.ParentOf(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strconv.Itoa(shim)
+}
+
+// cpuCgroupOf is process pid's CPU cgroup (cgroup v1's cpu hierarchy, v2's
+// single one).
+func cpuCgroupOf(t *testing.T, pid string) string {
+	t.Helper()
+	paths, err := cgroups.ParseCgroupFile("/proc/" + pid + "/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := paths["cpu"]; ok {
+		return p
+	}
+	return paths[""]
+}
+
+// checkShimsRaised checks that a repaired container's task calls ran with
+// its shims in urgent.Cgroup: the incident records the stopped task's shim
+// moved there from CPU cgroup from; the new task was created with its shim
+// there (runc's ShimCgroup option, which the shim keeps in its bundle,
+// next to the container's own runc options), and that shim is back in
+// from now that the task runs.
+func (s *stack) checkShimsRaised(inc *fsck.Incident, container, from string) {
+	t := s.t
+	t.Helper()
+	if err := urgent.Setup(); err != nil {
+		t.Logf("no CPU cgroup for repairs on this host (%v): shims not raised", err)
+		return
+	}
+	c := inc.Containers[0]
+	if c.ShimPID == 0 || c.ShimCgroup != from {
+		t.Errorf("incident records shim %d from CPU cgroup %q, want the stopped task's shim from %q", c.ShimPID, c.ShimCgroup, from)
+	}
+	opts := readFile(filepath.Join(s.dir, "containerd", "state", "io.containerd.runtime.v2.task", "default", container, "options.json"))
+	for _, want := range []string{`"shim_cgroup":"` + urgent.Cgroup + `"`, `"root":"` + s.runcRoot() + `"`} {
+		if !strings.Contains(opts, want) {
+			t.Errorf("the new task's runc options lack %s: %s", want, opts)
+		}
+	}
+	if got := cpuCgroupOf(t, shimOf(t, s.taskPID(container))); got != from {
+		t.Errorf("the new task's shim is in CPU cgroup %q, want %q (where its predecessor was)", got, from)
+	}
+}
+
 // TestErrorMonitorRepairsOneContainer: three containers on snug do steady
 // I/O. The first one's image is corrupted behind ext4's back (an inode's
 // extent header, with debugfs, as fstests and LTP's fanotify22 do) and the
@@ -268,6 +328,7 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 	s.checkRepaired(closed, "io-1", "EUCLEAN", true)
 
 	// 2. An error raised through sysfs, on io-2.
+	shimCgroup := cpuCgroupOf(t, shimOf(t, s.taskPID("io-2")))
 	since = time.Now()
 	raised := s.triggerError("io-2")
 	closed2 := s.waitIncidentClosed(ids["io-2"], since, 60*time.Second)
@@ -276,6 +337,7 @@ func TestErrorMonitorRepairsOneContainer(t *testing.T) {
 		t.Errorf("trigger_fs_error detected after %v, want <= 100ms", d)
 	}
 	s.checkRepaired(closed2, "io-2", "", false)
+	s.checkShimsRaised(&closed2, "io-2", shimCgroup)
 
 	// Every container runs; the ones not hit kept their task; their data
 	// and their logs are intact.

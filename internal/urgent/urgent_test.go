@@ -1,0 +1,209 @@
+package urgent
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/cgroups"
+	"golang.org/x/sys/unix"
+)
+
+// TestMain removes Cgroup after the tests when they made it.
+func TestMain(m *testing.M) {
+	var made string
+	if os.Geteuid() == 0 {
+		if root, err := cgroups.FindCgroupMountpoint("", "cpu"); err == nil && !cgroups.IsCgroup2UnifiedMode() {
+			if _, err := os.Stat(filepath.Join(root, Cgroup)); os.IsNotExist(err) {
+				made = filepath.Join(root, Cgroup)
+			}
+		}
+	}
+	code := m.Run()
+	if made != "" {
+		_ = os.Remove(made) // empty again: the tests' processes and threads have left it
+	}
+	os.Exit(code)
+}
+
+func TestParseParent(t *testing.T) {
+	for _, tc := range []struct {
+		stat string
+		want int
+		ok   bool
+	}{
+		{"4242 (containerd-shim) S 1 4242 100 0 -1", 1, true},
+		{"77 (a) b) (c) R 4242 77 77", 4242, true},
+		{"77 (with space) S 12 77", 12, true},
+		{"77 (x) S", 0, false},
+		{"77 x S 12", 0, false},
+		{"77 (x) S -3 1", 0, false},
+		{"77 (x) S nope 1", 0, false},
+		{"", 0, false},
+	} {
+		got, err := parseParent(tc.stat)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseParent(%q) = %d, %v; want %d, ok %v", tc.stat, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func FuzzParseParent(f *testing.F) {
+	f.Add("4242 (containerd-shim) S 1 4242 100 0 -1")
+	f.Add("77 (a) b) (c) R 4242 77 77")
+	f.Fuzz(func(t *testing.T, stat string) {
+		if ppid, err := parseParent(stat); err == nil && ppid < 0 {
+			t.Fatalf("parseParent(%q) = %d", stat, ppid)
+		}
+	})
+}
+
+func TestParentOfSelf(t *testing.T) {
+	got, err := ParentOf(os.Getpid())
+	if err != nil || got != os.Getppid() {
+		t.Fatalf("ParentOf(self) = %d, %v; want %d", got, err, os.Getppid())
+	}
+}
+
+// requireCgroup skips where the host has no CPU cgroup for urgent work
+// (not root, or no cpu controller for the root's children) and fails if a
+// root test cannot set it up on a host that has one.
+func requireCgroup(t *testing.T) *hierarchy {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("moving processes between cgroups needs root")
+	}
+	h, err := setup()
+	if err != nil {
+		if os.Getenv("SNUG_REQUIRE_ROOT") != "" {
+			t.Fatalf("no CPU cgroup for urgent work: %v", err)
+		}
+		t.Skipf("no CPU cgroup for urgent work: %v", err)
+	}
+	return h
+}
+
+// TestRaiseAndLower: a process raised is in Cgroup, whose weight is set,
+// and lowered goes back where it was.
+func TestRaiseAndLower(t *testing.T) {
+	h := requireCgroup(t)
+	file, want := "cpu.shares", strconv.Itoa(shares)
+	if h.unified {
+		file, want = "cpu.weight", strconv.Itoa(weight)
+	}
+	if got, err := cgroups.ReadFile(h.dir(Cgroup), file); err != nil || strings.TrimSpace(got) != want {
+		t.Errorf("%s of %s: %q, %v; want %s", file, Cgroup, got, err, want)
+	}
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	if In(pid) {
+		t.Fatalf("process %d in %s before Raise", pid, Cgroup)
+	}
+	from, err := Raise(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mine, _ := h.cgroupOf(os.Getpid()); from != mine {
+		t.Errorf("Raise found the child in %q, its parent is in %q", from, mine)
+	}
+	if !In(pid) {
+		t.Fatalf("process %d not in %s after Raise", pid, Cgroup)
+	}
+	if err := Lower(pid, from); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := h.cgroupOf(pid); got != from {
+		t.Errorf("process %d in %q after Lower, want %q", pid, got, from)
+	}
+	if _, err := Raise(1 << 30); err == nil {
+		t.Error("Raise of a process that does not exist succeeded")
+	}
+}
+
+// TestThreadStaysWithItsGoroutine: Thread raises the priority of the
+// calling goroutine's thread only (its nice value and, with cgroup v1, its
+// CPU cgroup), and Go never runs other work on that thread: it ends with
+// the goroutine (or, when it is the process's main thread, is parked for
+// good), and threads the runtime starts meanwhile do not inherit it.
+func TestThreadStaysWithItsGoroutine(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("raising a priority needs root")
+	}
+	h, cgErr := setup()
+	niceOf := func(tid int) (int, bool) {
+		// getpriority returns 20 - nice for PRIO_PROCESS.
+		p, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		return 20 - p, err == nil
+	}
+	threadCgroup := func(tid int) string {
+		if cgErr != nil || h.unified {
+			return ""
+		}
+		paths, err := cgroups.ParseCgroupFile("/proc/self/task/" + strconv.Itoa(tid) + "/cgroup")
+		if err != nil {
+			return ""
+		}
+		return paths["cpu"]
+	}
+	before, _ := niceOf(unix.Gettid())
+	type thread struct {
+		tid, nice int
+		cgroup    string
+	}
+	got := make(chan thread)
+	go func() {
+		Thread()
+		// Blocking calls on the locked thread make the runtime start
+		// threads for the other goroutines.
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() { defer wg.Done(); time.Sleep(20 * time.Millisecond) }()
+		}
+		time.Sleep(50 * time.Millisecond)
+		wg.Wait()
+		n, _ := niceOf(unix.Gettid())
+		got <- thread{unix.Gettid(), n, threadCgroup(unix.Gettid())}
+	}()
+	urgent := <-got
+	if urgent.nice != Nice {
+		t.Errorf("urgent thread at nice %d, want %d", urgent.nice, Nice)
+	}
+	if cgErr == nil && !h.unified && urgent.cgroup != Cgroup {
+		t.Errorf("urgent thread in CPU cgroup %q, want %s", urgent.cgroup, Cgroup)
+	}
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, alive := niceOf(urgent.tid)
+		if !alive || urgent.tid == os.Getpid() {
+			break // ended, or the main thread, which Go parks instead
+		}
+		if time.Now().After(end) {
+			t.Fatalf("thread %d at nice %d outlived its goroutine", urgent.tid, urgent.nice)
+		}
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		if tid == urgent.tid {
+			continue
+		}
+		if n, ok := niceOf(tid); ok && n != before {
+			t.Errorf("thread %d at nice %d, the process at %d", tid, n, before)
+		}
+		if cg := threadCgroup(tid); cg == Cgroup {
+			t.Errorf("thread %d in %s too", tid, Cgroup)
+		}
+	}
+}
