@@ -376,14 +376,14 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 		}
 	}
 	task, err := ctr.NewTask(ctx, creator, opts...)
+	running := false
 	if errdefs.IsAlreadyExists(err) {
-		if task, err = existingTask(ctx, ctr, creator, opts); err == nil && task == nil {
-			return nil // running already
-		}
+		task, running, err = existingTask(ctx, ctr, creator, opts)
 	}
-	if raised && task != nil {
+	if ref.ShimCgroup != "" && task != nil {
 		// The new shim leaves urgent.Cgroup once its task runs, for
-		// where its predecessor was.
+		// where its predecessor was (also the shim of a task a restart
+		// cut short by a crash had started).
 		defer func() {
 			if shim, perr := urgent.ParentOf(int(task.Pid())); perr == nil && shim > 1 {
 				c.lowerShim(ctx, ref, shim, ref.ShimCgroup)
@@ -392,6 +392,9 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 	}
 	if err != nil {
 		return fmt.Errorf("new task: %w", err)
+	}
+	if running {
+		return nil
 	}
 	created := time.Since(start)
 	if err := task.Start(ctx); err != nil {
@@ -404,30 +407,33 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 
 // existingTask is the task to start when the container has one already: a
 // restart a crash interrupted after the create (the created task), a stop
-// whose delete did not happen (deleted, and a new one created), or nil
-// when the container's owner was faster and it runs.
-func existingTask(ctx context.Context, ctr containerd.Container, creator cio.Creator, opts []containerd.NewTaskOpts) (containerd.Task, error) {
-	task, err := ctr.Task(ctx, nil)
+// whose delete did not happen (deleted, and a new one created), or the
+// task that runs (running true) when the container's owner, or the restart
+// before a crash, was faster.
+func existingTask(ctx context.Context, ctr containerd.Container, creator cio.Creator, opts []containerd.NewTaskOpts) (task containerd.Task, running bool, err error) {
+	task, err = ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
-		return ctr.NewTask(ctx, creator, opts...) // gone meanwhile
+		task, err = ctr.NewTask(ctx, creator, opts...) // gone meanwhile
+		return task, false, err
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	st, err := task.Status(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	switch st.Status {
 	case containerd.Created:
-		return task, nil
+		return task, false, nil
 	case containerd.Stopped:
 		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("delete the stopped task: %w", err)
+			return nil, false, fmt.Errorf("delete the stopped task: %w", err)
 		}
-		return ctr.NewTask(ctx, creator, opts...)
+		task, err = ctr.NewTask(ctx, creator, opts...)
+		return task, false, err
 	}
-	return nil, nil
+	return task, true, nil
 }
 
 func (c *Containerd) ioFor(ref *ContainerRef, logDir string) (cio.Creator, error) {
