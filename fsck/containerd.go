@@ -55,7 +55,8 @@ type Containerd struct {
 
 	events eventQueue
 
-	noCgroupOnce sync.Once // see urgentCgroup
+	noCgroupOnce    sync.Once // see urgentCgroup
+	noExecWatchOnce sync.Once // see watchHelpers
 }
 
 // SnapshotIndex relates containerd's view of a container to snug's
@@ -333,6 +334,9 @@ func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef) error {
 		return err
 	}
 	start := time.Now()
+	if ref.ShimCgroup != "" {
+		defer c.watchHelpers(ctx, ref)()
+	}
 	if _, err := cl.TaskService().Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
 		return fmt.Errorf("delete task: %w", errgrpc.ToNative(err))
 	}
@@ -374,6 +378,9 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 		} else {
 			opts = append(opts, o)
 		}
+	}
+	if raised {
+		defer c.watchHelpers(ctx, ref)()
 	}
 	task, err := ctr.NewTask(ctx, creator, opts...)
 	running := false

@@ -3,6 +3,8 @@ package fsck
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
@@ -22,6 +24,13 @@ import (
 // CPUs every other process starting a container gets. Only for containers
 // snug restarts itself, with runc's shim: a CRI container's shim serves
 // its pod's other containers, and its restart is the kubelet's.
+//
+// Two of those steps are programs containerd runs itself, at its own
+// priority: the task delete waits for `containerd-shim-runc-v2 ... -id ID
+// delete` (containerd's clean-up once the shim's connection closes, which
+// runs runc again), and the new task for `containerd-shim-runc-v2 ... -id
+// ID start`, which starts the shim. While snug deletes and creates the
+// task, an urgent.ExecWatch moves those into urgent.Cgroup as they exec.
 
 // raiseShim moves the shim of the task whose init process is pid into
 // urgent.Cgroup, for the kill and the delete, and records it and the
@@ -86,4 +95,45 @@ func shimCgroupOpt(ctx context.Context, ctr containerd.Container) (containerd.Ne
 		return nil, fmt.Errorf("runtime options %s are not runc's", o.GetTypeUrl())
 	}
 	return containerd.WithShimCgroup(urgent.Cgroup), nil
+}
+
+// watchHelpers starts moving into urgent.Cgroup the programs containerd
+// runs for the container's task (the shim's start and delete helpers);
+// its stop function ends that. Without the watch (no process events on
+// this host), they run at containerd's priority.
+func (c *Containerd) watchHelpers(ctx context.Context, ref *ContainerRef) func() {
+	w, err := urgent.WatchExecs(shimHelperOf(ref.Namespace, ref.ID))
+	if err != nil {
+		c.noExecWatchOnce.Do(func() {
+			log.G(ctx).WithError(err).Warn("no process events: the programs containerd runs for a repaired container's task run at containerd's priority")
+		})
+		return func() {}
+	}
+	return func() {
+		if raised := w.Stop(); len(raised) > 0 {
+			log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "pids": raised}).Debug("containerd's shim helpers ran in the repair's CPU cgroup")
+		}
+	}
+}
+
+// shimHelperOf matches the command lines containerd runs a shim with for
+// container id of namespace ns: "containerd-shim-* -namespace NS ... -id
+// ID ... ACTION".
+func shimHelperOf(ns, id string) func(argv []string) bool {
+	return func(argv []string) bool {
+		if len(argv) == 0 || !strings.HasPrefix(filepath.Base(argv[0]), "containerd-shim") {
+			return false
+		}
+		return flagIs(argv, "-namespace", ns) && flagIs(argv, "-id", id)
+	}
+}
+
+// flagIs reports whether argv has flag followed by value.
+func flagIs(argv []string, flag, value string) bool {
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] == flag {
+			return argv[i+1] == value
+		}
+	}
+	return false
 }

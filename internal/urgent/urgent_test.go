@@ -1,9 +1,12 @@
 package urgent
 
 import (
+	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -205,5 +208,96 @@ func TestThreadStaysWithItsGoroutine(t *testing.T) {
 		if cg := threadCgroup(tid); cg == Cgroup {
 			t.Errorf("thread %d in %s too", tid, Cgroup)
 		}
+	}
+}
+
+// procEventMsg is one netlink message of the process events connector:
+// event what for process tgid.
+func procEventMsg(what uint32, tgid int32) []byte {
+	le := binary.NativeEndian
+	data := make([]byte, cnMsgLen+procEventHeaderLen+8)
+	le.PutUint32(data[0:], cnIdxProc)
+	le.PutUint32(data[4:], cnValProc)
+	le.PutUint16(data[16:], procEventHeaderLen+8)
+	ev := data[cnMsgLen:]
+	le.PutUint32(ev[0:], what)
+	le.PutUint32(ev[procEventHeaderLen:], uint32(tgid)+1) // a thread of it
+	le.PutUint32(ev[procEventHeaderLen+4:], uint32(tgid))
+	msg := make([]byte, nlmsgHeaderLen, nlmsgHeaderLen+len(data))
+	le.PutUint32(msg[0:], uint32(nlmsgHeaderLen+len(data)))
+	le.PutUint16(msg[4:], unix.NLMSG_DONE)
+	return append(msg, data...)
+}
+
+func TestParseExecEvents(t *testing.T) {
+	fork := uint32(0x00000001)
+	for _, tc := range []struct {
+		name string
+		buf  []byte
+		want []int
+	}{
+		{"one exec", procEventMsg(procEventExec, 4242), []int{4242}},
+		{"a fork is not an exec", procEventMsg(fork, 4242), nil},
+		{"two messages", append(procEventMsg(procEventExec, 10), procEventMsg(procEventExec, 11)...), []int{10, 11}},
+		{"truncated", procEventMsg(procEventExec, 4242)[:30], nil},
+		{"no tgid", procEventMsg(procEventExec, 0), nil},
+		{"empty", nil, nil},
+	} {
+		if got := parseExecEvents(tc.buf); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func FuzzParseExecEvents(f *testing.F) {
+	f.Add(procEventMsg(procEventExec, 4242))
+	f.Add(append(procEventMsg(procEventExec, 10), procEventMsg(0x1, 11)...))
+	f.Fuzz(func(t *testing.T, buf []byte) {
+		for _, pid := range parseExecEvents(buf) {
+			if pid <= 0 {
+				t.Fatalf("pid %d from %x", pid, buf)
+			}
+		}
+	})
+}
+
+// TestWatchExecsRaisesWhatItMatches: while a watch runs, a process that
+// execs with arguments it matches is moved into Cgroup, with what it
+// forks; another is not; after Stop, nothing more is.
+func TestWatchExecsRaisesWhatItMatches(t *testing.T) {
+	requireCgroup(t)
+	marker := fmt.Sprintf("snug-exec-watch-%d", os.Getpid())
+	w, err := WatchExecs(func(argv []string) bool { return slices.Contains(argv, marker) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	run := func(arg string) *exec.Cmd {
+		cmd := exec.Command("sh", "-c", "sleep 2", arg)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	mine, other := run(marker), run("snug-exec-watch-other")
+	deadline := time.Now().Add(time.Second)
+	for !In(mine.Process.Pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d with %s not moved into %s within 1 s", mine.Process.Pid, marker, Cgroup)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if In(other.Process.Pid) {
+		t.Errorf("process %d without the marker moved into %s", other.Process.Pid, Cgroup)
+	}
+	raised := w.Stop()
+	if !slices.Contains(raised, mine.Process.Pid) {
+		t.Errorf("Stop returned %v, want it to hold %d", raised, mine.Process.Pid)
+	}
+	after := run(marker)
+	time.Sleep(200 * time.Millisecond)
+	if In(after.Process.Pid) {
+		t.Errorf("process %d moved into %s after Stop", after.Process.Pid, Cgroup)
 	}
 }

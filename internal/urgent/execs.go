@@ -1,0 +1,187 @@
+package urgent
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExecWatch moves into Cgroup every process that execs, while it runs,
+// with arguments its matcher picks: the programs containerd runs for a
+// repaired container's task (containerd-shim-runc-v2's start and delete
+// helpers, and the runc they run), which start as containerd's children
+// at containerd's priority. It learns of each exec from the kernel's
+// process events connector (netlink, CONFIG_PROC_EVENTS), and moves the
+// process as soon as it has read its arguments; what the process forks
+// after that inherits the cgroup.
+type ExecWatch struct {
+	fd      int
+	match   func(argv []string) bool
+	stop    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+	raised  []int // written by the watch's goroutine only; read after stopped
+}
+
+// Linux's process events connector (include/uapi/linux/cn_proc.h,
+// connector.h).
+const (
+	cnIdxProc           = 1
+	cnValProc           = 1
+	procCnMcastListen   = 1
+	procCnMcastIgnore   = 2
+	procEventExec       = 0x00000002
+	nlmsgHeaderLen      = 16
+	cnMsgLen            = 20
+	procEventHeaderLen  = 16 // what, cpu, timestamp_ns
+	execWatchRecvBuffer = 1 << 20
+	// execWatchPoll bounds how long Stop waits for the watch's read.
+	execWatchPoll = 50 * time.Millisecond
+)
+
+// WatchExecs starts an ExecWatch. It fails where the host has no CPU
+// cgroup for urgent work, or no process events connector (or snug is not
+// root: it needs CAP_NET_ADMIN).
+func WatchExecs(match func(argv []string) bool) (*ExecWatch, error) {
+	if _, err := setup(); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_CONNECTOR)
+	if err != nil {
+		return nil, fmt.Errorf("process events: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	// A burst of containers starting execs hundreds of programs a
+	// second; the events must not overflow the socket meanwhile.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, execWatchRecvBuffer)
+	tv := unix.NsecToTimeval(execWatchPoll.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return nil, fmt.Errorf("process events: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
+		return nil, fmt.Errorf("process events: %w", err)
+	}
+	if err := sendProcOp(fd, procCnMcastListen); err != nil {
+		return nil, fmt.Errorf("process events: %w", err)
+	}
+	ok = true
+	w := &ExecWatch{fd: fd, match: match, stop: make(chan struct{}), stopped: make(chan struct{})}
+	go w.run()
+	return w, nil
+}
+
+// Stop ends the watch and returns the processes it moved into Cgroup.
+func (w *ExecWatch) Stop() []int {
+	w.once.Do(func() {
+		close(w.stop)
+		<-w.stopped
+		_ = sendProcOp(w.fd, procCnMcastIgnore)
+		unix.Close(w.fd)
+	})
+	return w.raised
+}
+
+func (w *ExecWatch) run() {
+	defer close(w.stopped)
+	buf := make([]byte, 64<<10)
+	h, _ := setup()
+	for {
+		select {
+		case <-w.stop:
+			return
+		default:
+		}
+		n, _, err := unix.Recvfrom(w.fd, buf, 0)
+		if err != nil {
+			// EAGAIN: the poll's timeout; ENOBUFS: events lost to
+			// an overflow (a process missed runs at its priority).
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return
+		}
+		for _, pid := range parseExecEvents(buf[:n]) {
+			argv, err := cmdline(pid)
+			if err != nil || !w.match(argv) {
+				continue
+			}
+			if err := writeProc(h.dir(Cgroup), pid); err == nil {
+				w.raised = append(w.raised, pid)
+			}
+		}
+	}
+}
+
+// writeProc moves process pid into the cgroup directory dir.
+func writeProc(dir string, pid int) error {
+	return os.WriteFile(dir+"/cgroup.procs", []byte(strconv.Itoa(pid)), 0)
+}
+
+// sendProcOp subscribes to (or leaves) the process events.
+func sendProcOp(fd int, op uint32) error {
+	msg := make([]byte, nlmsgHeaderLen+cnMsgLen+4)
+	le := binary.NativeEndian
+	le.PutUint32(msg[0:], uint32(len(msg)))         // nlmsg_len
+	le.PutUint16(msg[4:], unix.NLMSG_DONE)          // nlmsg_type
+	le.PutUint32(msg[12:], uint32(os.Getpid()))     // nlmsg_pid
+	le.PutUint32(msg[nlmsgHeaderLen:], cnIdxProc)   // cb_id.idx
+	le.PutUint32(msg[nlmsgHeaderLen+4:], cnValProc) // cb_id.val
+	le.PutUint16(msg[nlmsgHeaderLen+16:], 4)        // len
+	le.PutUint32(msg[nlmsgHeaderLen+cnMsgLen:], op) // enum proc_cn_mcast_op
+	return unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+}
+
+// parseExecEvents returns the pids of the exec events in buf, one read of
+// the connector's socket: netlink messages, each a connector message
+// holding one process event.
+func parseExecEvents(buf []byte) []int {
+	msgs, err := syscall.ParseNetlinkMessage(buf)
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	le := binary.NativeEndian
+	for _, m := range msgs {
+		d := m.Data
+		if len(d) < cnMsgLen+procEventHeaderLen+8 {
+			continue
+		}
+		if le.Uint32(d[0:]) != cnIdxProc || le.Uint32(d[4:]) != cnValProc {
+			continue
+		}
+		if n := int(le.Uint16(d[16:])); n < procEventHeaderLen+8 || cnMsgLen+n > len(d) {
+			continue
+		}
+		ev := d[cnMsgLen:]
+		if le.Uint32(ev[0:]) != procEventExec {
+			continue
+		}
+		// exec's data: process_pid, process_tgid.
+		if tgid := int(int32(le.Uint32(ev[procEventHeaderLen+4:]))); tgid > 0 {
+			pids = append(pids, tgid)
+		}
+	}
+	return pids
+}
+
+// cmdline is process pid's arguments.
+func cmdline(pid int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"), nil
+}
