@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ExecWatch moves into Cgroup every process that execs, while it runs,
-// with arguments its matcher picks: the programs containerd runs for a
+// ExecWatch moves into Cgroup every process of root's that execs, while
+// it runs, with arguments its matcher picks: the programs containerd runs for a
 // repaired container's task (containerd-shim-runc-v2's start and delete
 // helpers, and the runc they run), which start as containerd's children
 // at containerd's priority. It learns of each exec from the kernel's
@@ -177,9 +177,19 @@ func parseExecEvents(buf []byte) []int {
 	return pids
 }
 
-// cmdline is process pid's arguments.
+// cmdline is process pid's arguments, for a process of root's only: any
+// user can run a program with a shim's arguments, and only root's are
+// containerd's.
 func cmdline(pid int) ([]string, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	dir := "/proc/" + strconv.Itoa(pid)
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return nil, err
+	}
+	if st.Uid != 0 {
+		return nil, fmt.Errorf("process %d is not root's", pid)
+	}
+	b, err := os.ReadFile(dir + "/cmdline")
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -261,9 +262,10 @@ func FuzzParseExecEvents(f *testing.F) {
 	})
 }
 
-// TestWatchExecsRaisesWhatItMatches: while a watch runs, a process that
-// execs with arguments it matches is moved into Cgroup, with what it
-// forks; another is not; after Stop, nothing more is.
+// TestWatchExecsRaisesWhatItMatches: while a watch runs, a process of
+// root's that execs with arguments it matches is moved into Cgroup, with
+// what it forks; another, or one of another user's with those arguments,
+// is not; after Stop, nothing more is.
 func TestWatchExecsRaisesWhatItMatches(t *testing.T) {
 	requireCgroup(t)
 	marker := fmt.Sprintf("snug-exec-watch-%d", os.Getpid())
@@ -272,15 +274,18 @@ func TestWatchExecsRaisesWhatItMatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Stop()
-	run := func(arg string) *exec.Cmd {
+	run := func(arg string, uid ...uint32) *exec.Cmd {
 		cmd := exec.Command("sh", "-c", "sleep 2", arg)
+		if len(uid) > 0 {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid[0], Gid: uid[0]}}
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		return cmd
 	}
-	mine, other := run(marker), run("snug-exec-watch-other")
+	mine, other, users := run(marker), run("snug-exec-watch-other"), run(marker, 65534)
 	deadline := time.Now().Add(time.Second)
 	for !In(mine.Process.Pid) {
 		if time.Now().After(deadline) {
@@ -290,6 +295,9 @@ func TestWatchExecsRaisesWhatItMatches(t *testing.T) {
 	}
 	if In(other.Process.Pid) {
 		t.Errorf("process %d without the marker moved into %s", other.Process.Pid, Cgroup)
+	}
+	if In(users.Process.Pid) {
+		t.Errorf("process %d of user nobody, with the marker, moved into %s", users.Process.Pid, Cgroup)
 	}
 	raised := w.Stop()
 	if !slices.Contains(raised, mine.Process.Pid) {
