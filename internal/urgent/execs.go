@@ -15,8 +15,8 @@ import (
 )
 
 // ExecWatch moves into Cgroup every process of root's that execs, while
-// it runs, with arguments its matcher picks: the programs containerd runs for a
-// repaired container's task (containerd-shim-runc-v2's start and delete
+// it runs, with arguments its matcher picks: the programs containerd runs
+// for a repaired container's task (containerd-shim-runc-v2's start and delete
 // helpers, and the runc they run), which start as containerd's children
 // at containerd's priority. It learns of each exec from the kernel's
 // process events connector (netlink, CONFIG_PROC_EVENTS), and moves the
@@ -96,6 +96,9 @@ func (w *ExecWatch) Stop() []int {
 
 func (w *ExecWatch) run() {
 	defer close(w.stopped)
+	// The events are read on a busy host: the reader is urgent work
+	// itself (its thread ends with it).
+	Thread()
 	buf := make([]byte, 64<<10)
 	h, _ := setup()
 	for {
