@@ -63,6 +63,11 @@ func TestRepairRunsWhileTaskIsDeleted(t *testing.T) {
 	if !ctrs.startedAfterDelete.Load() {
 		t.Error("the task was started again before the stopped one was deleted")
 	}
+	for _, st := range inc.Steps {
+		if st.Name == StepRestart && !strings.Contains(st.Detail, "for the stopped tasks' delete, started again in") {
+			t.Errorf("restart step's detail %q does not split the delete's wait from the start", st.Detail)
+		}
+	}
 }
 
 // TestFailedTaskDeleteQuarantines: a task whose delete fails keeps its

@@ -33,10 +33,19 @@ func (d *Doctor) freezeAll(ctx context.Context, inc *Incident, s *Step) error {
 func (d *Doctor) restartAll(ctx context.Context, inc *Incident, s *Step) error {
 	logDir := filepath.Join(d.store.dir, inc.ID)
 	// A container has one task: the stopped one goes first.
+	start := time.Now()
 	if err := d.awaitDeletes(ctx, inc); err != nil {
 		s.Result = "0"
 		return err
 	}
+	waited := time.Since(start)
+	defer func() {
+		// Under load the restart is containerd's work: say which part.
+		if s.Result != "" && s.Result != "0" {
+			s.Detail = joinDetail(s.Detail, fmt.Sprintf("waited %v for the stopped tasks' delete, started again in %v",
+				waited.Round(time.Millisecond), (time.Since(start)-waited).Round(time.Millisecond)))
+		}
+	}()
 	return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
 		if !c.Stopped || c.Restarted || c.ManagedBy != "" {
 			// A CRI container's restart is the kubelet's: a task

@@ -129,7 +129,7 @@ func TestRepairBenchmark(t *testing.T) {
 			rr.TotalMS = ms(last.End.Sub(inc.DetectedAt))
 			rr.GapMS = rr.TotalMS - inSteps
 			if load {
-				t.Logf("round %d (%s, under load): total %.0f ms, between steps %.0f ms; repair: %s", r, kind, rr.TotalMS, rr.GapMS, rr.Details[fsck.StepRepair.String()])
+				t.Logf("round %d (%s, under load): total %.0f ms, between steps %.0f ms; repair: %s; restart: %s", r, kind, rr.TotalMS, rr.GapMS, rr.Details[fsck.StepRepair.String()], rr.Details[fsck.StepRestart.String()])
 			}
 			if inc.Repair != nil {
 				rr.RepairExit = inc.Repair.ExitCode
