@@ -9,8 +9,8 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/snugfs/snug/config"
-	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/failpoint"
+	"github.com/snugfs/snug/internal/urgent"
 )
 
 func (d *Doctor) start(ctx context.Context, inc *Incident) {
@@ -29,7 +29,7 @@ func (d *Doctor) start(ctx context.Context, inc *Incident) {
 func (d *Doctor) work(ctx context.Context, inc *Incident) {
 	// The containers are down until the incident ends: its work runs
 	// before the host's other work (the goroutine's thread ends with it).
-	imagefs.UrgentThread()
+	urgent.Thread()
 	lg := log.G(ctx).WithField("incident", inc.ID).WithField("snapshot", inc.Snapshot)
 	defer func() {
 		d.mu.Lock()

@@ -96,10 +96,6 @@ func Urgent(ctx context.Context) context.Context { return context.WithValue(ctx,
 
 func isUrgent(ctx context.Context) bool { v, _ := ctx.Value(urgentKey{}).(bool); return v }
 
-// UrgentThread is urgent.Thread, for the error monitor's repair: its
-// records, unmounts and mounts, and the tools it runs.
-func UrgentThread() { urgent.Thread() }
-
 // failure turns a failed tool run into an error carrying its message.
 func (r toolRun) failure(name string) error {
 	msg := strings.TrimSpace(r.Stderr)

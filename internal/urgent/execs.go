@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opencontainers/cgroups"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,16 +122,11 @@ func (w *ExecWatch) run() {
 			if err != nil || !w.match(argv) {
 				continue
 			}
-			if err := writeProc(h.dir(Cgroup), pid); err == nil {
+			if err := cgroups.WriteCgroupProc(h.dir(Cgroup), pid); err == nil {
 				w.raised = append(w.raised, pid)
 			}
 		}
 	}
-}
-
-// writeProc moves process pid into the cgroup directory dir.
-func writeProc(dir string, pid int) error {
-	return os.WriteFile(dir+"/cgroup.procs", []byte(strconv.Itoa(pid)), 0)
 }
 
 // sendProcOp subscribes to (or leaves) the process events.
