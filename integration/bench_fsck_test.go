@@ -31,11 +31,14 @@ type repairRound struct {
 	// damaged inode read once, its block evicted from the image's cache
 	// alone) or "drop_caches" (every cache of the host dropped until
 	// ext4 read it: the fallback, which slows every step under load).
-	Injection  string             `json:"injection"`
-	Steps      map[string]float64 `json:"steps_ms"`
-	TotalMS    float64            `json:"total_ms"` // detection to the container running again
-	DetectMS   float64            `json:"detect_ms"`
-	RepairExit int                `json:"repair_exit"`
+	Injection string             `json:"injection"`
+	Steps     map[string]float64 `json:"steps_ms"`
+	// StepStart is when each step began (bench/exec-timeline.py lines
+	// the restart up with the programs containerd ran for it).
+	StepStart  map[string]time.Time `json:"steps_start"`
+	TotalMS    float64              `json:"total_ms"` // detection to the container running again
+	DetectMS   float64              `json:"detect_ms"`
+	RepairExit int                  `json:"repair_exit"`
 	// Details are the steps' details as the incident records them (what
 	// e2fsck did, busy waits), GapMS the time between the steps (saving
 	// the incident, publishing its events).
@@ -132,11 +135,12 @@ func TestRepairBenchmark(t *testing.T) {
 			if inc.State != fsck.StateResolved {
 				t.Fatalf("round %d: incident ended %s (%s)", r, inc.State, inc.Reason)
 			}
-			rr := repairRound{Kind: kind, Load: load, Injection: injection, Steps: map[string]float64{}, DetectMS: ms(inc.DetectedAt.Sub(t0))}
+			rr := repairRound{Kind: kind, Load: load, Injection: injection, Steps: map[string]float64{}, StepStart: map[string]time.Time{}, DetectMS: ms(inc.DetectedAt.Sub(t0))}
 			rr.Details = map[string]string{}
 			var inSteps float64
 			for _, st := range inc.Steps {
 				rr.Steps[st.Name.String()] += ms(st.Duration())
+				rr.StepStart[st.Name.String()] = st.Start
 				inSteps += ms(st.Duration())
 				if st.Detail != "" {
 					rr.Details[st.Name.String()] = st.Detail
