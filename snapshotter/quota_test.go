@@ -108,6 +108,17 @@ func TestAnnotationsAppliedAtMounts(t *testing.T) {
 	if _, err := sn.Mounts(ctx, "default/1/fresh"); err != nil || lookups != 1 {
 		t.Fatalf("a second Mounts: %v, %d lookups (want the annotations applied once)", err, lookups)
 	}
+	// A repair serves the image anew (Offline): its restart's Mounts
+	// applies the annotations read before, without asking containerd.
+	if err := sn.Offline(ctx, after.ID, func(string) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.Mounts(ctx, "default/1/fresh"); err != nil || lookups != 1 {
+		t.Fatalf("Mounts after the image was served anew: %v, %d lookups (want 1)", err, lookups)
+	}
+	if q := statusOf(t, sn, "default/1/fresh").QuotaBytes; q != 64<<20 {
+		t.Fatalf("quota after the image was served anew: %d MiB", q>>20)
+	}
 	rootfs := mountRootfs(t, mounts)
 	var made int64
 	for ; made < 10000; made++ {

@@ -31,6 +31,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 		return fmt.Errorf("remove %s: %w", key, err)
 	}
 	failpoint.Inject("remove-recorded")
+	s.annotated.Delete(id)
 	s.removeLater(ctx, s.snapshotDir(id))
 	return nil
 }

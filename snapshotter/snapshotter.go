@@ -64,6 +64,9 @@ type Snapshotter struct {
 	// while they are applied to an image (never while a lookup runs).
 	annotations atomic.Pointer[AnnotationSource]
 	annotateMu  sync.Mutex
+	// annotated holds, per rw snapshot id, the annotations snug acts on
+	// of the container on it, once read (annotations.go).
+	annotated sync.Map
 
 	closeOnce sync.Once
 }
