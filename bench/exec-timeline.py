@@ -4,7 +4,7 @@
     bench/exec-timeline.py REPAIR_JSON EXEC_LOG [CONTAINER]
 
 REPAIR_JSON is make bench-fsck's repair.json, EXEC_LOG what
-bench/exectrace logged meanwhile, CONTAINER the benchmark's container
+bench/exectrace logged meanwhile (gzipped if it ends in .gz), CONTAINER the benchmark's container
 (bench-fsck). For each round under load, from the restart step's start
 (snug's task delete wait, then NewTask) to its end (the task started):
 
@@ -22,6 +22,7 @@ Times in ms. A program that ran too briefly to be named (its /proc entry
 gone when the event was read) leaves its round out.
 """
 import datetime as dt
+import gzip
 import json
 import re
 import statistics
@@ -38,7 +39,8 @@ def when(s):
 
 def load_execs(path, name):
     execs, exits = [], {}
-    for line in open(path, errors="replace"):
+    opener = gzip.open if path.endswith(".gz") else open
+    for line in opener(path, "rt", errors="replace"):
         m = re.match(r"(\S+) (exec|exit) (\d+) (.*)", line.rstrip("\n"))
         if not m:
             continue
@@ -59,6 +61,7 @@ def main():
     cols = ["shim start", "shim up", "runc create", "after"]
     print(f"{'error':<11} {'restart':>8} " + " ".join(f"{c:>11}" for c in cols))
     got = {c: [] for c in cols}
+    by_kind = {}
     for r in rounds:
         if not r.get("under_load") or "restart" not in r.get("steps_start", {}):
             continue
@@ -75,7 +78,11 @@ def main():
                ms(exits[create[1]], end)]
         for c, v in zip(cols, row):
             got[c].append(v)
+        by_kind.setdefault(r["kind"], []).append([r["steps_ms"]["restart"]] + row)
         print(f"{r['kind']:<11} {r['steps_ms']['restart']:8.0f} " + " ".join(f"{v:11.0f}" for v in row))
+    for kind, rows in sorted(by_kind.items()):
+        meds = [statistics.median(col) for col in zip(*rows)]
+        print(f"{'median ' + kind[:4]:<11} {meds[0]:8.0f} " + " ".join(f"{m:11.0f}" for m in meds[1:]))
     if got["shim start"]:
         print(f"{'median':<11} {'':>8} " + " ".join(f"{statistics.median(got[c]):11.0f}" for c in cols))
 
