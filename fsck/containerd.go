@@ -57,8 +57,6 @@ type Containerd struct {
 
 	noCgroupOnce    sync.Once // see urgentCgroup
 	noExecWatchOnce sync.Once // see watchHelpers
-
-	daemon daemonRaise // containerd's own raise (daemoncgroup.go)
 }
 
 // SnapshotIndex relates containerd's view of a container to snug's

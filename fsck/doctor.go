@@ -58,14 +58,6 @@ type Containers interface {
 	Publish(ctx context.Context, inc *Incident, step Step)
 }
 
-// daemonRaiser is a Containers that can give containerd itself the
-// repair's CPU share while an incident's containers are stopped and
-// started again (Containerd, daemoncgroup.go).
-type daemonRaiser interface {
-	RaiseDaemon(ctx context.Context, refs []ContainerRef) (release func())
-	ReconcileDaemon(ctx context.Context, dir string)
-}
-
 // Doctor turns the errors the Monitor reports into incidents and works
 // each through the pipeline the policy asks for: find the containers on
 // the image, freeze them, check the image online, stop them, repair the
@@ -200,9 +192,6 @@ func (d *Doctor) Run(ctx context.Context) {
 	resume := d.resume
 	d.resume = nil
 	d.mu.Unlock()
-	if r, ok := d.ctrs.(daemonRaiser); ok {
-		r.ReconcileDaemon(ctx, d.store.dir)
-	}
 	for _, inc := range resume {
 		if len(inc.Steps) > 0 {
 			log.G(ctx).WithField("incident", inc.ID).WithField("state", inc.State).Info("resuming incident")

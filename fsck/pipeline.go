@@ -48,15 +48,7 @@ func (d *Doctor) work(ctx context.Context, inc *Incident) {
 		failpoint.Inject("fsck-" + StepDetect.String())
 		d.publish(ctx, inc, s)
 	}
-	// containerd works for the stopped containers first, from the time
-	// they are known until the incident ends.
-	release := func() {}
-	defer func() { release() }()
-	raised := false
 	for !Final(inc.State) {
-		if r, ok := d.ctrs.(daemonRaiser); ok && !raised && !inc.Layer && len(inc.Containers) > 0 {
-			release, raised = r.RaiseDaemon(ctx, inc.Containers), true
-		}
 		// Read at every step: a policy reload applies from the next one.
 		pol := d.pol()
 		step, end := d.plan(inc, pol)

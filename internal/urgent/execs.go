@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -26,7 +25,7 @@ import (
 // after that inherits the cgroup.
 type ExecWatch struct {
 	fd      int
-	act     func(pid int, argv []string) bool
+	match   func(argv []string) bool
 	stop    chan struct{}
 	stopped chan struct{}
 	once    sync.Once
@@ -53,19 +52,6 @@ const (
 // cgroup for urgent work, or no process events connector (or snug is not
 // root: it needs CAP_NET_ADMIN).
 func WatchExecs(match func(argv []string) bool) (*ExecWatch, error) {
-	h, err := setup()
-	if err != nil {
-		return nil, err
-	}
-	return WatchExecsFunc(func(pid int, argv []string) bool {
-		return match(argv) && cgroups.WriteCgroupProc(h.dir(Cgroup), pid) == nil
-	})
-}
-
-// WatchExecsFunc calls act, on the watch's urgent thread, with every
-// process of root's that execs while it runs and its arguments; Stop
-// returns the processes for which act reported true (it moved them).
-func WatchExecsFunc(act func(pid int, argv []string) bool) (*ExecWatch, error) {
 	if _, err := setup(); err != nil {
 		return nil, err
 	}
@@ -93,13 +79,12 @@ func WatchExecsFunc(act func(pid int, argv []string) bool) (*ExecWatch, error) {
 		return nil, fmt.Errorf("process events: %w", err)
 	}
 	ok = true
-	w := &ExecWatch{fd: fd, act: act, stop: make(chan struct{}), stopped: make(chan struct{})}
+	w := &ExecWatch{fd: fd, match: match, stop: make(chan struct{}), stopped: make(chan struct{})}
 	go w.run()
 	return w, nil
 }
 
-// Stop ends the watch and returns the processes it moved (into Cgroup, for
-// WatchExecs).
+// Stop ends the watch and returns the processes it moved into Cgroup.
 func (w *ExecWatch) Stop() []int {
 	w.once.Do(func() {
 		close(w.stop)
@@ -116,6 +101,7 @@ func (w *ExecWatch) run() {
 	// itself (its thread ends with it).
 	Thread()
 	buf := make([]byte, 64<<10)
+	h, _ := setup()
 	for {
 		select {
 		case <-w.stop:
@@ -133,7 +119,10 @@ func (w *ExecWatch) run() {
 		}
 		for _, pid := range parseExecEvents(buf[:n]) {
 			argv, err := cmdline(pid)
-			if err == nil && w.act(pid, argv) {
+			if err != nil || !w.match(argv) {
+				continue
+			}
+			if err := cgroups.WriteCgroupProc(h.dir(Cgroup), pid); err == nil {
 				w.raised = append(w.raised, pid)
 			}
 		}
@@ -204,30 +193,4 @@ func cmdline(pid int) ([]string, error) {
 		return nil, err
 	}
 	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"), nil
-}
-
-// PeerPID is the process listening on the unix socket at address (a path,
-// or unix://path): containerd, for its socket.
-func PeerPID(address string) (int, error) {
-	path := strings.TrimPrefix(address, "unix://")
-	conn, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close()
-	raw, err := conn.(*net.UnixConn).SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if credErr != nil {
-		return 0, fmt.Errorf("peer of %s: %w", path, credErr)
-	}
-	return int(cred.Pid), nil
 }

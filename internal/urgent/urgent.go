@@ -158,15 +158,6 @@ func Lower(pid int, path string) error {
 	return nil
 }
 
-// CgroupOf is the CPU cgroup process pid is in.
-func CgroupOf(pid int) (string, error) {
-	h, err := setup()
-	if err != nil {
-		return "", err
-	}
-	return h.cgroupOf(pid)
-}
-
 // In reports whether process pid is in Cgroup.
 func In(pid int) bool {
 	h, err := setup()
