@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 
+	"github.com/snugfs/snug/internal/failpoint"
 	"github.com/snugfs/snug/internal/urgent"
 )
 
@@ -328,23 +329,46 @@ func (c *Containerd) Stop(ctx context.Context, ref *ContainerRef) error {
 }
 
 // Delete deletes the container's stopped task; the shim unmounts its root.
-func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef) error {
+// A task that is not stopped is not the one the stop stopped: the restart
+// made it before a crash of snug (created, or running), or the container's
+// owner did; it is left for Start to take over. (Deleting a created task
+// made runc wait 10 s for its init to go.) Only a delete a restarted
+// daemon started (keptIfAlive) looks.
+func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef) (err error) {
 	ctx, cl, err := c.nsClient(ctx, ref)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
+	if ref.ShimPID > 0 {
+		defer func() {
+			if err == nil {
+				// A shim that serves other tasks outlives this one.
+				c.lowerShim(ctx, ref, ref.ShimPID, ref.ShimCgroup)
+			}
+		}()
+	}
+	ts := cl.TaskService()
+	// Only a task seen alive is kept: one being deleted (by a daemon
+	// killed meanwhile) may look gone to Get while NewTask still finds it,
+	// and the Delete below waits for it. Right after the stop (the
+	// common case, under load each call counts), the task is the stopped one.
+	if ctx.Value(keptIfAlive{}) != nil {
+		if resp, err := ts.Get(ctx, &tasksapi.GetRequest{ContainerID: ref.ID}); err == nil && resp.Process != nil {
+			switch st := resp.Process.Status; st {
+			case tasktypes.Status_CREATED, tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
+				log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "status": st}).Info("the container's task was made after the stop: kept for the restart")
+				return nil
+			}
+		}
+	}
 	if ref.ShimCgroup != "" {
 		defer c.watchHelpers(ctx, ref)()
 	}
-	if _, err := cl.TaskService().Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
+	if _, err := ts.Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: ref.ID}); err != nil && !errdefs.IsNotFound(errgrpc.ToNative(err)) {
 		return fmt.Errorf("delete task: %w", errgrpc.ToNative(err))
 	}
 	log.G(ctx).WithFields(log.Fields{"container": ref.Namespace + "/" + ref.ID, "took": time.Since(start)}).Info("stopped task deleted for a repair")
-	if ref.ShimPID > 0 {
-		// A shim that serves other tasks outlives this one.
-		c.lowerShim(ctx, ref, ref.ShimPID, ref.ShimCgroup)
-	}
 	return nil
 }
 
@@ -403,6 +427,7 @@ func (c *Containerd) Start(ctx context.Context, ref *ContainerRef, logDir string
 	if running {
 		return nil
 	}
+	failpoint.Inject("fsck-restart-created") // the new task made, not started, its shim raised
 	created := time.Since(start)
 	if err := task.Start(ctx); err != nil {
 		_, _ = task.Delete(ctx, containerd.WithProcessKill)

@@ -20,8 +20,11 @@ type pendingDelete struct {
 // the repair needs only the root's unmount, which its own unmount of the
 // image waits for (imagefs.WaitDetached). The restart and the quarantine
 // wait for the delete to end (awaitDeletes). A daemon restarted meanwhile
-// has none pending and starts it again: Delete is idempotent.
-func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident) {
+// has none pending and starts it again: Delete is idempotent. Started
+// other than right after the stop (afterStop false: by a restarted
+// daemon), Delete first makes sure the task it finds is not one made
+// since (keptIfAlive).
+func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident, afterStop bool) {
 	if d.ctrs == nil {
 		return
 	}
@@ -38,6 +41,9 @@ func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident) {
 		if c.Stopped && !c.Restarted {
 			refs = append(refs, c)
 		}
+	}
+	if !afterStop {
+		ctx = context.WithValue(ctx, keptIfAlive{}, true)
 	}
 	p := &pendingDelete{done: make(chan struct{})}
 	d.deletes[inc.ID] = p
@@ -56,10 +62,14 @@ func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident) {
 	}()
 }
 
+// keptIfAlive marks the context of a delete a restarted daemon started:
+// a task the container has then may be the restart's (Containerd.Delete).
+type keptIfAlive struct{}
+
 // awaitDeletes waits for the deletion of the incident's stopped tasks,
 // starting it if none is pending, and returns its error.
 func (d *Doctor) awaitDeletes(ctx context.Context, inc *Incident) error {
-	d.deleteTasks(ctx, inc)
+	d.deleteTasks(ctx, inc, false)
 	p := d.pending(inc)
 	if p == nil {
 		return nil // no containerd

@@ -185,7 +185,7 @@ func (d *Doctor) repair(ctx context.Context, inc *Incident, s *Step, pol config.
 	// its unmount in a mount namespace a container being created copied.
 	// The stopped tasks' roots go with their deletion: running since the
 	// stop step, or started again here after a daemon restart.
-	d.deleteTasks(ctx, inc)
+	d.deleteTasks(ctx, inc, false)
 	var err error
 	for attempt := range repairBusyAttempts {
 		if attempt > 0 {
@@ -327,7 +327,7 @@ func (d *Doctor) thawAll(ctx context.Context, inc *Incident, s *Step) error {
 // and exited. Their tasks are then deleted in the background
 // (deleteTasks), while the repair waits for their roots to let go.
 func (d *Doctor) stopAll(ctx context.Context, inc *Incident, s *Step) error {
-	defer d.deleteTasks(ctx, inc)
+	defer d.deleteTasks(ctx, inc, true)
 	return d.eachContainer(ctx, inc, s, func(c *ContainerRef) (bool, error) {
 		if c.Stopped || c.Status == "" || c.Status == "stopped" {
 			return false, nil

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,8 +29,11 @@ func TestIncidentCrashMatrix(t *testing.T) {
 	s := startStack(t, fsckPolicy)
 	s.importImage()
 	s.waitFollowing()
-	names := make([]string, len(incidentSteps))
-	for i, step := range incidentSteps {
+	// And once inside the restart, after the new task was made (its shim
+	// in the repair's CPU cgroup) and before it started.
+	kills := append(slices.Clone(incidentSteps), "restart-created")
+	names := make([]string, len(kills))
+	for i, step := range kills {
 		names[i] = "kill-" + step
 	}
 	_, ids, _ := s.startSteady(names...)
@@ -37,7 +41,7 @@ func TestIncidentCrashMatrix(t *testing.T) {
 	for _, n := range names {
 		pids[n] = s.taskPID(n)
 	}
-	for i, step := range incidentSteps {
+	for i, step := range kills {
 		n := names[i]
 		s.snug.Env = []string{"SNUG_FAILPOINT=fsck-" + step}
 		s.snug.Restart(syscall.SIGTERM)
@@ -82,6 +86,12 @@ func TestIncidentCrashMatrix(t *testing.T) {
 		}
 		requireMountedOnce(t, s.activeImage(n).Path)
 		pids[n] = s.taskPID(n)
+		if c := inc.Containers[0]; c.ShimCgroup != "" {
+			// No shim is left in the repair's CPU cgroup by the kill.
+			if got := cpuCgroupOf(t, shimOf(t, pids[n])); got != c.ShimCgroup {
+				t.Errorf("killed at %s: the new task's shim is in CPU cgroup %q, want %q", step, got, c.ShimCgroup)
+			}
+		}
 		for _, other := range names {
 			if other != n && s.taskPID(other) != pids[other] {
 				t.Errorf("killed at %s: %s's process changed from %s to %q", step, other, pids[other], s.taskPID(other))
