@@ -56,25 +56,31 @@ func Setup() error {
 }
 
 var setup = sync.OnceValues(func() (*hierarchy, error) {
-	h := &hierarchy{unified: cgroups.IsCgroup2UnifiedMode()}
+	if cgroups.IsCgroup2UnifiedMode() {
+		return makeHierarchy(true, "/sys/fs/cgroup")
+	}
+	root, err := cgroups.FindCgroupMountpoint("", "cpu")
+	if err != nil {
+		return nil, fmt.Errorf("cgroup v1: %w", err)
+	}
+	return makeHierarchy(false, root)
+})
+
+// makeHierarchy makes Cgroup, with its weight, in the CPU controller's
+// hierarchy mounted at root (cgroup v2: the unified hierarchy, whose root
+// must enable the cpu controller for its children).
+func makeHierarchy(unified bool, root string) (*hierarchy, error) {
+	h := &hierarchy{unified: unified, root: root}
 	file, value := "cpu.shares", strconv.Itoa(shares)
-	if h.unified {
-		h.root = "/sys/fs/cgroup"
-		// The CPU controller must be enabled for the root's children.
-		ctl, err := cgroups.ReadFile(h.root, "cgroup.subtree_control")
+	if unified {
+		ctl, err := cgroups.ReadFile(root, "cgroup.subtree_control")
 		if err != nil {
 			return nil, fmt.Errorf("cgroup v2: %w", err)
 		}
 		if !slices.Contains(strings.Fields(ctl), "cpu") {
-			return nil, errors.New("cgroup v2: the cpu controller is not enabled in /sys/fs/cgroup/cgroup.subtree_control")
+			return nil, fmt.Errorf("cgroup v2: the cpu controller is not enabled in %s", filepath.Join(root, "cgroup.subtree_control"))
 		}
 		file, value = "cpu.weight", strconv.Itoa(weight)
-	} else {
-		root, err := cgroups.FindCgroupMountpoint("", "cpu")
-		if err != nil {
-			return nil, fmt.Errorf("cgroup v1: %w", err)
-		}
-		h.root = root
 	}
 	dir := h.dir(Cgroup)
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
@@ -84,7 +90,7 @@ var setup = sync.OnceValues(func() (*hierarchy, error) {
 		return nil, fmt.Errorf("cgroup %s: %w", dir, err)
 	}
 	return h, nil
-})
+}
 
 // dir is cgroup path's directory in the CPU controller's hierarchy.
 func (h *hierarchy) dir(path string) string {

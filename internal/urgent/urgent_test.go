@@ -309,3 +309,54 @@ func TestWatchExecsRaisesWhatItMatches(t *testing.T) {
 		t.Errorf("process %d moved into %s after Stop", after.Process.Pid, Cgroup)
 	}
 }
+
+// TestMakeHierarchy makes the cgroup in stand-in hierarchies (directories,
+// not cgroupfs: this host's CPU controller is cgroup v1): under cgroup v2
+// only where the root enables the cpu controller for its children, with
+// cpu.weight; under v1 with cpu.shares. A second call finds it made.
+func TestMakeHierarchy(t *testing.T) {
+	cgroups.TestMode = true // files outside cgroupfs
+	t.Cleanup(func() { cgroups.TestMode = false })
+	for _, tc := range []struct {
+		name      string
+		unified   bool
+		subtree   string // v2: the root's cgroup.subtree_control
+		wantErr   string
+		file, val string
+	}{
+		{name: "v2 without cpu", unified: true, subtree: "io memory pids\n", wantErr: "the cpu controller is not enabled"},
+		{name: "v2 without subtree_control", unified: true, wantErr: "cgroup v2"},
+		{name: "v2", unified: true, subtree: "cpuset cpu io memory pids\n", file: "cpu.weight", val: "10000"},
+		{name: "v1", file: "cpu.shares", val: "102400"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			if tc.subtree != "" {
+				if err := os.WriteFile(filepath.Join(root, "cgroup.subtree_control"), []byte(tc.subtree), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for range 2 {
+				h, err := makeHierarchy(tc.unified, root)
+				if tc.wantErr != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Fatalf("err %v, want one saying %q", err, tc.wantErr)
+					}
+					if _, serr := os.Stat(filepath.Join(root, Cgroup)); !os.IsNotExist(serr) {
+						t.Fatalf("the cgroup was made anyway: %v", serr)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if h.unified != tc.unified || h.dir(Cgroup) != filepath.Join(root, "snug-repair") {
+					t.Fatalf("hierarchy %+v, dir %s", h, h.dir(Cgroup))
+				}
+				if b, err := os.ReadFile(filepath.Join(root, "snug-repair", tc.file)); err != nil || strings.TrimSpace(string(b)) != tc.val {
+					t.Fatalf("%s: %q, %v; want %s", tc.file, b, err, tc.val)
+				}
+			}
+		})
+	}
+}
