@@ -73,7 +73,12 @@ func Attach(ctx context.Context, path string, o AttachOptions) (*Loop, error) {
 	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], abs)
 
 	// Another process may take the free device between GET_FREE and
-	// CONFIGURE; the loser sees EBUSY and asks again.
+	// CONFIGURE; the loser sees EBUSY and asks again. A device GET_FREE
+	// offers again after that is held by someone (an exclusive opener: a
+	// prober, a claim not yet released), and stays busy for longer than
+	// the retries wait (seen under make test's load): the next index is
+	// tried instead, added if need be.
+	busy := map[int]bool{}
 	for attempt := 0; ; attempt++ {
 		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
 		if ferr := failpoint.Fault("loop-exhausted", unix.ENOSPC); ferr != nil {
@@ -81,6 +86,13 @@ func Attach(ctx context.Context, path string, o AttachOptions) (*Loop, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("attach %s: no free loop device (LOOP_CTL_GET_FREE): %w", path, err)
+		}
+		if busy[n] {
+			for busy[n] {
+				n++
+			}
+			// EEXIST: there is one; any other error shows at the open.
+			_ = unix.IoctlSetInt(int(ctl.Fd()), unix.LOOP_CTL_ADD, n)
 		}
 		devPath := "/dev/loop" + strconv.Itoa(n)
 		dev, err := openLoopNode(ctx, devPath, flag)
@@ -105,6 +117,7 @@ func Attach(ctx context.Context, path string, o AttachOptions) (*Loop, error) {
 		if !errors.Is(err, unix.EBUSY) || attempt >= 32 {
 			return nil, fmt.Errorf("attach %s to %s: LOOP_CONFIGURE: %w", path, devPath, err)
 		}
+		busy[n] = true
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
