@@ -11,7 +11,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/binary"
 	"flag"
 	"fmt"
 	"os"
@@ -24,18 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// The process events connector (include/uapi/linux/cn_proc.h).
-const (
-	cnIdxProc         = 1
-	cnValProc         = 1
-	procCnMcastListen = 1
-	procEventExec     = 0x00000002
-	procEventExit     = 0x80000000
-	nlmsgHeaderLen    = 16
-	cnMsgLen          = 20
-	eventHeaderLen    = 16
+	"github.com/snugfs/snug/internal/urgent"
 )
 
 func main() {
@@ -57,19 +46,17 @@ func run(path, skip string) error {
 		return err
 	}
 	w := bufio.NewWriter(out)
-	fd, err := listen()
+	fd, err := urgent.ListenProcEvents(100 * time.Millisecond)
 	if err != nil {
 		return err
 	}
+	defer urgent.StopProcEvents(fd)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
 	// On a busy host a reader at the default priority falls behind,
 	// and a short-lived program is gone before its name is read: the
 	// reading and the naming run on one thread, at nice -20.
 	runtime.LockOSThread()
 	_ = unix.Setpriority(unix.PRIO_PROCESS, 0, -20)
-	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return err
-	}
 	done := make(chan os.Signal, 1)
 	signal.Notify(done, os.Interrupt, syscall.SIGTERM)
 	// The events carry the kernel's monotonic clock: the log says when
@@ -98,57 +85,22 @@ func run(path, skip string) error {
 	}
 }
 
-// listen subscribes to the process events.
-func listen() (int, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_CONNECTOR)
-	if err != nil {
-		return -1, err
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
-		return -1, err
-	}
-	msg := make([]byte, nlmsgHeaderLen+cnMsgLen+4)
-	le := binary.NativeEndian
-	le.PutUint32(msg[0:], uint32(len(msg)))
-	le.PutUint16(msg[4:], unix.NLMSG_DONE)
-	le.PutUint32(msg[12:], uint32(os.Getpid()))
-	le.PutUint32(msg[nlmsgHeaderLen:], cnIdxProc)
-	le.PutUint32(msg[nlmsgHeaderLen+4:], cnValProc)
-	le.PutUint16(msg[nlmsgHeaderLen+16:], 4)
-	le.PutUint32(msg[nlmsgHeaderLen+cnMsgLen:], procCnMcastListen)
-	return fd, unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-}
-
 // record writes the execs and exits of interest in one read of the socket.
 func record(w *bufio.Writer, buf []byte, tracked map[int]string, skip string, offset time.Duration) {
-	msgs, err := syscall.ParseNetlinkMessage(buf)
-	if err != nil {
-		return
-	}
-	le := binary.NativeEndian
-	for _, m := range msgs {
-		d := m.Data
-		if len(d) < cnMsgLen+eventHeaderLen+8 {
-			continue
-		}
-		ev := d[cnMsgLen:]
-		at := time.Unix(0, 0).Add(offset + time.Duration(le.Uint64(ev[8:]))).UTC()
-		now := at.Format("2006-01-02T15:04:05.000000Z")
-		pid := int(le.Uint32(ev[eventHeaderLen:]))
-		tgid := int(le.Uint32(ev[eventHeaderLen+4:]))
-		switch le.Uint32(ev[0:]) {
-		case procEventExec:
-			line, ok := describe(tgid)
+	for _, ev := range urgent.ParseProcEvents(buf) {
+		now := time.Unix(0, 0).Add(offset + ev.At).UTC().Format("2006-01-02T15:04:05.000000Z")
+		switch {
+		case !ev.Exit:
+			line, ok := describe(ev.TGID)
 			if !ok || skip != "" && strings.Contains(line, skip) {
 				continue
 			}
-			tracked[tgid] = line
-			fmt.Fprintf(w, "%s exec %d [%s] %s\n", now, tgid, cpuCgroup(tgid), line)
-		case procEventExit:
-			if line, ok := tracked[tgid]; ok && pid == tgid {
-				delete(tracked, tgid)
-				fmt.Fprintf(w, "%s exit %d %.60s\n", now, tgid, line)
+			tracked[ev.TGID] = line
+			fmt.Fprintf(w, "%s exec %d [%s] %s\n", now, ev.TGID, cpuCgroup(ev.TGID), line)
+		case ev.PID == ev.TGID:
+			if line, ok := tracked[ev.TGID]; ok {
+				delete(tracked, ev.TGID)
+				fmt.Fprintf(w, "%s exit %d %.60s\n", now, ev.TGID, line)
 			}
 		}
 	}

@@ -40,6 +40,7 @@ const (
 	procCnMcastListen   = 1
 	procCnMcastIgnore   = 2
 	procEventExec       = 0x00000002
+	procEventExit       = 0x80000000
 	nlmsgHeaderLen      = 16
 	cnMsgLen            = 20
 	procEventHeaderLen  = 16 // what, cpu, timestamp_ns
@@ -55,30 +56,10 @@ func WatchExecs(match func(argv []string) bool) (*ExecWatch, error) {
 	if _, err := setup(); err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_CONNECTOR)
+	fd, err := ListenProcEvents(execWatchPoll)
 	if err != nil {
-		return nil, fmt.Errorf("process events: %w", err)
+		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			unix.Close(fd)
-		}
-	}()
-	// A burst of containers starting execs hundreds of programs a
-	// second; the events must not overflow the socket meanwhile.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, execWatchRecvBuffer)
-	tv := unix.NsecToTimeval(execWatchPoll.Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return nil, fmt.Errorf("process events: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
-		return nil, fmt.Errorf("process events: %w", err)
-	}
-	if err := sendProcOp(fd, procCnMcastListen); err != nil {
-		return nil, fmt.Errorf("process events: %w", err)
-	}
-	ok = true
 	w := &ExecWatch{fd: fd, match: match, stop: make(chan struct{}), stopped: make(chan struct{})}
 	go w.run()
 	return w, nil
@@ -89,8 +70,7 @@ func (w *ExecWatch) Stop() []int {
 	w.once.Do(func() {
 		close(w.stop)
 		<-w.stopped
-		_ = sendProcOp(w.fd, procCnMcastIgnore)
-		unix.Close(w.fd)
+		StopProcEvents(w.fd)
 	})
 	return w.raised
 }
@@ -143,15 +123,59 @@ func sendProcOp(fd int, op uint32) error {
 	return unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 }
 
-// parseExecEvents returns the pids of the exec events in buf, one read of
-// the connector's socket: netlink messages, each a connector message
-// holding one process event.
-func parseExecEvents(buf []byte) []int {
+// ListenProcEvents returns a netlink socket subscribed to the kernel's
+// process events (CONFIG_PROC_EVENTS; CAP_NET_ADMIN), each read of it
+// bounded by poll (SO_RCVTIMEO: the read fails with EAGAIN). Read it with
+// ParseProcEvents; close it with StopProcEvents.
+func ListenProcEvents(poll time.Duration) (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_CONNECTOR)
+	if err != nil {
+		return -1, fmt.Errorf("process events: %w", err)
+	}
+	// A burst of containers starting execs hundreds of programs a
+	// second; the events must not overflow the socket meanwhile.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, execWatchRecvBuffer)
+	tv := unix.NsecToTimeval(poll.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("process events: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("process events: %w", err)
+	}
+	if err := sendProcOp(fd, procCnMcastListen); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("process events: %w", err)
+	}
+	return fd, nil
+}
+
+// StopProcEvents unsubscribes and closes a socket of ListenProcEvents.
+func StopProcEvents(fd int) {
+	_ = sendProcOp(fd, procCnMcastIgnore)
+	unix.Close(fd)
+}
+
+// ProcEvent is an exec or an exit, as the process events connector
+// reports it.
+type ProcEvent struct {
+	Exit      bool // an exit; else an exec
+	PID, TGID int
+	// At is when it happened, on the kernel's monotonic clock
+	// (CLOCK_MONOTONIC).
+	At time.Duration
+}
+
+// ParseProcEvents returns the execs and exits in buf, one read of the
+// connector's socket: netlink messages, each a connector message holding
+// one process event.
+func ParseProcEvents(buf []byte) []ProcEvent {
 	msgs, err := syscall.ParseNetlinkMessage(buf)
 	if err != nil {
 		return nil
 	}
-	var pids []int
+	var evs []ProcEvent
 	le := binary.NativeEndian
 	for _, m := range msgs {
 		d := m.Data
@@ -165,12 +189,27 @@ func parseExecEvents(buf []byte) []int {
 			continue
 		}
 		ev := d[cnMsgLen:]
-		if le.Uint32(ev[0:]) != procEventExec {
+		what := le.Uint32(ev[0:])
+		if what != procEventExec && what != procEventExit {
 			continue
 		}
-		// exec's data: process_pid, process_tgid.
-		if tgid := int(int32(le.Uint32(ev[procEventHeaderLen+4:]))); tgid > 0 {
-			pids = append(pids, tgid)
+		// exec's and exit's data start alike: pid, tgid.
+		evs = append(evs, ProcEvent{
+			Exit: what == procEventExit,
+			PID:  int(int32(le.Uint32(ev[procEventHeaderLen:]))),
+			TGID: int(int32(le.Uint32(ev[procEventHeaderLen+4:]))),
+			At:   time.Duration(le.Uint64(ev[8:])),
+		})
+	}
+	return evs
+}
+
+// parseExecEvents returns the pids (thread group ids) of the execs in buf.
+func parseExecEvents(buf []byte) []int {
+	var pids []int
+	for _, ev := range ParseProcEvents(buf) {
+		if !ev.Exit && ev.TGID > 0 {
+			pids = append(pids, ev.TGID)
 		}
 	}
 	return pids

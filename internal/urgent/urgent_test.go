@@ -250,6 +250,21 @@ func TestParseExecEvents(t *testing.T) {
 	}
 }
 
+// TestParseProcEvents: execs and exits, each with its thread, its thread
+// group and its time; a fork is neither.
+func TestParseProcEvents(t *testing.T) {
+	buf := append(procEventMsg(procEventExec, 10), procEventMsg(procEventExit, 11)...)
+	binary.NativeEndian.PutUint64(buf[nlmsgHeaderLen+cnMsgLen+8:], 123456789)
+	got := ParseProcEvents(buf)
+	want := []ProcEvent{{PID: 11, TGID: 10, At: 123456789}, {Exit: true, PID: 12, TGID: 11}}
+	if !slices.Equal(got, want) {
+		t.Errorf("%+v, want %+v", got, want)
+	}
+	if got := ParseProcEvents(procEventMsg(0x1, 10)); got != nil {
+		t.Errorf("a fork: %+v", got)
+	}
+}
+
 func FuzzParseExecEvents(f *testing.F) {
 	f.Add(procEventMsg(procEventExec, 4242))
 	f.Add(append(procEventMsg(procEventExec, 10), procEventMsg(0x1, 11)...))
