@@ -54,17 +54,28 @@ type Config struct {
 	Fsck    FsckPolicy    `toml:"fsck"`
 	Pool    PoolPolicy    `toml:"pool"`
 
-	// Classes are named overrides of [window] and [reclaim], from
-	// [policies.NAME] tables; a container picks one with the snapshot label
-	// LabelClass or the OCI annotation AnnotationClass.
+	// Classes are named overrides of [window], [reclaim] and image.direct_io,
+	// from [policies.NAME] tables; a container picks one with the snapshot
+	// label LabelClass or the OCI annotation AnnotationClass.
 	Classes map[string]Class `toml:"-"`
 }
 
-// Class is a named policy: the [window] and [reclaim] keys a [policies.NAME]
-// table sets, over the file's own.
+// Class is a named policy: the [window] and [reclaim] keys and the
+// image.direct_io a [policies.NAME] table sets, over the file's own.
 type Class struct {
 	Window  WindowPolicy  `toml:"window"`
 	Reclaim ReclaimPolicy `toml:"reclaim"`
+	Image   ClassImage    `toml:"image"`
+}
+
+// ClassImage is what a class may change of [image]: only how the loop
+// device reaches the image file, which can change while the image is
+// mounted (a class an OCI annotation picks is known only once the
+// container's image is mounted). The other [image] keys are fixed when an
+// image is made or mounted.
+type ClassImage struct {
+	// DirectIO is ImagePolicy.DirectIO for the class's images.
+	DirectIO bool `toml:"direct_io"`
 }
 
 // How a container picks a policy class.
@@ -76,8 +87,11 @@ const (
 	AnnotationClass = "io.snugfs.policy"
 )
 
-// Base is the class of a container that picks none: [window] and [reclaim].
-func (c Config) Base() Class { return Class{Window: c.Window, Reclaim: c.Reclaim} }
+// Base is the class of a container that picks none: [window], [reclaim] and
+// image.direct_io.
+func (c Config) Base() Class {
+	return Class{Window: c.Window, Reclaim: c.Reclaim, Image: ClassImage{DirectIO: c.Image.DirectIO}}
+}
 
 // Class returns the named class, or Base for "" . ok is false for a name the
 // policy does not define (the caller then uses Base and says so).
@@ -323,8 +337,12 @@ func Parse(data []byte) (Config, error) {
 		cfg.Classes[name] = cl
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
-		k := undecoded[0].String()
-		return Config{}, fmt.Errorf("%w: %sunknown key %q", ErrInvalid, linePrefix(data, k), k)
+		k := undecoded[0]
+		if len(k) == 4 && k[0] == "policies" && k[2] == "image" {
+			return Config{}, fmt.Errorf("%w: %sunknown key %q: a class sets only direct_io of [image] (the others are fixed when an image is made or mounted)",
+				ErrInvalid, linePrefix(data, k.String()), k.String())
+		}
+		return Config{}, fmt.Errorf("%w: %sunknown key %q", ErrInvalid, linePrefix(data, k.String()), k.String())
 	}
 	if err := cfg.validate(); err != nil {
 		var fe fieldError

@@ -61,12 +61,13 @@ min_gain = "64MiB"
 
 [policies.batch]
 reclaim.idle_after = "0s"
+image.direct_io = false
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := cfg.Base()
-	if base.Window.HeadroomRatio != 0.25 || base.Reclaim.MinGain != 64*MiB {
+	if base.Window.HeadroomRatio != 0.25 || base.Reclaim.MinGain != 64*MiB || !base.Image.DirectIO {
 		t.Fatalf("base %+v", base)
 	}
 	db, ok := cfg.Class("db")
@@ -79,6 +80,7 @@ reclaim.idle_after = "0s"
 	batch, ok := cfg.Class("batch")
 	want = base
 	want.Reclaim.IdleAfter = 0
+	want.Image.DirectIO = false
 	if !ok || batch != want {
 		t.Fatalf("class batch = %+v, %v\nwant %+v", batch, ok, want)
 	}
@@ -115,6 +117,8 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"bad interval", "[window]\ncheck_interval = \"0s\"\n", []string{"line 2", "window.check_interval"}},
 		{"dotted key", "window.headroom = \"x\"\n", []string{"line 1", "window.headroom"}},
 		{"unknown class key", "[policies.db.window]\nheadroom = \"1GiB\"\nhedroom = 1\n", []string{"line 3", "policies.db.window.hedroom"}},
+		{"class image key", "[policies.db.image]\ndirect_io = false\nquota = \"1GiB\"\n", []string{"line 3", `"policies.db.image.quota"`, "only direct_io"}},
+		{"class direct_io type", "[policies.db.image]\ndirect_io = \"no\"\n", []string{"line 2", "policies.db.image.direct_io"}},
 		{"pool max below min", "[pool]\nmin = 8\nmax = 4\n", []string{"line 3", "pool.max", "outside pool.min (8)"}},
 		{"negative pool min", "[pool]\nmin = -1\n", []string{"line 2", "pool.min"}},
 		{"pool too big", "[pool]\n\nmax = 100000\n", []string{"line 3", "pool.max"}},
