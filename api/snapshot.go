@@ -48,7 +48,10 @@ type Activity struct {
 	Class     string `json:"class,omitempty"`
 	Container string `json:"container,omitempty"`
 	// State is "running" or "stopped" when a hook or an event said so.
-	State       string     `json:"state,omitempty"`
+	State string `json:"state,omitempty"`
+	// IO is how its loop device reaches the image file: "direct" (around
+	// the host's page cache) or "buffered" (image.direct_io, per class).
+	IO          string     `json:"io,omitempty"`
 	LastGrow    *time.Time `json:"last_grow,omitempty"`
 	LastReclaim *time.Time `json:"last_reclaim,omitempty"`
 	WindowCounts

@@ -71,5 +71,36 @@ func (g *Manager) setClass(ctx context.Context, st *imageState, class string) er
 		return err
 	}
 	g.watcher.SetPolicy(st.id, g.watchPolicy(ctx, st))
+	g.applyIO(ctx, st)
 	return nil
+}
+
+// applyIO puts the image's loop device in the mode its class asks for
+// (image.direct_io): at its serving, when an annotation picks its class,
+// and when a reload changes the policy. A device the kernel keeps buffered
+// (a file that cannot take direct I/O), or one that cannot be switched, is
+// logged and left as it is: the image stays in service either way.
+func (g *Manager) applyIO(ctx context.Context, st *imageState) {
+	want := g.classOf(ctx, st).Image.DirectIO
+	st.mu.Lock()
+	class := st.class
+	st.mu.Unlock()
+	logger := log.G(ctx).WithFields(log.Fields{"snapshot": st.id, "class": class, "device": st.m.Device})
+	on, err := st.m.DirectIO()
+	if err != nil {
+		logger.WithError(err).Warn("cannot read the loop device's I/O mode")
+		return
+	}
+	if on == want {
+		return
+	}
+	got, err := st.m.SetDirectIO(ctx, want)
+	switch {
+	case err != nil:
+		logger.WithError(err).Warn("cannot switch the loop device's I/O mode; left as it is")
+	case got != want:
+		logger.Warn("the kernel keeps the loop device buffered: the image file cannot take direct I/O")
+	default:
+		logger.WithField("direct_io", got).Info("loop device switched to the class's I/O mode")
+	}
 }

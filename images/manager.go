@@ -122,12 +122,13 @@ func (g *Manager) Close() {
 func (g *Manager) config() config.Config { return *g.cfg.Load() }
 
 // SetConfig puts a reloaded policy in force: every mounted image's window
-// and reclaim policy change at once.
+// and reclaim policy, and its loop device's I/O mode, change at once.
 func (g *Manager) SetConfig(ctx context.Context, cfg config.Config) {
 	g.cfg.Store(&cfg)
 	g.watcher.SetInterval(cfg.Window.CheckInterval)
 	for _, st := range g.allImages() {
 		g.watcher.SetPolicy(st.id, g.watchPolicy(ctx, st))
+		g.applyIO(ctx, st)
 	}
 }
 
@@ -136,12 +137,14 @@ func (g *Manager) Totals() Totals { return g.totals.load() }
 
 // Serve puts a mounted rw image into service: its state (its class read
 // from the class file in the snapshot's directory dir), the observer told,
-// its headroom made free and its window keeper started. Once an image is
+// its loop device in its class's I/O mode, its headroom made free and its
+// window keeper started. Once an image is
 // served, the watcher grows its window ahead of its data.
 func (g *Manager) Serve(ctx context.Context, id, dir string, m *imagefs.Mounted) error {
 	// The window starts with its headroom free, whatever ext4's own
 	// metadata took of the initial window; the keeper takes over after.
 	st := g.track(ctx, id, dir, m)
+	g.applyIO(ctx, st)
 	_, err := m.EnsureFree(ctx, int64(g.classOf(ctx, st).Window.Headroom))
 	// Watched only now: a fresh image's first window may be all ext4
 	// metadata, which the watcher would count as a window found full.

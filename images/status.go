@@ -20,7 +20,21 @@ func (g *Manager) Status(ctx context.Context) ([]ImageStatus, error) {
 	for i := range out {
 		if st := g.image(out[i].ID); st != nil {
 			out[i].Activity = st.activity()
+			out[i].IO = ioMode(st.m)
 		}
 	}
 	return out, nil
+}
+
+// ioMode is how the image's loop device reaches its file, as the kernel
+// says now ("" when it cannot be read: the image is going away).
+func ioMode(m interface{ DirectIO() (bool, error) }) string {
+	on, err := m.DirectIO()
+	switch {
+	case err != nil:
+		return ""
+	case on:
+		return "direct"
+	}
+	return "buffered"
 }
