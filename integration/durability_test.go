@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
 	"github.com/snugfs/snug/internal/iowork"
 	"github.com/snugfs/snug/internal/roottest"
@@ -21,12 +22,19 @@ import (
 // durabilityPolicies are the image policies whose crash behaviour the test
 // shows: the default and each option that changes how a write reaches the
 // host disk.
-var durabilityPolicies = []struct{ name, toml string }{
-	{"default", ""},
-	{"fast-commit", "[image]\nfast_commit = true\n"},
-	{"buffered-loop", "[image]\ndirect_io = false\n"},
-	{"discard", "[image]\ndiscard = true\n"},
-	{"async-commit", "[image]\nasync_commit = true\n"},
+// A class's direct_io runs too: its container's loop device is switched to
+// the host's page cache after its image was attached with direct I/O.
+var durabilityPolicies = []struct {
+	name, toml string
+	label      string // a snapshot label for the container
+	io         string // the loop device's mode snug status must show
+}{
+	{"default", "", "", "direct"},
+	{"fast-commit", "[image]\nfast_commit = true\n", "", "direct"},
+	{"buffered-loop", "[image]\ndirect_io = false\n", "", "buffered"},
+	{"class-buffered-loop", "[policies.db.image]\ndirect_io = false\n", config.LabelClass + "=db", "buffered"},
+	{"discard", "[image]\ndiscard = true\n", "", "direct"},
+	{"async-commit", "[image]\nasync_commit = true\n", "", "direct"},
 }
 
 // TestFsyncDurability is what an fsync'd write in a snug container
@@ -48,11 +56,11 @@ func TestFsyncDurability(t *testing.T) {
 	requireStack(t)
 	roottest.Require(t, "mkfs.xfs", "e2fsck")
 	for _, p := range durabilityPolicies {
-		t.Run(p.name, func(t *testing.T) { fsyncDurability(t, p.toml) })
+		t.Run(p.name, func(t *testing.T) { fsyncDurability(t, p.toml, p.label, p.io) })
 	}
 }
 
-func fsyncDurability(t *testing.T, policy string) {
+func fsyncDurability(t *testing.T, policy, label, io string) {
 	dir := roottest.TempDir(t)
 	state := mountXFS(t, dir, "state")
 	tools := filepath.Join(dir, "tools")
@@ -65,11 +73,19 @@ func fsyncDurability(t *testing.T, policy string) {
 	buildIowork(t, tools)
 	s := startStackIn(t, dir, policy, "", "")
 	s.importImage()
-	s.ctr("run", "-d", "--snapshotter", "snug",
+	run := []string{"run", "-d", "--snapshotter", "snug"}
+	if label != "" {
+		run = append(run, "--snapshotter-label", label)
+	}
+	s.ctr(append(run,
 		"--mount", "type=bind,src="+tools+",dst=/.bench/tools,options=rbind:ro",
 		"--mount", "type=bind,src="+acks+",dst=/acks,options=rbind",
-		testImageRef, "durable", "/.bench/tools/iowork", "durable", "/data/durable", "/acks/acks")
-	image := s.activeImage("durable").Path
+		testImageRef, "durable", "/.bench/tools/iowork", "durable", "/data/durable", "/acks/acks")...)
+	im := s.activeImage("durable")
+	if im.IO != io {
+		t.Fatalf("the container's loop device: I/O %q, want %q", im.IO, io)
+	}
+	image := im.Path
 	if !strings.HasPrefix(image, state) {
 		t.Fatalf("the image %s is not on the XFS host %s", image, state)
 	}
