@@ -131,8 +131,9 @@ bench-fsck: deps
 # SNUG_BENCH_ROUNDS (3) sets the rounds; SNUG_BENCH_IO_POLICY adds TOML to
 # snug's policy, SNUG_BENCH_IO_VARIANT runs a second snug ("snugb") with
 # that TOML added, side by side (SNUG_BENCH_IO_VARIANT_BINARY: from that
-# snug binary, a build of other code), and SNUG_BENCH_IO_NAME names the results
-# (io-NAME.*).
+# snug binary, a build of other code), SNUG_BENCH_IO_CLASS=NAME adds a second
+# snug container whose snapshot label picks class NAME of that policy
+# ("snug.NAME"), and SNUG_BENCH_IO_NAME names the results (io-NAME.*).
 bench-io: deps
 	@mkdir -p bench/results
 	SNUG_REQUIRE_ROOT=1 SNUG_BENCH_OUT=$(CURDIR)/bench/results \

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/internal/roottest"
 )
 
@@ -48,6 +49,7 @@ type ioReport struct {
 	Kernel       string                          `json:"kernel"`
 	Rounds       int                             `json:"rounds"`
 	SnugPolicy   string                          `json:"snug_policy"`
+	SnugClass    string                          `json:"snug_class,omitempty"`
 	SnugbPolicy  string                          `json:"snugb_policy,omitempty"`
 	SnugbBinary  string                          `json:"snugb_binary,omitempty"`
 	Snapshotters []string                        `json:"snapshotters"`
@@ -79,8 +81,10 @@ type ioReport struct {
 // adds a second snug daemon ("snugb") with that TOML added to its policy,
 // so two policies take turns in the same run, and
 // $SNUG_BENCH_IO_VARIANT_BINARY runs that daemon from another build of
-// snug (two versions of the code in one run); SNUG_BENCH_ROUNDS sets the
-// rounds (3).
+// snug (two versions of the code in one run); $SNUG_BENCH_IO_CLASS=NAME
+// adds a second container on snug ("snug.NAME") whose snapshot label picks
+// class NAME, which $SNUG_BENCH_IO_POLICY defines; SNUG_BENCH_ROUNDS sets
+// the rounds (3).
 // It runs under make bench-io only.
 func TestIOBenchmark(t *testing.T) {
 	out := os.Getenv("SNUG_BENCH_OUT")
@@ -128,20 +132,37 @@ func TestIOBenchmark(t *testing.T) {
 		extra += fmt.Sprintf("\n[proxy_plugins.snugb]\n  type = \"snapshot\"\n  address = %q\n  platform = \"linux/amd64\"\n", b.Address)
 		snapshotters = append(snapshotters, "snugb")
 	}
+	class := os.Getenv("SNUG_BENCH_IO_CLASS")
+	if class != "" {
+		snapshotters = append(snapshotters, "snug."+class)
+	}
 	s := startStackWith(t, policy, unpack, extra)
 	for _, sn := range snapshotters {
-		s.ctr("images", "import", "--snapshotter", sn, "--base-name", "localhost/io-"+sn, testImage(t))
-		s.ctr("run", "-d", "--snapshotter", sn,
+		// snug.CLASS is a second container on snug, its snapshot labelled
+		// with the class: the same daemon, the class's policy.
+		snapshotter, run := sn, []string{"run", "-d"}
+		if c, ok := strings.CutPrefix(sn, "snug."); ok {
+			snapshotter = "snug"
+			run = append(run, "--snapshotter-label", config.LabelClass+"="+c)
+		} else {
+			s.ctr("images", "import", "--snapshotter", sn, "--base-name", "localhost/io-"+sn, testImage(t))
+		}
+		s.ctr(append(run, "--snapshotter", snapshotter,
 			"--mount", "type=bind,src=/usr,dst=/.bench/usr,options=rbind:ro",
 			"--mount", "type=bind,src="+tools+",dst=/.bench/tools,options=rbind:ro",
-			"localhost/io-"+sn+":latest", "io-"+sn, "/bin/sleep", "1000000")
+			"localhost/io-"+snapshotter+":latest", "io-"+sn, "/bin/sleep", "1000000")...)
 		s.exec("io-"+sn, "/bin/mkdir", "-p", "/bench")
+	}
+	if class != "" {
+		if io := s.activeImage("io-snug." + class).IO; io == "" {
+			t.Fatalf("class %s's container: no I/O mode in snug status", class)
+		}
 	}
 	checkIOStack(t, s)
 
 	rep := ioReport{
 		Command: "make bench-io", Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(),
-		Rounds: rounds, SnugPolicy: policy, SnugbPolicy: variant, SnugbBinary: os.Getenv("SNUG_BENCH_IO_VARIANT_BINARY"), Snapshotters: snapshotters,
+		Rounds: rounds, SnugPolicy: policy, SnugClass: class, SnugbPolicy: variant, SnugbBinary: os.Getenv("SNUG_BENCH_IO_VARIANT_BINARY"), Snapshotters: snapshotters,
 		Samples:         map[string]map[string][]float64{},
 		FootprintMiB:    map[string]map[string]float64{"fresh": {}, "end": {}},
 		Devices:         map[string]string{},
@@ -370,6 +391,9 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	if rep.SnugPolicy != "" {
 		fmt.Fprintf(&tb, "snug policy: %s\n", strings.ReplaceAll(strings.TrimSpace(rep.SnugPolicy), "\n", "; "))
 	}
+	if rep.SnugClass != "" {
+		fmt.Fprintf(&tb, "snug.%s: a second container on snug, its snapshot labelled with class %s\n", rep.SnugClass, rep.SnugClass)
+	}
 	if slices.Contains(rep.Snapshotters, "snugb") {
 		fmt.Fprintf(&tb, "snugb: a second snug, policy: %s\n", strings.ReplaceAll(strings.TrimSpace(rep.SnugbPolicy), "\n", "; "))
 		if rep.SnugbBinary != "" {
@@ -423,6 +447,9 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	fmt.Fprintf(&tb, "reproduce: make bench-io")
 	if rep.SnugPolicy != "" {
 		fmt.Fprintf(&tb, " SNUG_BENCH_IO_POLICY='%s'", strings.ReplaceAll(rep.SnugPolicy, "\n", `\n`))
+	}
+	if rep.SnugClass != "" {
+		fmt.Fprintf(&tb, " SNUG_BENCH_IO_CLASS=%s", rep.SnugClass)
 	}
 	if slices.Contains(rep.Snapshotters, "snugb") {
 		fmt.Fprintf(&tb, " SNUG_BENCH_IO_VARIANT='%s'", strings.ReplaceAll(rep.SnugbPolicy, "\n", `\n`))
