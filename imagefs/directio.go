@@ -2,6 +2,7 @@ package imagefs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -45,7 +46,7 @@ func (m *Mounted) SetDirectIO(ctx context.Context, on bool) (bool, error) {
 		arg = 1
 	}
 	err = unix.IoctlSetInt(int(dev.Fd()), unix.LOOP_SET_DIRECT_IO, arg)
-	if err != nil && !(on && err == unix.EINVAL) { // EINVAL: the file cannot take direct I/O
+	if err != nil && !(on && errors.Is(err, unix.EINVAL)) { // EINVAL: the file cannot take direct I/O
 		return false, fmt.Errorf("direct I/O of %s on %s: LOOP_SET_DIRECT_IO: %w", m.Image, m.Device, err)
 	}
 	if info, err = unix.IoctlLoopGetStatus64(int(dev.Fd())); err != nil {

@@ -99,7 +99,7 @@ func (g *Manager) applyIO(ctx context.Context, st *imageState) {
 	case err != nil:
 		logger.WithError(err).Warn("cannot switch the loop device's I/O mode; left as it is")
 	case got != want:
-		logger.Warn("the kernel keeps the loop device buffered: the image file cannot take direct I/O")
+		logger.WithField("direct_io", got).Warn("the kernel kept the loop device's I/O mode (direct I/O needs an image file that takes it)")
 	default:
 		logger.WithField("direct_io", got).Info("loop device switched to the class's I/O mode")
 	}
