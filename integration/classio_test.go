@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,6 +35,10 @@ func TestClassIOMode(t *testing.T) {
 	s.ctr("run", "-d", "--runc-binary", wrapper, "--annotation", config.AnnotationClass+"=db",
 		"--snapshotter", "snug", testImageRef, "io-annotation", "/bin/sleep", "600")
 	s.requireIO(map[string]string{"io-plain": "direct", "io-label": "buffered", "io-annotation": "buffered"})
+	out, err := s.snug.Snug(context.Background(), "status")
+	if err != nil || !rowHasWords(out, "/io-label", "db", "buffered") || !rowHasWords(out, "/io-plain", "-", "direct") {
+		t.Fatalf("snug status's table does not show the class and I/O mode: %v\n%s", err, out)
+	}
 
 	for _, c := range []string{"io-label", "io-plain"} {
 		dev := s.loopOf(c)
@@ -101,4 +107,22 @@ func (s *stack) loopOf(container string) string {
 		s.t.Fatalf("the loop device of %s (%s): %v, %v", container, im.Path, devs, err)
 	}
 	return devs[0]
+}
+
+// rowHasWords reports whether the row of snug status's table for the
+// snapshot ending in suffix has each of words among its fields.
+func rowHasWords(table, suffix string, words ...string) bool {
+	for _, l := range strings.Split(table, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || !strings.HasSuffix(f[1], suffix) {
+			continue
+		}
+		for _, w := range words {
+			if !slices.Contains(f, w) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }

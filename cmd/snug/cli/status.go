@@ -34,13 +34,14 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 		}
 		return c.writeJSON(images)
 	}
-	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "CEILING", "WINDOW", "USED", "FOOTPRINT", "SWELL", "LAST GROW", "LAST RECLAIM", "HEALTH"}}
+	rows := [][]string{{"KIND", "SNAPSHOT", "QUOTA", "CEILING", "WINDOW", "USED", "FOOTPRINT", "SWELL", "LAST GROW", "LAST RECLAIM", "CLASS", "IO", "HEALTH"}}
 	now := time.Now()
 	for _, im := range images {
 		rows = append(rows, []string{
 			im.Kind, im.Snapshot,
 			size(im.QuotaBytes), size(im.CeilingBytes), size(im.WindowBytes), size(im.UsedBytes),
-			size(im.FootprintBytes), swell(im.Stats), ago(now, im.LastGrow), ago(now, im.LastReclaim), imageHealth(im),
+			size(im.FootprintBytes), swell(im.Stats), ago(now, im.LastGrow), ago(now, im.LastReclaim),
+			orDash(im.Class), orDash(im.IO), imageHealth(im),
 		})
 	}
 	c.table(rows)
@@ -62,6 +63,15 @@ func imageHealth(im api.ImageStatus) string {
 		h += fmt.Sprintf(", flushes dropped (%d)", im.FlushesDropped)
 	}
 	return h
+}
+
+// orDash is s, or "-" when it is empty (a layer has no class or I/O mode
+// of its own; a container's image picks no class).
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // ago is how long before now t was, shortly ("-" for never).
