@@ -120,3 +120,31 @@ func readDio(t *testing.T, device string) bool {
 	}
 	return strings.TrimSpace(string(b)) == "1"
 }
+
+// BenchmarkDirectIO is what reading a mounted image's I/O mode costs: the
+// images manager reads it at every container start (Serve) and for every
+// image in snug status.
+func BenchmarkDirectIO(b *testing.B) {
+	roottest.Require(b, "mkfs.ext4")
+	dir := roottest.TempDir(b)
+	path := filepath.Join(dir, "img")
+	ctx := context.Background()
+	if err := Create(ctx, path, CreateOptions{Quota: 128 * mib, Window: 64 * mib, DirectIO: true}); err != nil {
+		b.Fatal(err)
+	}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	m, err := Mount(ctx, path, mnt, MountOptions{DirectIO: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Unmount(ctx)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := m.DirectIO(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
