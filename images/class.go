@@ -83,8 +83,11 @@ func (g *Manager) setClass(ctx context.Context, st *imageState, class string) er
 func (g *Manager) applyIO(ctx context.Context, st *imageState) {
 	want := g.classOf(ctx, st).Image.DirectIO
 	st.mu.Lock()
-	class := st.class
+	class, removed := st.class, st.removed
 	st.mu.Unlock()
+	if removed { // taken out of service since it was listed (a reload racing a removal)
+		return
+	}
 	logger := log.G(ctx).WithFields(log.Fields{"snapshot": st.id, "class": class, "device": st.m.Device})
 	on, err := st.m.DirectIO()
 	if err != nil {
