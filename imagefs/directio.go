@@ -26,20 +26,21 @@ func (m *Mounted) DirectIO() (bool, error) {
 // can be done under a running container: every write the container has
 // fsync'd stays on the disk, and its later fsyncs still flush the image
 // file (the device's flushes are checked after the switch, as at attach).
-// It returns whether the device uses direct I/O afterwards: the kernel
+// It returns whether the device uses direct I/O afterwards (the kernel
 // keeps a device buffered where the image file cannot take direct I/O,
-// which is not an error.
-func (m *Mounted) SetDirectIO(ctx context.Context, on bool) (bool, error) {
+// which is not an error) and whether it asked the kernel to switch: a
+// device in the mode asked for already is left alone.
+func (m *Mounted) SetDirectIO(ctx context.Context, on bool) (now, switched bool, err error) {
 	if m.ReadOnly {
-		return false, fmt.Errorf("direct I/O of %s: a read-only image keeps how it was attached", m.Image)
+		return false, false, fmt.Errorf("direct I/O of %s: a read-only image keeps how it was attached", m.Image)
 	}
 	dev, info, err := m.openLoop()
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	defer dev.Close()
 	if (info.Flags&unix.LO_FLAGS_DIRECT_IO != 0) == on {
-		return on, nil
+		return on, false, nil
 	}
 	arg := 0
 	if on {
@@ -47,15 +48,15 @@ func (m *Mounted) SetDirectIO(ctx context.Context, on bool) (bool, error) {
 	}
 	err = unix.IoctlSetInt(int(dev.Fd()), unix.LOOP_SET_DIRECT_IO, arg)
 	if err != nil && !(on && errors.Is(err, unix.EINVAL)) { // EINVAL: the file cannot take direct I/O
-		return false, fmt.Errorf("direct I/O of %s on %s: LOOP_SET_DIRECT_IO: %w", m.Image, m.Device, err)
+		return false, false, fmt.Errorf("direct I/O of %s on %s: LOOP_SET_DIRECT_IO: %w", m.Image, m.Device, err)
 	}
 	if info, err = unix.IoctlLoopGetStatus64(int(dev.Fd())); err != nil {
-		return false, fmt.Errorf("direct I/O of %s on %s: LOOP_GET_STATUS64: %w", m.Image, m.Device, err)
+		return false, true, fmt.Errorf("direct I/O of %s on %s: LOOP_GET_STATUS64: %w", m.Image, m.Device, err)
 	}
 	if err := KeepFlushes(ctx, m.Device); err != nil {
-		return false, fmt.Errorf("direct I/O of %s on %s: %w", m.Image, m.Device, err)
+		return false, true, fmt.Errorf("direct I/O of %s on %s: %w", m.Image, m.Device, err)
 	}
-	return info.Flags&unix.LO_FLAGS_DIRECT_IO != 0, nil
+	return info.Flags&unix.LO_FLAGS_DIRECT_IO != 0, true, nil
 }
 
 // openLoop opens the image's loop device and checks that it is still

@@ -25,10 +25,13 @@ func TestSetDirectIO(t *testing.T) {
 		t.Fatalf("DirectIO of an image mounted with direct I/O = %v, %v", on, err)
 	}
 	writeSynced(t, m, "before", "written with direct I/O")
-	for _, on := range []bool{false, false, true} {
-		got, err := m.SetDirectIO(ctx, on)
+	for i, on := range []bool{false, false, true} {
+		got, switched, err := m.SetDirectIO(ctx, on)
 		if err != nil || got != on {
 			t.Fatalf("SetDirectIO(%v) = %v, %v", on, got, err)
+		}
+		if want := i != 1; switched != want { // the second call finds the mode asked for
+			t.Fatalf("SetDirectIO(%v), call %d: switched %v, want %v", on, i+1, switched, want)
 		}
 		if sys := readDio(t, m.Device); sys != on {
 			t.Fatalf("after SetDirectIO(%v) sysfs says dio %v", on, sys)
@@ -64,7 +67,7 @@ func TestSetDirectIORefusesWhatItCannotChange(t *testing.T) {
 	path, dir := newImage(t, 128*mib, 64*mib)
 	ctx := context.Background()
 	err := WithMount(ctx, path, MountOptions{ReadOnly: true, DirectIO: true}, func(m *Mounted) error {
-		_, err := m.SetDirectIO(ctx, false)
+		_, _, err := m.SetDirectIO(ctx, false)
 		if err == nil || !strings.Contains(err.Error(), "read-only") {
 			t.Errorf("SetDirectIO of a read-only mount: %v, want refused", err)
 		}
@@ -85,7 +88,7 @@ func TestSetDirectIORefusesWhatItCannotChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer om.Unmount(ctx)
-	if _, err := stale.SetDirectIO(ctx, false); err == nil {
+	if _, _, err := stale.SetDirectIO(ctx, false); err == nil {
 		t.Fatalf("SetDirectIO through %s after its image was unmounted: no error", stale.Device)
 	} else if om.Device == stale.Device && !errors.Is(err, ErrNotMounted) {
 		t.Fatalf("SetDirectIO through %s, now another image's: %v, want ErrNotMounted", stale.Device, err)
@@ -125,22 +128,8 @@ func readDio(t *testing.T, device string) bool {
 // images manager reads it at every container start (Serve) and for every
 // image in snug status.
 func BenchmarkDirectIO(b *testing.B) {
-	roottest.Require(b, "mkfs.ext4")
-	dir := roottest.TempDir(b)
-	path := filepath.Join(dir, "img")
-	ctx := context.Background()
-	if err := Create(ctx, path, CreateOptions{Quota: 128 * mib, Window: 64 * mib, DirectIO: true}); err != nil {
-		b.Fatal(err)
-	}
-	mnt := filepath.Join(dir, "mnt")
-	if err := os.MkdirAll(mnt, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	m, err := Mount(ctx, path, mnt, MountOptions{DirectIO: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Unmount(ctx)
+	path, dir := newImage(b, 128*mib, 64*mib)
+	m := mountImage(b, path, dir)
 	b.ResetTimer()
 	for range b.N {
 		if _, err := m.DirectIO(); err != nil {

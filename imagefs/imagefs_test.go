@@ -28,13 +28,13 @@ const (
 
 // newImage creates an image in a fresh directory that is swept clean (no
 // mount, no loop device left) when the test ends, pass or fail.
-func newImage(t *testing.T, quota, window int64) (path, dir string) {
+func newImage(t testing.TB, quota, window int64) (path, dir string) {
 	t.Helper()
 	return newImageWith(t, CreateOptions{Quota: quota, Window: window, DirectIO: true})
 }
 
 // newImageWith is newImage with any create options.
-func newImageWith(t *testing.T, o CreateOptions) (path, dir string) {
+func newImageWith(t testing.TB, o CreateOptions) (path, dir string) {
 	t.Helper()
 	roottest.Require(t, "mkfs.ext4", "e2fsck", "resize2fs")
 	dir = roottest.TempDir(t)
@@ -45,7 +45,7 @@ func newImageWith(t *testing.T, o CreateOptions) (path, dir string) {
 	return path, dir
 }
 
-func mountImage(t *testing.T, path, dir string) *Mounted {
+func mountImage(t testing.TB, path, dir string) *Mounted {
 	t.Helper()
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.MkdirAll(mnt, 0o755); err != nil {

@@ -89,21 +89,15 @@ func (g *Manager) applyIO(ctx context.Context, st *imageState) {
 		return
 	}
 	logger := log.G(ctx).WithFields(log.Fields{"snapshot": st.id, "class": class, "device": st.m.Device})
-	on, err := st.m.DirectIO()
-	if err != nil {
-		logger.WithError(err).Warn("cannot read the loop device's I/O mode")
-		return
-	}
-	if on == want {
-		return
-	}
-	got, err := st.m.SetDirectIO(ctx, want)
+	// SetDirectIO reads the mode first and changes nothing when it is
+	// the one wanted (the common case: one open and one ioctl).
+	got, switched, err := st.m.SetDirectIO(ctx, want)
 	switch {
 	case err != nil:
 		logger.WithError(err).Warn("cannot switch the loop device's I/O mode; left as it is")
 	case got != want:
 		logger.WithField("direct_io", got).Warn("the kernel kept the loop device's I/O mode (direct I/O needs an image file that takes it)")
-	default:
+	case switched:
 		logger.WithField("direct_io", got).Info("loop device switched to the class's I/O mode")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/snugfs/snug/api"
+	"github.com/snugfs/snug/imagefs"
 )
 
 // ImageStatus is one snapshot's image as `snug status` shows it (api.ImageStatus).
@@ -28,7 +29,7 @@ func (g *Manager) Status(ctx context.Context) ([]ImageStatus, error) {
 
 // ioMode is how the image's loop device reaches its file, as the kernel
 // says now ("" when it cannot be read: the image is going away).
-func ioMode(m interface{ DirectIO() (bool, error) }) string {
+func ioMode(m *imagefs.Mounted) string {
 	on, err := m.DirectIO()
 	switch {
 	case err != nil:
