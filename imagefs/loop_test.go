@@ -17,12 +17,8 @@ import (
 // holds one), so LOOP_CONFIGURE on it fails with EBUSY for as long as it
 // is held: Attach takes another device instead of giving up.
 func TestAttachPassesAHeldDevice(t *testing.T) {
-	roottest.Require(t)
 	ctx := context.Background()
-	path := filepath.Join(roottest.TempDir(t), "held.img")
-	if err := os.WriteFile(path, make([]byte, 4<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := rawFile(t, "held.img")
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -48,4 +44,16 @@ func TestAttachPassesAHeldDevice(t *testing.T) {
 		t.Fatalf("attached to the held device %s", held)
 	}
 	t.Logf("%s held; attached to %s", held, loop.Device)
+}
+
+// rawFile is a 4 MiB file of zeros (no filesystem) to attach, in a fresh
+// directory swept when the test ends; the test needs root.
+func rawFile(t *testing.T, name string) string {
+	t.Helper()
+	roottest.Require(t)
+	path := filepath.Join(roottest.TempDir(t), name)
+	if err := os.WriteFile(path, make([]byte, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -20,12 +20,8 @@ import (
 // write-back when an image is attached to it read-write, so a flush of the
 // image reaches the loop driver, and with it the host's disk.
 func TestAttachKeepsFlushes(t *testing.T) {
-	roottest.Require(t)
 	ctx := context.Background()
-	path := filepath.Join(roottest.TempDir(t), "flush.img")
-	if err := os.WriteFile(path, make([]byte, 4<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := rawFile(t, "flush.img")
 	loop := attachToWriteThrough(t, ctx, path)
 	defer loop.Close()
 	name := filepath.Base(loop.Device)
