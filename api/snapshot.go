@@ -51,7 +51,11 @@ type Activity struct {
 	State string `json:"state,omitempty"`
 	// IO is how its loop device reaches the image file: "direct" (around
 	// the host's page cache) or "buffered" (image.direct_io, per class).
-	IO          string     `json:"io,omitempty"`
+	IO string `json:"io,omitempty"`
+	// Commit is how its journal commits: "ordered" (a cache flush before
+	// and after each commit block) or "async" (data=writeback,
+	// journal_async_commit: image.async_commit, per class).
+	Commit      string     `json:"commit,omitempty"`
 	LastGrow    *time.Time `json:"last_grow,omitempty"`
 	LastReclaim *time.Time `json:"last_reclaim,omitempty"`
 	WindowCounts

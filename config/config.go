@@ -68,14 +68,18 @@ type Class struct {
 	Image   ClassImage    `toml:"image"`
 }
 
-// ClassImage is what a class may change of [image]: only how the loop
-// device reaches the image file, which can change while the image is
-// mounted (a class an OCI annotation picks is known only once the
-// container's image is mounted). The other [image] keys are fixed when an
-// image is made or mounted.
+// ClassImage is what a class may change of [image]: how the loop device
+// reaches the image file, which can change while the image is mounted (a
+// class an OCI annotation picks is known only once the container's image
+// is mounted), and the journal's commit mode, a mount option, which a class
+// gets on the images mounted for it: those of snapshots labelled with it
+// (known at Prepare, before the mount), and every image of it that start-up
+// mounts again. The other [image] keys are fixed when an image is made.
 type ClassImage struct {
 	// DirectIO is ImagePolicy.DirectIO for the class's images.
 	DirectIO bool `toml:"direct_io"`
+	// AsyncCommit is ImagePolicy.AsyncCommit for the class's images.
+	AsyncCommit bool `toml:"async_commit"`
 }
 
 // How a container picks a policy class.
@@ -87,10 +91,10 @@ const (
 	AnnotationClass = "io.snugfs.policy"
 )
 
-// Base is the class of a container that picks none: [window], [reclaim] and
-// image.direct_io.
+// Base is the class of a container that picks none: [window], [reclaim],
+// image.direct_io and image.async_commit.
 func (c Config) Base() Class {
-	return Class{Window: c.Window, Reclaim: c.Reclaim, Image: ClassImage{DirectIO: c.Image.DirectIO}}
+	return Class{Window: c.Window, Reclaim: c.Reclaim, Image: ClassImage{DirectIO: c.Image.DirectIO, AsyncCommit: c.Image.AsyncCommit}}
 }
 
 // Class returns the named class, or Base for "" . ok is false for a name the
@@ -339,7 +343,7 @@ func Parse(data []byte) (Config, error) {
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		k := undecoded[0]
 		if len(k) == 4 && k[0] == "policies" && k[2] == "image" {
-			return Config{}, fmt.Errorf("%w: %sunknown key %q: a class sets only direct_io of [image] (the others are fixed when an image is made or mounted)",
+			return Config{}, fmt.Errorf("%w: %sunknown key %q: a class sets only direct_io and async_commit of [image] (the others are fixed when an image is made)",
 				ErrInvalid, linePrefix(data, k.String()), k.String())
 		}
 		return Config{}, fmt.Errorf("%w: %sunknown key %q", ErrInvalid, linePrefix(data, k.String()), k.String())

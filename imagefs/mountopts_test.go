@@ -36,6 +36,9 @@ func TestMountOptionsReachExt4(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Unmount(context.Background())
+			if async, err := m.AsyncCommit(); err != nil || async != tc.o.AsyncCommit {
+				t.Errorf("AsyncCommit() = %v, %v; mounted with async_commit %v", async, err, tc.o.AsyncCommit)
+			}
 			infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(mnt))
 			if err != nil || len(infos) != 1 {
 				t.Fatalf("mountinfo of %s: %v %v", mnt, infos, err)

@@ -22,8 +22,8 @@ func WriteClass(dir, class string) error {
 	return marker.Write(filepath.Join(dir, ClassFile), class)
 }
 
-// readClass is the class recorded in a snapshot's directory, or "".
-func readClass(dir string) string {
+// ReadClass is the class recorded in a snapshot's directory, or "".
+func ReadClass(dir string) string {
 	b, err := os.ReadFile(filepath.Join(dir, ClassFile))
 	if err != nil {
 		return ""

@@ -157,7 +157,7 @@ func (g *Manager) Serve(ctx context.Context, id, dir string, m *imagefs.Mounted)
 
 // track records a mounted rw image (once) and tells the observer.
 func (g *Manager) track(ctx context.Context, id, dir string, m *imagefs.Mounted) *imageState {
-	class := readClass(dir) // before the lock: mu is never held across I/O
+	class := ReadClass(dir) // before the lock: mu is never held across I/O
 	g.mu.Lock()
 	st, ok := g.images[id]
 	if !ok {

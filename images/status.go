@@ -22,6 +22,7 @@ func (g *Manager) Status(ctx context.Context) ([]ImageStatus, error) {
 		if st := g.image(out[i].ID); st != nil {
 			out[i].Activity = st.activity()
 			out[i].IO = ioMode(st.m)
+			out[i].Commit = commitMode(st.m)
 		}
 	}
 	return out, nil
@@ -38,4 +39,17 @@ func ioMode(m *imagefs.Mounted) string {
 		return "direct"
 	}
 	return "buffered"
+}
+
+// commitMode is how the image's journal commits, as its ext4 says now (""
+// when it cannot be read: the image is going away).
+func commitMode(m *imagefs.Mounted) string {
+	async, err := m.AsyncCommit()
+	switch {
+	case err != nil:
+		return ""
+	case async:
+		return "async"
+	}
+	return "ordered"
 }

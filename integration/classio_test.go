@@ -27,30 +27,15 @@ const classIOPolicy = containerPolicy + "[policies.db.image]\ndirect_io = false\
 // changes the class switches the running containers' devices back.
 func TestClassIOMode(t *testing.T) {
 	s := startStack(t, classIOPolicy)
-	s.importImage()
-	wrapper := s.runcWrapper()
-	s.ctr("run", "-d", "--snapshotter", "snug", testImageRef, "io-plain", "/bin/sleep", "600")
-	s.ctr("run", "-d", "--snapshotter", "snug", "--snapshotter-label", config.LabelClass+"=db",
-		testImageRef, "io-label", "/bin/sleep", "600")
-	s.ctr("run", "-d", "--runc-binary", wrapper, "--annotation", config.AnnotationClass+"=db",
-		"--snapshotter", "snug", testImageRef, "io-annotation", "/bin/sleep", "600")
+	s.runClassContainers("io", "db")
 	s.requireIO(map[string]string{"io-plain": "direct", "io-label": "buffered", "io-annotation": "buffered"})
 	out, err := s.snug.Snug(context.Background(), "status")
 	if err != nil || !rowHasWords(out, "/io-label", "db", "buffered") || !rowHasWords(out, "/io-plain", "-", "direct") {
 		t.Fatalf("snug status's table does not show the class and I/O mode: %v\n%s", err, out)
 	}
 
-	for _, c := range []string{"io-label", "io-plain"} {
-		dev := s.loopOf(c)
-		before, err := roottest.Flushes(dev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.ctr("tasks", "exec", "--exec-id", "fsync-"+c, c, "/bin/dd", "if=/dev/zero", "of=/synced", "bs=4k", "count=1", "conv=fsync")
-		if after, err := roottest.Flushes(dev); err != nil || after <= before {
-			t.Fatalf("%s: an fsync in the container made no flush of %s (%d before, %d after, %v)", c, dev, before, after, err)
-		}
-	}
+	s.requireFsyncFlushes("io-label")
+	s.requireFsyncFlushes("io-plain")
 
 	policy, err := os.ReadFile(s.snug.Config)
 	if err != nil {
@@ -66,6 +51,36 @@ func TestClassIOMode(t *testing.T) {
 	s.snug.cmd.Process.Signal(syscall.SIGHUP)
 	waitLog(t, s.snug, "policy reloaded", 1)
 	s.requireIO(map[string]string{"io-plain": "direct", "io-label": "direct", "io-annotation": "direct"})
+}
+
+// runClassContainers imports the test image and starts three sleeping
+// containers: PREFIX-plain on the base policy, PREFIX-label with the
+// snapshot label of class, PREFIX-annotation with its OCI annotation (read
+// by the createRuntime hook, through snug-runc).
+func (s *stack) runClassContainers(prefix, class string) {
+	s.t.Helper()
+	s.importImage()
+	wrapper := s.runcWrapper()
+	s.ctr("run", "-d", "--snapshotter", "snug", testImageRef, prefix+"-plain", "/bin/sleep", "600")
+	s.ctr("run", "-d", "--snapshotter", "snug", "--snapshotter-label", config.LabelClass+"="+class,
+		testImageRef, prefix+"-label", "/bin/sleep", "600")
+	s.ctr("run", "-d", "--runc-binary", wrapper, "--annotation", config.AnnotationClass+"="+class,
+		"--snapshotter", "snug", testImageRef, prefix+"-annotation", "/bin/sleep", "600")
+}
+
+// requireFsyncFlushes checks that an fsync in the container makes its
+// image's loop device flush (what puts the data on the host's disk).
+func (s *stack) requireFsyncFlushes(container string) {
+	s.t.Helper()
+	dev := s.loopOf(container)
+	before, err := roottest.Flushes(dev)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.ctr("tasks", "exec", "--exec-id", "fsync-"+container, container, "/bin/dd", "if=/dev/zero", "of=/synced", "bs=4k", "count=1", "conv=fsync")
+	if after, err := roottest.Flushes(dev); err != nil || after <= before {
+		s.t.Fatalf("%s: an fsync in the container made no flush of %s (%d before, %d after, %v)", container, dev, before, after, err)
+	}
 }
 
 // requireIO waits (a few seconds at most) until each container's image

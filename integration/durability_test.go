@@ -23,18 +23,21 @@ import (
 // shows: the default and each option that changes how a write reaches the
 // host disk.
 // A class's direct_io runs too: its container's loop device is switched to
-// the host's page cache after its image was attached with direct I/O.
+// the host's page cache after its image was attached with direct I/O; and a
+// class's async_commit, which its labelled container's image is mounted with.
 var durabilityPolicies = []struct {
 	name, toml string
 	label      string // a snapshot label for the container
 	io         string // the loop device's mode snug status must show
+	commit     string // the journal's commit mode snug status must show
 }{
-	{"default", "", "", "direct"},
-	{"fast-commit", "[image]\nfast_commit = true\n", "", "direct"},
-	{"buffered-loop", "[image]\ndirect_io = false\n", "", "buffered"},
-	{"class-buffered-loop", "[policies.db.image]\ndirect_io = false\n", config.LabelClass + "=db", "buffered"},
-	{"discard", "[image]\ndiscard = true\n", "", "direct"},
-	{"async-commit", "[image]\nasync_commit = true\n", "", "direct"},
+	{"default", "", "", "direct", "ordered"},
+	{"fast-commit", "[image]\nfast_commit = true\n", "", "direct", "ordered"},
+	{"buffered-loop", "[image]\ndirect_io = false\n", "", "buffered", "ordered"},
+	{"class-buffered-loop", "[policies.db.image]\ndirect_io = false\n", config.LabelClass + "=db", "buffered", "ordered"},
+	{"discard", "[image]\ndiscard = true\n", "", "direct", "ordered"},
+	{"async-commit", "[image]\nasync_commit = true\n", "", "direct", "async"},
+	{"class-async-commit", "[policies.ci.image]\nasync_commit = true\n", config.LabelClass + "=ci", "direct", "async"},
 }
 
 // TestFsyncDurability is what an fsync'd write in a snug container
@@ -56,11 +59,11 @@ func TestFsyncDurability(t *testing.T) {
 	requireStack(t)
 	roottest.Require(t, "mkfs.xfs", "e2fsck")
 	for _, p := range durabilityPolicies {
-		t.Run(p.name, func(t *testing.T) { fsyncDurability(t, p.toml, p.label, p.io) })
+		t.Run(p.name, func(t *testing.T) { fsyncDurability(t, p.toml, p.label, p.io, p.commit) })
 	}
 }
 
-func fsyncDurability(t *testing.T, policy, label, io string) {
+func fsyncDurability(t *testing.T, policy, label, io, commit string) {
 	dir := roottest.TempDir(t)
 	state := mountXFS(t, dir, "state")
 	tools := filepath.Join(dir, "tools")
@@ -82,8 +85,8 @@ func fsyncDurability(t *testing.T, policy, label, io string) {
 		"--mount", "type=bind,src="+acks+",dst=/acks,options=rbind",
 		testImageRef, "durable", "/.bench/tools/iowork", "durable", "/data/durable", "/acks/acks")...)
 	im := s.activeImage("durable")
-	if im.IO != io {
-		t.Fatalf("the container's loop device: I/O %q, want %q", im.IO, io)
+	if im.IO != io || im.Commit != commit {
+		t.Fatalf("the container's image: I/O %q, commit %q; want %q, %q", im.IO, im.Commit, io, commit)
 	}
 	image := im.Path
 	if !strings.HasPrefix(image, state) {

@@ -55,7 +55,7 @@ func (s *Snapshotter) convergeIn(ctx context.Context, tbl *imagefs.MountTable, i
 		if reason := s.quarantined(id); reason != "" {
 			return fmt.Errorf("snapshot %s: %w: %s", id, imagefs.ErrQuarantined, reason)
 		}
-		m, err := s.ensureMounted(ctx, tbl, filepath.Join(dir, rwImage), mnt, s.policy().mount)
+		m, err := s.ensureMounted(ctx, tbl, filepath.Join(dir, rwImage), mnt, s.snapshotMountOptions(id))
 		if err != nil {
 			return err
 		}
@@ -122,7 +122,7 @@ func (s *Snapshotter) convertLayer(ctx context.Context, tbl *imagefs.MountTable,
 		}
 		return false, os.Remove(rw)
 	}
-	m, err := s.ensureMounted(ctx, tbl, rw, s.mountPath(id), s.policy().mount)
+	m, err := s.ensureMounted(ctx, tbl, rw, s.mountPath(id), s.snapshotMountOptions(id))
 	if err != nil {
 		return false, err
 	}
@@ -190,7 +190,7 @@ func (s *Snapshotter) mountNew(ctx context.Context, id string, pre *imagefs.Moun
 		}
 		return pre, nil
 	}
-	o := s.policy().mount
+	o := s.snapshotMountOptions(id)
 	o.New = true // from the pool or a template: attached nowhere
 	return imagefs.Mount(ctx, image, mnt, o)
 }

@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"github.com/snugfs/snug/config"
 	"github.com/snugfs/snug/imagefs"
+	"github.com/snugfs/snug/images"
 )
 
 // policy is what the snapshotter takes from the TOML policy.
@@ -28,6 +29,25 @@ func policyFrom(cfg config.Config) policy {
 		},
 		mount: imagefs.MountOptions{DirectIO: cfg.Image.DirectIO, Discard: cfg.Image.Discard, AsyncCommit: cfg.Image.AsyncCommit},
 	}
+}
+
+// rwMountOptions is how a rw image of the policy class named class is
+// mounted: the policy's options with the class's journal commit mode
+// (image.async_commit). The class's direct_io is not among them: the
+// images manager switches the loop device to it once the image is served,
+// whichever way the class was picked. An unknown class mounts as the base.
+func (s *Snapshotter) rwMountOptions(class string) imagefs.MountOptions {
+	cfg := s.config()
+	o := policyFrom(cfg).mount
+	cl, _ := cfg.Class(class)
+	o.AsyncCommit = cl.Image.AsyncCommit
+	return o
+}
+
+// snapshotMountOptions is how snapshot id's rw image is mounted: as the
+// class recorded in its directory asks (rwMountOptions).
+func (s *Snapshotter) snapshotMountOptions(id string) imagefs.MountOptions {
+	return s.rwMountOptions(images.ReadClass(s.snapshotDir(id)))
 }
 
 // createOptions are the image options for a snapshot with these labels:

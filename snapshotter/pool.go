@@ -158,8 +158,12 @@ func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions,
 	}
 	p.recordTake()
 	defer p.refill(ctx)
-	if m := p.takeMounted(ctx, dst, mo); m != nil {
-		return m, true
+	// A class that mounts its images otherwise (image.async_commit) leaves
+	// the premounted ones to the others.
+	if mo == p.pol.Load().mount {
+		if m := p.takeMounted(ctx, dst, mo); m != nil {
+			return m, true
+		}
 	}
 	for _, name := range p.ready() {
 		// A rename is atomic: two takers cannot get the same image.

@@ -216,6 +216,18 @@ func TestPoolPremounts(t *testing.T) {
 	p.wait()
 	assertPremounted(t, p, 2, poolTestMount)
 
+	// A take for other mount options (a class's async_commit) finds none
+	// ready and leaves the premounted images to the takes that can use them.
+	async := poolTestMount
+	async.AsyncCommit = true
+	if m, ok := p.take(ctx, filepath.Join(root, "async.img"), poolTestOptions, async); ok || m != nil {
+		t.Fatalf("a take for other mount options got %v, %+v from a premounted pool", ok, m)
+	}
+	if n := p.mountedCount(); n != 2 {
+		t.Fatalf("a take for other mount options left %d premounted images of 2", n)
+	}
+	p.wait()
+
 	// A reload that mounts otherwise replaces them.
 	discard := poolTestMount
 	discard.Discard = true

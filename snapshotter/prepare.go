@@ -53,6 +53,15 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 	if err != nil {
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
+	// The class a label picks is known before the image is mounted, so
+	// its mount options (image.async_commit) apply from the first mount.
+	var class string
+	if kind == snapshots.KindActive {
+		class = base.Labels[config.LabelClass]
+		if _, ok := s.config().Class(class); !ok {
+			return nil, fmt.Errorf("prepare %s: label %s=%q: no such class in the policy's [policies]: %w", key, config.LabelClass, class, errdefs.ErrInvalidArgument)
+		}
+	}
 
 	td, err := os.MkdirTemp(filepath.Join(s.root, "snapshots"), newPrefix)
 	if err != nil {
@@ -67,7 +76,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 	}()
 	_, unpack := base.Labels[snapshots.LabelSnapshotRef]
 	unpack = unpack && kind == snapshots.KindActive
-	pre, err := s.buildDir(ctx, td, kind, unpack, create)
+	pre, err := s.buildDir(ctx, td, kind, unpack, create, s.rwMountOptions(class))
 	if err != nil {
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
@@ -78,10 +87,7 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			}
 		}
 	}()
-	if class := base.Labels[config.LabelClass]; class != "" && kind == snapshots.KindActive {
-		if _, ok := s.config().Class(class); !ok {
-			return nil, fmt.Errorf("prepare %s: label %s=%q: no such class in the policy's [policies]: %w", key, config.LabelClass, class, errdefs.ErrInvalidArgument)
-		}
+	if class != "" {
 		if err := images.WriteClass(td, class); err != nil {
 			return nil, fmt.Errorf("prepare %s: %w", key, err)
 		}
@@ -139,8 +145,9 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 // pool held mounted comes with its detached mount, for settle to place.
 // A layer's unpack gets no image: its upper and work dirs are made on the
 // host (isUnpack), where the layer's image is not written but from its tar
-// (LayerTarget), or packed at Commit.
-func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.Kind, unpack bool, create imagefs.CreateOptions) (*imagefs.Mounted, error) {
+// (LayerTarget), or packed at Commit. mo is how the rw image is mounted
+// (its class's, rwMountOptions).
+func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.Kind, unpack bool, create imagefs.CreateOptions, mo imagefs.MountOptions) (*imagefs.Mounted, error) {
 	if err := os.Mkdir(filepath.Join(dir, mountDir), 0o755); err != nil {
 		return nil, err
 	}
@@ -150,10 +157,10 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 		return nil, os.Mkdir(filepath.Join(dir, unpackDir), 0o700)
 	case kind == snapshots.KindActive:
 		img := filepath.Join(dir, rwImage)
-		if m, ok := s.pool.take(s.bgCtx, img, create, s.policy().mount); ok {
+		if m, ok := s.pool.take(s.bgCtx, img, create, mo); ok {
 			return m, nil
 		}
-		return s.makeImage(ctx, img, create)
+		return s.makeImage(ctx, img, create, mo)
 	case kind == snapshots.KindView:
 		return nil, os.Mkdir(filepath.Join(dir, emptyDir), 0o755)
 	}
@@ -167,8 +174,8 @@ func (s *Snapshotter) buildDir(ctx context.Context, dir string, kind snapshots.K
 // (Templates.CreateToAttach): the image is on the disk whole before the
 // snapshot is recorded, with two cache flushes of the host's disk fewer.
 // A full host may have room again once the removals in flight have
-// deleted their images: it waits for them, once.
-func (s *Snapshotter) makeImage(ctx context.Context, img string, create imagefs.CreateOptions) (*imagefs.Mounted, error) {
+// deleted their images: it waits for them, once. mo is how it is mounted.
+func (s *Snapshotter) makeImage(ctx context.Context, img string, create imagefs.CreateOptions, mo imagefs.MountOptions) (*imagefs.Mounted, error) {
 	err := s.templates.CreateToAttach(ctx, img, create)
 	if errors.Is(err, imagefs.ErrHostFull) {
 		if waited, werr := s.removing.wait(ctx); waited && werr == nil {
@@ -178,9 +185,8 @@ func (s *Snapshotter) makeImage(ctx context.Context, img string, create imagefs.
 	if err != nil {
 		return nil, err
 	}
-	o := s.policy().mount
-	o.New = true
-	return imagefs.MountDetached(ctx, img, o)
+	mo.New = true
+	return imagefs.MountDetached(ctx, img, mo)
 }
 
 // ensureUpper makes the overlay directories in a mounted rw image. The

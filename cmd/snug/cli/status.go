@@ -41,11 +41,20 @@ func (c *CLI) status(ctx context.Context, args []string) int {
 			im.Kind, im.Snapshot,
 			size(im.QuotaBytes), size(im.CeilingBytes), size(im.WindowBytes), size(im.UsedBytes),
 			size(im.FootprintBytes), swell(im.Stats), ago(now, im.LastGrow), ago(now, im.LastReclaim),
-			orDash(im.Class), orDash(im.IO), imageHealth(im),
+			orDash(im.Class), ioColumn(im), imageHealth(im),
 		})
 	}
 	c.table(rows)
 	return exitOK
+}
+
+// ioColumn is the IO column: the loop device's mode, "+async" when the
+// journal commits asynchronously (image.async_commit).
+func ioColumn(im api.ImageStatus) string {
+	if im.Commit == "async" {
+		return orDash(im.IO) + "+async"
+	}
+	return orDash(im.IO)
 }
 
 // imageHealth is the HEALTH column: the filesystem's state, or why the
