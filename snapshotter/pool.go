@@ -151,16 +151,20 @@ func (p *pool) ready() []string {
 // premounted one comes with its detached mount (for Place), an unmounted
 // one with none. Only images made with exactly the options wanted are
 // taken, and mounted with the mount options mo; those takes, hit or miss,
-// are the pool's demand.
+// are the pool's demand, but for a pool that premounts its images with
+// other options than mo (a class's image.async_commit): what it holds
+// cannot serve them, so they leave its images and its size alone.
 func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions, mo imagefs.MountOptions) (*imagefs.Mounted, bool) {
 	if want != p.opts {
 		return nil, false
 	}
-	p.recordTake()
+	pol := p.pol.Load()
+	premounted := mo == pol.mount
+	if premounted || !pol.bounds.Premount {
+		p.recordTake()
+	}
 	defer p.refill(ctx)
-	// A class that mounts its images otherwise (image.async_commit) leaves
-	// the premounted ones to the others.
-	if mo == p.pol.Load().mount {
+	if premounted {
 		if m := p.takeMounted(ctx, dst, mo); m != nil {
 			return m, true
 		}

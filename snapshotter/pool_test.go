@@ -217,15 +217,24 @@ func TestPoolPremounts(t *testing.T) {
 	assertPremounted(t, p, 2, poolTestMount)
 
 	// A take for other mount options (a class's async_commit) finds none
-	// ready and leaves the premounted images to the takes that can use them.
+	// ready and leaves the premounted images to the takes that can use
+	// them, and the pool's size too.
 	async := poolTestMount
 	async.AsyncCommit = true
+	p.mu.Lock()
+	demand := len(p.takes)
+	p.mu.Unlock()
 	if m, ok := p.take(ctx, filepath.Join(root, "async.img"), poolTestOptions, async); ok || m != nil {
 		t.Fatalf("a take for other mount options got %v, %+v from a premounted pool", ok, m)
 	}
 	if n := p.mountedCount(); n != 2 {
 		t.Fatalf("a take for other mount options left %d premounted images of 2", n)
 	}
+	p.mu.Lock()
+	if len(p.takes) != demand {
+		t.Errorf("a take for other mount options counted as demand for premounted images (%d takes, %d before)", len(p.takes), demand)
+	}
+	p.mu.Unlock()
 	p.wait()
 
 	// A reload that mounts otherwise replaces them.
