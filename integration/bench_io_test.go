@@ -446,13 +446,13 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	tb.WriteString("\n")
 	fmt.Fprintf(&tb, "reproduce: make bench-io")
 	if rep.SnugPolicy != "" {
-		fmt.Fprintf(&tb, " SNUG_BENCH_IO_POLICY='%s'", strings.ReplaceAll(rep.SnugPolicy, "\n", `\n`))
+		fmt.Fprintf(&tb, " SNUG_BENCH_IO_POLICY=%s", ansiQuote(rep.SnugPolicy))
 	}
 	if rep.SnugClass != "" {
 		fmt.Fprintf(&tb, " SNUG_BENCH_IO_CLASS=%s", rep.SnugClass)
 	}
 	if slices.Contains(rep.Snapshotters, "snugb") {
-		fmt.Fprintf(&tb, " SNUG_BENCH_IO_VARIANT='%s'", strings.ReplaceAll(rep.SnugbPolicy, "\n", `\n`))
+		fmt.Fprintf(&tb, " SNUG_BENCH_IO_VARIANT=%s", ansiQuote(rep.SnugbPolicy))
 		if rep.SnugbBinary != "" {
 			fmt.Fprintf(&tb, " SNUG_BENCH_IO_VARIANT_BINARY=%s", rep.SnugbBinary)
 		}
@@ -474,4 +474,10 @@ func writeIOReport(t *testing.T, out string, rep ioReport) {
 	if err := plotIO(filepath.Join(out, name+".png"), rep); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ansiQuote quotes s for bash as $'...', so a reproduce line with a
+// multi-line policy can be pasted as it is.
+func ansiQuote(s string) string {
+	return "$'" + strings.NewReplacer(`\`, `\\`, "'", `\'`, "\n", `\n`).Replace(s) + "'"
 }
