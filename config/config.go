@@ -71,8 +71,9 @@ type Class struct {
 // ClassImage is what a class may change of [image]: how the loop device
 // reaches the image file, which can change while the image is mounted (a
 // class an OCI annotation picks is known only once the container's image
-// is mounted), and the journal's commit mode, a mount option, which a class
-// gets on the images mounted for it: those of snapshots labelled with it
+// is mounted), and the journal's commit mode and online discard, mount
+// options, which a class gets on the images mounted for it: those of
+// snapshots labelled with it
 // (known at Prepare, before the mount), and every image of it that start-up
 // mounts again. The other [image] keys are fixed when an image is made.
 type ClassImage struct {
@@ -80,6 +81,10 @@ type ClassImage struct {
 	DirectIO bool `toml:"direct_io"`
 	// AsyncCommit is ImagePolicy.AsyncCommit for the class's images.
 	AsyncCommit bool `toml:"async_commit"`
+	// Discard is ImagePolicy.Discard for the class's images, also a mount
+	// option: with AsyncCommit, it keeps a freed block's old contents out
+	// of the files written without fsync that a host crash leaves.
+	Discard bool `toml:"discard"`
 }
 
 // How a container picks a policy class.
@@ -92,9 +97,10 @@ const (
 )
 
 // Base is the class of a container that picks none: [window], [reclaim],
-// image.direct_io and image.async_commit.
+// image.direct_io, image.async_commit and image.discard.
 func (c Config) Base() Class {
-	return Class{Window: c.Window, Reclaim: c.Reclaim, Image: ClassImage{DirectIO: c.Image.DirectIO, AsyncCommit: c.Image.AsyncCommit}}
+	return Class{Window: c.Window, Reclaim: c.Reclaim, Image: ClassImage{
+		DirectIO: c.Image.DirectIO, AsyncCommit: c.Image.AsyncCommit, Discard: c.Image.Discard}}
 }
 
 // Class returns the named class, or Base for "" . ok is false for a name the
@@ -343,7 +349,7 @@ func Parse(data []byte) (Config, error) {
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		k := undecoded[0]
 		if len(k) == 4 && k[0] == "policies" && k[2] == "image" {
-			return Config{}, fmt.Errorf("%w: %sunknown key %q: a class sets only direct_io and async_commit of [image] (the others are fixed when an image is made)",
+			return Config{}, fmt.Errorf("%w: %sunknown key %q: a class sets only direct_io, async_commit and discard of [image] (the others are fixed when an image is made)",
 				ErrInvalid, linePrefix(data, k.String()), k.String())
 		}
 		return Config{}, fmt.Errorf("%w: %sunknown key %q", ErrInvalid, linePrefix(data, k.String()), k.String())

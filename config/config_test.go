@@ -63,6 +63,7 @@ min_gain = "64MiB"
 reclaim.idle_after = "0s"
 image.direct_io = false
 image.async_commit = true
+image.discard = true
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -83,6 +84,7 @@ image.async_commit = true
 	want.Reclaim.IdleAfter = 0
 	want.Image.DirectIO = false
 	want.Image.AsyncCommit = true
+	want.Image.Discard = true
 	if !ok || batch != want {
 		t.Fatalf("class batch = %+v, %v\nwant %+v", batch, ok, want)
 	}
@@ -119,7 +121,7 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"bad interval", "[window]\ncheck_interval = \"0s\"\n", []string{"line 2", "window.check_interval"}},
 		{"dotted key", "window.headroom = \"x\"\n", []string{"line 1", "window.headroom"}},
 		{"unknown class key", "[policies.db.window]\nheadroom = \"1GiB\"\nhedroom = 1\n", []string{"line 3", "policies.db.window.hedroom"}},
-		{"class image key", "[policies.db.image]\ndirect_io = false\nquota = \"1GiB\"\n", []string{"line 3", `"policies.db.image.quota"`, "only direct_io and async_commit"}},
+		{"class image key", "[policies.db.image]\ndirect_io = false\nquota = \"1GiB\"\n", []string{"line 3", `"policies.db.image.quota"`, "only direct_io, async_commit and discard"}},
 		{"class async_commit type", "[policies.db.image]\nasync_commit = 1\n", []string{"line 2", "policies.db.image.async_commit"}},
 		{"class direct_io type", "[policies.db.image]\ndirect_io = \"no\"\n", []string{"line 2", "policies.db.image.direct_io"}},
 		{"pool max below min", "[pool]\nmin = 8\nmax = 4\n", []string{"line 3", "pool.max", "outside pool.min (8)"}},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -11,12 +12,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// classCommitPolicy gives class ci asynchronous journal commits; the base
-// commits in order.
-const classCommitPolicy = containerPolicy + "[policies.ci.image]\nasync_commit = true\n"
+// classCommitPolicy gives class ci asynchronous journal commits and online
+// discard; the base commits in order and leaves freed blocks to its trims.
+const classCommitPolicy = containerPolicy + "[policies.ci.image]\nasync_commit = true\ndiscard = true\n"
 
-// TestClassAsyncCommit: a class's image.async_commit is a mount option, so
-// it reaches the images mounted for the class: a snapshot labelled with it
+// TestClassAsyncCommit: a class's image.async_commit (and image.discard) is
+// a mount option, so it reaches the images mounted for the class: a snapshot labelled with it
 // gets it from its first mount (its image not taken premounted from the
 // pool, whose images are mounted the base's way), while a container whose
 // annotation picks the class keeps its image's mount until the next one,
@@ -27,7 +28,7 @@ const classCommitPolicy = containerPolicy + "[policies.ci.image]\nasync_commit =
 func TestClassAsyncCommit(t *testing.T) {
 	s := startStack(t, classCommitPolicy)
 	s.runClassContainers("ci", "ci")
-	s.requireCommit(map[string]string{"ci-plain": "ordered", "ci-label": "async", "ci-annotation": "ordered"})
+	s.requireCommit(map[string]string{"ci-plain": "ordered", "ci-label": "async+discard", "ci-annotation": "ordered"})
 	out, err := s.snug.Snug(context.Background(), "status")
 	if err != nil || !rowHasWords(out, "/ci-label", "ci", "direct+async") || !rowHasWords(out, "/ci-plain", "-", "direct") {
 		t.Fatalf("snug status's table does not show the class's commit mode: %v\n%s", err, out)
@@ -51,12 +52,13 @@ func TestClassAsyncCommit(t *testing.T) {
 		}
 	}
 	s.snug.start()
-	s.requireCommit(map[string]string{"ci-plain": "ordered", "ci-label": "async", "ci-annotation": "async"})
+	s.requireCommit(map[string]string{"ci-plain": "ordered", "ci-label": "async+discard", "ci-annotation": "async+discard"})
 }
 
 // requireCommit checks that each container's image commits its journal as
-// wanted ("ordered" or "async"), in snug status and in the options the
-// image's ext4 lists for itself.
+// wanted ("ordered" or "async", "+discard" for online discard), in snug
+// status (the commit mode) and in the options the image's ext4 lists for
+// itself.
 func (s *stack) requireCommit(want map[string]string) {
 	s.t.Helper()
 	for c, w := range want {
@@ -65,11 +67,15 @@ func (s *stack) requireCommit(want map[string]string) {
 		if err != nil {
 			s.t.Fatal(err)
 		}
+		opts := strings.Fields(string(b))
 		kernel := "ordered"
-		if strings.Contains(string(b), "journal_async_commit") {
+		if slices.Contains(opts, "journal_async_commit") {
 			kernel = "async"
 		}
-		if im.Commit != w || kernel != w {
+		if slices.Contains(opts, "discard") {
+			kernel += "+discard"
+		}
+		if commit, _, _ := strings.Cut(w, "+"); im.Commit != commit || kernel != w {
 			s.t.Errorf("%s: commit %q in snug status, %q in its ext4's options; want %q", c, im.Commit, kernel, w)
 		}
 	}

@@ -20,8 +20,11 @@ import (
 
 // TestUnsyncedWritesAfterCrash measures what a host crash does to data
 // written without fsync, for each way snug can mount an image: ext4's
-// default data=ordered, and the policy's async_commit (data=writeback,
-// journal_async_commit). The image first holds a file of stale bytes
+// default data=ordered, the policy's async_commit (data=writeback,
+// journal_async_commit), and async_commit with discard (a freed block is
+// punched out of the image file once the commit that freed it is written,
+// so a block reused before its new data reached it reads as zeros, but for
+// the ones ext4 hands out again before its discard work has run). The image first holds a file of stale bytes
 // ('S'), deleted, so its free blocks are not zeros. Then one writer makes
 // files of fresh bytes (each its own name, repeated) without fsync, starting their writeback
 // (sync_file_range), while another appends and fsyncs a log, so the
@@ -33,8 +36,8 @@ import (
 // reached them, holding a deleted file's.
 //
 // data=ordered must never show stale bytes (ext4 writes a file's new data
-// before the commit that gives it the blocks). For async_commit the count
-// is what the docs report; the kernel documents that writeback mode "can
+// before the commit that gives it the blocks). For async_commit, with and
+// without discard, the count is what the docs report; the kernel documents that writeback mode "can
 // allow old data to appear in files after a crash".
 func TestUnsyncedWritesAfterCrash(t *testing.T) {
 	roottest.Require(t, "mkfs.ext4", "mkfs.xfs", "e2fsck")
@@ -44,6 +47,7 @@ func TestUnsyncedWritesAfterCrash(t *testing.T) {
 	}{
 		{"ordered", imagefs.MountOptions{DirectIO: true}},
 		{"async-commit", imagefs.MountOptions{DirectIO: true, AsyncCommit: true}},
+		{"async-commit-discard", imagefs.MountOptions{DirectIO: true, AsyncCommit: true, Discard: true}},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			res := unsyncedCrash(t, mode.o, 24)

@@ -24,7 +24,8 @@ import (
 // host disk.
 // A class's direct_io runs too: its container's loop device is switched to
 // the host's page cache after its image was attached with direct I/O; and a
-// class's async_commit, which its labelled container's image is mounted with.
+// class's async_commit (with discard), which its labelled container's image
+// is mounted with.
 var durabilityPolicies = []struct {
 	name, toml string
 	label      string // a snapshot label for the container
@@ -37,7 +38,7 @@ var durabilityPolicies = []struct {
 	{"class-buffered-loop", "[policies.db.image]\ndirect_io = false\n", config.LabelClass + "=db", "buffered", "ordered"},
 	{"discard", "[image]\ndiscard = true\n", "", "direct", "ordered"},
 	{"async-commit", "[image]\nasync_commit = true\n", "", "direct", "async"},
-	{"class-async-commit", "[policies.ci.image]\nasync_commit = true\n", config.LabelClass + "=ci", "direct", "async"},
+	{"class-async-commit", "[policies.ci.image]\nasync_commit = true\ndiscard = true\n", config.LabelClass + "=ci", "direct", "async"},
 }
 
 // TestFsyncDurability is what an fsync'd write in a snug container

@@ -32,15 +32,16 @@ func policyFrom(cfg config.Config) policy {
 }
 
 // rwMountOptions is how a rw image of the policy class named class is
-// mounted: the policy's options with the class's journal commit mode
-// (image.async_commit). The class's direct_io is not among them: the
-// images manager switches the loop device to it once the image is served,
-// whichever way the class was picked. An unknown class mounts as the base.
+// mounted: the policy's options with the class's journal commit mode and
+// online discard (image.async_commit, image.discard). The class's
+// direct_io is not among them: the images manager switches the loop device
+// to it once the image is served, whichever way the class was picked. An
+// unknown class mounts as the base.
 func (s *Snapshotter) rwMountOptions(class string) imagefs.MountOptions {
 	cfg := s.config()
 	o := policyFrom(cfg).mount
 	cl, _ := cfg.Class(class)
-	o.AsyncCommit = cl.Image.AsyncCommit
+	o.AsyncCommit, o.Discard = cl.Image.AsyncCommit, cl.Image.Discard
 	return o
 }
 
