@@ -333,8 +333,8 @@ func (c *Containerd) Stop(ctx context.Context, ref *ContainerRef) error {
 // made it before a crash of snug (created, or running), or the container's
 // owner did; it is left for Start to take over. (Deleting a created task
 // made runc wait 10 s for its init to go.) Only a delete a restarted
-// daemon started (keptIfAlive) looks.
-func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef) (err error) {
+// daemon started (afterStop false) looks.
+func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef, afterStop bool) (err error) {
 	ctx, cl, err := c.nsClient(ctx, ref)
 	if err != nil {
 		return err
@@ -353,7 +353,7 @@ func (c *Containerd) Delete(ctx context.Context, ref *ContainerRef) (err error) 
 	// killed meanwhile) may look gone to Get while NewTask still finds it,
 	// and the Delete below waits for it. Right after the stop (the
 	// common case, under load each call counts), the task is the stopped one.
-	if ctx.Value(keptIfAlive{}) != nil {
+	if !afterStop {
 		if resp, err := ts.Get(ctx, &tasksapi.GetRequest{ContainerID: ref.ID}); err == nil && resp.Process != nil {
 			switch st := resp.Process.Status; st {
 			case tasktypes.Status_CREATED, tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:

@@ -23,7 +23,7 @@ type pendingDelete struct {
 // has none pending and starts it again: Delete is idempotent. Started
 // other than right after the stop (afterStop false: by a restarted
 // daemon), Delete first makes sure the task it finds is not one made
-// since (keptIfAlive).
+// since.
 func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident, afterStop bool) {
 	if d.ctrs == nil {
 		return
@@ -42,9 +42,6 @@ func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident, afterStop bool)
 			refs = append(refs, c)
 		}
 	}
-	if !afterStop {
-		ctx = context.WithValue(ctx, keptIfAlive{}, true)
-	}
 	p := &pendingDelete{done: make(chan struct{})}
 	d.deletes[inc.ID] = p
 	d.wg.Add(1)
@@ -54,17 +51,13 @@ func (d *Doctor) deleteTasks(ctx context.Context, inc *Incident, afterStop bool)
 		var errs []error
 		for i := range refs {
 			c := &refs[i]
-			if err := retry(ctx, containerdAttempts, retryPause, func() error { return d.ctrs.Delete(ctx, c) }); err != nil {
+			if err := retry(ctx, containerdAttempts, retryPause, func() error { return d.ctrs.Delete(ctx, c, afterStop) }); err != nil {
 				errs = append(errs, fmt.Errorf("container %s/%s: delete its task: %w", c.Namespace, c.ID, err))
 			}
 		}
 		p.err = errors.Join(errs...)
 	}()
 }
-
-// keptIfAlive marks the context of a delete a restarted daemon started:
-// a task the container has then may be the restart's (Containerd.Delete).
-type keptIfAlive struct{}
 
 // awaitDeletes waits for the deletion of the incident's stopped tasks,
 // starting it if none is pending, and returns its error.

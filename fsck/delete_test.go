@@ -22,7 +22,7 @@ type slowDelete struct {
 	startedAfterDelete atomic.Bool
 }
 
-func (s *slowDelete) Delete(ctx context.Context, c *ContainerRef) error {
+func (s *slowDelete) Delete(ctx context.Context, c *ContainerRef, afterStop bool) error {
 	select {
 	case <-s.release:
 	case <-time.After(5 * time.Second):

@@ -48,8 +48,11 @@ type Containers interface {
 	// for Start. The task stays, stopped, until Delete.
 	Stop(ctx context.Context, c *ContainerRef) error
 	// Delete deletes the container's stopped task, which unmounts its
-	// root; a task gone already is no error.
-	Delete(ctx context.Context, c *ContainerRef) error
+	// root; a task gone already is no error. afterStop says the delete
+	// follows this daemon's Stop of the task; without it (a delete a
+	// restarted daemon takes up) a task found alive is kept, as the
+	// restart's.
+	Delete(ctx context.Context, c *ContainerRef, afterStop bool) error
 	// Start creates and starts the container's task again, with its
 	// spec and its stdio; a log in logDir replaces stdio that was a
 	// client's FIFOs.

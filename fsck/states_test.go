@@ -387,7 +387,7 @@ func (f *fakeContainers) Stop(ctx context.Context, c *ContainerRef) error {
 	return nil
 }
 
-func (f *fakeContainers) Delete(ctx context.Context, c *ContainerRef) error {
+func (f *fakeContainers) Delete(ctx context.Context, c *ContainerRef, afterStop bool) error {
 	return f.act(StepStop)
 }
 

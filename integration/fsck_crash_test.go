@@ -81,6 +81,10 @@ func TestIncidentCrashMatrix(t *testing.T) {
 				t.Errorf("%s (killed at %s): step %s recorded %d times: %+v", n, step, want, seen[want], inc.Steps)
 			}
 		}
+		if step == "restart-created" && !strings.Contains(s.snug.Log(), "kept for the restart") {
+			// Deleting the created task would make runc wait for its init.
+			t.Errorf("killed at %s: the restarted daemon did not keep the task the restart had made", step)
+		}
 		if got := strings.Count(s.snug.Log(), "resuming incident"); got != i+1 {
 			t.Errorf("killed at %s: the log shows %d resumed incidents, want %d", step, got, i+1)
 		}
