@@ -73,9 +73,9 @@ type Class struct {
 // class an OCI annotation picks is known only once the container's image
 // is mounted), and the journal's commit mode and online discard, mount
 // options, which a class gets on the images mounted for it: those of
-// snapshots labelled with it
-// (known at Prepare, before the mount), and every image of it that start-up
-// mounts again. The other [image] keys are fixed when an image is made.
+// snapshots labelled with it (known at Prepare, before the mount), and
+// every image of it that start-up mounts again. The other [image] keys are
+// fixed when an image is made.
 type ClassImage struct {
 	// DirectIO is ImagePolicy.DirectIO for the class's images.
 	DirectIO bool `toml:"direct_io"`

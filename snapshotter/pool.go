@@ -152,7 +152,7 @@ func (p *pool) ready() []string {
 // one with none. Only images made with exactly the options wanted are
 // taken, and mounted with the mount options mo; those takes, hit or miss,
 // are the pool's demand, but for a pool that premounts its images with
-// other options than mo (a class's image.async_commit): what it holds
+// other options than mo (a class's async_commit or discard): what it holds
 // cannot serve them, so they leave its images and its size alone.
 func (p *pool) take(ctx context.Context, dst string, want imagefs.CreateOptions, mo imagefs.MountOptions) (*imagefs.Mounted, bool) {
 	if want != p.opts {

@@ -54,7 +54,8 @@ func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		return nil, fmt.Errorf("prepare %s: %w", key, err)
 	}
 	// The class a label picks is known before the image is mounted, so
-	// its mount options (image.async_commit) apply from the first mount.
+	// its mount options (image.async_commit, image.discard) apply from the
+	// first mount.
 	var class string
 	if kind == snapshots.KindActive {
 		class = base.Labels[config.LabelClass]
