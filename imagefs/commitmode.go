@@ -6,23 +6,44 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
-// AsyncCommit reports whether the mounted image's journal commits
-// asynchronously (mounted with journal_async_commit: MountOptions.AsyncCommit),
-// as the image's ext4 instance says of itself in /proc/fs/ext4/DEVICE/options,
-// after checking that the loop device still holds the image file.
-func (m *Mounted) AsyncCommit() (bool, error) {
-	dev, _, err := m.openLoop()
+// WritePath is how a mounted image's writes reach the host's disk, as the
+// kernel has it now.
+type WritePath struct {
+	// DirectIO: the loop device bypasses the host's page cache.
+	DirectIO bool
+	// AsyncCommit: the journal commits asynchronously (mounted with
+	// journal_async_commit: MountOptions.AsyncCommit).
+	AsyncCommit bool
+}
+
+// WritePath reads both with one look at the loop device (checking that it
+// still holds the image file) and the options the image's ext4 instance
+// lists for itself in /proc/fs/ext4/DEVICE/options.
+func (m *Mounted) WritePath() (WritePath, error) {
+	dev, info, err := m.openLoop()
 	if err != nil {
-		return false, err
+		return WritePath{}, err
 	}
-	defer dev.Close()
+	dev.Close()
 	b, err := os.ReadFile(filepath.Join("/proc/fs/ext4", filepath.Base(m.Device), "options"))
 	if err != nil {
-		return false, fmt.Errorf("mount options of %s: %w", m.Image, err)
+		return WritePath{}, fmt.Errorf("mount options of %s: %w", m.Image, err)
 	}
-	return hasOption(string(b), "journal_async_commit"), nil
+	return WritePath{
+		DirectIO:    info.Flags&unix.LO_FLAGS_DIRECT_IO != 0,
+		AsyncCommit: hasOption(string(b), "journal_async_commit"),
+	}, nil
+}
+
+// AsyncCommit reports whether the mounted image's journal commits
+// asynchronously (WritePath).
+func (m *Mounted) AsyncCommit() (bool, error) {
+	wp, err := m.WritePath()
+	return wp.AsyncCommit, err
 }
 
 // hasOption reports whether an ext4 options file (one option a line, as

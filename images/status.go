@@ -21,35 +21,27 @@ func (g *Manager) Status(ctx context.Context) ([]ImageStatus, error) {
 	for i := range out {
 		if st := g.image(out[i].ID); st != nil {
 			out[i].Activity = st.activity()
-			out[i].IO = ioMode(st.m)
-			out[i].Commit = commitMode(st.m)
+			out[i].IO, out[i].Commit = writePath(st.m)
 		}
 	}
 	return out, nil
 }
 
-// ioMode is how the image's loop device reaches its file, as the kernel
-// says now ("" when it cannot be read: the image is going away).
-func ioMode(m *imagefs.Mounted) string {
-	on, err := m.DirectIO()
-	switch {
-	case err != nil:
-		return ""
-	case on:
-		return "direct"
+// writePath is how the image's writes reach the host, as the kernel says
+// now: the loop device's mode ("direct" or "buffered") and the journal's
+// commit mode ("ordered" or "async"); both "" when it cannot be read (the
+// image is going away).
+func writePath(m *imagefs.Mounted) (io, commit string) {
+	wp, err := m.WritePath()
+	if err != nil {
+		return "", ""
 	}
-	return "buffered"
-}
-
-// commitMode is how the image's journal commits, as its ext4 says now (""
-// when it cannot be read: the image is going away).
-func commitMode(m *imagefs.Mounted) string {
-	async, err := m.AsyncCommit()
-	switch {
-	case err != nil:
-		return ""
-	case async:
-		return "async"
+	io, commit = "buffered", "ordered"
+	if wp.DirectIO {
+		io = "direct"
 	}
-	return "ordered"
+	if wp.AsyncCommit {
+		commit = "async"
+	}
+	return io, commit
 }

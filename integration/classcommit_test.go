@@ -17,9 +17,10 @@ import (
 const classCommitPolicy = containerPolicy + "[policies.ci.image]\nasync_commit = true\ndiscard = true\n"
 
 // TestClassAsyncCommit: a class's image.async_commit (and image.discard) is
-// a mount option, so it reaches the images mounted for the class: a snapshot labelled with it
-// gets it from its first mount (its image not taken premounted from the
-// pool, whose images are mounted the base's way), while a container whose
+// a mount option, so it reaches the images mounted for the class: a
+// snapshot labelled with it gets it from its first mount (its image not
+// taken premounted from the pool, whose images are mounted the base's
+// way), while a container whose
 // annotation picks the class keeps its image's mount until the next one,
 // and the other containers keep the base's ordered commits. Inside the
 // class's container an fsync still makes its device flush. When start-up
